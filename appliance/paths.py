@@ -1,0 +1,70 @@
+"""Where state lives. ``APPLIANCE_HOME`` roots all of it (default: the current directory).
+
+Layout under the home: ``models/<name>/`` pulled weights, ``saves/<run>/`` adapters,
+``reports/`` eval and bench outputs, ``.appliance/`` runtime state (pid files, caches).
+Built-in resources (dataset registry, identity data, model registry, prompt sets) ship
+with the package and are found whether it runs from a checkout or an installed wheel.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_PKG = Path(__file__).resolve().parent
+
+
+def home() -> Path:
+    """The root of all appliance state: ``$APPLIANCE_HOME`` or the current directory."""
+    return Path(os.environ.get("APPLIANCE_HOME") or os.getcwd()).resolve()
+
+
+def models_dir() -> Path:
+    return home() / "models"
+
+
+def saves_dir() -> Path:
+    return home() / "saves"
+
+
+def reports_dir() -> Path:
+    return home() / "reports"
+
+
+def state_dir() -> Path:
+    """Runtime state: pid files of detached servers, caches."""
+    return home() / ".appliance"
+
+
+def cache_dir() -> Path:
+    return state_dir() / "cache"
+
+
+def resource_dir(name: str) -> Path:
+    """A built-in resource folder (``data``, ``models``, ``evals``).
+
+    In a wheel they are bundled under ``appliance/_builtin/``; in a checkout they sit
+    at the repository root next to the package.
+    """
+    bundled = _PKG / "_builtin" / name
+    if bundled.is_dir():
+        return bundled
+    return _PKG.parent / name
+
+
+def resolve_user_path(path: str | os.PathLike) -> Path:
+    """A user-given path: absolute, or relative to the current directory if it exists there, else to the home."""
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return p
+    if p.exists():
+        return p.resolve()
+    return (home() / p).resolve() if (home() / p).exists() else p.resolve()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a file through a temporary sibling and rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

