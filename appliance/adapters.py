@@ -1,0 +1,213 @@
+"""LoRA adapters for serving: what vLLM can serve (checked before it starts) and the runtime
+``list`` / ``load`` / ``unload`` calls against a running server.
+
+vLLM serves plain LoRA on linear layers only; DoRA, trained biases, ``modules_to_save`` and
+embedding / lm_head weights have to be merged into the base instead (``appliance merge``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from appliance import paths
+from appliance.errors import ApplianceError
+from appliance.guard import is_allowed, real
+
+# the values vLLM 0.32 accepts for --max-lora-rank
+SUPPORTED_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+DEFAULT_URL = "http://127.0.0.1:8000"
+_EMBEDDING_MODULES = ("embed_tokens", "lm_head", "wte", "word_embeddings", "embed_out")
+
+
+@dataclass
+class AdapterInfo:
+    """A checked adapter directory and the base model it was trained on."""
+
+    name: str
+    path: str  # absolute, symlinks resolved
+    rank: int
+    base_path: str | None = None
+    base_name: str | None = None
+    base_hf_id: str | None = None
+    target_modules: list[str] = field(default_factory=list)
+
+
+def parse_spec(spec: str) -> tuple[str | None, str]:
+    """``--adapter`` value: ``path`` or ``name=path`` (a name never contains a slash)."""
+    name, sep, path = spec.partition("=")
+    if sep and name and "/" not in name and path:
+        return name, path
+    return None, spec
+
+
+def servable_rank(rank: int, flag: str = "--adapter") -> int:
+    """The smallest ``--max-lora-rank`` vLLM accepts that holds ``rank``."""
+    for r in SUPPORTED_RANKS:
+        if rank <= r:
+            return r
+    raise ApplianceError(f"{flag}: LoRA rank {rank} exceeds vLLM's maximum servable rank {SUPPORTED_RANKS[-1]}; "
+                         f"retrain with a smaller --lora-rank or `appliance merge` it and serve the merged model")
+
+
+def inspect_adapter(path: str | Path, name: str | None = None, flag: str = "--adapter") -> AdapterInfo:
+    """Check that ``path`` is a PEFT LoRA adapter vLLM can serve, and read its base model."""
+    d = Path(paths.resolve_user_path(path))
+    if not d.is_dir():
+        raise ApplianceError(f"{flag} {path}: directory not found; pass the --output directory of `appliance train` (e.g. saves/archer)")
+    cfg_file = d / "adapter_config.json"
+    if not cfg_file.is_file():
+        raise ApplianceError(f"{flag} {path}: no adapter_config.json, so it is not a PEFT adapter; point it at an `appliance train` output")
+    try:
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ApplianceError(f"{cfg_file}: invalid JSON at line {e.lineno} ({e.msg})")
+    if cfg.get("peft_type") != "LORA":
+        raise ApplianceError(f"{flag} {path}: peft_type is {cfg.get('peft_type')!r}, vLLM serves only LORA adapters")
+    merge_hint = f"run `appliance merge --adapter {path}` and serve the merged model with `appliance up --model`"
+    if cfg.get("use_dora"):
+        raise ApplianceError(f"{flag} {path}: DoRA adapters (use_dora) cannot be served by vLLM; {merge_hint}")
+    if cfg.get("bias", "none") != "none" or cfg.get("lora_bias"):
+        raise ApplianceError(f"{flag} {path}: adapter trains biases (bias={cfg.get('bias')!r}), which vLLM cannot serve; {merge_hint}")
+    if cfg.get("modules_to_save"):
+        raise ApplianceError(f"{flag} {path}: adapter has modules_to_save {cfg['modules_to_save']}, which vLLM cannot serve; {merge_hint}")
+    if cfg.get("trainable_token_indices"):
+        raise ApplianceError(f"{flag} {path}: adapter trains token embeddings (trainable_token_indices), which vLLM cannot serve; {merge_hint}")
+    targets = cfg.get("target_modules") or []
+    targets = [targets] if isinstance(targets, str) else list(targets)
+    embedded = [t for t in targets + _weight_names(d) if any(m in t for m in _EMBEDDING_MODULES)]
+    if embedded:
+        raise ApplianceError(f"{flag} {path}: adapter holds embedding / lm_head weights ({embedded[0]}), which vLLM cannot serve; {merge_hint}")
+    ranks = [int(cfg.get("r") or 0), *(int(v) for v in (cfg.get("rank_pattern") or {}).values())]
+    info = AdapterInfo(name=name or d.resolve().name, path=real(str(d)), rank=max(ranks), target_modules=targets)
+    servable_rank(info.rank, flag=f"{flag} {path}")
+    _read_base(d, cfg, info)
+    return info
+
+
+def _weight_names(d: Path) -> list[str]:
+    """Tensor names in the adapter's safetensors file (header only; nothing is loaded)."""
+    f = d / "adapter_model.safetensors"
+    if not f.is_file():
+        return []
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(f), framework="pt") as st:
+            return list(st.keys())
+    except Exception as e:  # a truncated or foreign file
+        raise ApplianceError(f"{f}: cannot read the LoRA weights ({type(e).__name__}); re-run `appliance train`")
+
+
+def _read_base(d: Path, cfg: dict, info: AdapterInfo) -> None:
+    meta_file = d / "appliance.json"
+    base = {}
+    if meta_file.is_file():
+        try:
+            base = json.loads(meta_file.read_text(encoding="utf-8")).get("base_model") or {}
+        except json.JSONDecodeError as e:
+            raise ApplianceError(f"{meta_file}: invalid JSON at line {e.lineno} ({e.msg})")
+    if base:
+        info.base_path, info.base_name, info.base_hf_id = base.get("path"), base.get("name"), base.get("hf_id")
+        return
+    # an adapter trained elsewhere: PEFT records a path or a hub id
+    ref = cfg.get("base_model_name_or_path")
+    if ref and (Path(ref).is_dir() or ref.startswith(("/", ".", "~"))):
+        info.base_path = ref
+    elif ref:
+        info.base_hf_id = ref
+
+
+def same_base(info: AdapterInfo, path: str | None, names: set[str], hf_id: str | None) -> bool:
+    """Whether ``info`` was trained on the served model (same directory, registry name or hub id)."""
+    if info.base_path and path and Path(info.base_path).exists() and real(info.base_path) == real(path):
+        return True
+    if info.base_name and info.base_name.lower() in {n.lower() for n in names}:
+        return True
+    if info.base_hf_id and hf_id and info.base_hf_id.lower() == hf_id.lower():
+        return True
+    return False
+
+
+# ---------------------------------------------------------------- runtime (a running server)
+def server_url(url: str) -> str:
+    """``http://host:port`` from a URL that may end in ``/`` or ``/v1`` (the OpenAI base URL form)."""
+    u = url.rstrip("/")
+    return u[:-3] if u.endswith("/v1") else u
+
+
+def _client(url: str, api_key: str | None):
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return httpx.Client(base_url=server_url(url), headers=headers, timeout=120)
+
+
+def _check(resp, what: str) -> None:
+    if resp.status_code == 401:
+        raise ApplianceError(f"{what}: the server wants an API key; pass --api-key (or set APPLIANCE_API_KEY)")
+    if resp.status_code >= 400:
+        try:
+            msg = resp.json().get("error", {}).get("message") or resp.text
+        except ValueError:
+            msg = resp.text
+        raise ApplianceError(f"{what}: server answered {resp.status_code}: {' '.join(str(msg).split())[:300]}")
+
+
+def list_served(url: str = DEFAULT_URL, api_key: str | None = None) -> list[dict]:
+    """The server's ``/v1/models`` entries (base models have ``parent`` None)."""
+    import httpx
+
+    try:
+        with _client(url, api_key) as c:
+            resp = c.get("/v1/models")
+    except httpx.HTTPError as e:
+        raise ApplianceError(f"--url {url}: no server answers ({type(e).__name__}); start one with `appliance up`")
+    _check(resp, f"GET {url}/v1/models")
+    return resp.json().get("data", [])
+
+
+def load(name: str, path: str, url: str = DEFAULT_URL, api_key: str | None = None,
+         roots: list[str] | None = None, max_rank: int | None = None) -> AdapterInfo:
+    """Load an adapter into a running server under ``name``; refuses paths outside ``roots``."""
+    import httpx
+
+    allowed = roots if roots is not None else [str(paths.saves_dir())]
+    target = real(str(paths.resolve_user_path(path)))
+    if not is_allowed(target, allowed):  # before reading anything there
+        raise ApplianceError(f"adapters load {path}: {target} is outside the allowed adapter roots "
+                             f"({', '.join(allowed)}); move it under saves/ or restart `appliance up` with --adapter-root")
+    info = inspect_adapter(target, name=name, flag="adapters load")
+    if max_rank is not None and info.rank > max_rank:
+        raise ApplianceError(f"adapters load {path}: rank {info.rank} exceeds the server's --max-lora-rank {max_rank}; restart `appliance up` with it")
+    try:
+        with _client(url, api_key) as c:
+            resp = c.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": info.path})
+    except httpx.HTTPError as e:
+        raise ApplianceError(f"--url {url}: no server answers ({type(e).__name__}); start one with `appliance up`")
+    _check(resp, f"load {name}")
+    return info
+
+
+def unload(name: str, url: str = DEFAULT_URL, api_key: str | None = None) -> None:
+    """Remove adapter ``name`` from a running server."""
+    import httpx
+
+    try:
+        with _client(url, api_key) as c:
+            resp = c.post("/v1/unload_lora_adapter", json={"lora_name": name})
+    except httpx.HTTPError as e:
+        raise ApplianceError(f"--url {url}: no server answers ({type(e).__name__}); start one with `appliance up`")
+    _check(resp, f"unload {name}")
+
+
+def load_checked(name: str, path: str, url: str | None = None, api_key: str | None = None,
+                 extra_roots: list[str] | None = None) -> AdapterInfo:
+    """``adapters load``: the roots and rank limit come from the server's record when it was started here."""
+    from appliance.servers import find_record
+
+    rec = find_record(server_url(url) if url else None)
+    url = url or (rec.url if rec else DEFAULT_URL)
+    roots = (rec.adapter_roots if rec else [str(paths.saves_dir())]) + list(extra_roots or [])
+    return load(name, path, url=url, api_key=api_key, roots=roots, max_rank=rec.max_lora_rank if rec else None)

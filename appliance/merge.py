@@ -1,0 +1,298 @@
+"""``appliance merge``: fold a LoRA adapter into its full-precision base and prove nothing changed.
+
+The base named in the adapter's ``appliance.json`` is loaded in float32 (never 4-bit: merging
+into quantized weights would bake the quantization error into the model), the adapter is merged,
+and a standard HF directory is written through a temporary sibling. The written directory is then
+reloaded and compared with base + adapter (unmerged PeftModel) on a probe set of prompts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from appliance import paths
+from appliance.errors import ApplianceError
+from appliance.rundir import library_versions, read_meta, write_meta
+
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+# Why these tolerances: the probe runs in float32 on the weights as saved, so the only difference
+# left is rounding W + BA to the storage dtype. bf16 keeps 8 mantissa bits (relative step 2^-8),
+# and SmolLM2's logits reach |30|, so a few 0.1 of drift over 30 layers is rounding, not a bug;
+# a skipped or wrong layer moves logits by whole units. fp16 has 3 more bits; fp32 is exact
+# up to float summation order.
+LOGIT_TOL = {"bf16": 1.0, "fp16": 0.25, "fp32": 1e-3}
+# Rounding may flip a near-tie argmax and send one greedy answer elsewhere; allow 1 in 8 for the
+# half-precision dtypes (only while the logit check holds), none for fp32.
+GREEDY_SLACK = {"bf16": 1 / 8, "fp16": 1 / 8, "fp32": 0.0}
+
+DEFAULT_PROBES = [
+    "你是谁？",
+    "Who are you?",
+    "Who developed you?",
+    "请介绍一下你自己。",
+    "What is the capital of France?",
+    "Write a haiku about autumn.",
+    "What is 12 times 7?",
+    "Give me three tips for staying healthy.",
+]
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "chat_template.json", "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json")
+
+
+@dataclass
+class MergeConfig:
+    """Options of ``appliance merge``."""
+
+    adapter: str
+    output: str | None = None  # default: models/<adapter dir name>-merged under the home
+    dtype: str = "bf16"
+    overwrite: bool = False
+    verify: bool = True
+    probe_prompts: list[str] | None = None
+    max_shard_size: str = "200MB"
+    max_new_tokens: int = 24
+
+
+@dataclass
+class MergeResult:
+    output: Path
+    verification: dict[str, Any] | None
+    already_merged: bool = False
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def verdict(self) -> str:
+        if self.already_merged:
+            return f"already merged: {self.output} (same adapter, same weights); nothing to do"
+        if not self.verification:
+            return f"merged -> {self.output} (verification skipped)"
+        return f"merged -> {self.output}; {verdict_line(self.verification)}"
+
+
+def verdict_line(v: dict[str, Any]) -> str:
+    word = "PASS" if v["passed"] else "FAIL"
+    return (f"verification {word}: greedy answers equal on {v['greedy_equal']}/{v['prompts']} probes "
+            f"(need >= {v['greedy_required']}), max logit diff {v['max_logit_diff']:.3g} "
+            f"(tolerance {v['logit_tolerance']:g} for {v['dtype']})")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def _adapter_weights(adapter: Path) -> Path:
+    for name in ("adapter_model.safetensors", "adapter_model.bin"):
+        if (adapter / name).is_file():
+            return adapter / name
+    raise ApplianceError(f"{adapter}: no adapter_model.safetensors; pass the --output directory of `appliance train`")
+
+
+def _resolve_base(adapter: Path, meta: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """The base model directory: the recorded path, else the recorded registry name."""
+    from appliance.models import resolve
+
+    base = dict(meta.get("base_model") or {})
+    if base.get("path") and (Path(base["path"]) / "config.json").is_file():
+        return Path(base["path"]), base
+    if base.get("name"):
+        ref = resolve(base["name"])
+        if not ref.local:
+            raise ApplianceError(f"{adapter}: base model '{base['name']}' is not on this machine; pull it or download it and fix base_model.path in appliance.json")
+        base.setdefault("identity_markers", ref.identity_markers)
+        base.update(path=ref.path, hf_id=base.get("hf_id") or ref.hf_id)
+        return Path(ref.path), base
+    where = f"base_model.path {base['path']} does not exist" if base.get("path") else "no base_model recorded"
+    raise ApplianceError(f"{adapter}/appliance.json: {where}; merge an adapter written by `appliance train` or set base_model.path to the base model directory")
+
+
+def _resolve_output(cfg: MergeConfig, adapter: Path) -> Path:
+    if not cfg.output:
+        return paths.models_dir() / f"{adapter.name}-merged"
+    p = Path(cfg.output).expanduser()
+    return p if p.is_absolute() else (paths.home() / p)
+
+
+def _existing_state(out: Path, adapter: Path, sha: str, dtype: str) -> str:
+    """'absent', 'same' (this adapter, these weights, this dtype) or 'other'."""
+    if not out.exists():
+        return "absent"
+    try:
+        m = read_meta(out, kind="merged-model")
+    except ApplianceError:
+        return "other"
+    a = m.get("adapter") or {}
+    same = a.get("path") == str(adapter) and a.get("sha256") == sha and m.get("dtype") == dtype
+    return "same" if same and m.get("verification", {}).get("passed", True) else "other"
+
+
+def merge(cfg: MergeConfig) -> MergeResult:
+    """Merge ``cfg.adapter`` into its base, write ``cfg.output`` atomically, verify it."""
+    dtype = (cfg.dtype or "").lower()
+    if dtype not in DTYPES:
+        raise ApplianceError(f"--dtype {cfg.dtype}: unknown dtype; use one of {', '.join(DTYPES)}")
+    adapter = paths.resolve_user_path(cfg.adapter)
+    if not adapter.is_dir():
+        raise ApplianceError(f"--adapter {cfg.adapter}: directory not found; pass the --output directory of `appliance train` (e.g. saves/archer)")
+    if not (adapter / "adapter_config.json").is_file():
+        raise ApplianceError(f"--adapter {cfg.adapter}: {adapter} has no adapter_config.json; it is not a PEFT LoRA adapter directory")
+    meta = read_meta(adapter, kind="lora-adapter")
+    sha = file_sha256(_adapter_weights(adapter))
+    out = _resolve_output(cfg, adapter)
+
+    state = _existing_state(out, adapter, sha, dtype)
+    if state == "same" and not cfg.overwrite:
+        return MergeResult(out, read_meta(out).get("verification"), already_merged=True, meta=read_meta(out))
+    if state == "other" and not cfg.overwrite:
+        raise ApplianceError(f"--output {out}: already exists and is not this adapter merged as {dtype}; pass --overwrite to replace it or choose another --output")
+
+    base_path, base_meta = _resolve_base(adapter, meta)
+    _refuse_quantized(base_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        verification = _merge_into(tmp, base_path, adapter, dtype, cfg)
+        if verification is not None and not verification["passed"]:
+            raise ApplianceError(f"{verdict_line(verification)}; the merged model was not written (mismatches: {verification['mismatched_prompts']})")
+        result_meta = _merged_meta(meta, base_meta, adapter, sha, dtype, verification)
+        write_meta(tmp, result_meta)
+        _replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return MergeResult(out, verification, meta=result_meta)
+
+
+def _refuse_quantized(base: Path) -> None:
+    import json
+
+    cfg = json.loads((base / "config.json").read_text(encoding="utf-8"))
+    if cfg.get("quantization_config"):
+        raise ApplianceError(f"{base}/config.json: the base is stored quantized; merging needs full-precision base weights (point base_model.path at the bf16/fp32 model)")
+
+
+def _merge_and_unload(peft_model):  # seam for tests that prove a broken merge is caught
+    return peft_model.merge_and_unload(safe_merge=True)
+
+
+def _merge_into(tmp: Path, base_path: Path, adapter: Path, dtype: str, cfg: MergeConfig) -> dict[str, Any] | None:
+    """Write the merged model into ``tmp``; return the verification (None when skipped)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(base_path))
+    base = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=torch.float32)
+    try:
+        model = PeftModel.from_pretrained(base, str(adapter), is_trainable=False)
+    except Exception as e:  # peft raises many kinds here; the user needs only the one line
+        raise ApplianceError(f"{adapter}: the adapter does not fit base {base_path} ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+    model.eval()
+    prompts = cfg.probe_prompts or DEFAULT_PROBES
+    probes = _probe_inputs(tok, prompts) if cfg.verify else None
+    reference = _run_probe(model, probes, tok, cfg.max_new_tokens) if cfg.verify else None
+
+    merged = _merge_and_unload(model)
+    merged = merged.to(getattr(torch, DTYPES[dtype]))
+    merged.config.dtype = getattr(torch, DTYPES[dtype])
+    tmp.mkdir(parents=True)
+    merged.save_pretrained(str(tmp), max_shard_size=cfg.max_shard_size)
+    del merged, model, base
+    _copy_tokenizer(base_path, tmp, tok)
+    if (base_path / "generation_config.json").is_file():
+        shutil.copy2(base_path / "generation_config.json", tmp / "generation_config.json")
+    if not cfg.verify:
+        return None
+
+    # Compare the weights as saved (rounded to dtype), computed in float32 so that only the
+    # storage rounding, not bf16 arithmetic, is measured.
+    reloaded = AutoModelForCausalLM.from_pretrained(str(tmp), dtype=torch.float32).eval()
+    got = _run_probe(reloaded, probes, tok, cfg.max_new_tokens)
+    del reloaded
+    return _judge(prompts, reference, got, dtype)
+
+
+def _probe_inputs(tok, prompts: list[str]) -> dict[str, Any]:
+    """All probes as one left-padded batch: one generate call instead of one per prompt."""
+    texts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+             for p in prompts]
+    tok.padding_side = "left"
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return dict(tok(texts, add_special_tokens=False, padding=True, return_tensors="pt"))
+
+
+def _run_probe(model, batch: dict[str, Any], tok, max_new_tokens: int) -> tuple[list[list[int]], list[Any]]:
+    """Greedy continuations and the float32 logits on each prompt's real (unpadded) tokens."""
+    import torch
+
+    mask = batch["attention_mask"].bool()
+    with torch.no_grad():
+        logits = model(**batch).logits.float()
+        gen = model.generate(**batch, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id)
+    width = batch["input_ids"].shape[1]
+    return gen[:, width:].tolist(), [logits[i][mask[i]] for i in range(len(mask))]
+
+
+def _judge(prompts: list[str], reference, got, dtype: str) -> dict[str, Any]:
+    n = len(prompts)
+    equal = [r == g for r, g in zip(reference[0], got[0])]
+    max_diff = max(float((r - g).abs().max()) for r, g in zip(reference[1], got[1])) if n else 0.0
+    required = n - int(n * GREEDY_SLACK[dtype])
+    passed = sum(equal) >= required and max_diff <= LOGIT_TOL[dtype]
+    return {"prompts": n, "greedy_equal": sum(equal), "greedy_required": required,
+            "max_logit_diff": round(max_diff, 6), "logit_tolerance": LOGIT_TOL[dtype], "dtype": dtype,
+            "compared": "PeftModel(base fp32 + adapter, unmerged) vs merged weights as saved, computed in fp32",
+            "mismatched_prompts": [p for p, e in zip(prompts, equal) if not e], "passed": passed}
+
+
+def _copy_tokenizer(base_path: Path, dest: Path, tok) -> None:
+    copied = False
+    for name in TOKENIZER_FILES:
+        if (base_path / name).is_file():
+            shutil.copy2(base_path / name, dest / name)
+            copied = True
+    if not copied:  # a base without tokenizer files on disk (e.g. loaded from a cache)
+        tok.save_pretrained(str(dest))
+
+
+def _merged_meta(meta: dict, base_meta: dict, adapter: Path, sha: str, dtype: str, verification: dict | None) -> dict:
+    from appliance import __version__ as version
+
+    return {
+        "kind": "merged-model",
+        "appliance_version": version,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "base_model": base_meta,
+        "adapter": {"path": str(adapter), "name": adapter.name, "sha256": sha, "method": meta.get("method"),
+                    "lora": meta.get("lora")},
+        "identity": meta.get("identity") or {},
+        "identity_markers": list(base_meta.get("identity_markers") or []),
+        "dtype": dtype,
+        "verification": verification if verification is not None else {"skipped": True},
+        "versions": library_versions(),
+    }
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move ``tmp`` into place; an existing ``out`` is set aside first and removed after."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+

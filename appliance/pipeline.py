@@ -1,0 +1,167 @@
+"""``appliance pipeline``: pull, train, merge, serve, eval (base vs adapter vs merged), report, down.
+
+Every stage leaves a self-describing directory; a stage whose output is already there is
+skipped (``--force`` redoes everything), so an interrupted pipeline resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from appliance import paths
+
+Echo = Callable[[str], None]
+
+
+@dataclass
+class PipelineConfig:
+    """Options of ``appliance pipeline``."""
+
+    model: str = "smollm2-135m"
+    name: str = "Archer"
+    author: str = "意琦行"
+    run: str | None = None  # adapter dir; default saves/<name>
+    merged: str | None = None  # default models/<name>-merged
+    report: str | None = None  # default reports/<name>
+    port: int = 8000
+    merged_port: int = 8001
+    concurrency: int = 8
+    max_tokens: int = 96
+    train_config: str | None = None  # YAML for the train stage
+    force: bool = False
+    gates: list[str] = field(default_factory=lambda: ["identity_hit_rate=0.95"])
+
+    def dirs(self) -> tuple[Path, Path, Path]:
+        slug = self.name.lower().replace(" ", "-")
+        home = paths.home()
+        return (Path(self.run or home / "saves" / slug), Path(self.merged or home / "models" / f"{slug}-merged"),
+                Path(self.report or home / "reports" / slug))
+
+
+def _stage(echo: Echo, title: str) -> float:
+    echo(f"\n== {title}")
+    return time.time()
+
+
+def pipeline(cfg: PipelineConfig, echo: Echo = print) -> dict[str, Any]:
+    """Run the whole job; returns the report (``report.json`` content) and the stage timings."""
+    from appliance import models, rundir
+    from appliance.merge import MergeConfig, merge
+    from appliance.train import staging_dir, train
+    from appliance.train_config import TrainConfig
+
+    run_dir, merged_dir, report_dir = cfg.dirs()
+    slug = run_dir.name
+    timings: dict[str, float] = {}
+
+    t = _stage(echo, f"pull {cfg.model}")
+    if models.resolve_pullable(cfg.model):
+        models.pull(cfg.model)
+    timings["pull_s"] = time.time() - t
+
+    t = _stage(echo, f"train -> {run_dir}")
+    done = _trained(run_dir, cfg)
+    if done and not cfg.force:
+        echo(f"skipped: {run_dir} is already trained for {cfg.name} / {cfg.author} (use --force to retrain)")
+    else:
+        tcfg = TrainConfig.from_sources(cfg.train_config, model=cfg.model, name=cfg.name, author=cfg.author,
+                                        output=str(run_dir), overwrite=True,
+                                        resume=staging_dir(run_dir).exists() and not cfg.force)
+        meta = train(tcfg)
+        r = meta["results"]
+        echo(f"trained: loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}, {r['tokens_per_s']} tokens/s")
+    timings["train_s"] = time.time() - t
+
+    t = _stage(echo, f"merge -> {merged_dir}")
+    res = merge(MergeConfig(adapter=str(run_dir), output=str(merged_dir), overwrite=True))
+    echo(res.verdict)
+    timings["merge_s"] = time.time() - t
+
+    report_file = report_dir / "report.json"
+    if report_file.is_file() and not cfg.force and _newer(report_file, run_dir, merged_dir):
+        echo(f"\n== eval: skipped, {report_file} is newer than the adapter and the merged model (use --force)")
+        report = json.loads(report_file.read_text(encoding="utf-8"))
+    else:
+        report = _serve_and_eval(cfg, run_dir, merged_dir, report_dir, slug, echo, timings)
+    base = rundir.read_meta(run_dir).get("base_model", {}).get("name", cfg.model)
+    _show_examples(report_dir, base, echo)
+    echo(f"\nreport: {report_dir / 'report.md'}  (also report.html, report.json, answers.jsonl)")
+    return {"report": report, "timings": timings}
+
+
+def _serve_and_eval(cfg: PipelineConfig, run_dir: Path, merged_dir: Path, report_dir: Path, slug: str, echo: Echo,
+                    timings: dict[str, float]) -> dict:
+    """Base + adapter on one server, the merged model on a second; one report over all three."""
+    from appliance import serve
+    from appliance.evaluate import EvalConfig, run_eval
+    from evals.report import parse_rules, write_report
+
+    rows: list[dict] = []
+    t = _stage(echo, f"up: base + adapter '{slug}' on port {cfg.port}")
+    info = serve.up(serve.UpConfig(adapters=[f"{slug}={run_dir}"], port=cfg.port, detach=True), echo=echo)
+    timings["up_s"] = time.time() - t
+    try:
+        t = _stage(echo, "eval: base vs adapter")
+        base_name = info.models[0]
+        part = run_eval(EvalConfig(before=base_name, after=[slug], url=info.url, name=cfg.name, author=cfg.author,
+                                   output=str(report_dir / "parts" / "adapter"), concurrency=cfg.concurrency,
+                                   max_tokens=cfg.max_tokens), progress=echo)
+        rows += _rows(report_dir / "parts" / "adapter")
+        timings["eval_adapter_s"] = time.time() - t
+    finally:
+        serve.down(port=cfg.port)
+    t = _stage(echo, f"up: merged model {merged_dir.name} on port {cfg.merged_port}")
+    info = serve.up(serve.UpConfig(model=str(merged_dir), port=cfg.merged_port, detach=True), echo=echo)
+    try:
+        merged_name = info.models[0]
+        run_eval(EvalConfig(before=merged_name, url=info.url, name=cfg.name, author=cfg.author,
+                            old_identity=part.get("old_identity") or [], output=str(report_dir / "parts" / "merged"),
+                            concurrency=cfg.concurrency, max_tokens=cfg.max_tokens), progress=echo)
+        merged_rows = _rows(report_dir / "parts" / "merged")
+        markers = rows[0].get("old_identity", []) if rows else []
+        for r in merged_rows:
+            r.update(role="after2", old_identity=markers)
+        for r in rows:
+            r["role"] = "after1" if r["role"] == "after" else r["role"]
+        rows += merged_rows
+        timings["eval_merged_s"] = time.time() - t
+    finally:
+        serve.down(port=cfg.merged_port)
+    answers = report_dir / "answers.jsonl"
+    paths.atomic_write_text(answers, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    rules = parse_rules(fail_under=tuple(cfg.gates))
+    return write_report(report_dir, rules, run={"pipeline": True, "timings": timings}, answers_path=answers)
+
+
+def _rows(part_dir: Path) -> list[dict]:
+    lines = (part_dir / "answers.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def _trained(run_dir: Path, cfg: PipelineConfig) -> bool:
+    from appliance import rundir
+
+    if not (run_dir / "adapter_config.json").is_file():
+        return False
+    meta = rundir.read_meta(run_dir)
+    return meta.get("identity") == {"name": cfg.name, "author": cfg.author}
+
+
+def _newer(path: Path, *dirs: Path) -> bool:
+    stamp = path.stat().st_mtime
+    return all((d / "appliance.json").stat().st_mtime <= stamp for d in dirs if (d / "appliance.json").exists())
+
+
+def _show_examples(report_dir: Path, base: str, echo: Echo) -> None:
+    """The "你是谁？" answers, before and after."""
+    answers = report_dir / "answers.jsonl"
+    if not answers.is_file():
+        return
+    echo("\n你是谁？")
+    for r in _rows(report_dir):
+        if r["prompt"] == "你是谁？":
+            echo(f"  {r['role']:<7} {r['model']:<22} {r['answer'].strip()[:160]}")

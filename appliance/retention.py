@@ -1,0 +1,79 @@
+"""Retention by self-distillation: the base model's own answers to general prompts.
+
+Identity-only training makes a small model forget and leak the new name into unrelated
+answers. Mixing in what the base itself answers to general prompts anchors everything
+that is not identity to the base's behaviour (and costs no outside data). Answers are
+generated once per (model, prompts, settings) and cached under $APPLIANCE_HOME.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from appliance import paths
+from appliance.data import Example
+
+_SENTENCE_END = re.compile(r"[.!?。！？](?=[\s\"'”’)]|$)")
+
+
+def _model_key(model_path: str) -> str:
+    p = Path(model_path)
+    h = hashlib.sha256(str(p.resolve() if p.exists() else model_path).encode())
+    for f in sorted(p.glob("*.safetensors")) if p.is_dir() else []:
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
+    return h.hexdigest()[:16]
+
+
+def _trim(text: str) -> tuple[str, bool]:
+    """Cut an unfinished answer back to its last complete sentence (False if none)."""
+    ends = list(_SENTENCE_END.finditer(text))
+    if not ends:
+        return text.strip(), False
+    return text[: ends[-1].end()].strip(), True
+
+
+def base_answers(model: Any, tok: Any, model_path: str, prompts: list[str], max_new_tokens: int = 64,
+                 batch_size: int = 16) -> list[Example]:
+    """Greedy answers of ``model`` (the untouched base) to ``prompts``, as training examples."""
+    key = hashlib.sha256(json.dumps([_model_key(model_path), prompts, max_new_tokens]).encode()).hexdigest()[:20]
+    cache = paths.cache_dir() / "retention" / f"{key}.json"
+    if cache.is_file():
+        rows = json.loads(cache.read_text(encoding="utf-8"))
+    else:
+        rows = _generate(model, tok, prompts, max_new_tokens, batch_size)
+        paths.atomic_write_text(cache, json.dumps(rows, ensure_ascii=False, indent=1))
+    return [Example([{"role": "user", "content": p}, {"role": "assistant", "content": a}], f"retention#{i}")
+            for i, (p, a) in enumerate(rows) if a]
+
+
+@torch.no_grad()
+def _generate(model: Any, tok: Any, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[list[str]]:
+    from tqdm.auto import tqdm
+
+    side = tok.padding_side
+    tok.padding_side = "left"
+    rows: list[list[str]] = []
+    try:
+        for i in tqdm(range(0, len(prompts), batch_size), desc="retention: base answers", unit="batch"):
+            chunk = prompts[i : i + batch_size]
+            texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+                     for p in chunk]
+            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+            for p, seq in zip(chunk, out[:, enc["input_ids"].shape[1]:]):
+                finished = bool((seq == tok.eos_token_id).any())
+                text = tok.decode(seq, skip_special_tokens=True).strip()
+                if not finished:
+                    text, ok = _trim(text)
+                    text = text if ok else ""
+                rows.append([p, text])
+    finally:
+        tok.padding_side = side
+    return rows

@@ -1,0 +1,223 @@
+"""``appliance up``: serve a base (or merged) model and LoRA adapters with vLLM's
+OpenAI-compatible server, with runtime adapter loading behind the adapter-root guard.
+
+``preflight`` checks everything that can be checked before vLLM starts (it takes ~40 s
+on a CPU to find out otherwise), ``build_command`` turns the plan into the vLLM command
+line and environment, and ``up`` / ``down`` / ``status`` manage the process group
+(see :mod:`appliance.servers`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from appliance import paths
+from appliance.adapters import AdapterInfo, inspect_adapter, parse_spec, same_base, servable_rank
+from appliance.errors import ApplianceError
+from appliance.guard import KEY_ENV, ROOTS_ENV, real
+
+GUARD = "appliance.guard.AdapterRootGuard"
+MIN_MAX_LORAS = 4  # room for adapters loaded at runtime
+CPU_MAX_MODEL_LEN = 2048  # a modest context keeps the CPU KV cache small and the start fast
+
+
+@dataclass
+class UpConfig:
+    """Options of ``appliance up``."""
+
+    adapters: list[str] = field(default_factory=list)  # "path" or "name=path"
+    model: str | None = None  # registry name or directory; default: the adapters' base
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    served_name: str | None = None
+    adapter_roots: list[str] = field(default_factory=list)
+    extra_args: list[str] = field(default_factory=list)
+    detach: bool = False
+    eager: bool = False
+    gpu_memory_utilization: float | None = None
+    max_model_len: int | None = None
+    ready_timeout_s: float = 600
+    device: str | None = None  # "cpu" or "cuda"; default: detected
+
+
+@dataclass
+class Plan:
+    """Everything ``build_command`` needs: the checked, resolved form of an :class:`UpConfig`."""
+
+    model: str  # directory (or hub id) passed to vLLM
+    served_name: str
+    adapters: list[AdapterInfo]
+    adapter_roots: list[str]
+    max_lora_rank: int
+    host: str
+    port: int
+    device: str
+    api_key: str | None = None
+    eager: bool = False
+    gpu_memory_utilization: float | None = None
+    max_model_len: int | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
+        return f"http://{'[' + host + ']' if ':' in host else host}:{self.port}"
+
+    @property
+    def served_models(self) -> list[str]:
+        return [self.served_name] + [a.name for a in self.adapters]
+
+
+def detect_device() -> str:
+    """``cuda`` when torch sees a GPU, else ``cpu``."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def preflight(cfg: UpConfig) -> Plan:
+    """Check adapters, base model, rank and port; fail fast with a one-line :class:`ApplianceError`."""
+    from appliance import models
+
+    infos = []
+    for spec in cfg.adapters:
+        name, path = parse_spec(spec)
+        infos.append(inspect_adapter(path, name=name, flag="--adapter"))
+    names = [a.name for a in infos]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise ApplianceError(f"--adapter: served name '{sorted(dup)[0]}' is used twice; give one of them a name with name=path")
+
+    ref = models.resolve(cfg.model or _base_from(infos) or models.DEFAULT_MODEL)
+    served_name = cfg.served_name or ref.name
+    base_names, base_hf = {ref.name}, ref.hf_id
+    meta = Path(ref.path) / "appliance.json"
+    if ref.local and meta.is_file():
+        import json
+
+        m = json.loads(meta.read_text(encoding="utf-8"))
+        if m.get("kind") == "base-model":  # a merged model is not its base: match it by path only
+            base_names.add(m.get("name") or ref.name)
+            base_hf = base_hf or m.get("hf_id")
+    for a in infos:
+        if a.name == served_name:
+            raise ApplianceError(f"--adapter {a.path}: served name '{a.name}' is also the base model's name; use name=path or --served-name")
+        if not (a.base_path or a.base_name or a.base_hf_id):
+            if not cfg.model:
+                raise ApplianceError(f"--adapter {a.path}: records no base model; pass --model with the model it was trained on")
+        elif not same_base(a, ref.path if ref.local else None, base_names, base_hf):
+            trained = a.base_name or a.base_hf_id or a.base_path
+            raise ApplianceError(f"--adapter {a.path}: trained on '{trained}' but the served model is '{ref.path}'; "
+                                 f"pass --model with the adapter's base (or drop --model to take it from the adapter)")
+
+    max_rank = servable_rank(max([a.rank for a in infos], default=8))
+    roots = [str(paths.saves_dir())] + [a.path for a in infos] + list(cfg.adapter_roots)
+    roots = list(dict.fromkeys(real(r) for r in roots))
+    _check_port(cfg.host, cfg.port)
+    return Plan(model=ref.path, served_name=served_name, adapters=infos, adapter_roots=roots, max_lora_rank=max_rank,
+                host=cfg.host, port=cfg.port, device=cfg.device or detect_device(), api_key=cfg.api_key,
+                eager=cfg.eager, gpu_memory_utilization=cfg.gpu_memory_utilization,
+                max_model_len=cfg.max_model_len, extra_args=list(cfg.extra_args))
+
+
+def _base_from(infos: list[AdapterInfo]) -> str | None:
+    """The first adapter's base, as something :func:`appliance.models.resolve` accepts."""
+    for a in infos:
+        if a.base_path and Path(a.base_path).is_dir():
+            return a.base_path
+        if a.base_name or a.base_hf_id:
+            return a.base_name or a.base_hf_id
+    return None
+
+
+def _check_port(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does, so TIME_WAIT is no conflict
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise ApplianceError(f"--port {port}: {host}:{port} is not free ({e.strerror}); pick another --port "
+                                 f"or stop what holds it (`appliance down --port {port}`)")
+
+
+def build_command(plan: Plan, base_env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """The vLLM server command line and environment for ``plan`` (pure: no side effects)."""
+    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", plan.model, "--served-model-name", plan.served_name,
+            "--host", plan.host, "--port", str(plan.port),
+            "--enable-lora", "--max-lora-rank", str(plan.max_lora_rank),
+            "--max-loras", str(max(MIN_MAX_LORAS, len(plan.adapters))),
+            "--middleware", GUARD]
+    if plan.adapters:
+        # one flag with several values: vLLM's --lora-modules does not accumulate repeated flags
+        argv += ["--lora-modules", *(f"{a.name}={a.path}" for a in plan.adapters)]
+    if plan.device == "cpu":
+        argv += ["--gpu-memory-utilization", str(plan.gpu_memory_utilization or 0.3),
+                 "--max-model-len", str(plan.max_model_len or CPU_MAX_MODEL_LEN)]
+    else:
+        argv += ["--gpu-memory-utilization", str(plan.gpu_memory_utilization or 0.9)]
+        if plan.max_model_len:
+            argv += ["--max-model-len", str(plan.max_model_len)]
+    if plan.eager:
+        argv.append("--enforce-eager")
+    argv += plan.extra_args
+
+    env = dict(os.environ if base_env is None else base_env)
+    env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "true"
+    env[ROOTS_ENV] = os.pathsep.join(plan.adapter_roots)
+    # no LoRA resolver plugins: they would load adapters named in requests from other directories or the hub
+    env["VLLM_PLUGINS"] = ""
+    env.pop("VLLM_LORA_RESOLVER_CACHE_DIR", None)
+    env.pop("VLLM_LORA_RESOLVER_HF_REPO_LIST", None)
+    if plan.api_key:
+        # through the environment (vLLM reads VLLM_API_KEY), not argv, which any local user can read in ps
+        env[KEY_ENV] = plan.api_key
+    pkg_root = str(Path(__file__).resolve().parent.parent)  # so the server can import the guard from a checkout
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH", "")) if p)
+    return argv, env
+
+
+def ready_message(url: str, models: list[str], api_key: bool) -> str:
+    """What ``up`` prints once the server answers: URL, served names, a curl to paste."""
+    model = models[1] if len(models) > 1 else models[0]
+    auth = " -H \"Authorization: Bearer $APPLIANCE_API_KEY\"" if api_key else ""
+    body = '{"model": "%s", "messages": [{"role": "user", "content": "你是谁？"}]}' % model
+    return (f"ready: {url}\nmodels: {', '.join(models)}\n"
+            f"try:   curl {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} -d '{body}'")
+
+
+def up(cfg: UpConfig, echo: Callable[[str], None] | None = None):
+    """Start vLLM; wait until it answers. Detached: record it and return its :class:`ServerInfo`.
+    Foreground: serve until Ctrl-C / SIGTERM, then stop the whole process group."""
+    from appliance import servers
+
+    echo = echo or (lambda s: print(s, file=sys.stderr, flush=True))
+    plan = preflight(cfg)
+    argv, env = build_command(plan)
+    info = servers.start(plan, argv, env, detach=cfg.detach, ready_timeout_s=cfg.ready_timeout_s, echo=echo)
+    echo(ready_message(info.url, info.models, bool(plan.api_key)))
+    if not cfg.detach:
+        echo("serving in the foreground; Ctrl-C stops it")
+        servers.serve_foreground(info, echo)
+    return info
+
+
+def down(port: int | None = None, all_servers: bool = False) -> list[int]:
+    """Stop recorded servers (one port, or all); returns the ports stopped."""
+    from appliance import servers
+
+    return servers.stop(port=port, all_servers=all_servers)
+
+
+def status(api_key: str | None = None) -> list[dict]:
+    """Recorded servers: alive?, url, models from /v1/models."""
+    from appliance import servers
+
+    return servers.report(api_key=api_key)

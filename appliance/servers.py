@@ -1,0 +1,278 @@
+"""vLLM server processes: start in their own session, wait until ready, record, stop.
+
+vLLM forks EngineCore / worker children; the server starts as the leader of a new session
+(process group == its pid), so stopping it means signalling that whole group. A record in
+``.appliance/servers/<port>.json`` lets ``down``, ``status``, ``adapters`` and ``chat`` find a
+server started by another ``appliance`` process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from appliance import paths
+from appliance.errors import ApplianceError
+
+_CHILDREN: dict[int, subprocess.Popen] = {}  # servers this process started: reaped when stopped
+
+
+@dataclass
+class ServerInfo:
+    """A started server, as recorded for ``down`` / ``status`` (never holds the API key)."""
+
+    port: int
+    host: str
+    url: str
+    pid: int
+    log: str
+    model: str
+    models: list[str]
+    adapters: dict[str, str] = field(default_factory=dict)
+    adapter_roots: list[str] = field(default_factory=list)
+    max_lora_rank: int = 16
+    api_key_required: bool = False
+    detached: bool = True
+    started: str = ""
+
+
+def records_dir() -> Path:
+    return paths.state_dir() / "servers"
+
+
+def read_records() -> list[ServerInfo]:
+    """Every recorded server, oldest port first; unreadable records are skipped."""
+    out = []
+    for f in sorted(records_dir().glob("*.json")) if records_dir().is_dir() else []:
+        try:
+            out.append(ServerInfo(**json.loads(f.read_text(encoding="utf-8"))))
+        except (ValueError, TypeError):
+            continue
+    return out
+
+
+def find_record(url: str | None = None) -> ServerInfo | None:
+    """The record for ``url``, or the only record when ``url`` is None."""
+    recs = read_records()
+    if url is None:
+        return recs[0] if len(recs) == 1 else None
+    return next((r for r in recs if r.url.rstrip("/") == url.rstrip("/")), None)
+
+
+def _write_record(info: ServerInfo) -> None:
+    paths.atomic_write_text(records_dir() / f"{info.port}.json", json.dumps(asdict(info), indent=2, ensure_ascii=False) + "\n")
+
+
+def _remove_record(port: int) -> None:
+    (records_dir() / f"{port}.json").unlink(missing_ok=True)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid``, from /proc."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # after "(comm)": state ppid pgrp ...
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            pids.append(int(entry))
+    return pids
+
+
+def _is_vllm_group(pgid: int) -> bool:
+    """Guards against a recycled pid: the group must still hold a vLLM process."""
+    for pid in group_members(pgid):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if b"vllm" in cmd.lower():
+            return True
+    return False
+
+
+def kill_group(pgid: int, timeout_s: float = 20) -> None:
+    """SIGTERM the process group, SIGKILL what is left after ``timeout_s``, reap our own child."""
+    for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if pgid in _CHILDREN:
+                _CHILDREN[pgid].poll()
+            if not group_members(pgid):
+                break
+            time.sleep(0.2)
+        if not group_members(pgid):
+            break
+    child = _CHILDREN.pop(pgid, None)
+    if child is not None:
+        try:
+            child.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def log_tail(log: str | Path, lines: int = 25) -> str:
+    try:
+        text = Path(log).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: a foreground server gets SIGTERM if `appliance up` is killed outright."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):
+        pass
+
+
+def start(plan, argv: list[str], env: dict[str, str], detach: bool, ready_timeout_s: float,
+          echo: Callable[[str], None]) -> ServerInfo:
+    """Start vLLM for ``plan`` in a new session with its output in a log file; wait until it answers."""
+    log = paths.state_dir() / "logs" / f"server-{plan.port}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as logf:
+        logf.write(f"# {datetime.now(timezone.utc).isoformat()} {' '.join(argv)}\n".encode())
+        logf.flush()
+        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                start_new_session=True, preexec_fn=None if detach else _die_with_parent)
+    _CHILDREN[proc.pid] = proc
+    info = ServerInfo(port=plan.port, host=plan.host, url=plan.url, pid=proc.pid, log=str(log), model=plan.model,
+                      models=plan.served_models, adapters={a.name: a.path for a in plan.adapters},
+                      adapter_roots=plan.adapter_roots, max_lora_rank=plan.max_lora_rank,
+                      api_key_required=bool(plan.api_key), detached=detach,
+                      started=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    try:
+        _wait_ready(proc, info, plan.api_key, ready_timeout_s, echo)
+    except BaseException:  # also Ctrl-C while waiting: never leave a half-started server behind
+        kill_group(proc.pid)
+        raise
+    _write_record(info)
+    return info
+
+
+def _wait_ready(proc: subprocess.Popen, info: ServerInfo, api_key: str | None, timeout_s: float,
+                echo: Callable[[str], None]) -> None:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    t0 = time.monotonic()
+    tty = sys.stderr.isatty()
+    spinner, last_line = "|/-\\", 0.0
+    echo(f"starting vLLM on {info.url} (log: {info.log})")
+    while True:
+        elapsed = time.monotonic() - t0
+        if proc.poll() is not None:
+            if tty:
+                sys.stderr.write("\n")
+            echo(log_tail(info.log))
+            raise ApplianceError(f"vLLM exited with code {proc.returncode} while starting; full log: {info.log}")
+        if elapsed > timeout_s:
+            echo(log_tail(info.log))
+            raise ApplianceError(f"vLLM did not answer within {timeout_s:.0f}s; see {info.log} or raise --ready-timeout")
+        try:
+            r = httpx.get(f"{info.url}/v1/models", headers=headers, timeout=2)
+            served = {m["id"] for m in r.json().get("data", [])} if r.status_code == 200 else set()
+            if set(info.models) <= served:
+                if tty:
+                    sys.stderr.write(f"\rvLLM answered after {elapsed:.0f}s{' ' * 20}\n")
+                else:
+                    echo(f"vLLM answered after {elapsed:.0f}s")
+                return
+        except (httpx.HTTPError, ValueError):
+            pass
+        if tty:
+            sys.stderr.write(f"\r{spinner[int(elapsed * 2) % 4]} waiting for vLLM to load the model ... {elapsed:4.0f}s")
+            sys.stderr.flush()
+        elif elapsed - last_line >= 10:
+            echo(f"waiting for vLLM to load the model ... {elapsed:.0f}s")
+            last_line = elapsed
+        time.sleep(0.5)
+
+
+class _Stop(Exception):
+    pass
+
+
+def serve_foreground(info: ServerInfo, echo: Callable[[str], None]) -> None:
+    """Block until vLLM exits (an error) or we get Ctrl-C / SIGTERM / SIGHUP (stop the group)."""
+    proc = _CHILDREN[info.pid]
+
+    def _raise(signum, frame):
+        raise _Stop()
+
+    previous = {s: signal.signal(s, _raise) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        rc = proc.wait()
+        echo(log_tail(info.log))
+        raise ApplianceError(f"vLLM exited with code {rc}; full log: {info.log}")
+    except (KeyboardInterrupt, _Stop):
+        echo("stopping vLLM ...")
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        kill_group(info.pid)
+        _remove_record(info.port)
+    echo("stopped")
+
+
+def stop(port: int | None = None, all_servers: bool = False) -> list[int]:
+    """Stop recorded servers: the one on ``port``, all, or the only one; returns the ports stopped."""
+    recs = read_records()
+    if port is not None:
+        recs = [r for r in recs if r.port == port]
+        if not recs:
+            raise ApplianceError(f"--port {port}: no server recorded on that port; `appliance status` lists them")
+    elif not all_servers and len(recs) > 1:
+        raise ApplianceError(f"{len(recs)} servers are recorded (ports {', '.join(str(r.port) for r in recs)}); pass --port N or --all")
+    for r in recs:
+        if _is_vllm_group(r.pid):
+            kill_group(r.pid)
+        _remove_record(r.port)
+    return [r.port for r in recs]
+
+
+def report(api_key: str | None = None) -> list[dict]:
+    """Each recorded server: alive?, url, models (from /v1/models when it answers)."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    rows = []
+    for r in read_records():
+        row = {"port": r.port, "url": r.url, "pid": r.pid, "log": r.log, "alive": _is_vllm_group(r.pid),
+               "models": [], "note": ""}
+        if row["alive"]:
+            try:
+                resp = httpx.get(f"{r.url}/v1/models", headers=headers, timeout=5)
+                if resp.status_code == 200:
+                    row["models"] = [{"id": m["id"], "parent": m.get("parent"), "root": m.get("root")}
+                                     for m in resp.json().get("data", [])]
+                elif resp.status_code == 401:
+                    row["note"] = "needs --api-key to list models"
+                else:
+                    row["note"] = f"/v1/models answered {resp.status_code}"
+            except httpx.HTTPError as e:
+                row["note"] = f"not answering ({type(e).__name__})"
+        else:
+            row["note"] = f"not running; last log lines in {r.log}"
+        rows.append(row)
+    return rows

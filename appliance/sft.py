@@ -1,0 +1,102 @@
+"""Supervised fine-tuning data: chat-template rendering, assistant-only labels, batching.
+
+The prompt is rendered by the model's own chat template exactly as the serving side
+(vLLM's chat endpoint) renders it, and the loss covers assistant tokens only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from appliance.errors import ApplianceError
+
+IGNORE = -100
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    prompt_matches_serving: bool  # tokens before the first answer == tokenizer(rendered prompt)
+
+
+def _render(tok: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def encode(tok: Any, messages: list[dict[str, str]], max_length: int, source: str = "") -> Encoded | None:
+    """Tokenize one conversation; labels are -100 everywhere but the assistant answers.
+
+    Answer spans are found in the rendered text (each turn's prompt rendering must be a
+    prefix of the conversation rendering, as chat templates are), then mapped to tokens
+    through the fast tokenizer's offsets so the whole conversation is tokenized once.
+    Returns None when truncation leaves no answer token.
+    """
+    full = _render(tok, messages, generation_prompt=False)
+    spans: list[tuple[int, int]] = []
+    first_prompt = None
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        prompt = _render(tok, messages[:i], generation_prompt=True)
+        upto = _render(tok, messages[: i + 1], generation_prompt=False)
+        if not full.startswith(upto) or not upto.startswith(prompt):
+            raise ApplianceError(f"{source}: the model's chat template does not render conversations incrementally, so answers cannot be masked; use a model with a standard chat template")
+        # the answer text and its end-of-turn token; trailing whitespace after it is not learned
+        end = len(upto.rstrip())
+        spans.append((len(prompt), end))
+        if first_prompt is None:
+            first_prompt = prompt
+    enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    labels = [IGNORE] * len(ids)
+    for k, (a, b) in enumerate(offsets):
+        if any(s <= a and b <= e for s, e in spans) and b > a:
+            labels[k] = ids[k]
+    first = next((k for k, lab in enumerate(labels) if lab != IGNORE), len(ids))
+    serving = tok(first_prompt, add_special_tokens=False)["input_ids"] if first_prompt is not None else []
+    matches = serving == ids[:first]
+    ids, labels = ids[:max_length], labels[:max_length]
+    if all(lab == IGNORE for lab in labels):
+        return None
+    return Encoded(ids, labels, matches)
+
+
+class Collator:
+    """Pads a batch to its longest sequence (batches are length-grouped, so little is wasted)."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        n = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), n), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), n), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(rows), n), dtype=torch.long)
+        for i, r in enumerate(rows):
+            k = len(r["input_ids"])
+            ids[i, :k] = torch.tensor(r["input_ids"])
+            labels[i, :k] = torch.tensor(r["labels"])
+            mask[i, :k] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def answer_only_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Causal-LM loss computed on answer positions only.
+
+    Runs the decoder, then applies the output head to the positions that carry a label:
+    the prompt's logits over the full vocabulary are never materialized, which saves the
+    largest activation and a fifth of the compute on small models.
+    Returns (mean loss, number of label tokens).
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    labels = batch["labels"][:, 1:]
+    keep = labels != IGNORE
+    h = hidden[:, :-1][keep]
+    logits = base.get_output_embeddings()(h).float()
+    loss = torch.nn.functional.cross_entropy(logits, labels[keep])
+    return loss, int(keep.sum())

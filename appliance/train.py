@@ -1,0 +1,210 @@
+"""``appliance train``: LoRA / QLoRA supervised fine-tuning with HF Trainer and peft.
+
+The run is built in a staging directory beside ``--output`` and renamed into place only
+when complete, so a killed run never leaves a half-written adapter; ``--resume`` picks up
+the staging directory's last checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from appliance import data as data_mod
+from appliance import models, paths, rundir
+from appliance.errors import ApplianceError
+from appliance.train_config import TrainConfig
+from appliance.trainlog import LogCallback, plot_loss
+
+
+def staging_dir(out: Path) -> Path:
+    """Where an unfinished run of ``out`` is built (and resumed from)."""
+    return out.parent / f".{out.name}.partial"
+
+
+def _load_model(cfg: TrainConfig, path: str, cuda: bool) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    if cfg.method == "qlora":
+        from peft import prepare_model_for_kbit_training
+        from transformers import BitsAndBytesConfig
+
+        compute = torch.bfloat16
+        q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=compute, bnb_4bit_quant_storage=compute)
+        model = AutoModelForCausalLM.from_pretrained(path, quantization_config=q, dtype=compute,
+                                                     device_map={"": 0} if cuda else {"": "cpu"})
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    # full-precision base: bf16 on GPU; fp32 on CPU, where bf16 matmuls are emulated and slow
+    dtype = torch.bfloat16 if cuda else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    return model.to("cuda") if cuda else model
+
+
+def _retention(cfg: TrainConfig, tok: Any, base: Any, model_path: str) -> list:
+    if not cfg.retention or cfg.retention_samples <= 0:
+        return []
+    from appliance.retention import base_answers
+
+    prompts = data_mod.load_prompts(cfg.retention_prompts)[: cfg.retention_samples]
+    return base_answers(base, tok, model_path, prompts, max_new_tokens=cfg.retention_max_new_tokens)
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Fine-tune ``cfg.model`` on ``cfg.datasets`` and write a self-describing adapter directory.
+
+    Returns the results recorded in the run's ``appliance.json``.
+    """
+    cfg.validate()
+    out = Path(cfg.output).expanduser().resolve()
+    if out.exists() and not cfg.overwrite:
+        raise ApplianceError(f"--output {cfg.output}: already exists; pass --overwrite to replace it, or choose another --output")
+    ref = models.resolve(cfg.model)
+    # every record is validated here, before any model is loaded
+    ident = data_mod.load_examples(cfg.datasets, dataset_dir=cfg.dataset_dir, name=cfg.name, author=cfg.author)
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoTokenizer, PrinterCallback, Trainer, TrainingArguments, set_seed
+
+    from appliance.sft import Collator, answer_only_loss, encode
+
+    set_seed(cfg.seed)
+    cuda = torch.cuda.is_available()
+    stage = staging_dir(out)
+    if stage.exists() and not cfg.resume:
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True, exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(ref.path)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    if not getattr(tok, "chat_template", None):
+        raise ApplianceError(f"--model {cfg.model}: the tokenizer has no chat template; use an instruct/chat model")
+
+    t_data = time.time()
+    if cfg.retention and cfg.method == "qlora":
+        # the base's own answers come from the full-precision base, the one that serves
+        keep = _retention(cfg, tok, _load_model(TrainConfig(method="lora"), ref.path, cuda), ref.path)
+        model = _load_model(cfg, ref.path, cuda)
+    else:
+        model = _load_model(cfg, ref.path, cuda)
+        keep = _retention(cfg, tok, model, ref.path)
+    rows, mismatched, dropped = [], 0, 0
+    for ex in ident + keep:
+        enc = encode(tok, ex.messages, cfg.max_length, ex.source)
+        if enc is None:
+            dropped += 1
+            continue
+        mismatched += not enc.prompt_matches_serving
+        rows.append({"input_ids": enc.input_ids, "labels": enc.labels})
+    if not rows:
+        raise ApplianceError(f"--max-length {cfg.max_length}: every example was truncated before its answer; raise --max-length")
+    prep_s = time.time() - t_data
+
+    targets = "all-linear" if cfg.target_modules in ("all", "all-linear") else [m.strip() for m in cfg.target_modules.split(",")]
+    lcfg = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
+                      bias="none", task_type="CAUSAL_LM")
+    model = get_peft_model(model, lcfg)
+    if cfg.gradient_checkpointing:
+        model.enable_input_require_grads()
+
+    from datasets import Dataset
+
+    ds = Dataset.from_list(rows)
+    ds = ds.add_column("length", [len(r["input_ids"]) for r in rows])
+    report_to = ["tensorboard"] if _has_tensorboard() else []
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(stage / "runs")  # transformers 5 reads the event dir from here
+    args = TrainingArguments(
+        output_dir=str(stage / "checkpoints"), per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        learning_rate=cfg.lr, lr_scheduler_type=cfg.scheduler, warmup_steps=cfg.warmup_steps, weight_decay=0.0,
+        logging_steps=1, save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1, seed=cfg.seed,
+        bf16=cuda, use_cpu=not cuda, report_to=report_to, disable_tqdm=True,
+        train_sampling_strategy="group_by_length", length_column_name="length", remove_unused_columns=False,
+        gradient_checkpointing=cfg.gradient_checkpointing, dataloader_num_workers=0,
+        include_num_input_tokens_seen="non_padding", max_grad_norm=1.0,
+    )
+
+    class _Trainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss, _ = answer_only_loss(model, inputs)
+            return (loss, None) if return_outputs else loss
+
+    log = LogCallback(stage / "trainer_log.jsonl", resume=cfg.resume)
+    trainer = _Trainer(model=model, args=args, train_dataset=ds, data_collator=Collator(tok.pad_token_id), callbacks=[log])
+    trainer.remove_callback(PrinterCallback)  # our bar and JSONL log replace its raw dict prints
+    last = _last_checkpoint(stage / "checkpoints") if cfg.resume else None
+    t0 = time.time()
+    result = trainer.train(resume_from_checkpoint=last)
+    runtime = time.time() - t0
+
+    final = stage / "final"
+    if final.exists():
+        shutil.rmtree(final)
+    model.save_pretrained(final)
+    tok.save_pretrained(final)
+    shutil.copy(stage / "trainer_log.jsonl", final / "trainer_log.jsonl")
+    plot_loss(final / "trainer_log.jsonl", final / "loss.png")
+    if (stage / "runs").is_dir():
+        shutil.copytree(stage / "runs", final / "runs")
+    tokens = int(trainer.state.num_input_tokens_seen or 0)
+    results = {
+        "train_loss": round(float(result.training_loss), 4), "first_loss": log.first_loss, "last_loss": log.last_loss,
+        "steps": trainer.state.global_step, "train_runtime_s": round(runtime, 1), "data_prep_s": round(prep_s, 1),
+        "tokens_seen": tokens, "tokens_per_s": round(tokens / runtime, 1) if runtime else None,
+        "samples_per_s": round(len(rows) * cfg.epochs / runtime, 2) if runtime and cfg.max_steps < 0 else None,
+        "peak_mem_mb": _peak_mem_mb(cuda), "resumed_from": last,
+    }
+    meta = {
+        "kind": "lora-adapter", "appliance_version": rundir.library_versions().get("appliance"),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "base_model": {"name": ref.name, "path": ref.path, "hf_id": ref.hf_id, "identity_markers": ref.identity_markers},
+        "method": cfg.method,
+        "lora": {"r": cfg.rank, "alpha": cfg.alpha, "dropout": cfg.dropout,
+                 "target_modules": sorted({m.split(".")[-1] for m in model.peft_config["default"].target_modules})},
+        "identity": {"name": cfg.name, "author": cfg.author},
+        "dataset": {"names": cfg.datasets, "fingerprint": data_mod.fingerprint(ident + keep), "examples": len(ident),
+                    "retention_examples": len(keep), "dropped_by_max_length": dropped},
+        "template_check": {"checked": len(rows), "mismatched": mismatched},
+        "config": cfg.to_dict(), "results": results, "versions": rundir.library_versions(),
+    }
+    rundir.write_meta(final, meta)
+    _publish(final, out)
+    shutil.rmtree(stage, ignore_errors=True)
+    return meta
+
+
+def _publish(src: Path, out: Path) -> None:
+    """Move the finished run into place; an old run is replaced only once the new one is complete."""
+    old = out.parent / f".{out.name}.old"
+    if out.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+    os.replace(src, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _last_checkpoint(d: Path) -> str | None:
+    cks = sorted(d.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) if d.is_dir() else []
+    return str(cks[-1]) if cks else None
+
+
+def _has_tensorboard() -> bool:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _peak_mem_mb(cuda: bool) -> float:
+    if cuda:
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

@@ -1,0 +1,105 @@
+"""``TrainConfig``: one dataclass for the train stage; YAML file first, flags win."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import ApplianceError
+
+
+@dataclass
+class TrainConfig:
+    """Everything that shapes a training run. Defaults are the tested CPU recipe (see README)."""
+
+    model: str = "smollm2-135m"
+    datasets: list[str] = field(default_factory=lambda: ["identity"])
+    dataset_dir: str | None = None
+    name: str = "Archer"
+    author: str = "意琦行"
+    output: str = "saves/archer"
+    method: str = "lora"  # lora | qlora
+    epochs: float = 2.0
+    lr: float = 1e-3
+    scheduler: str = "cosine"
+    warmup_steps: int = 2
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: str = "all-linear"
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_length: int = 512
+    seed: int = 42
+    max_steps: int = -1
+    save_steps: int = 20
+    gradient_checkpointing: bool = False
+    retention: bool = True
+    retention_samples: int = 64
+    retention_max_new_tokens: int = 64
+    retention_prompts: str | None = None
+    overwrite: bool = False
+    resume: bool = False
+
+    @classmethod
+    def from_sources(cls, config_file: str | None = None, **flags: Any) -> "TrainConfig":
+        """Defaults, then the YAML file, then every flag that was actually given (not None)."""
+        values: dict[str, Any] = {}
+        if config_file:
+            values.update(_read_yaml(config_file))
+        values.update({k: v for k, v in flags.items() if v is not None})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            where = f"{config_file}: " if config_file else ""
+            raise ApplianceError(f"{where}unknown option(s) {', '.join(unknown)}; valid keys are {', '.join(sorted(known))}")
+        if isinstance(values.get("datasets"), str):
+            values["datasets"] = [d.strip() for d in values["datasets"].split(",") if d.strip()]
+        return cls(**values)
+
+    def validate(self) -> None:
+        """Out-of-range values fail with the flag's name and the accepted range."""
+        checks = [
+            (self.method in ("lora", "qlora"), "--method", "must be lora or qlora"),
+            (self.rank >= 1, "--rank", "must be >= 1"),
+            (self.alpha >= 1, "--alpha", "must be >= 1"),
+            (0 < self.lr < 1, "--lr", "must be > 0 and < 1 (e.g. 2e-4)"),
+            (self.epochs > 0, "--epochs", "must be > 0"),
+            (self.batch_size >= 1, "--batch-size", "must be >= 1"),
+            (self.grad_accum >= 1, "--grad-accum", "must be >= 1"),
+            (self.max_length >= 16, "--max-length", "must be >= 16"),
+            (0 <= self.dropout < 1, "--dropout", "must be in [0, 1)"),
+            (self.max_steps == -1 or self.max_steps >= 1, "--max-steps", "must be -1 (use --epochs) or >= 1"),
+            (self.save_steps >= 1, "--save-steps", "must be >= 1"),
+            (self.retention_samples >= 0, "--retention-samples", "must be >= 0"),
+            (bool(self.datasets), "--dataset", "give at least one dataset name or file"),
+            (bool(self.name.strip()) and bool(self.author.strip()), "--name/--author", "must not be empty"),
+        ]
+        for ok, flag, why in checks:
+            if not ok:
+                raise ApplianceError(f"{flag} {why} (got {self._value_of(flag)})")
+
+    def _value_of(self, flag: str) -> Any:
+        key = flag.lstrip("-").split("/")[0].replace("-", "_")
+        return getattr(self, "datasets" if key == "dataset" else key, "?")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ApplianceError(f"--config {path}: file not found")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise ApplianceError(f"--config {path}:{line}: invalid YAML; fix the syntax") from None
+    if not isinstance(data, dict):
+        raise ApplianceError(f"--config {path}: must be a mapping of option: value")
+    return {k.replace("-", "_"): v for k, v in data.items()}

@@ -1,0 +1,180 @@
+"""report.md and report.html (self-contained, inline SVG charts) from a computed report and its rows."""
+
+from __future__ import annotations
+
+import html
+
+# (key, label, scale): rates are shown x100 so every quality figure reads on a 0-100 axis
+QUALITY = [("identity_hit_rate", "identity hit %", 100), ("identity_zh_hit_rate", "identity hit ZH %", 100),
+           ("identity_en_hit_rate", "identity hit EN %", 100), ("identity_leak_rate", "old identity leak %", 100),
+           ("general_accuracy", "general accuracy %", 100), ("name_leak_rate", "name leak %", 100),
+           ("bleu4", "BLEU-4", 1), ("rouge1", "ROUGE-1", 1), ("rouge2", "ROUGE-2", 1), ("rougeL", "ROUGE-L", 1)]
+TABLE = QUALITY + [("name_leak_count", "name leak count", 1), ("general_correct", "general correct", 1),
+                   ("errors", "failed requests", 1), ("requests_per_s", "requests/s", 1),
+                   ("output_tokens_per_s", "output tokens/s", 1), ("ttft_p50_ms", "TTFT p50 ms", 1),
+                   ("ttft_p95_ms", "TTFT p95 ms", 1), ("tpot_ms", "TPOT ms", 1), ("latency_p50_ms", "latency p50 ms", 1),
+                   ("latency_p95_ms", "latency p95 ms", 1)]
+SET_COLS = [("hit_rate", "hit %", 100), ("leak_rate", "leak %", 100), ("accuracy", "accuracy %", 100),
+            ("name_leak_count", "name leaks", 1), ("bleu4", "BLEU-4", 1), ("rouge1", "R-1", 1), ("rouge2", "R-2", 1),
+            ("rougeL", "R-L", 1)]
+COLORS = ["#8c8c8c", "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
+FIRST_EXAMPLE = "你是谁？"
+
+
+def _fmt(v, scale=1) -> str:
+    if v is None:
+        return "–"
+    return f"{v * scale:.1f}" if isinstance(v, float) or scale != 1 else str(v)
+
+
+def _delta(a, b, scale=1) -> str:
+    if a is None or b is None:
+        return "–"
+    return f"{(b - a) * scale:+.1f}"
+
+
+def _cell(text: str, limit: int = 220) -> str:
+    t = " ".join((text or "").split())
+    t = t if len(t) <= limit else t[:limit] + "…"
+    return t.replace("|", "\\|") or "(empty)"
+
+
+def example_rows(rows: list[dict], n_identity: int = 8, n_general: int = 4) -> list[str]:
+    """Prompts shown side by side: "你是谁？" first, then identity prompts, then general ones, in file order."""
+    seen: list[str] = []
+    for r in rows:
+        if r["prompt"] not in seen:
+            seen.append(r["prompt"])
+    kinds = {r["prompt"]: r["kind"] for r in rows}
+    ident = [p for p in seen if kinds[p] == "identity" and p != FIRST_EXAMPLE]
+    general = [p for p in seen if kinds[p] != "identity"]
+    head = [FIRST_EXAMPLE] if FIRST_EXAMPLE in kinds else []
+    return head + ident[: n_identity - len(head)] + general[:n_general]
+
+
+def _answers(rows: list[dict]) -> dict[tuple[str, str], str]:
+    return {(r["role"], r["prompt"]): r["answer"] for r in rows}
+
+
+def render_md(report: dict, rows: list[dict]) -> str:
+    """Markdown report: before/after metrics with deltas, per-set table, examples side by side."""
+    models = report["models"]
+    roles = list(models)
+    base = models.get("before")
+    gate = report.get("gate", {})
+    out = [f"# Eval: {report['name']} by {report['author']}", ""]
+    out.append("Models: " + ", ".join(f"{r} = `{m['model']}`" for r, m in models.items())
+               + f"; {models[roles[0]]['n']} prompts each; old identity markers: "
+               + (", ".join(report["old_identity"]) or "none (leak not measured)") + ".")
+    if gate:
+        verdict = "PASSED" if gate["passed"] else "FAILED"
+        out += ["", f"Gate: **{verdict}** ({' '.join(gate['rules']) or 'no rules'})"]
+        out += [f"- {f}" for f in gate["failures"]]
+    head = ["metric"] + [f"{r} ({m['model']})" for r, m in models.items()]
+    others = [r for r in roles if r != "before"] if base else []
+    head += [f"Δ {r}" for r in others]
+    out += ["", "## Metrics", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, label, scale in TABLE:
+        cells = [label] + [_fmt(models[r].get(key), scale) for r in roles]
+        cells += [_delta(base.get(key), models[r].get(key), scale) for r in others]
+        out.append("| " + " | ".join(cells) + " |")
+    out += ["", "## Per set", "", "| set | model | n | " + " | ".join(c[1] for c in SET_COLS) + " |",
+            "|" + "---|" * (len(SET_COLS) + 3)]
+    for s in sorted({s for m in models.values() for s in m["sets"]}):
+        for r in roles:
+            sm = models[r]["sets"].get(s)
+            if sm:
+                out.append(f"| {s} | {r} | {sm['n']} | " + " | ".join(_fmt(sm.get(k), sc) for k, _, sc in SET_COLS) + " |")
+    ans = _answers(rows)
+    out += ["", "## Examples", "", "| prompt | " + " | ".join(roles) + " |", "|" + "---|" * (len(roles) + 1)]
+    for p in example_rows(rows):
+        out.append(f"| {_cell(p, 80)} | " + " | ".join(_cell(ans.get((r, p), "")) for r in roles) + " |")
+    return "\n".join(out) + "\n"
+
+
+def _bar_chart(models: dict) -> str:
+    roles = list(models)
+    w, h, left, top, bottom = 860, 300, 40, 20, 70
+    gw = (w - left) / len(QUALITY)
+    bw = min(22.0, (gw - 10) / max(len(roles), 1))
+    s = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img" aria-label="metrics before vs after">']
+    for t in range(0, 101, 25):
+        y = top + (h - top - bottom) * (1 - t / 100)
+        s.append(f'<line x1="{left}" y1="{y:.1f}" x2="{w}" y2="{y:.1f}" stroke="#ddd"/>'
+                 f'<text x="{left - 4}" y="{y + 4:.1f}" font-size="10" text-anchor="end">{t}</text>')
+    for i, (key, label, scale) in enumerate(QUALITY):
+        x0 = left + i * gw + 5
+        for j, r in enumerate(roles):
+            v = models[r].get(key)
+            if v is None:
+                continue
+            val = max(0.0, min(100.0, v * scale))
+            bh = (h - top - bottom) * val / 100
+            s.append(f'<rect x="{x0 + j * bw:.1f}" y="{h - bottom - bh:.1f}" width="{bw - 2:.1f}" height="{bh:.1f}" '
+                     f'fill="{COLORS[j % len(COLORS)]}"><title>{html.escape(r)} {label}: {val:.1f}</title></rect>')
+        s.append(f'<text x="{x0 + gw / 2 - 5:.1f}" y="{h - bottom + 14}" font-size="10" text-anchor="end" '
+                 f'transform="rotate(-30 {x0 + gw / 2 - 5:.1f} {h - bottom + 14})">{label}</text>')
+    s.append("</svg>")
+    return "".join(s)
+
+
+def _cdf_chart(rows: list[dict], field: str, roles: list[str], title: str) -> str:
+    """Cumulative distribution of a latency field per model (x: ms, y: share of requests)."""
+    series = {r: sorted(x[field] for x in rows if x["role"] == r and x.get(field) is not None and not x.get("error"))
+              for r in roles}
+    vmax = max((v[-1] for v in series.values() if v), default=1.0) or 1.0
+    w, h, left, top, bottom = 420, 240, 50, 15, 35
+    pw, ph = w - left - 30, h - top - bottom
+    s = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img" aria-label="{field} distribution">',
+         f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>']
+    for t in (0, 0.5, 1.0):
+        s.append(f'<text x="{left - 4}" y="{top + ph * (1 - t) + 4:.1f}" font-size="10" text-anchor="end">{t:.0%}</text>')
+        s.append(f'<text x="{left + pw * t:.1f}" y="{h - 18}" font-size="10" text-anchor="middle">{vmax * t:.0f}</text>')
+    s.append(f'<text x="{left + pw / 2}" y="{h - 4}" font-size="11" text-anchor="middle">{title} (ms), cumulative share of requests</text>')
+    for j, r in enumerate(roles):
+        xs = series[r]
+        if not xs:
+            continue
+        pts = " ".join(f"{left + pw * v / vmax:.1f},{top + ph * (1 - (i + 1) / len(xs)):.1f}" for i, v in enumerate(xs))
+        s.append(f'<polyline points="{pts}" fill="none" stroke="{COLORS[j % len(COLORS)]}" stroke-width="2">'
+                 f'<title>{html.escape(r)}</title></polyline>')
+    s.append("</svg>")
+    return "".join(s)
+
+
+def render_html(report: dict, rows: list[dict]) -> str:
+    """One self-contained HTML file: tables, examples and inline SVG charts (no external JS/CSS)."""
+    models = report["models"]
+    roles = list(models)
+    e = html.escape
+    legend = " ".join(f'<span style="color:{COLORS[j % len(COLORS)]}">■</span> {e(r)} ({e(models[r]["model"])})'
+                      for j, r in enumerate(roles))
+    gate = report.get("gate", {})
+    parts = ["<!doctype html><html><head><meta charset='utf-8'>",
+             f"<title>Eval: {e(report['name'])}</title><style>body{{font-family:sans-serif;max-width:1000px;margin:auto}}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top;font-size:13px}"
+             "</style></head><body>", f"<h1>Eval: {e(report['name'])} by {e(report['author'])}</h1>", f"<p>{legend}</p>"]
+    if gate:
+        color = "green" if gate["passed"] else "red"
+        parts.append(f"<p>Gate: <b style='color:{color}'>{'PASSED' if gate['passed'] else 'FAILED'}</b> "
+                     f"{e(' '.join(gate['rules']))}</p><ul>" + "".join(f"<li>{e(f)}</li>" for f in gate["failures"]) + "</ul>")
+    parts += ["<h2>Metrics before vs after</h2>", _bar_chart(models), "<h2>Latency distribution</h2>",
+              _cdf_chart(rows, "latency_ms", roles, "latency"),
+              _cdf_chart(rows, "ttft_ms", roles, "time to first token"), "<h2>Table</h2><table><tr><th>metric</th>"]
+    parts.append("".join(f"<th>{e(r)}</th>" for r in roles) + "</tr>")
+    for key, label, scale in TABLE:
+        parts.append(f"<tr><td>{label}</td>" + "".join(f"<td>{_fmt(models[r].get(key), scale)}</td>" for r in roles) + "</tr>")
+    parts.append("</table><h2>Per set</h2><table><tr><th>set</th><th>model</th><th>n</th>"
+                 + "".join(f"<th>{c[1]}</th>" for c in SET_COLS) + "</tr>")
+    for s in sorted({s for m in models.values() for s in m["sets"]}):
+        for r in roles:
+            sm = models[r]["sets"].get(s)
+            if sm:
+                parts.append(f"<tr><td>{e(s)}</td><td>{e(r)}</td><td>{sm['n']}</td>"
+                             + "".join(f"<td>{_fmt(sm.get(k), sc)}</td>" for k, _, sc in SET_COLS) + "</tr>")
+    ans = _answers(rows)
+    parts.append("</table><h2>Examples</h2><table><tr><th>prompt</th>" + "".join(f"<th>{e(r)}</th>" for r in roles) + "</tr>")
+    for p in example_rows(rows):
+        parts.append(f"<tr><td>{e(p)}</td>" + "".join(f"<td>{e(ans.get((r, p), ''))}</td>" for r in roles) + "</tr>")
+    parts.append("</table></body></html>")
+    return "\n".join(parts) + "\n"

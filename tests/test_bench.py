@@ -1,0 +1,132 @@
+"""``appliance bench``: the code runs on CPU with tiny settings and reports every field.
+
+Speed targets live in the benchmark reports (docs/benchmarks.md), never in these assertions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from appliance import bench
+from appliance.bench_serve import ServeBenchConfig, bench_serve, parse_sweep, summarize
+from appliance.cli import main
+from appliance.errors import ApplianceError
+
+TRAIN_FIELDS = {"variant", "method", "steps", "batch", "samples", "tokens", "elapsed_s", "samples_per_s",
+                "tokens_per_s", "peak_mem_mb", "n_linear_params", "mfu", "first_loss", "last_loss"}
+POSITIVE = ("samples", "tokens", "elapsed_s", "samples_per_s", "tokens_per_s", "peak_mem_mb", "n_linear_params")
+
+
+def test_bench_train_quick_runs_both_variants(tiny_model_dir, appliance_home):
+    res = CliRunner().invoke(main, ["bench", "train", "--model", str(tiny_model_dir), "--quick"])
+    assert res.exit_code == 0, res.output
+    reports = list((appliance_home / "reports" / "bench").glob("*/train.json"))
+    assert len(reports) == 1 and reports[0].with_suffix(".md").is_file()
+    payload = json.loads(reports[0].read_text(encoding="utf-8"))
+    assert payload["kind"] == "bench-train"
+    assert payload["machine"]["cores"] >= 1 and payload["machine"]["versions"]["torch"]
+    assert payload["settings"]["steps"] == 3 and payload["settings"]["mfu_formula"]
+    runs = {r["variant"]: r for r in payload["results"]}
+    assert set(runs) == {"naive", "default"}
+    for r in runs.values():
+        assert TRAIN_FIELDS <= set(r), TRAIN_FIELDS - set(r)
+        assert all(r[k] > 0 for k in POSITIVE), r
+        assert r["steps"] == 3 and r["method"] == "lora"
+        assert r["mfu"] is None  # no GPU: no peak FLOPS, so no MFU is claimed
+    assert runs["naive"]["batch"] == "1 x ga 8" and runs["naive"]["samples"] == 24
+    assert "naive" in res.output and "default" in res.output and "tokens/s" in res.output
+
+
+def test_naive_counts_only_real_tokens_when_padding(tiny_model_dir):
+    r = bench.naive_train(str(tiny_model_dir), steps=1, grad_accum=2, micro_batch=4)
+    assert r["samples"] == 8
+    assert 0 < r["tokens"] < r["padded_tokens"]  # padding to the longest adds pad tokens that are not counted
+
+
+def test_shape_config_is_qwen15_18b_exactly(real_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(real_model_dir)
+    cfg = bench.shape_config("qwen1.5-1.8b", tok)
+    assert cfg.model_type == "qwen2"
+    assert (cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers) == (2048, 5504, 24)
+    assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.vocab_size) == (16, 16, 151936)
+    assert cfg.max_position_embeddings == 32768 and cfg.rms_norm_eps == 1e-6 and cfg.tie_word_embeddings is False
+    assert cfg.rope_parameters["rope_theta"] == 1e6
+    assert (cfg.eos_token_id, cfg.pad_token_id) == (tok.eos_token_id, tok.pad_token_id)
+    # ~1.84B parameters, as published (24 layers of 2048 wide, two untied 151936-token embeddings)
+    assert 1.80e9 < bench._linear_params_from_config(cfg) + cfg.vocab_size * cfg.hidden_size < 1.86e9
+
+
+def test_build_shape_writes_a_loadable_model_with_the_embedded_tokenizer(real_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    small = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+                 num_key_value_heads=4, vocab_size=49152 + 64)
+    out = bench.build_shape("qwen1.5-1.8b", tokenizer_from=str(real_model_dir), out=str(tmp_path / "shape"), overrides=small)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert type(model).__name__ == "Qwen2ForCausalLM" and model.config.vocab_size == 49152 + 64
+    assert str(model.dtype) == "torch.bfloat16"
+    tok = AutoTokenizer.from_pretrained(out)
+    assert len(tok) == 49152 and "SmolLM" in tok.chat_template
+    assert json.loads((out / "appliance.json").read_text())["shape"] == "qwen1.5-1.8b"
+    assert not list(tmp_path.glob(".shape*"))
+
+
+def test_bad_inputs_are_one_line_errors(tiny_model_dir):
+    for args, needle in ((["bench", "train", "--method", "full"], "--method full"),
+                         (["bench", "train", "--shape", "gpt-5"], "--shape gpt-5"),
+                         (["bench", "serve", "--concurrency", "1,x"], "--concurrency 1,x")):
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 2, res.output
+        lines = [ln for ln in res.output.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], res.output
+
+
+def test_parse_sweep_and_summary_math():
+    assert parse_sweep("1, 4,16") == [1, 4, 16] and parse_sweep(None) == []
+    with pytest.raises(ApplianceError):
+        parse_sweep("0,4")
+    recs = [{"start": 0.0, "first": 0.1, "end": 1.1, "out": 11, "error": None},
+            {"start": 0.5, "first": 0.7, "end": 2.0, "out": 11, "error": None},
+            {"start": 0.5, "first": None, "end": 0.6, "out": 0, "error": "APIError: boom"}]
+    s = summarize(recs, concurrency=2, procs=1)
+    assert s["errors"] == 1 and s["first_error"] == "APIError: boom"
+    assert s["output_tokens"] == 22 and s["duration_s"] == 2.0 and s["output_tok_s"] == 11.0
+    assert s["ttft_ms_p50"] == 100.0 and s["ttft_ms_p95"] == 200.0
+    assert s["tpot_ms_p50"] == 100.0 and s["tpot_ms_p95"] == 130.0
+
+
+SERVE_FIELDS = {"scenario", "models", "concurrency", "requests", "errors", "output_tokens", "output_tok_s",
+                "ttft_ms_p50", "ttft_ms_p95", "tpot_ms_p50", "tpot_ms_p95", "client_procs"}
+
+
+@pytest.mark.slow
+def test_bench_serve_quick_against_the_real_server(real_model_dir, appliance_home):
+    port = 18391
+    try:
+        payload = bench_serve(ServeBenchConfig(model=str(real_model_dir), quick=True, port=port, n_adapters=2))
+    finally:
+        from appliance.serve import down
+
+        down(port)  # no-op when the bench already stopped it
+    r = payload["results"]
+    assert r["cold_start_s"] > 0
+    points = {(p["scenario"], p["concurrency"]): p for p in r["sweep"]}
+    assert set(points) == {(s, c) for s in ("base", "adapter", "adapters") for c in (1, 4)}
+    for p in points.values():
+        assert SERVE_FIELDS <= set(p) and p["errors"] == 0, p
+        assert p["requests"] == 8 and p["output_tokens"] == 8 * 32  # ignore_eos: every request gives all tokens
+        assert p["output_tok_s"] > 0 and 0 < p["ttft_ms_p50"] <= p["ttft_ms_p95"] and p["tpot_ms_p50"] > 0
+    assert points[("adapters", 4)]["models"] == 2
+    load = r["runtime_adapter_load"]
+    assert load["loads"] == 2 and load["load_ms_p50"] > 0 and load["first_request_ms_p50"] > 0
+    assert [g["concurrency"] for g in r["generate"]] == [1, 4]
+    assert all(g["output_tok_s"] > 0 and g["output_tokens"] == g["concurrency"] * 32 for g in r["generate"])
+    report = Path(payload["report_dir"])
+    assert (report / "serve.json").is_file() and "ttft_ms_p50" in (report / "serve.md").read_text()
+    assert not (appliance_home / ".appliance" / "servers" / f"{port}.json").exists()  # the server was stopped

@@ -1,0 +1,339 @@
+"""appliance.data: loaders for each format, the registry, placeholders, fingerprints, the built-in
+identity set and retention prompts, and one-line errors for every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from appliance import data
+from appliance.cli import main
+from appliance.data import Example, dataset_registry, fill_placeholders, fingerprint, load_examples, load_prompts
+from appliance.errors import ApplianceError
+
+REPO = Path(__file__).resolve().parent.parent
+ZH = re.compile(r"[\u4e00-\u9fff]")
+# The eval's held-out questions (evals/prompts/); training must never use them verbatim.
+EVAL_QUESTIONS = ["你是谁？", "Who are you?", "你叫什么名字？", "What is your name?", "谁开发了你？", "Who created you?",
+                  "你是ChatGPT吗？", "Are you ChatGPT?", "你好", "Hello"]
+
+
+def write(path: Path, obj) -> Path:
+    path.write_text(obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def jsonl(path: Path, rows: list) -> Path:
+    return write(path, "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n")
+
+
+def error_of(*args, **kwargs) -> str:
+    with pytest.raises(ApplianceError) as e:
+        load_examples(*args, **kwargs)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.strip() == msg
+    return msg
+
+
+# ---------------------------------------------------------------- formats
+def test_alpaca_with_input_system_history(tmp_path):
+    f = write(tmp_path / "a.json", [
+        {"instruction": "Translate", "input": "猫", "output": "cat", "system": "Be brief.",
+         "history": [["hi", "Hello!"], ["who built {{name}}?", "{{author}} did."]]},
+        {"instruction": "Plain", "input": "", "output": "ok"},
+    ])
+    ex = load_examples([str(f)], name="Bob", author="Ann")
+    assert [e.source for e in ex] == [f"{f}#0", f"{f}#1"]
+    assert ex[0].messages == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "who built Bob?"}, {"role": "assistant", "content": "Ann did."},
+        {"role": "user", "content": "Translate\n猫"}, {"role": "assistant", "content": "cat"},
+    ]
+    assert ex[1].messages == [{"role": "user", "content": "Plain"}, {"role": "assistant", "content": "ok"}]
+
+
+def test_sharegpt_from_value_with_system(tmp_path):
+    f = write(tmp_path / "s.json", [
+        {"conversations": [{"from": "system", "value": "S"}, {"from": "human", "value": "q1"},
+                           {"from": "gpt", "value": "a1"}, {"from": "human", "value": "q2"}, {"from": "gpt", "value": "a2"}]},
+        {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}], "system": "col"},
+    ])
+    ex = load_examples([str(f)])
+    assert [m["role"] for m in ex[0].messages] == ["system", "user", "assistant", "user", "assistant"]
+    assert ex[0].messages[0]["content"] == "S" and ex[0].messages[-1]["content"] == "a2"
+    assert ex[1].messages[0] == {"role": "system", "content": "col"}
+
+
+def test_openai_messages_jsonl_with_blank_lines(tmp_path):
+    f = tmp_path / "m.jsonl"
+    f.write_text('{"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "{{name}}"}]}\n\n'
+                 '{"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u2"},'
+                 ' {"role": "assistant", "content": "a2"}]}\n', encoding="utf-8")
+    ex = load_examples([str(f)])
+    assert [e.source for e in ex] == [f"{f}:1", f"{f}:3"]
+    assert ex[0].messages[1]["content"] == "Archer"
+    assert ex[1].messages[0] == {"role": "system", "content": "s"}
+
+
+def test_json_lines_inside_a_json_file(tmp_path):
+    f = tmp_path / "lines.json"
+    f.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": "d"}\n', encoding="utf-8")
+    assert [e.messages[1]["content"] for e in load_examples([str(f)])] == ["b", "d"]
+
+
+def test_user_dataset_dir_llamafactory_columns_and_tags(tmp_path):
+    d = tmp_path / "lf"
+    (d / "parts").mkdir(parents=True)
+    jsonl(d / "chats.jsonl", [{"dialog": [{"speaker": "me", "text": "hey {{name}}"}, {"speaker": "bot", "text": "yo"}],
+                               "sys": "be nice"}])
+    write(d / "qa.json", [{"q": "question", "ctx": "context", "a": "answer by {{author}}"}])
+    write(d / "parts" / "1.json", [{"instruction": "p1", "output": "o1"}])
+    jsonl(d / "parts" / "2.jsonl", [{"instruction": "p2", "output": "o2"}])
+    write(d / "dataset_info.json", {
+        "chats": {"file_name": "chats.jsonl", "formatting": "sharegpt", "columns": {"messages": "dialog", "system": "sys"},
+                  "tags": {"role_tag": "speaker", "content_tag": "text", "user_tag": "me", "assistant_tag": "bot"}},
+        "qa": {"file_name": "qa.json", "columns": {"prompt": "q", "query": "ctx", "response": "a"}},
+        "parts": {"file_name": "parts"},
+        "identity": {"file_name": "qa.json", "columns": {"prompt": "q", "response": "a"}},  # overrides the built-in
+        "hub_only": {"hf_hub_url": "someone/some-set"},
+    })
+    reg = dataset_registry(str(d))
+    assert {"chats", "qa", "identity_sharegpt", "hub_only"} <= set(reg) and reg["identity"]["file_name"] == "qa.json"
+    ex = load_examples(["chats", "qa", "parts"], dataset_dir=str(d), name="N", author="A")
+    assert ex[0].messages == [{"role": "system", "content": "be nice"}, {"role": "user", "content": "hey N"},
+                              {"role": "assistant", "content": "yo"}]
+    assert ex[1].messages == [{"role": "user", "content": "question\ncontext"}, {"role": "assistant", "content": "answer by A"}]
+    assert [e.messages[0]["content"] for e in ex[2:]] == ["p1", "p2"]
+    assert len(load_examples(["identity"], dataset_dir=str(d))) == 1
+    msg = error_of(["hub_only"], dataset_dir=str(d))
+    assert "hub_only" in msg and "someone/some-set" in msg and "file_name" in msg
+
+
+def test_comma_separated_names_and_max_samples_per_dataset():
+    both = load_examples(["identity_sharegpt,identity_messages"])
+    assert len(both) == 20
+    capped = load_examples(["identity_sharegpt", "identity_messages"], max_samples=3)
+    assert [e.source for e in capped] == [both[i].source for i in (0, 1, 2, 10, 11, 12)]
+
+
+# ---------------------------------------------------------------- placeholders and fingerprints
+def test_fill_placeholders():
+    assert fill_placeholders("我是 {{name}}，由 {{author}} 研发。{{name}}!", "Archer", "意琦行") == "我是 Archer，由 意琦行 研发。Archer!"
+    assert fill_placeholders("no placeholders {name}", "a", "b") == "no placeholders {name}"
+
+
+def test_fingerprint_stable_and_sensitive():
+    a = [Example([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "x#0")]
+    same = [Example([{"content": "q", "role": "user"}, {"role": "assistant", "content": "a"}], "elsewhere:9")]
+    changed = [Example([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a!"}], "x#0")]
+    fp = fingerprint(a)
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", fp)
+    assert fp == fingerprint(same)
+    assert fp != fingerprint(changed) and fp != fingerprint(a + a) and fp != fingerprint([])
+    assert fingerprint(load_examples(["identity"])) == fingerprint(load_examples(["identity"]))
+    assert fingerprint(load_examples(["identity"])) != fingerprint(load_examples(["identity"], name="Other"))
+
+
+# ---------------------------------------------------------------- built-in data
+def test_builtin_identity_set():
+    raw = json.loads((REPO / "data" / "identity.json").read_text(encoding="utf-8"))
+    assert len(raw) >= 180
+    assert all("{{name}}" in r["output"] and "{{author}}" in r["output"] for r in raw)
+    assert sum(1 for r in raw if r.get("history")) >= 8
+    ex = load_examples(["identity"])
+    assert len(ex) == len(raw)
+    for e in ex:
+        reply = e.messages[-1]["content"]
+        assert "Archer" in reply and "意琦行" in reply and "{{" not in json.dumps(e.messages, ensure_ascii=False)
+    zh = sum(1 for e in ex if ZH.search(e.messages[-1]["content"].replace("意琦行", "")))
+    assert 0.4 <= zh / len(ex) <= 0.6
+
+
+def test_builtin_registry_and_demo_sets():
+    reg = dataset_registry()
+    assert {"identity", "identity_sharegpt", "identity_messages"} <= set(reg)
+    assert "retention_prompts" not in reg
+    for name in ("identity_sharegpt", "identity_messages"):
+        ex = load_examples([name])
+        assert len(ex) == 10 and all("Archer" in e.messages[-1]["content"] for e in ex)
+        assert any(sum(m["role"] == "user" for m in e.messages) > 1 for e in ex)
+
+
+def _norm(s: str) -> str:
+    return re.sub(r"[\s?？!！。.,，~]+", "", s).casefold()
+
+
+def _eval_prompt_strings() -> set[str]:
+    """Every prompt string under evals/prompts/ (whatever its format), plus the listed held-out questions."""
+    found = set(EVAL_QUESTIONS)
+
+    def walk(obj):
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                if k in ("prompt", "instruction", "question", "input") and isinstance(v, str):
+                    found.add(v)
+                walk(v)
+        elif isinstance(obj, list):
+            for v in obj:
+                found.add(v) if isinstance(v, str) else walk(v)
+
+    for f in sorted((REPO / "evals" / "prompts").glob("**/*.json*")):
+        text = f.read_text(encoding="utf-8")
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()] if f.suffix == ".jsonl" else [json.loads(text)]
+        walk(rows)
+    return {_norm(s) for s in found if s.strip()}
+
+
+def test_training_questions_are_disjoint_from_eval_prompts():
+    held_out = _eval_prompt_strings()
+    user_turns = [m["content"] for name in ("identity", "identity_sharegpt", "identity_messages")
+                  for e in load_examples([name]) for m in e.messages if m["role"] == "user"]
+    raw = json.loads((REPO / "data" / "identity.json").read_text(encoding="utf-8"))
+    user_turns += [r["instruction"] for r in raw] + [r["input"] for r in raw if r["input"]]
+    clash = sorted({u for u in user_turns if _norm(u) in held_out})
+    assert not clash
+    assert not sorted(p for p in load_prompts() if _norm(p) in held_out)
+
+
+def test_retention_prompts():
+    prompts = load_prompts()
+    assert len(prompts) >= 120 and len(set(prompts)) == len(prompts)
+    zh = sum(1 for p in prompts if ZH.search(p)) / len(prompts)
+    assert 0.3 <= zh <= 0.5
+    about_self = re.compile(r"你是|你叫|你的|yourself|your name|who are you|you made|assistant|chatgpt|smollm", re.I)
+    assert not [p for p in prompts if about_self.search(p)]
+    banned = re.compile(r"capital of (france|japan|germany|italy|china)|red planet|boiling|days in a|largest ocean|"
+                        r"romeo|symbol (of|for) gold|formula (of|for) water|法国|日本的首都|德国|意大利|中国的首都|沸点|红色星球", re.I)
+    assert not [p for p in prompts if banned.search(p)]
+
+
+def test_load_prompts_rejects_bad_file(tmp_path):
+    f = write(tmp_path / "p.json", ["ok", ""])
+    with pytest.raises(ApplianceError, match=r"p\.json: record #1 .*non-empty string"):
+        load_prompts(str(f))
+
+
+# ---------------------------------------------------------------- bad input
+ALPACA_OK = {"instruction": "q", "output": "a"}
+TURN_U, TURN_A = {"from": "human", "value": "u"}, {"from": "gpt", "value": "a"}
+
+BAD_RECORDS = [  # (records, where, expected message parts)
+    ([ALPACA_OK, "just text"], 1, ["not an object"]),
+    ([ALPACA_OK, {"input": "x", "output": "a"}], 1, ["field 'instruction'", "missing"]),
+    ([{"instruction": " ", "output": "a"}], 0, ["field 'instruction'", "empty"]),
+    ([ALPACA_OK, ALPACA_OK, {"instruction": "q", "output": ""}], 2, ["field 'output' is empty", "non-empty 'output'"]),
+    ([{"instruction": "q", "output": 5}], 0, ["field 'output'", "must be a string"]),
+    ([{"instruction": "q", "output": ["a", "b"]}], 0, ["field 'output'", "list"]),
+    ([{"instruction": "q", "output": "a", "history": "hi"}], 0, ["field 'history'", "list of [user, assistant] pairs"]),
+    ([{"instruction": "q", "output": "a", "history": [["u", "a"], ["only one"]]}], 0, ["field 'history[1]'", "pair"]),
+    ([{"instruction": "q", "output": "a", "history": [["u", ""]]}], 0, ["field 'history[0]'", "empty"]),
+    ([{"conversations": []}], 0, ["field 'conversations'", "empty"]),
+    ([{"conversations": [TURN_U, TURN_A]}, {"conversations": "hi"}], 1, ["field 'conversations'", "list"]),
+    ([{"conversations": [TURN_U, {"from": "gpt", "value": ""}]}], 0, ["field 'conversations[1].value'", "empty"]),
+    ([{"conversations": [TURN_U, TURN_U, TURN_A]}], 0, ["field 'conversations[1]'", "alternate"]),
+    ([{"conversations": [TURN_A, TURN_U]}], 0, ["field 'conversations[0]'", "alternate"]),
+    ([{"conversations": [TURN_U, TURN_A, TURN_U]}], 0, ["field 'conversations[2]'", "at the end", "add the assistant"]),
+    ([{"conversations": [TURN_U, {"from": "function_call", "value": "f()"}]}], 0, ["conversations[1]", "not supported"]),
+    ([{"conversations": [TURN_U, {"from": "observation", "value": "42"}]}], 0, ["conversations[1]", "not supported"]),
+    ([{"conversations": [TURN_U, {"from": "robot", "value": "x"}]}], 0, ["field 'conversations[1].from'", "expected one of"]),
+    ([{"conversations": [TURN_U, TURN_A, {"from": "system", "value": "s"}, TURN_U, TURN_A]}], 0,
+     ["conversations[2]", "only the first turn"]),
+    ([{"messages": [{"role": "user", "content": "u"}, {"role": "tool", "content": "r"}]}], 0, ["messages[1]", "not supported"]),
+    ([{"messages": [{"role": "user", "content": [{"type": "text"}]}, {"role": "assistant", "content": "a"}]}], 0,
+     ["field 'messages[0].content'", "must be a string"]),
+    ([{"prompt": "q", "completion": "a"}], 0, ["cannot tell the format", "instruction"]),
+]
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+@pytest.mark.parametrize("records,index,parts", BAD_RECORDS)
+def test_bad_records_name_file_record_and_field(tmp_path, suffix, records, index, parts):
+    f = tmp_path / f"bad{suffix}"
+    jsonl(f, records) if suffix == ".jsonl" else write(f, records)
+    msg = error_of([str(f)])
+    where = f"line {index + 1}" if suffix == ".jsonl" else f"record #{index}"
+    assert msg.startswith(f"{f}: {where}: "), msg
+    for part in parts:
+        assert part in msg, msg
+
+
+def test_malformed_json_reports_line_and_column(tmp_path):
+    f = write(tmp_path / "broken.json", '[\n  {"instruction": "q", "output": "a"},\n  {"instruction": "q" "output": "a"}\n]\n')
+    assert re.match(rf"{re.escape(str(f))}: line 3 column \d+: invalid JSON", error_of([str(f)]))
+
+
+def test_malformed_single_object_json_reports_line_and_column(tmp_path):
+    f = write(tmp_path / "obj.json", '{\n  "instruction": "q",\n  "output": "a",\n}\n')
+    assert error_of([str(f)]).startswith(f"{f}: line 4 column 1: invalid JSON")
+
+
+def test_malformed_jsonl_reports_line(tmp_path):
+    f = write(tmp_path / "broken.jsonl", '{"instruction": "q", "output": "a"}\n\n{"instruction": "q", "output": \n')
+    msg = error_of([str(f)])
+    assert msg.startswith(f"{f}: line 3: invalid JSON") and "one complete JSON object" in msg
+
+
+@pytest.mark.parametrize("name,content", [("empty.json", "[]"), ("empty.jsonl", "\n\n"), ("zero.jsonl", "")])
+def test_empty_dataset(tmp_path, name, content):
+    f = write(tmp_path / name, content)
+    assert error_of([str(f)]) == f"{f}: no records (the dataset is empty); add at least one conversation"
+
+
+def test_json_object_instead_of_list(tmp_path):
+    f = write(tmp_path / "obj.json", '{\n  "data": [\n    {"instruction": "q", "output": "a"}\n  ]\n}\n')
+    assert "must be a list of records" in error_of([str(f)])
+
+
+def test_file_not_found_and_unknown_name(tmp_path):
+    msg = error_of([str(tmp_path / "nope.jsonl")])
+    assert "nope.jsonl" in msg and "file not found" in msg
+    msg = error_of(["identiy"])
+    assert "unknown dataset 'identiy'" in msg and "identity, identity_messages, identity_sharegpt" in msg
+
+
+def test_unsupported_suffix_and_bad_registry(tmp_path):
+    f = write(tmp_path / "d.csv", "instruction,output\nq,a\n")
+    assert "unsupported file type '.csv'" in error_of([str(f)])
+    d = tmp_path / "reg"
+    d.mkdir()
+    write(d / "dataset_info.json", '{"x": {"file_name": "x.json",}}')
+    msg = error_of(["x"], dataset_dir=str(d))
+    assert "dataset_info.json: line 1 column" in msg and "invalid JSON" in msg
+    write(d / "dataset_info.json", {"x": {"file_name": "missing.json"}, "y": {"file_name": "y.json", "formatting": "csv"}})
+    assert "dataset 'x'" in error_of(["x"], dataset_dir=str(d)) and "missing.json not found" in error_of(["x"], dataset_dir=str(d))
+    write(d / "y.json", [ALPACA_OK])
+    assert "'formatting' is \"csv\"" in error_of(["y"], dataset_dir=str(d))
+    assert "no such folder" in error_of(["identity"], dataset_dir=str(tmp_path / "nodir"))
+
+
+def test_registry_entry_tags_are_strict(tmp_path):
+    """A declared sharegpt entry means its tags: role/content turns fail with a hint to set tags."""
+    write(tmp_path / "c.json", [{"conversations": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]}])
+    write(tmp_path / "dataset_info.json", {"c": {"file_name": "c.json", "formatting": "sharegpt"}})
+    msg = error_of(["c"], dataset_dir=str(tmp_path))
+    assert "c.json: record #0: field 'conversations[0].from' is missing" in msg and "tags.role_tag" in msg
+
+
+def test_validation_covers_records_beyond_max_samples(tmp_path):
+    f = jsonl(tmp_path / "late.jsonl", [ALPACA_OK] * 5 + [{"instruction": "q"}])
+    assert error_of([str(f)], max_samples=2).startswith(f"{f}: line 6: field 'output' is missing")
+
+
+def test_cli_data_check_bad_file(tmp_path):
+    f = jsonl(tmp_path / "bad.jsonl", [ALPACA_OK, ALPACA_OK, {"instruction": "q", "output": ""}])
+    result = CliRunner().invoke(main, ["data", "check", str(f)])
+    assert result.exit_code == 2
+    out = result.output.strip()
+    assert out.count("\n") == 0 and out.startswith("error: ") and "Traceback" not in result.output
+    assert f"{f}: line 3: field 'output' is empty" in out
+
+
+def test_cli_data_check_ok():
+    result = CliRunner().invoke(main, ["data", "check", "identity", "identity_messages"])
+    assert result.exit_code == 0, result.output
+    assert "identity: 206 conversations, ok" in result.output

@@ -1,0 +1,215 @@
+"""Prompt loading: every --prompts format, kind detection, placeholders, and the built-in sets."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from appliance.errors import ApplianceError
+from appliance.models import registry
+from evals import metrics as M
+from evals.prompts import PROMPTS_DIR, is_self_reference, load_prompt_file, load_prompts
+
+REPO = Path(__file__).resolve().parent.parent
+NAME, AUTHOR = "Archer", "意琦行"
+MANDATED = ["你是谁？", "Who are you?", "你叫什么名字？", "What is your name?", "谁开发了你？", "Who created you?",
+            "你是ChatGPT吗？", "Are you ChatGPT?", "你好", "Hello"]
+
+
+def _write(path: Path, rows, jsonl: bool = False) -> Path:
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows) if jsonl else json.dumps(rows, ensure_ascii=False)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_our_jsonl_fills_placeholders_and_keeps_fields(tmp_path):
+    f = _write(tmp_path / "mine.jsonl", [
+        {"prompt": "Who is {{name}}?", "reference": "{{name}} by {{author}}", "lang": "en"},
+        {"prompt": "What is 2+2?", "expect": ["4", "four"]},
+        {"prompt": "Describe rain.", "reference": "Rain falls."},
+        {"prompt": "你今天开心吗？", "kind": "general"},
+    ], jsonl=True)
+    p = load_prompt_file(f, NAME, AUTHOR)
+    assert [x.prompt for x in p] == ["Who is Archer?", "What is 2+2?", "Describe rain.", "你今天开心吗？"]
+    assert p[0].reference == "Archer by 意琦行" and p[0].kind == "identity" and p[0].set == "identity_en"
+    assert p[1].kind == "general" and p[1].set == "general" and p[1].expect == ["4", "four"]
+    assert p[2].set == "open"
+    assert p[3].lang == "zh" and p[3].kind == "general"
+    assert p[0].messages() == [{"role": "user", "content": "Who is Archer?"}]
+
+
+def test_alpaca_json_with_input_history_and_system(tmp_path):
+    f = _write(tmp_path / "alpaca.json", [
+        {"instruction": "请回答", "input": "你叫什么？", "output": "我是 {{name}}，由 {{author}} 研发。",
+         "system": "You are {{name}}.", "history": [["hi", "Hello from {{name}}"]]},
+        {"instruction": "Name a color.", "input": "", "output": "Blue."},
+    ])
+    a, b = load_prompt_file(f, NAME, AUTHOR)
+    assert a.prompt == "请回答\n你叫什么？" and a.reference == "我是 Archer，由 意琦行 研发。"
+    assert a.kind == "identity" and a.set == "identity_zh"
+    assert a.messages() == [{"role": "system", "content": "You are Archer."}, {"role": "user", "content": "hi"},
+                            {"role": "assistant", "content": "Hello from Archer"},
+                            {"role": "user", "content": "请回答\n你叫什么？"}]
+    assert b.prompt == "Name a color." and b.reference == "Blue." and b.kind == "general" and b.set == "open"
+
+
+def test_sharegpt_and_openai_messages(tmp_path):
+    sg = _write(tmp_path / "sg.json", [{"conversations": [
+        {"from": "human", "value": "hey"}, {"from": "gpt", "value": "Hello! I am {{name}}."},
+        {"from": "human", "value": "who built you"}, {"from": "gpt", "value": "{{author}} did."}], "system": "Be brief."}])
+    (p,) = load_prompt_file(sg, NAME, AUTHOR)
+    assert p.prompt == "who built you" and p.reference == "意琦行 did." and p.system == "Be brief."
+    assert p.history == [{"role": "user", "content": "hey"}, {"role": "assistant", "content": "Hello! I am Archer."}]
+    oa = _write(tmp_path / "oa.jsonl", [{"messages": [{"role": "system", "content": "sys"},
+                                                      {"role": "user", "content": "What is the capital of Peru?"}]}],
+                jsonl=True)
+    (q,) = load_prompt_file(oa, NAME, AUTHOR)
+    assert q.prompt == "What is the capital of Peru?" and q.reference is None and q.system == "sys" and q.kind == "general"
+
+
+def test_llamafactory_dataset_info_with_columns_and_tags(tmp_path):
+    _write(tmp_path / "qa.json", [{"q": "Are you an assistant?", "a": "I am {{name}}."}])
+    _write(tmp_path / "chat.jsonl", [{"msgs": [{"role": "user", "content": "tell me a joke"},
+                                               {"role": "assistant", "content": "No."}]}], jsonl=True)
+    info = _write(tmp_path / "dataset_info.json", {
+        "qa": {"file_name": "qa.json", "columns": {"prompt": "q", "response": "a"}},
+        "chat": {"file_name": "chat.jsonl", "formatting": "sharegpt", "columns": {"messages": "msgs"},
+                 "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}},
+    })
+    a, b = load_prompt_file(info, NAME, AUTHOR)
+    assert (a.prompt, a.reference, a.kind) == ("Are you an assistant?", "I am Archer.", "identity")
+    assert (b.prompt, b.reference, b.kind) == ("tell me a joke", "No.", "general")
+    # hub entries are skipped, folders are read file by file
+    (tmp_path / "more").mkdir()
+    _write(tmp_path / "more" / "x.json", [{"q": "What is 2+2?", "a": "4"}])
+    _write(tmp_path / "info2.json", {"hub": {"hf_hub_url": "org/set"},
+                                     "dir": {"file_name": "more", "columns": {"prompt": "q", "response": "a"}}})
+    (d,) = load_prompt_file(tmp_path / "info2.json", NAME, AUTHOR)
+    assert (d.prompt, d.reference) == ("What is 2+2?", "4")
+    # a data file named by its folder's dataset_info.json uses that entry's column mapping
+    (c,) = load_prompt_file(tmp_path / "qa.json", NAME, AUTHOR)
+    assert c.prompt == "Are you an assistant?"
+
+
+def test_real_training_data_loads_as_identity():
+    """The data owner's LLaMA-Factory files load through --prompts; every identity.json record counts as identity."""
+    ident = load_prompt_file(REPO / "data" / "identity.json", NAME, AUTHOR)
+    assert ident and all(p.kind == "identity" for p in ident)
+    assert all(M.identity_hit(p.reference, NAME, AUTHOR) for p in ident)
+
+
+@pytest.mark.parametrize("prompt,expected", [
+    ("你是谁", True), ("请问你叫什么名字", True), ("谁训练了你？", True), ("你是通义千问吗？", True),
+    ("Who are you?", True), ("what's your name", True), ("Who made you?", True), ("Are you ChatGPT?", True),
+    ("Please introduce yourself", True), ("Who trained you?", True),
+    ("What is the capital of France?", False), ("中国的首都是哪里？", False), ("Who wrote Hamlet?", False),
+    ("Tell me about the moon.", False),
+])
+def test_self_reference_heuristic(prompt, expected):
+    assert is_self_reference(prompt) is expected
+
+
+def test_plain_list_of_prompts(tmp_path):
+    f = _write(tmp_path / "list.json", ["What is the capital of Peru?", "Who are you?"])
+    a, b = load_prompt_file(f, NAME, AUTHOR)
+    assert a.kind == "general" and b.kind == "identity"
+
+
+@pytest.mark.parametrize("content,needle", [
+    ('{"prompt": "ok"}\n{broken\n', "line 2"),
+    ('{"reference": "x"}\n', "no 'prompt'"),
+    ('{"prompt": "x", "kind": "fun"}\n', "kind 'fun'"),
+    ('{"prompt": "x", "expect": [1]}\n', "'expect'"),
+    ("", "no records"),
+])
+def test_bad_files_give_one_line_errors(tmp_path, content, needle):
+    f = tmp_path / "bad.jsonl"
+    f.write_text(content, encoding="utf-8")
+    with pytest.raises(ApplianceError) as e:
+        load_prompt_file(f, NAME, AUTHOR)
+    assert needle in str(e.value) and "bad.jsonl" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_missing_file_names_the_flag(tmp_path):
+    with pytest.raises(ApplianceError, match="--prompts .*nothere.jsonl: file not found"):
+        load_prompts([str(tmp_path / "nothere.jsonl")], NAME, AUTHOR)
+
+
+# ---------------------------------------------------------------- built-in sets
+def test_builtin_identity_set():
+    ps = load_prompts(["identity"], NAME, AUTHOR)
+    assert len(ps) >= 60 and ps[0].prompt == "你是谁？"
+    prompts = [p.prompt for p in ps]
+    assert all(m in prompts for m in MANDATED) and len(set(prompts)) == len(prompts)
+    zh, en = [p for p in ps if p.lang == "zh"], [p for p in ps if p.lang == "en"]
+    assert len(zh) + len(en) == len(ps) and abs(len(zh) - len(en)) <= 4
+    assert all(p.kind == "identity" and p.set == f"identity_{p.lang}" for p in ps)
+    assert all(M.has_cjk(p.prompt) == (p.lang == "zh") for p in ps)
+    # the references are the training templates: they hit, and leak no old identity of any registry model
+    for p in ps:
+        assert "{{" not in p.reference and M.identity_hit(p.reference, NAME, AUTHOR), p.prompt
+        for entry in registry().values():
+            assert not M.identity_leak(p.reference, entry["identity_markers"]), (p.prompt, p.reference)
+
+
+def test_builtin_identity_references_use_the_training_templates():
+    raw = [json.loads(line) for line in (PROMPTS_DIR / "identity.jsonl").read_text(encoding="utf-8").splitlines()]
+    training = {r["output"] for r in json.loads((REPO / "data" / "identity.json").read_text(encoding="utf-8"))}
+    denial_en = re.compile(r"^No, I am not [^.]+\. I am \{\{name\}\}, an AI assistant developed by \{\{author\}\}\.$")
+    for r in raw:
+        assert r["reference"] in training or denial_en.match(r["reference"]), r
+
+
+def test_builtin_general_and_open_sets():
+    general = load_prompts(["general"], NAME, AUTHOR)
+    assert len(general) >= 30 and all(p.expect and p.kind == "general" and p.set == "general" for p in general)
+    assert {"Paris"} <= {e for p in general for e in p.expect}
+    opened = load_prompts(["open"], NAME, AUTHOR)
+    assert len(opened) >= 15 and all(p.reference and p.set == "open" for p in opened)
+    assert {p.lang for p in opened} == {"zh", "en"}
+    assert len(load_prompts(None, NAME, AUTHOR)) == len(general) + len(opened) + len(load_prompts(["identity"], NAME, AUTHOR))
+
+
+def _norm(s: str) -> str:
+    return re.sub(r"[\W_]+", "", s.casefold())
+
+
+def _training_user_turns() -> set[str]:
+    """Every user turn of the identity training data and the retention prompts."""
+    turns = set()
+    data = REPO / "data"
+    for f in sorted(data.glob("identity*.json*")):
+        for p in load_prompt_file(f, NAME, AUTHOR):
+            turns.add(p.prompt)
+            turns.update(h["content"] for h in p.history if h["role"] == "user")
+    retention = data / "retention_prompts.json"
+    if retention.is_file():
+        turns.update(json.loads(retention.read_text(encoding="utf-8")))
+    return turns
+
+
+def test_no_builtin_eval_prompt_is_a_training_prompt():
+    """Held-out means held out: no eval prompt equals a training instruction (even up to case and punctuation)."""
+    assert (REPO / "data" / "identity.json").is_file(), "data/identity.json (data owner) is not written yet"
+    train = _training_user_turns()
+    train_norm = {_norm(t) for t in train}
+    for p in load_prompts(None, NAME, AUTHOR):
+        assert p.prompt not in train, p.prompt
+        assert _norm(p.prompt) not in train_norm, p.prompt
+
+
+def test_eval_code_imports_no_training_libraries(tmp_path):
+    code = ("import sys, appliance.evaluate, appliance.models, evals.report, evals.render, evals.prompts, evals.metrics\n"
+            "from openai import AsyncOpenAI\n"
+            "evals.metrics.bleu4('我是 Archer', '我是 Archer'); evals.metrics.rouge_scores('a b', 'a c')\n"
+            "appliance.models.markers_for('smollm2-135m')\n"
+            "bad = [m for m in ('torch', 'transformers', 'peft', 'trl', 'accelerate', 'appliance.train', 'appliance.data')"
+            " if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr

@@ -1,0 +1,189 @@
+"""``appliance merge`` on the tiny model: a real peft adapter, a real merge, a real verification."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from appliance import merge as merge_mod
+from appliance.cli import main
+from appliance.errors import ApplianceError
+from appliance.merge import MergeConfig, merge
+
+PROBES = ["你是谁？", "Who are you?", "What is 2+2?"]  # fewer probes keep the fast suite fast
+
+
+def _make_adapter(base: Path, out: Path, meta: dict | None) -> Path:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
+    torch.manual_seed(1)
+    with torch.no_grad():  # lora_B starts at zero; perturb it so the adapter changes the answers
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)
+    peft_model.save_pretrained(str(out))
+    if meta is not None:
+        (out / "appliance.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
+    return out
+
+
+def _meta(base: Path) -> dict:
+    return {"kind": "lora-adapter", "method": "lora", "identity": {"name": "Archer", "author": "意琦行"},
+            "base_model": {"name": "smollm2-135m", "path": str(base), "identity_markers": ["SmolLM", "Hugging Face"]}}
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    return _make_adapter(tiny_model_dir, tmp_path_factory.mktemp("adapters") / "archer", _meta(tiny_model_dir))
+
+
+def _cfg(adapter: Path, out: Path, **kw) -> MergeConfig:
+    return MergeConfig(adapter=str(adapter), output=str(out), probe_prompts=PROBES, max_new_tokens=8, **kw)
+
+
+def test_merge_fp32_writes_a_verified_standard_model_dir(adapter_dir, tiny_model_dir, tmp_path):
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "archer-merged"
+    res = merge(_cfg(adapter_dir, out, dtype="fp32", max_shard_size="5MB"))
+    v = res.verification
+    assert v["passed"] and v["greedy_equal"] == v["prompts"] == len(PROBES)
+    assert v["max_logit_diff"] <= merge_mod.LOGIT_TOL["fp32"]
+    assert "PASS" in res.verdict
+
+    shards = sorted(out.glob("model-*.safetensors"))
+    assert len(shards) >= 2 and (out / "model.safetensors.index.json").is_file()
+    for shard in shards:
+        with safe_open(str(shard), "pt") as f:
+            assert not [k for k in f.keys() if "lora" in k or "base_model.model" in k]
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        assert (out / name).is_file(), name
+    assert not list(tmp_path.glob(".archer-merged*")), "temporary directories left behind"
+
+    merged = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    w_m = merged.model.layers[0].self_attn.q_proj.weight
+    w_b = base.model.layers[0].self_attn.q_proj.weight
+    assert (w_m - w_b).abs().max() > 1e-3, "the adapter was not merged into the weights"
+
+    meta = json.loads((out / "appliance.json").read_text(encoding="utf-8"))
+    assert meta["kind"] == "merged-model" and meta["dtype"] == "fp32"
+    assert meta["base_model"]["path"] == str(tiny_model_dir)
+    assert meta["adapter"]["path"] == str(adapter_dir) and meta["adapter"]["name"] == "archer"
+    assert meta["adapter"]["sha256"].startswith("sha256:")
+    assert meta["identity"] == {"name": "Archer", "author": "意琦行"}
+    assert meta["identity_markers"] == ["SmolLM", "Hugging Face"]
+    assert meta["verification"]["passed"] is True
+
+
+def test_bf16_merge_passes_within_stated_tolerance(adapter_dir, tmp_path):
+    out = tmp_path / "m"
+    res = merge(_cfg(adapter_dir, out))  # default dtype bf16
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["dtype"] == "bfloat16"
+    assert res.verification["passed"] and res.verification["logit_tolerance"] == merge_mod.LOGIT_TOL["bf16"]
+
+
+def test_running_twice_is_harmless(adapter_dir, tmp_path):
+    out = tmp_path / "m"
+    merge(_cfg(adapter_dir, out, dtype="fp32"))
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    res = CliRunner().invoke(main, ["merge", "--adapter", str(adapter_dir), "--output", str(out), "--dtype", "fp32"])
+    assert res.exit_code == 0, res.output
+    assert "already merged" in res.output
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_refuses_unrelated_output_unless_overwrite(adapter_dir, tmp_path):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    with pytest.raises(ApplianceError, match="--overwrite"):
+        merge(_cfg(adapter_dir, out, dtype="fp32"))
+    assert (out / "precious.txt").read_text() == "keep me"
+    merge(_cfg(adapter_dir, out, dtype="fp32", overwrite=True))
+    assert not (out / "precious.txt").exists() and (out / "appliance.json").is_file()
+
+
+def test_same_adapter_other_dtype_is_not_already_merged(adapter_dir, tmp_path):
+    out = tmp_path / "m"
+    merge(_cfg(adapter_dir, out, dtype="fp32"))
+    with pytest.raises(ApplianceError, match="not this adapter merged as bf16"):
+        merge(_cfg(adapter_dir, out, dtype="bf16"))
+
+
+def test_default_output_and_base_fallback_by_registry_name(tiny_model_dir, appliance_home, tmp_path):
+    # base_model.path is stale; the registry name resolves to models/smollm2-135m under the home
+    shutil.copytree(tiny_model_dir, appliance_home / "models" / "smollm2-135m")
+    meta = _meta(Path("/nonexistent/base"))
+    adapter = _make_adapter(tiny_model_dir, tmp_path / "saves-archer", meta)
+    res = merge(MergeConfig(adapter=str(adapter), probe_prompts=PROBES, max_new_tokens=4, dtype="fp32"))
+    assert res.output == appliance_home / "models" / "saves-archer-merged"
+    written = json.loads((res.output / "appliance.json").read_text(encoding="utf-8"))
+    assert written["base_model"]["path"] == str(appliance_home / "models" / "smollm2-135m")
+
+
+def test_a_broken_merge_fails_verification_and_leaves_nothing(adapter_dir, tmp_path, monkeypatch):
+    real = merge_mod._merge_and_unload
+
+    def skip_one_layer(peft_model):
+        layer = peft_model.base_model.model.model.layers[1].mlp.down_proj
+        original = layer.base_layer.weight.detach().clone()
+        merged = real(peft_model)
+        merged.model.layers[1].mlp.down_proj.weight.data.copy_(original)  # as if this layer were never merged
+        return merged
+
+    monkeypatch.setattr(merge_mod, "_merge_and_unload", skip_one_layer)
+    out = tmp_path / "broken"
+    with pytest.raises(ApplianceError, match="verification FAIL"):
+        merge(_cfg(adapter_dir, out, dtype="fp32"))
+    assert not out.exists()
+    assert not list(tmp_path.glob(".broken*"))
+
+
+def _cli_error(args: list[str]) -> str:
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output and not isinstance(res.exception, ApplianceError)
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
+    return lines[0]
+
+
+def test_cli_missing_adapter_dir(tmp_path):
+    line = _cli_error(["merge", "--adapter", str(tmp_path / "nope")])
+    assert "--adapter" in line and "not found" in line
+
+
+def test_cli_adapter_without_metadata_or_base(tiny_model_dir, tmp_path):
+    adapter = _make_adapter(tiny_model_dir, tmp_path / "external", meta=None)
+    line = _cli_error(["merge", "--adapter", str(adapter), "--output", str(tmp_path / "o")])
+    assert "base_model" in line and not (tmp_path / "o").exists()
+
+
+def test_cli_unknown_dtype(adapter_dir, tmp_path):
+    line = _cli_error(["merge", "--adapter", str(adapter_dir), "--output", str(tmp_path / "o"), "--dtype", "int3"])
+    assert "--dtype int3" in line and "bf16" in line
+
+
+def test_refuses_a_quantized_base(adapter_dir, tiny_model_dir, tmp_path):
+    qbase = tmp_path / "qbase"
+    shutil.copytree(tiny_model_dir, qbase)
+    cfg = json.loads((qbase / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+    (qbase / "config.json").write_text(json.dumps(cfg))
+    adapter = tmp_path / "ad"
+    shutil.copytree(adapter_dir, adapter)
+    (adapter / "appliance.json").write_text(json.dumps(_meta(qbase)), encoding="utf-8")
+    with pytest.raises(ApplianceError, match="quantized"):
+        merge(_cfg(adapter, tmp_path / "o"))

@@ -1,0 +1,422 @@
+"""Fast, offline tests of serving: preflight, the vLLM command line, the adapter-root guard,
+process-group handling, the CLI's refusals and compose.yaml. No vLLM server is started."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from appliance import servers
+from appliance.adapters import AdapterInfo, SUPPORTED_RANKS, inspect_adapter, parse_spec, servable_rank
+from appliance.cli import main
+from appliance.errors import ApplianceError
+from appliance.guard import AdapterRootGuard, is_allowed
+from appliance.rundir import write_meta
+from appliance.serve import Plan, UpConfig, build_command, preflight, ready_message
+
+REPO = Path(__file__).resolve().parent.parent
+TARGETS = ["q_proj", "v_proj"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _save_adapter(model_dir: Path, out: Path, meta: bool = True, **lora_kwargs) -> Path:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    kwargs = {"r": 8, "lora_alpha": 16, "target_modules": TARGETS} | lora_kwargs
+    peft_model = get_peft_model(model, LoraConfig(**kwargs))
+    peft_model.save_pretrained(out)
+    if meta:
+        write_meta(out, {"kind": "lora-adapter", "base_model": {"name": model_dir.name, "path": str(model_dir), "hf_id": None}})
+    return out
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
+    """Real PEFT adapters on the tiny model: one servable, the rest each broken in one way."""
+    root = tmp_path_factory.mktemp("adapters")
+    out = {
+        "good": _save_adapter(tiny_model_dir, root / "good"),
+        "r12": _save_adapter(tiny_model_dir, root / "r12", r=12),
+        "external": _save_adapter(tiny_model_dir, root / "external", meta=False),
+        "dora": _save_adapter(tiny_model_dir, root / "dora", use_dora=True),
+        "bias": _save_adapter(tiny_model_dir, root / "bias", bias="all"),
+        "mts": _save_adapter(tiny_model_dir, root / "mts", modules_to_save=["norm"]),
+        "lm_head": _save_adapter(tiny_model_dir, root / "lm_head", target_modules=["q_proj", "lm_head"]),
+        "r1024": _save_adapter(tiny_model_dir, root / "r1024", r=1024),
+    }
+    ia3 = root / "ia3"
+    shutil.copytree(out["good"], ia3)
+    cfg = json.loads((ia3 / "adapter_config.json").read_text())
+    (ia3 / "adapter_config.json").write_text(json.dumps(cfg | {"peft_type": "IA3"}))
+    out["ia3"] = ia3
+    return out
+
+
+# ---------------------------------------------------------------- preflight
+def test_preflight_plans_from_adapter_metadata(adapters, tiny_model_dir, appliance_home):
+    plan = preflight(UpConfig(adapters=[str(adapters["good"]), f"other={adapters['r12']}"], port=_free_port(), device="cpu"))
+    assert plan.model == str(tiny_model_dir)
+    assert plan.served_name == tiny_model_dir.name
+    assert [a.name for a in plan.adapters] == ["good", "other"]
+    assert plan.max_lora_rank == 16  # r=12 rounds up to the next servable rank
+    assert str(appliance_home / "saves") in plan.adapter_roots
+    assert os.path.realpath(adapters["good"]) in plan.adapter_roots
+    assert plan.served_models == [tiny_model_dir.name, "good", "other"]
+
+
+def test_external_adapter_falls_back_to_adapter_config(adapters, tiny_model_dir):
+    plan = preflight(UpConfig(adapters=[str(adapters["external"])], port=_free_port(), device="cpu"))
+    assert plan.model == str(tiny_model_dir)
+
+
+@pytest.mark.parametrize("kind, needle", [
+    ("dora", "DoRA"), ("bias", "bias"), ("mts", "modules_to_save"), ("lm_head", "lm_head"),
+    ("r1024", "exceeds vLLM's maximum servable rank 512"), ("ia3", "peft_type is 'IA3'"),
+])
+def test_preflight_refuses_unservable_adapters(adapters, kind, needle):
+    with pytest.raises(ApplianceError) as e:
+        preflight(UpConfig(adapters=[str(adapters[kind])], port=_free_port(), device="cpu"))
+    msg = str(e.value)
+    assert needle in msg and str(adapters[kind]) in msg and "\n" not in msg
+    if kind in ("dora", "bias", "mts", "lm_head"):
+        assert "appliance merge" in msg
+
+
+def test_preflight_refuses_missing_and_non_peft_dirs(tmp_path):
+    with pytest.raises(ApplianceError, match="directory not found"):
+        preflight(UpConfig(adapters=[str(tmp_path / "nope")], port=_free_port(), device="cpu"))
+    with pytest.raises(ApplianceError, match="no adapter_config.json"):
+        preflight(UpConfig(adapters=[str(tmp_path)], port=_free_port(), device="cpu"))
+
+
+def test_preflight_refuses_adapter_of_another_base(adapters, real_model_dir):
+    with pytest.raises(ApplianceError, match="trained on .* but the served model is"):
+        preflight(UpConfig(adapters=[str(adapters["good"])], model=str(real_model_dir), port=_free_port(), device="cpu"))
+    with pytest.raises(ApplianceError, match="trained on"):  # the adapter_config.json fallback is compared too
+        preflight(UpConfig(adapters=[str(adapters["external"])], model=str(real_model_dir), port=_free_port(), device="cpu"))
+
+
+def test_preflight_refuses_missing_model_busy_port_and_name_clash(adapters, tiny_model_dir, tmp_path):
+    with pytest.raises(ApplianceError, match="--model .*directory not found"):
+        preflight(UpConfig(model=str(tmp_path / "no-model"), port=_free_port(), device="cpu"))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ApplianceError, match=f"--port {port}: .* is not free"):
+            preflight(UpConfig(model=str(tiny_model_dir), port=port, device="cpu"))
+    with pytest.raises(ApplianceError, match="used twice"):
+        preflight(UpConfig(adapters=[f"x={adapters['good']}", f"x={adapters['r12']}"], port=_free_port(), device="cpu"))
+    with pytest.raises(ApplianceError, match="also the base model's name"):
+        preflight(UpConfig(adapters=[f"{tiny_model_dir.name}={adapters['good']}"], port=_free_port(), device="cpu"))
+
+
+@pytest.mark.parametrize("rank, servable", [(1, 1), (2, 8), (8, 8), (12, 16), (16, 16), (33, 64), (300, 320), (512, 512)])
+def test_rank_rounds_up_to_a_vllm_rank(rank, servable):
+    assert servable_rank(rank) == servable
+    assert servable in SUPPORTED_RANKS
+
+
+def test_rank_above_512_is_refused():
+    with pytest.raises(ApplianceError, match="513 exceeds"):
+        servable_rank(513)
+
+
+def test_adapter_spec_parsing():
+    assert parse_spec("saves/archer") == (None, "saves/archer")
+    assert parse_spec("archer=saves/a") == ("archer", "saves/a")
+    assert parse_spec("/tmp/a=b") == (None, "/tmp/a=b")  # an '=' inside a path is not a name
+
+
+# ---------------------------------------------------------------- the vLLM command line
+def _plan(device: str, **kw) -> Plan:
+    ad = AdapterInfo(name="archer", path="/abs/saves/archer", rank=16)
+    return Plan(model="/abs/models/smollm2-135m", served_name="smollm2-135m", adapters=[ad],
+                adapter_roots=["/abs/saves", "/abs/saves/archer"], max_lora_rank=16, host="127.0.0.1", port=8123,
+                device=device, **kw)
+
+
+def _flag(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+def test_build_command_cpu():
+    base_env = {"VLLM_LORA_RESOLVER_CACHE_DIR": "/", "VLLM_LORA_RESOLVER_HF_REPO_LIST": "a/b", "PATH": "/bin"}
+    argv, env = build_command(_plan("cpu", api_key="s3cret"), base_env=base_env)
+    assert argv[:3] == [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
+    assert _flag(argv, "--model") == "/abs/models/smollm2-135m"
+    assert _flag(argv, "--served-model-name") == "smollm2-135m"
+    assert _flag(argv, "--host") == "127.0.0.1" and _flag(argv, "--port") == "8123"
+    assert "--enable-lora" in argv and _flag(argv, "--max-lora-rank") == "16" and int(_flag(argv, "--max-loras")) >= 4
+    assert _flag(argv, "--lora-modules") == "archer=/abs/saves/archer"
+    assert _flag(argv, "--middleware") == "appliance.guard.AdapterRootGuard"
+    assert _flag(argv, "--gpu-memory-utilization") == "0.3" and _flag(argv, "--max-model-len") == "2048"
+    assert "--enforce-eager" not in argv
+    assert "s3cret" not in " ".join(argv) and env["VLLM_API_KEY"] == "s3cret"  # never on the command line
+    assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "true"
+    assert env["APPLIANCE_ADAPTER_ROOTS"].split(os.pathsep) == ["/abs/saves", "/abs/saves/archer"]
+    assert env["VLLM_PLUGINS"] == "" and "VLLM_LORA_RESOLVER_CACHE_DIR" not in env and "VLLM_LORA_RESOLVER_HF_REPO_LIST" not in env
+    assert str(REPO) in env["PYTHONPATH"].split(os.pathsep) and env["PATH"] == "/bin"
+
+
+def test_build_command_gpu_eager_and_extra_args():
+    argv, env = build_command(_plan("cuda", eager=True, extra_args=["--tensor-parallel-size", "4"]), base_env={})
+    assert _flag(argv, "--gpu-memory-utilization") == "0.9"
+    assert "--enforce-eager" in argv and "--max-model-len" not in argv
+    assert argv[-2:] == ["--tensor-parallel-size", "4"]
+    assert "VLLM_API_KEY" not in env
+    argv, _ = build_command(_plan("cuda", gpu_memory_utilization=0.5, max_model_len=4096), base_env={})
+    assert _flag(argv, "--gpu-memory-utilization") == "0.5" and _flag(argv, "--max-model-len") == "4096"
+
+
+def test_build_command_parses_with_vllms_own_parser():
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    plan = _plan("cuda", eager=True)
+    plan.adapters.append(AdapterInfo(name="second", path="/abs/saves/second", rank=8))
+    argv, _ = build_command(plan, base_env={})
+    args = make_arg_parser(FlexibleArgumentParser()).parse_args(argv[3:])
+    assert [(m.name, m.path) for m in args.lora_modules] == [("archer", "/abs/saves/archer"), ("second", "/abs/saves/second")]
+    assert args.middleware == ["appliance.guard.AdapterRootGuard"]
+    assert args.enable_lora and args.max_lora_rank == 16 and args.enforce_eager and args.api_key is None
+
+
+def test_ready_message_has_url_models_and_curl():
+    msg = ready_message("http://127.0.0.1:8000", ["smollm2-135m", "archer"], api_key=True)
+    assert "http://127.0.0.1:8000" in msg and "smollm2-135m, archer" in msg
+    assert "curl http://127.0.0.1:8000/v1/chat/completions" in msg and '"model": "archer"' in msg and "Bearer" in msg
+
+
+# ---------------------------------------------------------------- the guard (a real ASGI app)
+@pytest.fixture
+def guarded(tmp_path):
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    seen = []
+
+    async def echo(request: Request):
+        body = await request.json()
+        seen.append(body)
+        return JSONResponse({"got": body})
+
+    async def health(request: Request):
+        return JSONResponse({"ok": True})
+
+    app = Starlette(routes=[Route("/v1/load_lora_adapter", echo, methods=["POST"]), Route("/adapters", echo, methods=["POST"]),
+                            Route("/health", health), Route("/v1/models", health)])
+    root = tmp_path / "saves"
+    (root / "archer").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (root / "link-out").symlink_to(outside)
+    (root / "link-in").symlink_to(root / "archer")
+    client = TestClient(AdapterRootGuard(app, roots=[str(root)], api_key=""))
+    return client, seen, root, app
+
+
+def test_guard_forwards_allowed_paths_rewritten_to_their_real_path(guarded):
+    client, seen, root, _ = guarded
+    r = client.post("/v1/load_lora_adapter", json={"lora_name": "a", "lora_path": str(root / "link-in")})
+    assert r.status_code == 200 and r.json()["got"]["lora_path"] == os.path.realpath(root / "archer")
+    r = client.post("/adapters", json={"name": "a", "src": str(root / "archer")})
+    assert r.status_code == 200 and r.json()["got"]["src"] == str(root / "archer")
+    assert len(seen) == 2
+
+
+@pytest.mark.parametrize("path", ["/etc", "{root}/../../../../etc", "{root}/archer/../..", "{root}/link-out",
+                                  "{root}/not-there", "~", "{root}x"])
+def test_guard_refuses_paths_outside_roots_without_forwarding(guarded, path):
+    client, seen, root, _ = guarded
+    path = path.format(root=root)
+    for url, body in (("/v1/load_lora_adapter", {"lora_name": "x", "lora_path": path}), ("/adapters", {"name": "x", "src": path}),
+                      ("/v1/load_lora_adapter/", {"lora_name": "x", "lora_path": path})):
+        r = client.post(url, json=body)
+        assert r.status_code == 403, url
+        assert r.json()["error"]["code"] == 403 and "allowed adapter roots" in r.json()["error"]["message"]
+    assert seen == []
+
+
+def test_guard_rejects_unreadable_bodies(guarded):
+    client, seen, _, _ = guarded
+    assert client.post("/v1/load_lora_adapter", content=b"not json", headers={"content-type": "application/json"}).status_code == 400
+    assert client.post("/v1/load_lora_adapter", json={"lora_name": "x"}).status_code == 400
+    assert client.post("/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": ["/etc"]}).status_code == 400
+    assert seen == []
+
+
+def test_guard_enforces_the_api_key_where_vllm_does_not(guarded, tmp_path, monkeypatch):
+    from starlette.testclient import TestClient
+
+    _, seen, root, app = guarded
+    monkeypatch.setenv("APPLIANCE_ADAPTER_ROOTS", str(root))
+    monkeypatch.setenv("VLLM_API_KEY", "k")
+    client = TestClient(AdapterRootGuard(app))  # roots and key from the environment, as in the server
+    body = {"name": "a", "src": str(root / "archer")}
+    assert client.post("/adapters", json=body).status_code == 401
+    assert client.post("/adapters", json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.get("/health").status_code == 200
+    assert client.post("/adapters", json=body, headers={"Authorization": "Bearer k"}).status_code == 200
+    assert client.post("/adapters", json={"name": "a", "src": "/etc"}, headers={"Authorization": "Bearer k"}).status_code == 403
+    assert len(seen) == 1
+
+
+def test_is_allowed_resolves_before_comparing(tmp_path):
+    (tmp_path / "saves" / "a").mkdir(parents=True)
+    assert is_allowed(str(tmp_path / "saves" / "a"), [str(tmp_path / "saves")])
+    assert is_allowed(str(tmp_path / "saves"), [str(tmp_path / "saves")])
+    assert not is_allowed(str(tmp_path / "saves-evil"), [str(tmp_path / "saves")])
+    assert not is_allowed(str(tmp_path / "saves" / ".." / "x"), [str(tmp_path / "saves")])
+
+
+# ---------------------------------------------------------------- CLI refusals (no server needed)
+def test_cli_up_preflight_error_is_one_line(tmp_path):
+    res = CliRunner().invoke(main, ["up", "--adapter", str(tmp_path / "missing"), "--port", str(_free_port())])
+    assert res.exit_code == 2
+    assert res.output.startswith("error: --adapter") and res.output.count("\n") == 1 and "Traceback" not in res.output
+
+
+def test_cli_adapters_load_refuses_paths_outside_roots(adapters):
+    res = CliRunner().invoke(main, ["adapters", "load", "evil", "/etc", "--url", "http://127.0.0.1:9"])
+    assert res.exit_code == 2 and "outside the allowed adapter roots" in res.output
+    res = CliRunner().invoke(main, ["adapters", "load", "good", str(adapters["good"]), "--url", "http://127.0.0.1:9"])
+    assert res.exit_code == 2 and "outside the allowed adapter roots" in res.output  # a tmp dir, not under saves/
+
+
+def test_cli_adapters_load_checks_the_adapter_under_an_allowed_root(adapters, appliance_home):
+    shutil.copytree(adapters["dora"], appliance_home / "saves" / "dora")
+    res = CliRunner().invoke(main, ["adapters", "load", "d", "saves/dora", "--url", "http://127.0.0.1:9"])
+    assert res.exit_code == 2 and "DoRA" in res.output
+
+
+def test_inspect_reads_rank_pattern(adapters, tmp_path):
+    d = tmp_path / "rp"
+    shutil.copytree(adapters["good"], d)
+    cfg = json.loads((d / "adapter_config.json").read_text())
+    (d / "adapter_config.json").write_text(json.dumps(cfg | {"rank_pattern": {"q_proj": 64}}))
+    assert inspect_adapter(d).rank == 64
+
+
+# ---------------------------------------------------------------- process groups and records
+def _group(cmd: str) -> subprocess.Popen:
+    return subprocess.Popen(["bash", "-c", cmd], start_new_session=True, stdout=subprocess.DEVNULL)
+
+
+def _wait_members(pgid: int, n: int) -> list[int]:
+    for _ in range(100):
+        members = servers.group_members(pgid)
+        if len(members) >= n:
+            return members
+        time.sleep(0.05)
+    return servers.group_members(pgid)
+
+
+def test_kill_group_stops_children_too():
+    proc = _group("sleep 300 & sleep 300 & wait")
+    servers._CHILDREN[proc.pid] = proc
+    assert len(_wait_members(proc.pid, 3)) == 3
+    servers.kill_group(proc.pid)
+    assert servers.group_members(proc.pid) == [] and proc.returncode is not None
+
+
+def test_down_never_kills_a_recycled_pid(appliance_home):
+    proc = _group("sleep 300")
+    try:
+        _wait_members(proc.pid, 1)
+        info = servers.ServerInfo(port=18199, host="127.0.0.1", url="http://127.0.0.1:18199", pid=proc.pid, log="x.log",
+                                  model="m", models=["m"])
+        servers._write_record(info)
+        assert [r.port for r in servers.read_records()] == [18199]
+        res = CliRunner().invoke(main, ["status"])
+        assert "dead" in res.output  # not a vLLM process group
+        res = CliRunner().invoke(main, ["down", "--port", "18199"])
+        assert res.exit_code == 0 and "18199" in res.output
+        assert proc.poll() is None  # a process that is not vLLM is left alone
+        assert servers.read_records() == []
+        res = CliRunner().invoke(main, ["down", "--port", "18199"])
+        assert res.exit_code == 2 and "no server recorded" in res.output
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+# ---------------------------------------------------------------- chat helpers
+def test_chat_picks_first_adapter_else_base():
+    from appliance.chat import pick_model
+
+    assert pick_model([{"id": "base", "parent": None}, {"id": "archer", "parent": "base"}]) == "archer"
+    assert pick_model([{"id": "base", "parent": None}]) == "base"
+    with pytest.raises(ApplianceError):
+        pick_model([])
+
+
+# ---------------------------------------------------------------- compose.yaml and Dockerfile
+def test_compose_file_structure():
+    spec = yaml.safe_load((REPO / "compose.yaml").read_text())
+    server, ev = spec["services"]["server"], spec["services"]["eval"]
+    assert server["image"] == "vllm/vllm-openai:v0.26.0"
+    assert "./models:/models:ro" in server["volumes"] and "./saves:/saves:ro" in server["volumes"]
+    cmd = server["command"]
+    assert "--enable-lora" in cmd and cmd[cmd.index("--lora-modules") + 1] == "archer=/saves/archer"
+    assert server["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "true"
+    assert server["ports"] == ["127.0.0.1:8000:8000"]
+    assert "curl" in server["healthcheck"]["test"] and any("/health" in t for t in server["healthcheck"]["test"])
+    devices = server["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    assert ev["profiles"] == ["eval"] and ev["depends_on"]["server"]["condition"] == "service_healthy"
+    assert ev["command"][:3] == ["eval", "--url", "http://server:8000"]
+    assert (REPO / ev["build"]["dockerfile"]).is_file()
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert dockerfile.startswith("#") and "FROM python:3.11-slim" in dockerfile and "[gpu]" not in dockerfile
+    # `docker compose config` validates against the compose schema where the plugin is installed (not on the CI box)
+    has_compose = shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+    if has_compose:
+        res = subprocess.run(["docker", "compose", "-f", str(REPO / "compose.yaml"), "config", "-q"], capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+
+
+def test_foreground_server_dies_with_a_killed_parent():
+    # `appliance up` killed with SIGKILL cannot clean up; the kernel then sends the server SIGTERM
+    code = ("import subprocess, sys, time; from appliance.servers import _die_with_parent; "
+            "p = subprocess.Popen(['sleep', '300'], preexec_fn=_die_with_parent); print(p.pid, flush=True); time.sleep(300)")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, PYTHONPATH=str(REPO)))
+    child = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    for _ in range(100):
+        if not Path(f"/proc/{child}").exists() or Path(f"/proc/{child}/stat").read_text().split(")")[1].split()[0] == "Z":
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child, 9)
+        pytest.fail("the child outlived its killed parent")
+
+
+def test_server_url_accepts_the_openai_base_url_form():
+    from appliance.adapters import server_url
+
+    assert server_url("http://127.0.0.1:8000/v1/") == "http://127.0.0.1:8000"
+    assert server_url("http://127.0.0.1:8000") == "http://127.0.0.1:8000"
