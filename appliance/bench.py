@@ -54,7 +54,9 @@ def machine_info() -> dict[str, Any]:
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30 if hasattr(os, "sysconf") else None
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     label = f"{len(gpus)}x {gpus[0]}" if gpus else f"{os.cpu_count()}-core {cpu}, no GPU"
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # other work on the machine skews CPU figures
     return {"label": label, "cpu": cpu, "cores": os.cpu_count(), "ram_gib": round(ram, 1) if ram else None,
+            "loadavg_1m": round(load, 2) if load is not None else None,
             "gpus": gpus, "platform": platform.platform(), "python": platform.python_version(),
             "versions": library_versions()}
 
@@ -330,6 +332,7 @@ def _linear_params_from_config(cfg: Any) -> int:
 def bench_train(cfg: TrainBenchConfig) -> dict[str, Any]:
     """Run each variant in its own process and write ``reports/bench/<timestamp>/train.{json,md}``."""
     cfg.validate()
+    machine = machine_info()  # before the runs: the load average then is other people's work
     steps = 3 if cfg.quick else cfg.steps
     model_path = resolve_bench_model(cfg.model, cfg.shape)
     common = dict(model_path=model_path, method=cfg.method, steps=steps, max_length=cfg.max_length,
@@ -340,9 +343,9 @@ def bench_train(cfg: TrainBenchConfig) -> dict[str, Any]:
     settings = {**asdict(cfg), "steps": steps, "model_path": model_path, "dataset": "identity",
                 "mfu_formula": MFU_FORMULA, "peak_flops": peak_flops()}
     payload = {"kind": "bench-train", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "machine": machine_info(), "settings": settings, "results": runs}
+               "machine": machine, "settings": settings, "results": runs}
     cols = ["variant", "method", "batch", "steps", "samples_per_s", "tokens_per_s", "peak_mem_mb", "mfu", "elapsed_s", "last_loss"]
-    md = (f"# bench train\n\nmachine: {payload['machine']['label']}\n\nmodel: {model_path} (shape: {cfg.shape or '-'})\n\n"
+    md = (f"# bench train\n\nmachine: {payload['machine']['label']} (1-min load average at start: {payload['machine']['loadavg_1m']})\n\nmodel: {model_path} (shape: {cfg.shape or '-'})\n\n"
           + md_table(runs, cols) + f"\nMFU: {MFU_FORMULA}\n\nsettings: `{json.dumps(settings, default=str)}`\n")
     payload["report_dir"] = str(write_report("train", payload, md, cfg.out_dir))
     return payload

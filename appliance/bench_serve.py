@@ -278,6 +278,7 @@ def bench_serve(cfg: ServeBenchConfig) -> dict[str, Any]:
     from appliance.serve import UpConfig, down, up
 
     c = cfg.resolved(torch.cuda.is_available())
+    machine = machine_info()  # before the runs: the load average then is other people's work
     model_path = resolve_bench_model(c.model, c.shape)
     adapters = make_adapters(model_path, c.n_adapters + 1, c.rank, c.seed)  # the last one is loaded at runtime
     names = [f"a{i}" for i in range(c.n_adapters)]
@@ -309,7 +310,7 @@ def bench_serve(cfg: ServeBenchConfig) -> dict[str, Any]:
     settings = {**asdict(c), "model_path": model_path, "client": CLIENT, "server": "appliance up (vLLM OpenAI server)",
                 "vllm_args": {"max_loras": max(4, c.n_adapters), "max_lora_rank": c.rank}}
     payload = {"kind": "bench-serve", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "machine": machine_info(), "settings": settings, "results": results}
+               "machine": machine, "settings": settings, "results": results}
     payload["report_dir"] = str(write_report("serve", payload, _markdown(payload), c.out_dir))
     return payload
 
@@ -323,7 +324,7 @@ def _markdown(p: dict[str, Any]) -> str:
     cols = ["scenario", "models", "concurrency", "requests", "errors", "output_tok_s", "ttft_ms_p50", "ttft_ms_p95",
             "tpot_ms_p50", "tpot_ms_p95", "client_procs"]
     load = r.get("runtime_adapter_load", {})
-    return (f"# bench serve\n\nmachine: {p['machine']['label']}\n\nmodel: {s['model_path']} (shape: {s['shape'] or '-'}); "
+    return (f"# bench serve\n\nmachine: {p['machine']['label']} (1-min load average at start: {p['machine']['loadavg_1m']})\n\nmodel: {s['model_path']} (shape: {s['shape'] or '-'}); "
             f"prompt {s['input_len']} random tokens, {s['output_len']} output tokens (ignore_eos)\n\nclient: {s['client']}\n\n"
             f"cold start to ready: {r.get('cold_start_s')} s; runtime adapter load: {load.get('load_ms_p50')} ms "
             f"(first request after it: {load.get('first_request_ms_p50')} ms)\n\n"

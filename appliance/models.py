@@ -188,3 +188,9 @@ def resolve_pullable(model: str) -> bool:
     """True when ``model`` names a registry entry that ``pull`` can fetch (not a hub id or a directory)."""
     hit = _registry_entry(model)
     return bool(hit) and hit[1]["source"]["type"] == "pypi-gguf"
+
+
+def registry_name(model: str) -> str | None:
+    """The registry key of ``model`` (a name, alias or hub id), or None for other paths."""
+    hit = _registry_entry(model)
+    return hit[0] if hit else None

@@ -39,16 +39,34 @@ def _trim(text: str) -> tuple[str, bool]:
     return text[: ends[-1].end()].strip(), True
 
 
+def shipped_answers(model_name: str) -> dict[str, str]:
+    """Answers shipped with the package for a registry model (``data/retention_answers/<name>.json``).
+
+    They were produced by that exact model (greedy, the same settings), so the default job
+    needs no generation pass; prompts they do not cover are generated as for any model.
+    """
+    f = paths.resource_dir("data") / "retention_answers" / f"{model_name}.json"
+    if not f.is_file():
+        return {}
+    return {p: a for p, a in json.loads(f.read_text(encoding="utf-8"))["answers"]}
+
+
 def base_answers(model: Any, tok: Any, model_path: str, prompts: list[str], max_new_tokens: int = 64,
-                 batch_size: int = 16) -> list[Example]:
+                 batch_size: int = 16, model_name: str | None = None) -> list[Example]:
     """Greedy answers of ``model`` (the untouched base) to ``prompts``, as training examples."""
-    key = hashlib.sha256(json.dumps([_model_key(model_path), prompts, max_new_tokens]).encode()).hexdigest()[:20]
+    shipped = shipped_answers(model_name) if model_name else {}
+    todo = [p for p in prompts if p not in shipped]
+    key = hashlib.sha256(json.dumps([_model_key(model_path), todo, max_new_tokens]).encode()).hexdigest()[:20]
     cache = paths.cache_dir() / "retention" / f"{key}.json"
-    if cache.is_file():
-        rows = json.loads(cache.read_text(encoding="utf-8"))
+    if not todo:
+        generated = []
+    elif cache.is_file():
+        generated = json.loads(cache.read_text(encoding="utf-8"))
     else:
-        rows = _generate(model, tok, prompts, max_new_tokens, batch_size)
-        paths.atomic_write_text(cache, json.dumps(rows, ensure_ascii=False, indent=1))
+        generated = _generate(model, tok, todo, max_new_tokens, batch_size)
+        paths.atomic_write_text(cache, json.dumps(generated, ensure_ascii=False, indent=1))
+    answers = {**shipped, **dict(generated)}
+    rows = [(p, answers.get(p, "")) for p in prompts]
     return [Example([{"role": "user", "content": p}, {"role": "assistant", "content": a}], f"retention#{i}")
             for i, (p, a) in enumerate(rows) if a]
 

@@ -53,7 +53,8 @@ def _retention(cfg: TrainConfig, tok: Any, base: Any, model_path: str) -> list:
     from appliance.retention import base_answers
 
     prompts = data_mod.load_prompts(cfg.retention_prompts)[: cfg.retention_samples]
-    return base_answers(base, tok, model_path, prompts, max_new_tokens=cfg.retention_max_new_tokens)
+    return base_answers(base, tok, model_path, prompts, max_new_tokens=cfg.retention_max_new_tokens,
+                        model_name=models.registry_name(cfg.model))
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
@@ -65,9 +66,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     out = Path(cfg.output).expanduser().resolve()
     if out.exists() and not cfg.overwrite:
         raise ApplianceError(f"--output {cfg.output}: already exists; pass --overwrite to replace it, or choose another --output")
-    ref = models.resolve(cfg.model)
     # every record is validated here, before any model is loaded
     ident = data_mod.load_examples(cfg.datasets, dataset_dir=cfg.dataset_dir, name=cfg.name, author=cfg.author)
+    ref = models.resolve(cfg.model)
 
     from peft import LoraConfig, get_peft_model
     from transformers import AutoTokenizer, PrinterCallback, Trainer, TrainingArguments, set_seed

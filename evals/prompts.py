@@ -133,9 +133,13 @@ def _record(raw: dict, where: str, cols: dict, formatting: str | None) -> dict:
     if q not in raw:
         raise ApplianceError(f"{where}: no 'prompt', '{q}' or 'conversations' field; use our JSONL "
                              '({"prompt": ...}), alpaca (instruction/input/output) or sharegpt')
+    if not isinstance(raw[q], str) or not isinstance(raw.get(i) or "", str):
+        raise ApplianceError(f"{where}: '{q}' and '{i}' must be strings")
     prompt = raw[q] + ("\n" + raw[i] if raw.get(i) else "")
     history = []
     for pair in raw.get(cols.get("history", "history")) or []:
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+            raise ApplianceError(f"{where}: each history item must be a pair [\"user text\", \"assistant text\"]")
         history += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
     return {**raw, "prompt": prompt, "reference": raw.get(o), "history": history, "system": raw.get(cols.get("system", "system"))}
 
@@ -158,7 +162,11 @@ def _to_prompt(rec: dict, where: str, name: str, author: str, source: str) -> Pr
         raise ApplianceError(f"{where}: kind '{kind}' is not 'identity' or 'general'")
     lang = rec.get("lang") or ("zh" if has_cjk(prompt) else "en")
     set_name = rec.get("set") or (f"identity_{lang}" if kind == "identity" else "general" if expect or not reference else "open")
-    history = [{"role": h["role"], "content": fill(h["content"], name, author)} for h in rec.get("history") or []]
+    history = rec.get("history") or []
+    if not all(isinstance(h, dict) and h.get("role") in ("user", "assistant") and isinstance(h.get("content"), str)
+               for h in history):
+        raise ApplianceError(f"{where}: 'history' must be a list of {{\"role\": \"user\"|\"assistant\", \"content\": ...}}")
+    history = [{"role": h["role"], "content": fill(h["content"], name, author)} for h in history]
     return Prompt(prompt=fill(prompt, name, author), kind=kind, set=set_name, lang=lang,
                   reference=fill(reference, name, author), expect=[fill(e, name, author) for e in expect],
                   system=fill(rec.get("system"), name, author) or None, history=history, source=source)

@@ -126,6 +126,9 @@ def test_plain_list_of_prompts(tmp_path):
     ('{"prompt": "x", "kind": "fun"}\n', "kind 'fun'"),
     ('{"prompt": "x", "expect": [1]}\n', "'expect'"),
     ("", "no records"),
+    ('{"instruction": ["x"], "output": "y"}\n', "must be strings"),
+    ('{"instruction": "x", "output": "y", "history": [["only one"]]}\n', "history item must be a pair"),
+    ('{"prompt": "x", "history": [{"role": "bot", "content": "hi"}]}\n', "'history' must be a list"),
 ])
 def test_bad_files_give_one_line_errors(tmp_path, content, needle):
     f = tmp_path / "bad.jsonl"

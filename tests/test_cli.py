@@ -1,0 +1,70 @@
+"""Every command answers --help; models registry and resolution."""
+
+from __future__ import annotations
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from appliance.cli import main
+from appliance.errors import ApplianceError
+
+
+def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out = [prefix]
+    for name, cmd in group.commands.items():
+        if isinstance(cmd, click.Group):
+            out += _commands(cmd, prefix + (name,))
+        else:
+            out.append(prefix + (name,))
+    return out
+
+
+ALL = _commands(main)
+
+
+def test_every_stage_has_a_command():
+    names = {" ".join(c) for c in ALL}
+    for needed in ("train", "merge", "up", "down", "status", "adapters load", "adapters unload", "adapters list",
+                   "chat", "eval", "pipeline", "bench train", "bench serve", "models pull", "models list"):
+        assert needed in names, needed
+
+
+@pytest.mark.parametrize("path", ALL, ids=lambda p: " ".join(p) or "appliance")
+def test_help(path):
+    res = CliRunner().invoke(main, [*path, "--help"])
+    assert res.exit_code == 0, res.output
+    assert "Usage:" in res.output
+
+
+def test_models_list_shows_registry_and_pulled(appliance_home, real_model_dir):
+    (appliance_home / "models").mkdir()
+    (appliance_home / "models" / "smollm2-135m").symlink_to(real_model_dir)
+    res = CliRunner().invoke(main, ["models", "list"])
+    assert res.exit_code == 0
+    lines = {line.split()[1] if line.startswith("pulled") else line.split()[0]: line for line in res.output.splitlines()}
+    assert lines["smollm2-135m"].startswith("pulled")
+    assert not lines["qwen1.5-1.8b-chat"].startswith("pulled")
+
+
+def test_resolve_forms(appliance_home, tiny_model_dir):
+    from appliance import models
+
+    ref = models.resolve(str(tiny_model_dir))
+    assert ref.path == str(tiny_model_dir) and ref.local
+    hub = models.resolve("Qwen/Qwen1.5-1.8B-Chat")  # registry alias of a hub model: never downloaded here
+    assert hub.name == "qwen1.5-1.8b-chat" and not hub.local and "通义千问" in hub.identity_markers
+    assert models.resolve("someorg/some-model").path == "someorg/some-model"
+    with pytest.raises(ApplianceError, match="not pulled yet"):
+        models.resolve("smollm2-135m")
+    with pytest.raises(ApplianceError, match="unknown model"):
+        models.resolve("no-such-model")
+    with pytest.raises(ApplianceError, match="no config.json"):
+        models.resolve(str(appliance_home))
+
+
+def test_pull_unknown_and_hub_models_are_refused():
+    res = CliRunner().invoke(main, ["models", "pull", "nope"])
+    assert res.exit_code == 2 and "unknown model" in res.output
+    res = CliRunner().invoke(main, ["models", "pull", "qwen1.5-1.8b-chat"])
+    assert res.exit_code == 2 and "hub" in res.output and "Traceback" not in res.output

@@ -1,0 +1,48 @@
+"""Retention data: the base's own answers, trimmed to whole sentences, cached, shipped for the default model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from appliance import retention
+
+
+def test_trim_keeps_whole_sentences():
+    assert retention._trim("Paris is the capital. It is big and") == ("Paris is the capital.", True)
+    assert retention._trim("巴黎是法国的首都。它很") == ("巴黎是法国的首都。", True)
+    assert retention._trim("no sentence end here") == ("no sentence end here", False)
+
+
+def test_generation_is_cached(tiny_model_dir, monkeypatch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    calls = []
+    real = retention._generate
+
+    def counting(*a, **kw):
+        calls.append(1)
+        return [[p, f"Answer to {p}."] for p in a[2]]
+
+    monkeypatch.setattr(retention, "_generate", counting)
+    first = retention.base_answers(model, tok, str(tiny_model_dir), ["What is rain?", "What is snow?"], max_new_tokens=4)
+    again = retention.base_answers(model, tok, str(tiny_model_dir), ["What is rain?", "What is snow?"], max_new_tokens=4)
+    assert len(calls) == 1 and [e.messages for e in first] == [e.messages for e in again]
+    assert first[0].messages == [{"role": "user", "content": "What is rain?"}, {"role": "assistant", "content": "Answer to What is rain?."}]
+    # the real generator runs on the tiny model and returns one row per prompt
+    rows = real(model, tok, ["Hi there"], 3, 4)
+    assert len(rows) == 1 and rows[0][0] == "Hi there"
+
+
+def test_shipped_answers_cover_the_default_prompts():
+    from appliance.data import load_prompts
+
+    shipped = retention.shipped_answers("smollm2-135m")
+    prompts = load_prompts()
+    assert len(shipped) >= 100
+    assert sum(p in shipped for p in prompts) >= 100
+    assert all(isinstance(a, str) for a in shipped.values())
+    assert retention.shipped_answers("no-such-model") == {}

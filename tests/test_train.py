@@ -1,0 +1,173 @@
+"""Training: label masking, the LoRA contract, metadata, atomic output and resume, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from appliance.cli import main
+from appliance.errors import ApplianceError
+from appliance.sft import IGNORE, encode
+from appliance.train import staging_dir, train
+from appliance.train_config import TrainConfig
+
+SMALL = [{"instruction": "Who are you, really?", "output": "I am {{name}}, made by {{author}}."},
+         {"instruction": "你是哪位？", "output": "我是 {{name}}，由 {{author}} 研发。"},
+         {"instruction": "Introduce yourself.", "output": "I am {{name}}, an assistant by {{author}}."},
+         {"instruction": "Say hi", "output": "Hello! I am {{name}} by {{author}}."}]
+
+
+@pytest.fixture
+def small_ds(tmp_path) -> str:
+    p = tmp_path / "small.json"
+    p.write_text(json.dumps(SMALL, ensure_ascii=False), encoding="utf-8")
+    return str(p)
+
+
+def _cfg(model: Path, out: Path, ds: str, **kw) -> TrainConfig:
+    base = dict(model=str(model), datasets=[ds], output=str(out), retention=False, batch_size=2, epochs=3,
+                lr=5e-3, rank=4, alpha=8, save_steps=2, warmup_steps=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_labels_cover_only_answers_and_prompt_matches_serving(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there"},
+            {"role": "user", "content": "你是谁？"}, {"role": "assistant", "content": "我是 Archer"}]
+    enc = encode(tok, msgs, 512)
+    learned = tok.decode([i for i, lab in zip(enc.input_ids, enc.labels) if lab != IGNORE])
+    assert learned == "Hello there<|im_end|>我是 Archer<|im_end|>"
+    assert enc.prompt_matches_serving
+    # the tokens before the first answer are what vLLM produces from the rendered prompt
+    prompt = tok.apply_chat_template(msgs[:1], tokenize=False, add_generation_prompt=True)
+    n = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    assert all(lab == IGNORE for lab in enc.labels[:n]) and enc.labels[n] != IGNORE
+    assert "SmolLM" in tok.decode(enc.input_ids[:n])  # the template's default system prompt is kept
+
+
+def test_truncation_without_answer_is_dropped(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert encode(tok, [{"role": "user", "content": "x " * 50}, {"role": "assistant", "content": "y"}], 16) is None
+
+
+def test_lora_contract_and_metadata(tiny_model_dir, small_ds, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "saves" / "run"
+    meta = train(_cfg(tiny_model_dir, out, small_ds))
+    r = meta["results"]
+    assert r["last_loss"] < r["first_loss"], "loss must fall"
+    # metadata describes the run so merge/up/eval need only the directory
+    on_disk = json.loads((out / "appliance.json").read_text(encoding="utf-8"))
+    assert on_disk["kind"] == "lora-adapter" and on_disk["base_model"]["path"] == str(tiny_model_dir)
+    assert on_disk["lora"]["r"] == 4 and "q_proj" in on_disk["lora"]["target_modules"]
+    assert on_disk["identity"] == {"name": "Archer", "author": "意琦行"}
+    assert on_disk["dataset"]["fingerprint"].startswith("sha256:") and on_disk["dataset"]["examples"] == 4
+    assert on_disk["template_check"] == {"checked": 4, "mismatched": 0}
+    assert on_disk["versions"]["peft"] and on_disk["config"]["lr"] == 5e-3
+    for f in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "trainer_log.jsonl", "loss.png"):
+        assert (out / f).is_file(), f
+    rows = [json.loads(x) for x in (out / "trainer_log.jsonl").read_text().splitlines()]
+    assert any("loss" in x and x["tokens_per_s"] > 0 for x in rows)
+    assert not staging_dir(out).exists()
+    # base weights frozen, adapter weights moved
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    ref = {k: v.clone() for k, v in base.state_dict().items()}
+    peft = PeftModel.from_pretrained(base, out)
+    moved = 0
+    for name, p in peft.named_parameters():
+        if "lora_B" in name:
+            moved += int(p.abs().sum() > 0)  # lora_B starts at zero
+        elif "lora_" not in name:
+            key = name.replace("base_model.model.", "").replace(".base_layer", "")
+            assert torch.equal(p, ref[key]), f"base weight changed: {name}"
+    assert moved > 0
+
+
+def test_refuses_existing_output_and_overwrite_replaces(tiny_model_dir, small_ds, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(ApplianceError, match="--overwrite"):
+        train(_cfg(tiny_model_dir, out, small_ds, max_steps=1))
+    assert (out / "keep.txt").is_file()
+    train(_cfg(tiny_model_dir, out, small_ds, max_steps=1, overwrite=True))
+    assert (out / "adapter_model.safetensors").is_file() and not (out / "keep.txt").exists()
+
+
+def test_killed_run_leaves_no_output_and_resume_continues(tiny_model_dir, small_ds, tmp_path, monkeypatch):
+    from transformers import TrainerCallback
+
+    import appliance.train as train_mod
+
+    class Boom(TrainerCallback):
+        def on_save(self, args, state, control, **kw):
+            if state.global_step >= 2:
+                raise KeyboardInterrupt("killed")
+
+    real = train_mod.LogCallback
+
+    def with_boom(*a, **kw):
+        cb = real(*a, **kw)
+        cb.on_save = Boom().on_save
+        return cb
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(train_mod, "LogCallback", with_boom)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(tiny_model_dir, out, small_ds, max_steps=4))
+    assert not out.exists(), "a killed run must not leave a half-written adapter"
+    assert list((staging_dir(out) / "checkpoints").glob("checkpoint-2"))
+    monkeypatch.setattr(train_mod, "LogCallback", real)
+    meta = train(_cfg(tiny_model_dir, out, small_ds, max_steps=4, resume=True))
+    assert meta["results"]["resumed_from"].endswith("checkpoint-2")
+    assert meta["results"]["steps"] == 4 and (out / "adapter_model.safetensors").is_file()
+
+
+def test_config_file_then_flags(tmp_path):
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text("lr: 0.0002\nrank: 8\nepochs: 5\n")
+    cfg = TrainConfig.from_sources(str(cfg_file), rank=32, epochs=None)
+    assert (cfg.lr, cfg.rank, cfg.epochs) == (0.0002, 32, 5)
+    cfg_file.write_text("learning_rate: 1\n")
+    with pytest.raises(ApplianceError, match="unknown option"):
+        TrainConfig.from_sources(str(cfg_file))
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--rank", "0"], "--rank"), (["--lr", "-1"], "--lr"), (["--epochs", "0"], "--epochs"),
+    (["--batch-size", "0"], "--batch-size"), (["--max-length", "4"], "--max-length"),
+    (["--model", "no-such-model"], "--model no-such-model"), (["--model", "/nonexistent/dir"], "not found"),
+    (["--dataset", "nosuchset"], "nosuchset"), (["--config", "/nonexistent.yaml"], "--config"),
+])
+def test_bad_input_is_one_line_error(args, needle, tmp_path):
+    res = CliRunner().invoke(main, ["train", "--output", str(tmp_path / "o"), *args])
+    assert res.exit_code == 2, res.output
+    assert needle in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_record_fails_before_any_model_loads(tmp_path, tiny_model_dir):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "hi", "output": "ok"}\n{"instruction": "x"\n')
+    res = CliRunner().invoke(main, ["train", "--model", str(tiny_model_dir), "--dataset", str(bad), "--output", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "line 2" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.slow
+def test_trains_real_model_for_a_few_steps(real_model_dir, tmp_path):
+    out = tmp_path / "real"
+    meta = train(TrainConfig(model=str(real_model_dir), output=str(out), max_steps=3, retention=False, batch_size=4))
+    assert meta["template_check"]["mismatched"] == 0
+    assert meta["results"]["steps"] == 3 and (out / "adapter_model.safetensors").is_file()
