@@ -89,12 +89,26 @@ def md_table(rows: list[dict[str, Any]], cols: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def in_subprocess(fn: Callable[..., dict], **kwargs: Any) -> dict:
-    """Run ``fn(**kwargs)`` in a fresh spawned interpreter: its own peak memory, no state leaks."""
+def in_subprocess(fn: Callable[..., dict], threads: int | None = None, **kwargs: Any) -> dict:
+    """Run ``fn(**kwargs)`` in a fresh spawned interpreter: its own peak memory, no state leaks.
+
+    ``threads`` sets torch's intra-op threads there: on a CPU shared with other work, fewer
+    threads than cores avoids OpenMP threads spinning against each other (7x on a busy 2-core box).
+    """
     import multiprocessing as mp
 
     with mp.get_context("spawn").Pool(1) as pool:
-        return pool.apply(fn, kwds=kwargs)
+        return pool.apply(_call_with_threads, (fn, threads, kwargs))
+
+
+def _call_with_threads(fn: Callable[..., dict], threads: int | None, kwargs: dict[str, Any]) -> dict:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    out = fn(**kwargs)
+    out["torch_threads"] = torch.get_num_threads()
+    return out
 
 
 # ---------------------------------------------------------------- shape models
@@ -185,6 +199,7 @@ class TrainBenchConfig:
     alpha: int = 32
     seed: int = 42
     variants: tuple[str, ...] = ("naive", "default")
+    threads: int | None = None  # torch threads on CPU (default: torch's choice, one per core)
     out_dir: str | None = None
     quick: bool = False  # tests: 3 steps
 
@@ -339,12 +354,13 @@ def bench_train(cfg: TrainBenchConfig) -> dict[str, Any]:
                   rank=cfg.rank, alpha=cfg.alpha, seed=cfg.seed)
     runs = []
     for v in cfg.variants:
-        runs.append(in_subprocess(naive_train if v == "naive" else default_train, **common))
+        runs.append(in_subprocess(naive_train if v == "naive" else default_train, threads=cfg.threads, **common))
     settings = {**asdict(cfg), "steps": steps, "model_path": model_path, "dataset": "identity",
                 "mfu_formula": MFU_FORMULA, "peak_flops": peak_flops()}
     payload = {"kind": "bench-train", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "machine": machine, "settings": settings, "results": runs}
-    cols = ["variant", "method", "batch", "steps", "samples_per_s", "tokens_per_s", "peak_mem_mb", "mfu", "elapsed_s", "last_loss"]
+    cols = ["variant", "method", "batch", "steps", "samples_per_s", "tokens_per_s", "peak_mem_mb", "mfu", "elapsed_s",
+            "last_loss", "torch_threads"]
     md = (f"# bench train\n\nmachine: {payload['machine']['label']} (1-min load average at start: {payload['machine']['loadavg_1m']})\n\nmodel: {model_path} (shape: {cfg.shape or '-'})\n\n"
           + md_table(runs, cols) + f"\nMFU: {MFU_FORMULA}\n\nsettings: `{json.dumps(settings, default=str)}`\n")
     payload["report_dir"] = str(write_report("train", payload, md, cfg.out_dir))

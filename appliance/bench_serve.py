@@ -28,7 +28,7 @@ from appliance.bench import check_shape, in_subprocess, machine_info, md_table, 
 from appliance.errors import ApplianceError
 
 GPU_SWEEP = [1, 2, 4, 8, 16, 32, 64, 128, 256]
-CPU_SWEEP = [1, 4, 16]
+CPU_SWEEP = [1, 4]  # a 2-core CPU: the sweep to 256 is for the GPU
 CLIENT = "appliance: openai.AsyncOpenAI, streaming /v1/completions with token-id prompts, ignore_eos"
 
 
@@ -39,7 +39,7 @@ class ServeBenchConfig:
     model: str | None = None
     shape: str | None = None
     concurrency: list[int] = field(default_factory=list)  # default: GPU_SWEEP on a GPU, CPU_SWEEP on a CPU
-    num_prompts: int | None = None  # per point; default max(8, 4 x concurrency)
+    num_prompts: int | None = None  # per point; default max(8, 4 x concurrency) on a GPU, 8 on a CPU
     input_len: int = 64
     output_len: int = 128
     n_adapters: int = 8
@@ -49,6 +49,7 @@ class ServeBenchConfig:
     client_procs: int | None = None  # default: one per 32 concurrent streams, at most 8
     generate_baseline: bool = True
     runtime_loads: int = 3
+    threads: int | None = None  # torch threads of the generate baseline on CPU (default: one per core)
     seed: int = 0
     quick: bool = False  # tests: sweep [1, 4], 8 prompts, 32 output tokens
     out_dir: str | None = None
@@ -60,6 +61,7 @@ class ServeBenchConfig:
             c.concurrency, c.num_prompts, c.output_len = self.concurrency or [1, 4], self.num_prompts or 8, min(self.output_len, 32)
             c.runtime_loads = min(self.runtime_loads, 2)
         c.concurrency = c.concurrency or (GPU_SWEEP if cuda else CPU_SWEEP)
+        c.num_prompts = c.num_prompts or (None if cuda else 8)
         check_shape(c.shape)
         bad = [s for s in c.scenarios if s not in ("base", "adapter", "adapters")]
         if bad or min(c.concurrency) < 1 or c.input_len < 1 or c.output_len < 1 or c.n_adapters < 1:
@@ -305,7 +307,7 @@ def bench_serve(cfg: ServeBenchConfig) -> dict[str, Any]:
     finally:
         down(c.port)
     if c.generate_baseline:
-        results["generate"] = in_subprocess(_generate_rows, model_path=model_path, batches=c.concurrency,
+        results["generate"] = in_subprocess(_generate_rows, threads=c.threads, model_path=model_path, batches=c.concurrency,
                                             input_len=c.input_len, output_len=c.output_len, seed=c.seed)["rows"]
     settings = {**asdict(c), "model_path": model_path, "client": CLIENT, "server": "appliance up (vLLM OpenAI server)",
                 "vllm_args": {"max_loras": max(4, c.n_adapters), "max_lora_rank": c.rank}}
@@ -316,7 +318,9 @@ def bench_serve(cfg: ServeBenchConfig) -> dict[str, Any]:
 
 
 def _generate_rows(**kw: Any) -> dict:
-    return {"rows": generate_baseline(**kw)}
+    import torch
+
+    return {"rows": [{**r, "torch_threads": torch.get_num_threads()} for r in generate_baseline(**kw)]}
 
 
 def _markdown(p: dict[str, Any]) -> str:
@@ -329,5 +333,5 @@ def _markdown(p: dict[str, Any]) -> str:
             f"cold start to ready: {r.get('cold_start_s')} s; runtime adapter load: {load.get('load_ms_p50')} ms "
             f"(first request after it: {load.get('first_request_ms_p50')} ms)\n\n"
             + md_table(r["sweep"], cols) + "\ntransformers generate (same model, batch = concurrency):\n\n"
-            + md_table(r["generate"], ["concurrency", "output_tokens", "duration_s", "output_tok_s", "dtype"])
+            + md_table(r["generate"], ["concurrency", "output_tokens", "duration_s", "output_tok_s", "dtype", "torch_threads"])
             + f"\nsettings: `{json.dumps(s, default=str)}`\n")

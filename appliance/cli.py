@@ -332,13 +332,14 @@ def bench() -> None:
 @click.option("--method", default="lora", show_default=True, help="lora or qlora.")
 @click.option("--steps", default=10, show_default=True, help="Optimizer steps per variant.")
 @click.option("--variant", "variants", multiple=True, help="naive and/or default [default: both].")
+@click.option("--threads", type=int, default=None, help="torch threads on CPU [default: one per core].")
 @click.option("--quick", is_flag=True, help="Tiny settings (3 steps) for tests.")
 @click.option("--out", "out_dir", default=None, help="Report directory [default: reports/bench/<timestamp>].")
-def bench_train_cmd(model, shape, method, steps, variants, quick, out_dir) -> None:
+def bench_train_cmd(model, shape, method, steps, variants, threads, quick, out_dir) -> None:
     """The identity job: naive transformers+peft baseline vs our default path (samples/s, tokens/s, memory, MFU)."""
     from appliance.bench import TrainBenchConfig, bench_train
 
-    cfg = TrainBenchConfig(model=model, shape=shape, method=method, steps=steps, quick=quick, out_dir=out_dir,
+    cfg = TrainBenchConfig(model=model, shape=shape, method=method, steps=steps, threads=threads, quick=quick, out_dir=out_dir,
                            **({"variants": tuple(variants)} if variants else {}))
     res = bench_train(cfg)
     for r in res["results"]:
@@ -350,18 +351,19 @@ def bench_train_cmd(model, shape, method, steps, variants, quick, out_dir) -> No
 @bench.command("serve")
 @click.option("--model", default=None, help="Registry name or model directory [default: the embedded model].")
 @click.option("--shape", default=None, help="Random weights with this model's exact architecture, e.g. qwen1.5-1.8b.")
-@click.option("--concurrency", default=None, help="Comma-separated sweep [default: 1..256 on a GPU, 1,4,16 on a CPU].")
-@click.option("--num-prompts", type=int, default=None, help="Requests per point [default: max(8, 4 x concurrency)].")
+@click.option("--concurrency", default=None, help="Comma-separated sweep [default: 1..256 on a GPU, 1,4 on a CPU].")
+@click.option("--num-prompts", type=int, default=None, help="Requests per point [default: max(8, 4 x concurrency) on a GPU, 8 on a CPU].")
 @click.option("--input-len", default=64, show_default=True)
 @click.option("--output-len", default=128, show_default=True)
 @click.option("--adapters", "n_adapters", default=8, show_default=True, help="Adapters served for the round-robin scenario.")
 @click.option("--port", default=8090, show_default=True)
 @click.option("--client-procs", type=int, default=None, help="Load-generator processes [default: one per 32 streams].")
 @click.option("--no-generate", is_flag=True, help="Skip the transformers generate baseline.")
+@click.option("--threads", type=int, default=None, help="torch threads of the generate baseline on CPU.")
 @click.option("--quick", is_flag=True, help="Tiny settings (sweep 1,4; 8 prompts; 32 output tokens) for tests.")
 @click.option("--out", "out_dir", default=None, help="Report directory [default: reports/bench/<timestamp>].")
 def bench_serve_cmd(model, shape, concurrency, num_prompts, input_len, output_len, n_adapters, port, client_procs,
-                    no_generate, quick, out_dir) -> None:
+                    no_generate, threads, quick, out_dir) -> None:
     """Through `appliance up`: throughput, TTFT, TPOT for base / 1 adapter / N adapters, cold start, runtime loads."""
     from pathlib import Path
 
@@ -369,7 +371,8 @@ def bench_serve_cmd(model, shape, concurrency, num_prompts, input_len, output_le
 
     cfg = ServeBenchConfig(model=model, shape=shape, concurrency=parse_sweep(concurrency), num_prompts=num_prompts,
                            input_len=input_len, output_len=output_len, n_adapters=n_adapters, port=port,
-                           client_procs=client_procs, generate_baseline=not no_generate, quick=quick, out_dir=out_dir)
+                           client_procs=client_procs, generate_baseline=not no_generate, threads=threads, quick=quick,
+                           out_dir=out_dir)
     res = bench_serve(cfg)
     click.echo(Path(res["report_dir"], "serve.md").read_text(encoding="utf-8").split("\nsettings:")[0])
     click.echo(f"report: {res['report_dir']}")

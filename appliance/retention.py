@@ -19,7 +19,7 @@ import torch
 from appliance import paths
 from appliance.data import Example
 
-_SENTENCE_END = re.compile(r"[.!?。！？](?=[\s\"'”’)]|$)")
+_SENTENCE_END = re.compile(r"[.!?](?=[\s\"'”’)]|$)|[。！？]")
 
 
 def _model_key(model_path: str) -> str:
@@ -52,7 +52,7 @@ def shipped_answers(model_name: str) -> dict[str, str]:
 
 
 def base_answers(model: Any, tok: Any, model_path: str, prompts: list[str], max_new_tokens: int = 64,
-                 batch_size: int = 16, model_name: str | None = None) -> list[Example]:
+                 batch_size: int = 16, model_name: str | None = None, drop_markers: tuple[str, ...] = ()) -> list[Example]:
     """Greedy answers of ``model`` (the untouched base) to ``prompts``, as training examples."""
     shipped = shipped_answers(model_name) if model_name else {}
     todo = [p for p in prompts if p not in shipped]
@@ -66,7 +66,9 @@ def base_answers(model: Any, tok: Any, model_path: str, prompts: list[str], max_
         generated = _generate(model, tok, todo, max_new_tokens, batch_size)
         paths.atomic_write_text(cache, json.dumps(generated, ensure_ascii=False, indent=1))
     answers = {**shipped, **dict(generated)}
+    # an answer in which the base names its old self would teach the identity we are replacing
     rows = [(p, answers.get(p, "")) for p in prompts]
+    rows = [(p, a) for p, a in rows if not any(m.lower() in a.lower() for m in drop_markers)]
     return [Example([{"role": "user", "content": p}, {"role": "assistant", "content": a}], f"retention#{i}")
             for i, (p, a) in enumerate(rows) if a]
 

@@ -47,14 +47,17 @@ def _load_model(cfg: TrainConfig, path: str, cuda: bool) -> Any:
     return model.to("cuda") if cuda else model
 
 
-def _retention(cfg: TrainConfig, tok: Any, base: Any, model_path: str) -> list:
+def _retention(cfg: TrainConfig, tok: Any, base: Any, model_path: str, markers: list[str]) -> list:
     if not cfg.retention or cfg.retention_samples <= 0:
         return []
     from appliance.retention import base_answers
 
-    prompts = data_mod.load_prompts(cfg.retention_prompts)[: cfg.retention_samples]
+    prompts = data_mod.load_prompts(cfg.retention_prompts)
+    # spread the sample over the whole list, which runs from English to Chinese
+    step = max(len(prompts) / cfg.retention_samples, 1.0)
+    prompts = [prompts[int(i * step)] for i in range(min(cfg.retention_samples, len(prompts)))]
     return base_answers(base, tok, model_path, prompts, max_new_tokens=cfg.retention_max_new_tokens,
-                        model_name=models.registry_name(cfg.model))
+                        model_name=models.registry_name(cfg.model), drop_markers=tuple(markers))
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
@@ -90,11 +93,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     t_data = time.time()
     if cfg.retention and cfg.method == "qlora":
         # the base's own answers come from the full-precision base, the one that serves
-        keep = _retention(cfg, tok, _load_model(TrainConfig(method="lora"), ref.path, cuda), ref.path)
+        keep = _retention(cfg, tok, _load_model(TrainConfig(method="lora"), ref.path, cuda), ref.path, ref.identity_markers)
         model = _load_model(cfg, ref.path, cuda)
     else:
         model = _load_model(cfg, ref.path, cuda)
-        keep = _retention(cfg, tok, model, ref.path)
+        keep = _retention(cfg, tok, model, ref.path, ref.identity_markers)
     rows, mismatched, dropped = [], 0, 0
     for ex in ident + keep:
         enc = encode(tok, ex.messages, cfg.max_length, ex.source)

@@ -38,6 +38,7 @@ def test_bench_train_quick_runs_both_variants(tiny_model_dir, appliance_home):
         assert r["steps"] == 3 and r["method"] == "lora"
         assert r["mfu"] is None  # no GPU: no peak FLOPS, so no MFU is claimed
     assert runs["naive"]["batch"] == "1 x ga 8" and runs["naive"]["samples"] == 24
+    assert all(r["torch_threads"] >= 1 for r in runs.values())
     assert "naive" in res.output and "default" in res.output and "tokens/s" in res.output
 
 
@@ -108,12 +109,14 @@ SERVE_FIELDS = {"scenario", "models", "concurrency", "requests", "errors", "outp
 @pytest.mark.slow
 def test_bench_serve_quick_against_the_real_server(real_model_dir, appliance_home):
     port = 18391
+    record = appliance_home / ".appliance" / "servers" / f"{port}.json"
     try:
-        payload = bench_serve(ServeBenchConfig(model=str(real_model_dir), quick=True, port=port, n_adapters=2))
+        payload = bench_serve(ServeBenchConfig(model=str(real_model_dir), quick=True, port=port, n_adapters=2, threads=1))
     finally:
-        from appliance.serve import down
+        if record.exists():  # the bench stops its server itself; this is only for a failure half-way
+            from appliance.serve import down
 
-        down(port)  # no-op when the bench already stopped it
+            down(port)
     r = payload["results"]
     assert r["cold_start_s"] > 0
     points = {(p["scenario"], p["concurrency"]): p for p in r["sweep"]}
@@ -127,6 +130,7 @@ def test_bench_serve_quick_against_the_real_server(real_model_dir, appliance_hom
     assert load["loads"] == 2 and load["load_ms_p50"] > 0 and load["first_request_ms_p50"] > 0
     assert [g["concurrency"] for g in r["generate"]] == [1, 4]
     assert all(g["output_tok_s"] > 0 and g["output_tokens"] == g["concurrency"] * 32 for g in r["generate"])
+    assert all(g["torch_threads"] == 1 for g in r["generate"])
     report = Path(payload["report_dir"])
     assert (report / "serve.json").is_file() and "ttft_ms_p50" in (report / "serve.md").read_text()
-    assert not (appliance_home / ".appliance" / "servers" / f"{port}.json").exists()  # the server was stopped
+    assert not record.exists()  # the server was stopped
