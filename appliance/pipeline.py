@@ -29,7 +29,7 @@ class PipelineConfig:
     report: str | None = None  # default reports/<name>
     port: int = 8000
     merged_port: int = 8001
-    concurrency: int = 8
+    concurrency: int = 32
     max_tokens: int = 96
     train_config: str | None = None  # YAML for the train stage
     force: bool = False
