@@ -58,6 +58,7 @@ def machine_info() -> dict[str, Any]:
     return {"label": label, "cpu": cpu, "cores": os.cpu_count(), "ram_gib": round(ram, 1) if ram else None,
             "loadavg_1m": round(load, 2) if load is not None else None,
             "gpus": gpus, "platform": platform.platform(), "python": platform.python_version(),
+            "omp": {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")},
             "versions": library_versions()}
 
 
