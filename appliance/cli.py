@@ -320,6 +320,7 @@ def pipeline(**kw) -> None:
         click.echo("gate failed: " + "; ".join(gate.get("failures", [])), err=True)
         sys.exit(1)
 
+
 # ---- bench  (owner: merge/bench)
 @main.group(cls=_Group)
 def bench() -> None:

@@ -138,7 +138,8 @@ def _existing_state(out: Path, adapter: Path, sha: str, dtype: str) -> str:
         return "other"
     a = m.get("adapter") or {}
     same = a.get("path") == str(adapter) and a.get("sha256") == sha and m.get("dtype") == dtype
-    return "same" if same and m.get("verification", {}).get("passed", True) else "other"
+    complete = (out / "config.json").is_file() and any(out.glob("*.safetensors"))
+    return "same" if same and complete and m.get("verification", {}).get("passed", True) else "other"
 
 
 def merge(cfg: MergeConfig) -> MergeResult:
@@ -156,7 +157,7 @@ def merge(cfg: MergeConfig) -> MergeResult:
     out = _resolve_output(cfg, adapter)
 
     state = _existing_state(out, adapter, sha, dtype)
-    if state == "same" and not cfg.overwrite:
+    if state == "same":  # identical inputs give identical weights: nothing to redo, even with --overwrite
         return MergeResult(out, read_meta(out).get("verification"), already_merged=True, meta=read_meta(out))
     if state == "other" and not cfg.overwrite:
         raise ApplianceError(f"--output {out}: already exists and is not this adapter merged as {dtype}; pass --overwrite to replace it or choose another --output")

@@ -101,6 +101,8 @@ def test_running_twice_is_harmless(adapter_dir, tmp_path):
     res = CliRunner().invoke(main, ["merge", "--adapter", str(adapter_dir), "--output", str(out), "--dtype", "fp32"])
     assert res.exit_code == 0, res.output
     assert "already merged" in res.output
+    again = merge(_cfg(adapter_dir, out, dtype="fp32", overwrite=True))  # as `appliance pipeline` calls it
+    assert again.already_merged and again.verification["passed"]
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
 
