@@ -16,7 +16,9 @@ import functools
 import json
 import math
 import random
+import signal
 import statistics
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -289,8 +291,16 @@ def bench_serve(cfg: ServeBenchConfig) -> dict[str, Any]:
                       served_name=served, adapter_roots=[str(adapters[-1].parent)], detach=True,
                       ready_timeout_s=c.ready_timeout_s)
     results: dict[str, Any] = {"sweep": [], "generate": []}
+    # the server is detached (its own session): turn SIGTERM into an exception so `finally` stops it
+    main_thread = threading.current_thread() is threading.main_thread()  # signals only work there
+    previous = signal.signal(signal.SIGTERM, _raise_exit) if main_thread else None
     t0 = time.monotonic()
-    info = up(up_cfg, echo=lambda s: None)
+    try:
+        info = up(up_cfg, echo=lambda s: None)
+    except BaseException:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+        raise
     try:
         results["cold_start_s"] = round(time.monotonic() - t0, 2)
         targets = {"base": [served], "adapter": names[:1], "adapters": names}
@@ -306,15 +316,29 @@ def bench_serve(cfg: ServeBenchConfig) -> dict[str, Any]:
         results["runtime_adapter_load"] = runtime_loads(info.url, adapters[-1], c.runtime_loads)
     finally:
         down(c.port)
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     if c.generate_baseline:
         results["generate"] = in_subprocess(_generate_rows, threads=c.threads, model_path=model_path, batches=c.concurrency,
                                             input_len=c.input_len, output_len=c.output_len, seed=c.seed)["rows"]
     settings = {**asdict(c), "model_path": model_path, "client": CLIENT, "server": "appliance up (vLLM OpenAI server)",
-                "vllm_args": {"max_loras": max(4, c.n_adapters), "max_lora_rank": c.rank}}
+                "vllm_args": {"max_loras": max(4, c.n_adapters), "max_lora_rank": c.rank, "dtype": _served_dtype(torch)}}
     payload = {"kind": "bench-serve", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "machine": machine, "settings": settings, "results": results}
     payload["report_dir"] = str(write_report("serve", payload, _markdown(payload), c.out_dir))
     return payload
+
+
+def _served_dtype(torch: Any) -> str:
+    """What ``appliance up`` asks vLLM for: fp32 on CPUs without native bf16, else the model's dtype."""
+    from appliance import serve
+
+    native = getattr(serve, "cpu_has_native_bf16", lambda: True)()
+    return "auto" if torch.cuda.is_available() or native else "float32"
+
+
+def _raise_exit(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _generate_rows(**kw: Any) -> dict:
