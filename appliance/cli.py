@@ -308,12 +308,15 @@ def eval_cmd(url, before, after, prompts, name, author, output, concurrency, max
 @click.option("--merged-port", type=int, default=8001, show_default=True, help="Port of the merged-model server.")
 @click.option("--fail-under", "gates", multiple=True, default=("identity_hit_rate=0.95",), show_default=True,
               help="Gate on the adapter and merged model, METRIC=VALUE (repeatable).")
+@click.option("--prompts", "prompts", multiple=True, help="Eval prompt file or built-in set (repeatable) [default: all built-in sets].")
+@click.option("--max-tokens", type=int, default=64, show_default=True, help="Longest answer in the eval.")
+@click.option("--concurrency", type=int, default=32, show_default=True, help="Eval requests in flight per model.")
 @click.option("--force", is_flag=True, help="Redo every stage, even those already done.")
 def pipeline(**kw) -> None:
     """The whole job: pull, train, merge, up, eval base vs adapter vs merged, report, down."""
     from appliance.pipeline import PipelineConfig, pipeline as run_pipeline
 
-    kw["gates"] = list(kw["gates"])
+    kw["gates"], kw["prompts"] = list(kw["gates"]), list(kw["prompts"])
     out = run_pipeline(PipelineConfig(**kw), echo=click.echo)
     gate = out["report"].get("gate") or {}
     if gate.get("passed") is False:

@@ -30,7 +30,8 @@ class PipelineConfig:
     port: int = 8000
     merged_port: int = 8001
     concurrency: int = 32
-    max_tokens: int = 96
+    max_tokens: int = 64  # identity answers are ~40 tokens; general answers give theirs early
+    prompts: list[str] = field(default_factory=list)  # empty: every built-in set
     train_config: str | None = None  # YAML for the train stage
     force: bool = False
     gates: list[str] = field(default_factory=lambda: ["identity_hit_rate=0.95"])
@@ -82,7 +83,7 @@ def pipeline(cfg: PipelineConfig, echo: Echo = print) -> dict[str, Any]:
     timings["merge_s"] = time.time() - t
 
     report_file = report_dir / "report.json"
-    if report_file.is_file() and not cfg.force and _newer(report_file, run_dir, merged_dir):
+    if report_file.is_file() and not cfg.force and _newer(report_file, run_dir, merged_dir) and _same_eval(report_file, cfg):
         echo(f"\n== eval: skipped, {report_file} is newer than the adapter and the merged model (use --force)")
         report = json.loads(report_file.read_text(encoding="utf-8"))
     else:
@@ -109,7 +110,7 @@ def _serve_and_eval(cfg: PipelineConfig, run_dir: Path, merged_dir: Path, report
         base_name = info.models[0]
         part = run_eval(EvalConfig(before=base_name, after=[slug], url=info.url, name=cfg.name, author=cfg.author,
                                    output=str(report_dir / "parts" / "adapter"), concurrency=cfg.concurrency,
-                                   max_tokens=cfg.max_tokens), progress=echo)
+                                   max_tokens=cfg.max_tokens, prompts=cfg.prompts), progress=echo)
         rows += _rows(report_dir / "parts" / "adapter")
         timings["eval_adapter_s"] = time.time() - t
     finally:
@@ -120,7 +121,7 @@ def _serve_and_eval(cfg: PipelineConfig, run_dir: Path, merged_dir: Path, report
         merged_name = info.models[0]
         run_eval(EvalConfig(before=merged_name, url=info.url, name=cfg.name, author=cfg.author,
                             old_identity=part.get("old_identity") or [], output=str(report_dir / "parts" / "merged"),
-                            concurrency=cfg.concurrency, max_tokens=cfg.max_tokens), progress=echo)
+                            concurrency=cfg.concurrency, max_tokens=cfg.max_tokens, prompts=cfg.prompts), progress=echo)
         merged_rows = _rows(report_dir / "parts" / "merged")
         markers = rows[0].get("old_identity", []) if rows else []
         for r in merged_rows:
@@ -134,7 +135,18 @@ def _serve_and_eval(cfg: PipelineConfig, run_dir: Path, merged_dir: Path, report
     answers = report_dir / "answers.jsonl"
     paths.atomic_write_text(answers, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     rules = parse_rules(fail_under=tuple(cfg.gates))
-    return write_report(report_dir, rules, run={"pipeline": True, "timings": timings}, answers_path=answers)
+    return write_report(report_dir, rules, run={"pipeline": True, "timings": timings, "eval": _eval_settings(cfg)},
+                        answers_path=answers)
+
+
+def _eval_settings(cfg: PipelineConfig) -> dict[str, Any]:
+    return {"prompts": cfg.prompts, "max_tokens": cfg.max_tokens, "name": cfg.name, "author": cfg.author}
+
+
+def _same_eval(report_file: Path, cfg: PipelineConfig) -> bool:
+    """A report is reused only if it was made with the same prompts and settings."""
+    run = json.loads(report_file.read_text(encoding="utf-8")).get("run") or {}
+    return run.get("eval") == _eval_settings(cfg)
 
 
 def _rows(part_dir: Path) -> list[dict]:

@@ -53,7 +53,11 @@ def shipped_answers(model_name: str) -> dict[str, str]:
 
 def base_answers(model: Any, tok: Any, model_path: str, prompts: list[str], max_new_tokens: int = 64,
                  batch_size: int = 16, model_name: str | None = None, drop_markers: tuple[str, ...] = ()) -> list[Example]:
-    """Greedy answers of ``model`` (the untouched base) to ``prompts``, as training examples."""
+    """Greedy answers of ``model`` (the untouched base) to ``prompts``, as training examples.
+
+    ``model`` may be a zero-argument loader instead: it is called only when some answer is
+    neither shipped nor cached, so the common case loads no extra model.
+    """
     shipped = shipped_answers(model_name) if model_name else {}
     todo = [p for p in prompts if p not in shipped]
     key = hashlib.sha256(json.dumps([_model_key(model_path), todo, max_new_tokens]).encode()).hexdigest()[:20]
@@ -63,6 +67,8 @@ def base_answers(model: Any, tok: Any, model_path: str, prompts: list[str], max_
     elif cache.is_file():
         generated = json.loads(cache.read_text(encoding="utf-8"))
     else:
+        if callable(model) and not isinstance(model, torch.nn.Module):
+            model = model()
         generated = _generate(model, tok, todo, max_new_tokens, batch_size)
         paths.atomic_write_text(cache, json.dumps(generated, ensure_ascii=False, indent=1))
     answers = {**shipped, **dict(generated)}

@@ -92,8 +92,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     t_data = time.time()
     if cfg.retention and cfg.method == "qlora":
-        # the base's own answers come from the full-precision base, the one that serves
-        keep = _retention(cfg, tok, _load_model(TrainConfig(method="lora"), ref.path, cuda), ref.path, ref.identity_markers)
+        # the base's own answers come from the full-precision base, the one that serves; it is
+        # loaded only if some answer is neither shipped nor cached
+        full = lambda: _load_model(TrainConfig(method="lora"), ref.path, cuda)  # noqa: E731
+        keep = _retention(cfg, tok, full, ref.path, ref.identity_markers)
         model = _load_model(cfg, ref.path, cuda)
     else:
         model = _load_model(cfg, ref.path, cuda)

@@ -41,7 +41,7 @@ class LogCallback(TrainerCallback):
         if "loss" in logs:
             self.first_loss = self.first_loss if self.first_loss is not None else float(logs["loss"])
             self.last_loss = float(logs["loss"])
-        if self.bar is not None:
+        if self.bar is not None and "loss" in logs:  # the end-of-run summary carries no step loss
             self.bar.n = state.global_step
             self.bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.3f}", tok_s=f"{tps:.0f}")
             self.bar.refresh()

@@ -46,3 +46,19 @@ def test_shipped_answers_cover_the_default_prompts():
     assert sum(p in shipped for p in prompts) >= 100
     assert all(isinstance(a, str) for a in shipped.values())
     assert retention.shipped_answers("no-such-model") == {}
+
+
+def test_loader_is_called_only_when_answers_must_be_generated(tiny_model_dir, monkeypatch):
+    from transformers import AutoTokenizer
+
+    from appliance import retention
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    loads = []
+    monkeypatch.setattr(retention, "_generate", lambda m, t, prompts, *a: [[p, f"Sure: {p}."] for p in prompts])
+    monkeypatch.setattr(retention, "shipped_answers", lambda name: {"What is rain?": "Water falling."})
+    loader = lambda: loads.append(1) or object()  # noqa: E731
+    shipped = retention.base_answers(loader, tok, str(tiny_model_dir), ["What is rain?"], model_name="x")
+    assert loads == [] and shipped[0].messages[1]["content"] == "Water falling."
+    mixed = retention.base_answers(loader, tok, str(tiny_model_dir), ["What is rain?", "What is fog?"], model_name="x")
+    assert loads == [1] and [e.messages[1]["content"] for e in mixed] == ["Water falling.", "Sure: What is fog?."]
