@@ -20,6 +20,7 @@ from appliance import paths
 from appliance.adapters import AdapterInfo, inspect_adapter, parse_spec, same_base, servable_rank
 from appliance.errors import ApplianceError
 from appliance.guard import KEY_ENV, ROOTS_ENV, real
+from appliance.hw import cpu_has_native_bf16
 
 GUARD = "appliance.guard.AdapterRootGuard"
 MIN_MAX_LORAS = 4  # room for adapters loaded at runtime
@@ -192,15 +193,6 @@ def build_command(plan: Plan, base_env: dict[str, str] | None = None) -> tuple[l
     pkg_root = str(Path(__file__).resolve().parent.parent)  # so the server can import the guard from a checkout
     env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH", "")) if p)
     return argv, env
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere vLLM serves in fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return True
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def ready_message(url: str, models: list[str], api_key: bool) -> str:

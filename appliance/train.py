@@ -28,6 +28,13 @@ def staging_dir(out: Path) -> Path:
     return out.parent / f".{out.name}.partial"
 
 
+def _qlora_compute_dtype(cuda: bool) -> torch.dtype:
+    """bf16, except on CPUs that would emulate it (there fp32 is 18x faster: 144 vs 8 tokens/s)."""
+    from appliance.hw import cpu_has_native_bf16
+
+    return torch.bfloat16 if cuda or cpu_has_native_bf16() else torch.float32
+
+
 def _load_model(cfg: TrainConfig, path: str, cuda: bool) -> Any:
     from transformers import AutoModelForCausalLM
 
@@ -35,7 +42,7 @@ def _load_model(cfg: TrainConfig, path: str, cuda: bool) -> Any:
         from peft import prepare_model_for_kbit_training
         from transformers import BitsAndBytesConfig
 
-        compute = torch.bfloat16
+        compute = _qlora_compute_dtype(cuda)
         q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=compute, bnb_4bit_quant_storage=compute)
         model = AutoModelForCausalLM.from_pretrained(path, quantization_config=q, dtype=compute,
@@ -171,6 +178,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "base_model": {"name": ref.name, "path": ref.path, "hf_id": ref.hf_id, "identity_markers": ref.identity_markers},
         "method": cfg.method,
+        "quantization": ({"bits": 4, "type": "nf4", "double_quant": True,
+                          "compute_dtype": str(_qlora_compute_dtype(cuda)).replace("torch.", "")}
+                         if cfg.method == "qlora" else None),
         "lora": {"r": cfg.rank, "alpha": cfg.alpha, "dropout": cfg.dropout,
                  "target_modules": sorted({m.split(".")[-1] for m in model.peft_config["default"].target_modules})},
         "identity": {"name": cfg.name, "author": cfg.author},

@@ -94,6 +94,37 @@ def test_lora_contract_and_metadata(tiny_model_dir, small_ds, tmp_path):
     assert moved > 0
 
 
+def test_qlora_trains_a_4bit_base_and_saves_a_plain_lora_adapter(tiny_model_dir, small_ds, tmp_path):
+    import bitsandbytes as bnb
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    seen = []
+    from appliance import train as train_mod
+
+    real = train_mod._load_model
+
+    def spy(cfg, path, cuda):
+        model = real(cfg, path, cuda)
+        seen.append(sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules()))
+        return model
+
+    out = tmp_path / "saves" / "q"
+    mp = pytest.MonkeyPatch()
+    mp.setattr(train_mod, "_load_model", spy)
+    try:
+        meta = train(_cfg(tiny_model_dir, out, small_ds, method="qlora"))
+    finally:
+        mp.undo()
+    assert seen and seen[0] > 0, "the base must be loaded in 4 bit (bitsandbytes Linear4bit layers)"
+    r = meta["results"]
+    assert meta["method"] == "qlora" and r["last_loss"] < r["first_loss"]
+    assert meta["quantization"]["type"] == "nf4" and meta["quantization"]["compute_dtype"] in ("bfloat16", "float32")
+    # the adapter applies to the full-precision base, which is what merge and vLLM use
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32), out)
+    assert any("lora_B" in n and p.abs().sum() > 0 for n, p in peft.named_parameters())
+
+
 def test_refuses_existing_output_and_overwrite_replaces(tiny_model_dir, small_ds, tmp_path):
     out = tmp_path / "run"
     out.mkdir()

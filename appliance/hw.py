@@ -1,0 +1,18 @@
+"""What the machine can do, shared by the stages (no stage imports another for this)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX).
+
+    Elsewhere bf16 matmuls are emulated: vLLM then serves in fp32, and QLoRA computes in fp32
+    (measured on a 2-core AVX2 EPYC: 8 tokens/s with bf16 compute, 144 with fp32).
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True
+    return "avx512_bf16" in flags or "amx_bf16" in flags
