@@ -322,19 +322,18 @@ def bench_serve(cfg: ServeBenchConfig) -> dict[str, Any]:
         results["generate"] = in_subprocess(_generate_rows, threads=c.threads, model_path=model_path, batches=c.concurrency,
                                             input_len=c.input_len, output_len=c.output_len, seed=c.seed)["rows"]
     settings = {**asdict(c), "model_path": model_path, "client": CLIENT, "server": "appliance up (vLLM OpenAI server)",
-                "vllm_args": {"max_loras": max(4, c.n_adapters), "max_lora_rank": c.rank, "dtype": _served_dtype(torch)}}
+                "vllm_args": {"max_loras": max(4, c.n_adapters), "max_lora_rank": c.rank, "dtype": _served_dtype(torch.cuda.is_available())}}
     payload = {"kind": "bench-serve", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "machine": machine, "settings": settings, "results": results}
     payload["report_dir"] = str(write_report("serve", payload, _markdown(payload), c.out_dir))
     return payload
 
 
-def _served_dtype(torch: Any) -> str:
-    """What ``appliance up`` asks vLLM for: fp32 on CPUs without native bf16, else the model's dtype."""
-    from appliance import serve
+def _served_dtype(cuda: bool) -> str:
+    """The dtype ``appliance up`` asks vLLM for (no extra vLLM args here), "auto" = the model's own."""
+    from appliance.serve import cpu_dtype
 
-    native = getattr(serve, "cpu_has_native_bf16", lambda: True)()
-    return "auto" if torch.cuda.is_available() or native else "float32"
+    return "auto" if cuda else (cpu_dtype([]) or "auto")
 
 
 def _raise_exit(signum: int, frame: Any) -> None:

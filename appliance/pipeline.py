@@ -83,9 +83,9 @@ def pipeline(cfg: PipelineConfig, echo: Echo = print) -> dict[str, Any]:
     timings["merge_s"] = time.time() - t
 
     report_file = report_dir / "report.json"
-    if report_file.is_file() and not cfg.force and _newer(report_file, run_dir, merged_dir) and _same_eval(report_file, cfg):
+    report = None if cfg.force else _reusable_report(report_file, cfg, run_dir, merged_dir)
+    if report is not None:
         echo(f"\n== eval: skipped, {report_file} is newer than the adapter and the merged model (use --force)")
-        report = json.loads(report_file.read_text(encoding="utf-8"))
     else:
         report = _serve_and_eval(cfg, run_dir, merged_dir, report_dir, slug, echo, timings)
     base = rundir.read_meta(run_dir).get("base_model", {}).get("name", cfg.model)
@@ -143,10 +143,12 @@ def _eval_settings(cfg: PipelineConfig) -> dict[str, Any]:
     return {"prompts": cfg.prompts, "max_tokens": cfg.max_tokens, "name": cfg.name, "author": cfg.author}
 
 
-def _same_eval(report_file: Path, cfg: PipelineConfig) -> bool:
-    """A report is reused only if it was made with the same prompts and settings."""
-    run = json.loads(report_file.read_text(encoding="utf-8")).get("run") or {}
-    return run.get("eval") == _eval_settings(cfg)
+def _reusable_report(report_file: Path, cfg: PipelineConfig, *dirs: Path) -> dict | None:
+    """The finished report, if it is newer than ``dirs`` and was made with the same prompts and settings."""
+    if not report_file.is_file() or not _newer(report_file, *dirs):
+        return None
+    report = json.loads(report_file.read_text(encoding="utf-8"))
+    return report if (report.get("run") or {}).get("eval") == _eval_settings(cfg) else None
 
 
 def _rows(part_dir: Path) -> list[dict]:

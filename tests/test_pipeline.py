@@ -27,12 +27,13 @@ def test_report_is_reused_only_when_newer_and_made_with_the_same_settings(tmp_pa
     cfg = pl.PipelineConfig(run=str(run))
     report = tmp_path / "report.json"
     report.write_text(json.dumps({"run": {"eval": pl._eval_settings(cfg)}}))
-    assert pl._newer(report, run) and pl._same_eval(report, cfg)
-    assert not pl._same_eval(report, pl.PipelineConfig(max_tokens=cfg.max_tokens + 1))
-    assert not pl._same_eval(report, pl.PipelineConfig(prompts=["identity"]))
+    assert pl._newer(report, run) and pl._reusable_report(report, cfg, run) is not None
+    assert pl._reusable_report(report, pl.PipelineConfig(max_tokens=cfg.max_tokens + 1), run) is None
+    assert pl._reusable_report(report, pl.PipelineConfig(prompts=["identity"]), run) is None
+    assert pl._reusable_report(tmp_path / "missing.json", cfg, run) is None
     stamp = report.stat().st_mtime
     os.utime(run / "appliance.json", (stamp + 10, stamp + 10))  # retrained after the report
-    assert not pl._newer(report, run)
+    assert not pl._newer(report, run) and pl._reusable_report(report, cfg, run) is None
 
 
 def test_default_directories_follow_the_name(tmp_path, monkeypatch):

@@ -391,12 +391,12 @@ def test_compose_file_structure(tmp_path):
     dockerfile = (REPO / "Dockerfile").read_text()
     assert dockerfile.startswith("#") and "FROM python:3.11-slim" in dockerfile and "[gpu]" not in dockerfile
     # Docker Compose v2 itself validates the file against the compose schema (the dev extra ships it)
-    res = subprocess.run([*_compose_cli(), "-f", str(REPO / "compose.yaml"), "config", "-q"], capture_output=True, text=True)
+    compose = _compose_cli()
+    res = subprocess.run([*compose, "-f", str(REPO / "compose.yaml"), "config", "-q"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    broken = REPO / "compose.yaml"
     bad = tmp_path / "compose.yaml"
-    bad.write_text(broken.read_text().replace("services:", "services:\n  oops: {image: 3, volumes: 7}", 1))
-    res = subprocess.run([*_compose_cli(), "-f", str(bad), "config", "-q"], capture_output=True, text=True)
+    bad.write_text((REPO / "compose.yaml").read_text().replace("services:", "services:\n  oops: {image: 3, volumes: 7}", 1))
+    res = subprocess.run([*compose, "-f", str(bad), "config", "-q"], capture_output=True, text=True)
     assert res.returncode != 0  # the validator does reject a broken file
 
 

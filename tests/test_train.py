@@ -94,7 +94,7 @@ def test_lora_contract_and_metadata(tiny_model_dir, small_ds, tmp_path):
     assert moved > 0
 
 
-def test_qlora_trains_a_4bit_base_and_saves_a_plain_lora_adapter(tiny_model_dir, small_ds, tmp_path):
+def test_qlora_trains_a_4bit_base_and_saves_a_plain_lora_adapter(tiny_model_dir, small_ds, tmp_path, monkeypatch):
     import bitsandbytes as bnb
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -110,12 +110,8 @@ def test_qlora_trains_a_4bit_base_and_saves_a_plain_lora_adapter(tiny_model_dir,
         return model
 
     out = tmp_path / "saves" / "q"
-    mp = pytest.MonkeyPatch()
-    mp.setattr(train_mod, "_load_model", spy)
-    try:
-        meta = train(_cfg(tiny_model_dir, out, small_ds, method="qlora"))
-    finally:
-        mp.undo()
+    monkeypatch.setattr(train_mod, "_load_model", spy)
+    meta = train(_cfg(tiny_model_dir, out, small_ds, method="qlora"))
     assert seen and seen[0] > 0, "the base must be loaded in 4 bit (bitsandbytes Linear4bit layers)"
     r = meta["results"]
     assert meta["method"] == "qlora" and r["last_loss"] < r["first_loss"]
