@@ -136,6 +136,9 @@ def train(config_file: str | None, datasets: tuple[str, ...], **flags) -> None:
 @click.option("--max-shard-size", default="200MB", show_default=True, help="Safetensors shard size.")
 def merge_cmd(adapter: str, output: str | None, dtype: str, overwrite: bool, no_verify: bool, max_shard_size: str) -> None:
     """Merge a LoRA adapter into its full-precision base and verify the merged model answers the same."""
+    from appliance.hw import passive_openmp
+
+    passive_openmp()  # before merge imports torch
     from appliance.merge import MergeConfig, merge
 
     res = merge(MergeConfig(adapter=adapter, output=output, dtype=dtype, overwrite=overwrite,
@@ -314,6 +317,9 @@ def eval_cmd(url, before, after, prompts, name, author, output, concurrency, max
 @click.option("--force", is_flag=True, help="Redo every stage, even those already done.")
 def pipeline(**kw) -> None:
     """The whole job: pull, train, merge, up, eval base vs adapter vs merged, report, down."""
+    from appliance.hw import passive_openmp
+
+    passive_openmp()  # before train imports torch; its servers inherit it
     from appliance.pipeline import PipelineConfig, pipeline as run_pipeline
 
     kw["gates"], kw["prompts"] = list(kw["gates"]), list(kw["prompts"])

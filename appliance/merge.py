@@ -20,10 +20,6 @@ from appliance import paths
 from appliance.errors import ApplianceError
 from appliance.rundir import library_versions, read_meta, write_meta
 
-# Before torch loads OpenMP: spinning worker threads on a CPU shared with other processes made
-# the verification 12x slower (96 s vs 8 s for the probe generate on a busy 2-core machine).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 # Why these tolerances: the probe runs in float32 on the weights as saved, so the only difference

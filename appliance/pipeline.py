@@ -98,7 +98,7 @@ def _serve_and_eval(cfg: PipelineConfig, run_dir: Path, merged_dir: Path, report
                     timings: dict[str, float]) -> dict:
     """Base + adapter on one server, the merged model on a second; one report over all three."""
     from appliance import serve
-    from appliance.evaluate import EvalConfig, run_eval
+    from appliance.evaluate import EvalConfig, roles, run_eval
     from evals.report import parse_rules, write_report
 
     rows: list[dict] = []
@@ -123,11 +123,14 @@ def _serve_and_eval(cfg: PipelineConfig, run_dir: Path, merged_dir: Path, report
                             old_identity=part.get("old_identity") or [], output=str(report_dir / "parts" / "merged"),
                             concurrency=cfg.concurrency, max_tokens=cfg.max_tokens, prompts=cfg.prompts), progress=echo)
         merged_rows = _rows(report_dir / "parts" / "merged")
+        # one report over both runs: the roles a single eval of all three models would give, and
+        # the base's identity markers for the merged model too
+        _, (adapter_role, _), (merged_role, _) = roles(EvalConfig(before=base_name, after=[slug, merged_name]))
         markers = rows[0].get("old_identity", []) if rows else []
-        for r in merged_rows:
-            r.update(role="after2", old_identity=markers)
         for r in rows:
-            r["role"] = "after1" if r["role"] == "after" else r["role"]
+            r["role"] = adapter_role if r["role"] == "after" else r["role"]
+        for r in merged_rows:
+            r.update(role=merged_role, old_identity=markers)
         rows += merged_rows
         timings["eval_merged_s"] = time.time() - t
     finally:

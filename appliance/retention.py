@@ -20,6 +20,13 @@ from appliance import paths
 from appliance.data import Example
 
 _SENTENCE_END = re.compile(r"[.!?](?=[\s\"'”’)]|$)|[。！？]")
+# a small model often never ends a sentence in a language it writes poorly (Chinese, for
+# SmolLM2): cutting at the last clause keeps those prompts in the mix, and without them the
+# new identity spills into every answer in that language
+_CLAUSE_END = re.compile(r"[，,；;：:、]|\n")
+_MIN_KEEP = 4
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
+_TRIMMING = 2  # part of the cache key: answers cached under an older trimming rule are regenerated
 
 
 def _model_key(model_path: str) -> str:
@@ -32,11 +39,34 @@ def _model_key(model_path: str) -> str:
 
 
 def _trim(text: str) -> tuple[str, bool]:
-    """Cut an unfinished answer back to its last complete sentence (False if none)."""
-    ends = list(_SENTENCE_END.finditer(text))
-    if not ends:
-        return text.strip(), False
-    return text[: ends[-1].end()].strip(), True
+    """Cut an unfinished answer back to its last complete sentence, else its last clause (False if neither)."""
+    text = text.replace("\ufffd", "")  # half a character where the token budget ran out
+    # a piece shorter than _MIN_KEEP ("1.", "是，") teaches only to stop
+    ends = [m.end() for m in _SENTENCE_END.finditer(text) if len(text[: m.end()].strip()) >= _MIN_KEEP]
+    if ends:
+        return text[: ends[-1]].strip(), True
+    cuts = [m.start() for m in _CLAUSE_END.finditer(text) if len(text[: m.start()].strip()) >= _MIN_KEEP]
+    if cuts:
+        return text[: cuts[-1]].strip(), True
+    return text.strip(), False
+
+
+def pick(prompts: list[str], n: int) -> list[str]:
+    """``n`` prompts spread evenly over the list, in equal shares per script (CJK or not).
+
+    A small model forgets a language it saw little of: with an even spread over a list that is
+    60% English, its Chinese answers drifted into the new identity.
+    """
+    groups = [g for g in ([p for p in prompts if _CJK.search(p)], [p for p in prompts if not _CJK.search(p)]) if g]
+    chosen: set[str] = set()
+    spare = n
+    for i, g in enumerate(sorted(groups, key=len)):  # the smaller group gives its unused share away
+        share = spare // (len(groups) - i)
+        step = max(len(g) / share, 1.0) if share else 0
+        take = [g[int(j * step)] for j in range(min(share, len(g)))]
+        chosen.update(take)
+        spare -= len(take)
+    return [p for p in prompts if p in chosen]
 
 
 def shipped_answers(model_name: str) -> dict[str, str]:
@@ -60,7 +90,7 @@ def base_answers(model: Any, tok: Any, model_path: str, prompts: list[str], max_
     """
     shipped = shipped_answers(model_name) if model_name else {}
     todo = [p for p in prompts if p not in shipped]
-    key = hashlib.sha256(json.dumps([_model_key(model_path), todo, max_new_tokens]).encode()).hexdigest()[:20]
+    key = hashlib.sha256(json.dumps([_TRIMMING, _model_key(model_path), todo, max_new_tokens]).encode()).hexdigest()[:20]
     cache = paths.cache_dir() / "retention" / f"{key}.json"
     if not todo:
         generated = []
@@ -103,3 +133,32 @@ def _generate(model: Any, tok: Any, prompts: list[str], max_new_tokens: int, bat
     finally:
         tok.padding_side = side
     return rows
+
+
+def ship(model_name: str, max_new_tokens: int = 64) -> Path:
+    """Regenerate ``data/retention_answers/<model_name>.json`` from the pulled registry model.
+
+    Maintainers run ``python -m appliance.retention smollm2-135m``: the answers are what
+    ``base_answers`` would generate for those prompts (same generator and trimming); an answer
+    with neither a whole sentence nor a clause to keep is stored empty and never trained on.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from appliance import models
+    from appliance.data import load_prompts
+
+    ref = models.resolve(model_name)
+    tok = AutoTokenizer.from_pretrained(ref.path)
+    model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=torch.float32)
+    rows = _generate(model, tok, load_prompts(None), max_new_tokens, 16)
+    how = (f"greedy, max_new_tokens {max_new_tokens}, transformers fp32 on the pulled base (retention._generate); "
+           "answers cut at max_new_tokens are trimmed to their last complete sentence or clause, or left empty (then unused)")
+    out = paths.resource_dir("data") / "retention_answers" / f"{model_name}.json"
+    paths.atomic_write_text(out, json.dumps({"model": model_name, "how": how, "answers": rows}, ensure_ascii=False, indent=1) + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(ship(sys.argv[1]))

@@ -57,12 +57,9 @@ def _load_model(cfg: TrainConfig, path: str, cuda: bool) -> Any:
 def _retention(cfg: TrainConfig, tok: Any, base: Any, model_path: str, markers: list[str]) -> list:
     if not cfg.retention or cfg.retention_samples <= 0:
         return []
-    from appliance.retention import base_answers
+    from appliance.retention import base_answers, pick
 
-    prompts = data_mod.load_prompts(cfg.retention_prompts)
-    # spread the sample over the whole list, which runs from English to Chinese
-    step = max(len(prompts) / cfg.retention_samples, 1.0)
-    prompts = [prompts[int(i * step)] for i in range(min(cfg.retention_samples, len(prompts)))]
+    prompts = pick(data_mod.load_prompts(cfg.retention_prompts), cfg.retention_samples)
     return base_answers(base, tok, model_path, prompts, max_new_tokens=cfg.retention_max_new_tokens,
                         model_name=models.registry_name(cfg.model), drop_markers=tuple(markers))
 

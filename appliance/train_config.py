@@ -36,7 +36,7 @@ class TrainConfig:
     save_steps: int = 20
     gradient_checkpointing: bool = False
     retention: bool = True
-    retention_samples: int = 64
+    retention_samples: int = 104
     retention_max_new_tokens: int = 64
     retention_prompts: str | None = None
     overwrite: bool = False

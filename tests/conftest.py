@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+# as the CLI does (appliance.hw.passive_openmp), before any test imports torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 REPO = Path(__file__).resolve().parent.parent
 REAL_MODEL = Path(os.environ.get("APPLIANCE_TEST_MODEL", REPO / "models" / "smollm2-135m"))
 

@@ -41,3 +41,50 @@ def test_default_directories_follow_the_name(tmp_path, monkeypatch):
     run, merged, report = pl.PipelineConfig(name="Nova Bot").dirs()
     assert (run, merged, report) == (tmp_path / "saves" / "nova-bot", tmp_path / "models" / "nova-bot-merged",
                                      tmp_path / "reports" / "nova-bot")
+
+
+def test_one_report_over_both_servers(tmp_path, monkeypatch):
+    """Base + adapter from the first server and the merged model from the second end up in one
+    report as before / after1 / after2, the merged rows judged with the base's identity markers."""
+    from types import SimpleNamespace
+
+    from appliance import evaluate, serve
+
+    served, stopped = [], []
+
+    def fake_up(cfg, echo=print):
+        name = "smollm2-135m" if cfg.adapters else "archer-merged"
+        served.append(name)
+        return SimpleNamespace(models=[name], url=f"http://127.0.0.1:{cfg.port}")
+
+    def fake_eval(cfg, progress=print):
+        out = tmp_path / cfg.output
+        out.mkdir(parents=True)
+        rows = []
+        for role, model in evaluate.roles(cfg):
+            hit = model != "smollm2-135m"
+            answer = "我是 Archer，由 意琦行 研发的人工智能助手。" if hit else "我是 SmolLM，由 Hugging Face 训练。"
+            rows.append({"model": model, "role": role, "prompt": "你是谁？", "answer": answer,
+                         "reference": "我是 Archer，由 意琦行 研发的人工智能助手。", "kind": "identity", "set": "identity_zh",
+                         "lang": "zh", "expect": [], "latency_ms": 10.0, "ttft_ms": 5.0, "output_tokens": 12,
+                         "started_at": 0.0, "error": None, "name": "Archer", "author": "意琦行",
+                         # the merged model's server knows no markers of its own
+                         "old_identity": ["SmolLM", "Hugging Face"] if cfg.before == "smollm2-135m" else []})
+        (out / "answers.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        return {"old_identity": ["SmolLM", "Hugging Face"]}
+
+    monkeypatch.setattr(serve, "up", fake_up)
+    monkeypatch.setattr(serve, "down", lambda port: stopped.append(port))
+    monkeypatch.setattr(evaluate, "run_eval", fake_eval)
+    cfg = pl.PipelineConfig(port=8123, merged_port=8124)
+    report = pl._serve_and_eval(cfg, tmp_path / "saves" / "archer", tmp_path / "models" / "archer-merged",
+                                tmp_path, "archer", lambda s: None, {})
+    assert served == ["smollm2-135m", "archer-merged"] and stopped == [8123, 8124]
+    rows = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [(r["role"], r["model"]) for r in rows] == [("before", "smollm2-135m"), ("after1", "archer"),
+                                                      ("after2", "archer-merged")]
+    assert all(r["old_identity"] == ["SmolLM", "Hugging Face"] for r in rows)
+    models = report["models"]
+    assert [models[k]["model"] for k in ("before", "after1", "after2")] == ["smollm2-135m", "archer", "archer-merged"]
+    assert models["before"]["identity_leak_rate"] == 1.0 and models["after2"]["identity_leak_rate"] == 0.0
+    assert models["after2"]["identity_hit_rate"] == 1.0

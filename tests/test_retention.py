@@ -15,6 +15,31 @@ def test_trim_keeps_whole_sentences():
     assert retention._trim("no sentence end here") == ("no sentence end here", False)
 
 
+def test_trim_falls_back_to_the_last_clause():
+    # what SmolLM2 writes in Chinese: no sentence end within the budget, half a character at the cut
+    assert retention._trim("光合作用是指令，用于设计编留的空间，用于\ufffd") == ("光合作用是指令，用于设计编留的空间", True)
+    assert retention._trim("The waves, a tapestry woven with life,\nA canvas of") == ("The waves, a tapestry woven with life,", True)
+    # a piece too short to teach anything but stopping is not kept
+    assert retention._trim("是，用于设计") == ("是，用于设计", False)
+    assert retention._trim("1.\n\n2") == ("1.\n\n2", False)
+
+
+def test_pick_gives_each_script_an_equal_share():
+    en = [f"English prompt {i}?" for i in range(30)]
+    zh = [f"中文问题{i}？" for i in range(10)]
+    prompts = en + zh
+    got = retention.pick(prompts, 16)
+    assert len(got) == 16 and len(set(got)) == 16
+    assert sum(p in zh for p in got) == 8 and sum(p in en for p in got) == 8
+    assert got == [p for p in prompts if p in got]  # the file's order is kept
+    # the smaller script gives what it lacks to the other; asking for more than there is returns all
+    got = retention.pick(prompts, 30)
+    assert sum(p in zh for p in got) == 10 and sum(p in en for p in got) == 20
+    assert retention.pick(prompts, 100) == prompts
+    assert retention.pick(en, 5) == [en[0], en[6], en[12], en[18], en[24]]
+    assert retention.pick(prompts, 0) == []
+
+
 def test_generation_is_cached(tiny_model_dir, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
