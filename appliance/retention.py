@@ -18,6 +18,8 @@ import torch
 
 from appliance import paths
 from appliance.data import Example
+from appliance.train_config import TrainConfig
+from evals.metrics import has_cjk  # pure text helper: no eval machinery comes with it
 
 _SENTENCE_END = re.compile(r"[.!?](?=[\s\"'”’)]|$)|[。！？]")
 # a small model often never ends a sentence in a language it writes poorly (Chinese, for
@@ -25,7 +27,6 @@ _SENTENCE_END = re.compile(r"[.!?](?=[\s\"'”’)]|$)|[。！？]")
 # new identity spills into every answer in that language
 _CLAUSE_END = re.compile(r"[，,；;：:、]|\n")
 _MIN_KEEP = 4
-_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
 _TRIMMING = 2  # part of the cache key: answers cached under an older trimming rule are regenerated
 
 
@@ -57,7 +58,7 @@ def pick(prompts: list[str], n: int) -> list[str]:
     A small model forgets a language it saw little of: with an even spread over a list that is
     60% English, its Chinese answers drifted into the new identity.
     """
-    groups = [g for g in ([p for p in prompts if _CJK.search(p)], [p for p in prompts if not _CJK.search(p)]) if g]
+    groups = [g for g in ([p for p in prompts if has_cjk(p)], [p for p in prompts if not has_cjk(p)]) if g]
     chosen: set[str] = set()
     spare = n
     for i, g in enumerate(sorted(groups, key=len)):  # the smaller group gives its unused share away
@@ -135,7 +136,7 @@ def _generate(model: Any, tok: Any, prompts: list[str], max_new_tokens: int, bat
     return rows
 
 
-def ship(model_name: str, max_new_tokens: int = 64) -> Path:
+def ship(model_name: str, max_new_tokens: int = TrainConfig.retention_max_new_tokens) -> Path:
     """Regenerate ``data/retention_answers/<model_name>.json`` from the pulled registry model.
 
     Maintainers run ``python -m appliance.retention smollm2-135m``: the answers are what
