@@ -70,16 +70,20 @@ def pick(prompts: list[str], n: int) -> list[str]:
     return [p for p in prompts if p in chosen]
 
 
-def shipped_answers(model_name: str) -> dict[str, str]:
+def shipped_answers(model_name: str, max_new_tokens: int = TrainConfig.retention_max_new_tokens) -> dict[str, str]:
     """Answers shipped with the package for a registry model (``data/retention_answers/<name>.json``).
 
     They were produced by that exact model (greedy, the same settings), so the default job
-    needs no generation pass; prompts they do not cover are generated as for any model.
+    needs no generation pass; prompts they do not cover are generated as for any model. They
+    count only for the token budget they were generated with: another budget gets other answers.
     """
     f = paths.resource_dir("data") / "retention_answers" / f"{model_name}.json"
     if not f.is_file():
         return {}
-    return {p: a for p, a in json.loads(f.read_text(encoding="utf-8"))["answers"]}
+    data = json.loads(f.read_text(encoding="utf-8"))
+    if data.get("max_new_tokens") != max_new_tokens:
+        return {}
+    return {p: a for p, a in data["answers"]}
 
 
 def base_answers(model: Any, tok: Any, model_path: str, prompts: list[str], max_new_tokens: int = 64,
@@ -89,7 +93,7 @@ def base_answers(model: Any, tok: Any, model_path: str, prompts: list[str], max_
     ``model`` may be a zero-argument loader instead: it is called only when some answer is
     neither shipped nor cached, so the common case loads no extra model.
     """
-    shipped = shipped_answers(model_name) if model_name else {}
+    shipped = shipped_answers(model_name, max_new_tokens) if model_name else {}
     todo = [p for p in prompts if p not in shipped]
     key = hashlib.sha256(json.dumps([_TRIMMING, _model_key(model_path), todo, max_new_tokens]).encode()).hexdigest()[:20]
     cache = paths.cache_dir() / "retention" / f"{key}.json"
@@ -155,7 +159,7 @@ def ship(model_name: str, max_new_tokens: int = TrainConfig.retention_max_new_to
     how = (f"greedy, max_new_tokens {max_new_tokens}, transformers fp32 on the pulled base (retention._generate); "
            "answers cut at max_new_tokens are trimmed to their last complete sentence or clause, or left empty (then unused)")
     out = paths.resource_dir("data") / "retention_answers" / f"{model_name}.json"
-    paths.atomic_write_text(out, json.dumps({"model": model_name, "how": how, "answers": rows}, ensure_ascii=False, indent=1) + "\n")
+    paths.atomic_write_text(out, json.dumps({"model": model_name, "max_new_tokens": max_new_tokens, "how": how, "answers": rows}, ensure_ascii=False, indent=1) + "\n")
     return out
 
 

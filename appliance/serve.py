@@ -23,6 +23,7 @@ from appliance.guard import KEY_ENV, ROOTS_ENV, real
 from appliance.hw import cpu_has_native_bf16
 
 GUARD = "appliance.guard.AdapterRootGuard"
+CPU_LORA_PLUGIN = "appliance_cpu_lora"  # pyproject's vllm.general_plugins entry point
 MIN_MAX_LORAS = 4  # room for adapters loaded at runtime
 CPU_MAX_MODEL_LEN = 2048  # a modest context keeps the CPU KV cache small and the start fast
 
@@ -176,8 +177,9 @@ def build_command(plan: Plan, base_env: dict[str, str] | None = None) -> tuple[l
     env = dict(os.environ if base_env is None else base_env)
     env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "true"
     env[ROOTS_ENV] = os.pathsep.join(plan.adapter_roots)
-    # no LoRA resolver plugins: they would load adapters named in requests from other directories or the hub
-    env["VLLM_PLUGINS"] = ""
+    # only our own plugin (faster LoRA on CPU, appliance.cpu_lora); no LoRA resolver plugins:
+    # they would load adapters named in requests from other directories or the hub
+    env["VLLM_PLUGINS"] = CPU_LORA_PLUGIN
     env.pop("VLLM_LORA_RESOLVER_CACHE_DIR", None)
     env.pop("VLLM_LORA_RESOLVER_HF_REPO_LIST", None)
     if plan.device == "cpu" and "VLLM_CPU_OMP_THREADS_BIND" not in env:

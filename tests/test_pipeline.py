@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 from appliance import pipeline as pl
 
@@ -43,21 +44,28 @@ def test_default_directories_follow_the_name(tmp_path, monkeypatch):
                                      tmp_path / "reports" / "nova-bot")
 
 
-def test_one_report_over_both_servers(tmp_path, monkeypatch):
-    """Base + adapter from the first server and the merged model from the second end up in one
-    report as before / after1 / after2, the merged rows judged with the base's identity markers."""
+def _fakes(tmp_path, monkeypatch, device):
+    """serve.up / serve.down / run_eval stand-ins that log what happened, in order."""
+    import threading
     from types import SimpleNamespace
 
     from appliance import evaluate, serve
 
-    served, stopped = [], []
+    log, merged_up = [], threading.Event()
 
     def fake_up(cfg, echo=print):
         name = "smollm2-135m" if cfg.adapters else "archer-merged"
-        served.append(name)
+        log.append(("up", name, cfg.gpu_memory_utilization))
+        if name == "archer-merged":
+            time.sleep(0.3)  # a slower start: the pipeline must still wait for it before evaluating
+            merged_up.set()
         return SimpleNamespace(models=[name], url=f"http://127.0.0.1:{cfg.port}")
 
     def fake_eval(cfg, progress=print):
+        if device == "cpu" and cfg.before == "smollm2-135m":
+            # on a CPU both servers are up (started early) before the first eval
+            assert merged_up.is_set(), "the merged server was not ready before the adapter's eval"
+        log.append(("eval", cfg.before))
         out = tmp_path / cfg.output
         out.mkdir(parents=True)
         rows = []
@@ -73,13 +81,32 @@ def test_one_report_over_both_servers(tmp_path, monkeypatch):
         (out / "answers.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         return {"old_identity": ["SmolLM", "Hugging Face"]}
 
+    monkeypatch.setattr(serve, "detect_device", lambda: device)
     monkeypatch.setattr(serve, "up", fake_up)
-    monkeypatch.setattr(serve, "down", lambda port: stopped.append(port))
+    monkeypatch.setattr(serve, "down", lambda port: log.append(("down", port)))
     monkeypatch.setattr(evaluate, "run_eval", fake_eval)
+    return log
+
+
+def _servers(tmp_path, cfg, start):
+    return pl._Servers(cfg, tmp_path / "saves" / "archer", tmp_path / "models" / "archer-merged", "archer",
+                       lambda s: None, start=start)
+
+
+def test_one_report_over_both_servers(tmp_path, monkeypatch):
+    """Base + adapter from the first server and the merged model from the second end up in one
+    report as before / after1 / after2, the merged rows judged with the base's identity markers."""
+    log = _fakes(tmp_path, monkeypatch, "cpu")
     cfg = pl.PipelineConfig(port=8123, merged_port=8124)
-    report = pl._serve_and_eval(cfg, tmp_path / "saves" / "archer", tmp_path / "models" / "archer-merged",
-                                tmp_path, "archer", lambda s: None, {})
-    assert served == ["smollm2-135m", "archer-merged"] and stopped == [8123, 8124]
+    servers = _servers(tmp_path, cfg, start=True)
+    servers.prestart("merged")  # as the pipeline does once the merge is done
+    report = pl._serve_and_eval(cfg, servers, tmp_path, lambda s: None, {})
+    servers.stop()
+    # both servers started with a CPU-sized KV share, each stopped once, right after its eval
+    assert sorted(e for e in log if e[0] == "up") == [("up", "archer-merged", pl.CPU_KV_SHARE),
+                                                       ("up", "smollm2-135m", pl.CPU_KV_SHARE)]
+    rest = [e for e in log if e[0] != "up"]
+    assert rest == [("eval", "smollm2-135m"), ("down", 8123), ("eval", "archer-merged"), ("down", 8124)]
     rows = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [(r["role"], r["model"]) for r in rows] == [("before", "smollm2-135m"), ("after1", "archer"),
                                                       ("after2", "archer-merged")]
@@ -88,3 +115,23 @@ def test_one_report_over_both_servers(tmp_path, monkeypatch):
     assert [models[k]["model"] for k in ("before", "after1", "after2")] == ["smollm2-135m", "archer", "archer-merged"]
     assert models["before"]["identity_leak_rate"] == 1.0 and models["after2"]["identity_leak_rate"] == 0.0
     assert models["after2"]["identity_hit_rate"] == 1.0
+
+
+def test_on_a_gpu_the_servers_run_one_after_the_other(tmp_path, monkeypatch):
+    log = _fakes(tmp_path, monkeypatch, "cuda")
+    cfg = pl.PipelineConfig(port=8123, merged_port=8124)
+    servers = _servers(tmp_path, cfg, start=True)
+    servers.prestart("merged")
+    assert log == []  # nothing starts early: two servers would each claim 90% of the GPU
+    pl._serve_and_eval(cfg, servers, tmp_path, lambda s: None, {})
+    servers.stop()
+    assert log == [("up", "smollm2-135m", None), ("eval", "smollm2-135m"), ("down", 8123),
+                   ("up", "archer-merged", None), ("eval", "archer-merged"), ("down", 8124)]
+
+
+def test_servers_started_early_are_stopped_when_a_stage_fails(tmp_path, monkeypatch):
+    log = _fakes(tmp_path, monkeypatch, "cpu")
+    servers = _servers(tmp_path, pl.PipelineConfig(port=8123, merged_port=8124), start=True)
+    servers.prestart("merged")
+    servers.stop()  # what the pipeline's `finally` does when the merge or an eval raises
+    assert sorted(e[:2] for e in log) == [("down", 8123), ("down", 8124), ("up", "archer-merged"), ("up", "smollm2-135m")]

@@ -71,6 +71,8 @@ def test_shipped_answers_cover_the_default_prompts():
     assert sum(p in shipped for p in prompts) >= 100
     assert all(isinstance(a, str) for a in shipped.values())
     assert retention.shipped_answers("no-such-model") == {}
+    # generated with 64 new tokens: a config asking for another budget generates its own
+    assert retention.shipped_answers("smollm2-135m", max_new_tokens=32) == {}
 
 
 def test_loader_is_called_only_when_answers_must_be_generated(tiny_model_dir, monkeypatch):
@@ -81,7 +83,7 @@ def test_loader_is_called_only_when_answers_must_be_generated(tiny_model_dir, mo
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     loads = []
     monkeypatch.setattr(retention, "_generate", lambda m, t, prompts, *a: [[p, f"Sure: {p}."] for p in prompts])
-    monkeypatch.setattr(retention, "shipped_answers", lambda name: {"What is rain?": "Water falling."})
+    monkeypatch.setattr(retention, "shipped_answers", lambda name, budget: {"What is rain?": "Water falling."})
     loader = lambda: loads.append(1) or object()  # noqa: E731
     shipped = retention.base_answers(loader, tok, str(tiny_model_dir), ["What is rain?"], model_name="x")
     assert loads == [] and shipped[0].messages[1]["content"] == "Water falling."

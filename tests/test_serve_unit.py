@@ -173,7 +173,7 @@ def test_build_command_cpu():
     assert "s3cret" not in " ".join(argv) and env["VLLM_API_KEY"] == "s3cret"  # never on the command line
     assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "true"
     assert env["APPLIANCE_ADAPTER_ROOTS"].split(os.pathsep) == ["/abs/saves", "/abs/saves/archer"]
-    assert env["VLLM_PLUGINS"] == "" and "VLLM_LORA_RESOLVER_CACHE_DIR" not in env and "VLLM_LORA_RESOLVER_HF_REPO_LIST" not in env
+    assert env["VLLM_PLUGINS"] == "appliance_cpu_lora" and "VLLM_LORA_RESOLVER_CACHE_DIR" not in env and "VLLM_LORA_RESOLVER_HF_REPO_LIST" not in env
     assert str(REPO) in env["PYTHONPATH"].split(os.pathsep) and env["PATH"] == "/bin"
 
 

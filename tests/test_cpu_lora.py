@@ -1,0 +1,70 @@
+"""The grouped CPU LoRA wrapper computes what vLLM's per-token CPU ops compute, and is wired in as a plugin."""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+import pytest
+import torch
+from vllm.lora.layers.utils import LoRAMapping
+from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+
+from appliance import cpu_lora, serve
+
+IN, RANK, SLICES, MAX_LORAS = 24, 4, (16, 8, 8), 4  # a qkv-like layer: three output slices
+
+
+def _weights(gen):
+    a = tuple(torch.randn(MAX_LORAS, 1, RANK, IN, generator=gen) for _ in SLICES)
+    b = tuple(torch.randn(MAX_LORAS, 1, out, RANK, generator=gen) for out in SLICES)
+    for w in a + b:
+        w[2:] = 0  # slots without an adapter are zero in vLLM, as after reset_lora
+    return a, b
+
+
+def _run(wrapper_cls, ids, is_prefill, x, a, b, add_inputs_y):
+    w = wrapper_cls(max_num_batched_tokens=64, max_batches=8, device="cpu")
+    # LoRA ids 1 and 2 live in slots 0 and 1; id 0 means no adapter
+    w.update_metadata(LoRAMapping(ids, ids, is_prefill=is_prefill), [1, 2, None, None], MAX_LORAS, 100)
+    y = add_inputs_y.clone()
+    w.add_lora_linear(y, x, a, b, 2.0, SLICES)
+    return y
+
+
+@pytest.mark.parametrize("ids", [(1, 1, 1, 1, 1, 1), (1, 1, 0, 0, 2, 2), (2, 0, 1, 0, 2, 1), (0, 0, 0, 0, 0, 0)],
+                         ids=["one adapter", "mixed", "interleaved", "no adapter"])
+@pytest.mark.parametrize("is_prefill", [True, False], ids=["prefill", "decode"])
+def test_grouped_wrapper_matches_vllm_ops(ids, is_prefill):
+    gen = torch.Generator().manual_seed(0)
+    a, b = _weights(gen)
+    x = torch.randn(len(ids), IN, generator=gen)
+    y0 = torch.randn(len(ids), sum(SLICES), generator=gen)
+    want = _run(PunicaWrapperCPU, ids, is_prefill, x, a, b, y0)
+    got = _run(cpu_lora.GroupedPunicaWrapperCPU, ids, is_prefill, x, a, b, y0)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    untouched = torch.tensor(ids) == 0
+    assert torch.equal(got[untouched], y0[untouched])  # tokens without an adapter keep the base output
+    assert not torch.equal(got[~untouched], y0[~untouched]) or untouched.all()
+
+
+def test_token_groups():
+    assert cpu_lora.token_groups(torch.tensor([0, 0, 0])) == [(0, None)]  # one adapter: no gather at all
+    assert cpu_lora.token_groups(torch.tensor([-1, -1])) == []
+    groups = cpu_lora.token_groups(torch.tensor([1, -1, 0, 1]))
+    assert [(s, r.tolist()) for s, r in groups] == [(0, [2]), (1, [0, 3])]
+
+
+def test_plugin_is_registered_and_allowed(monkeypatch):
+    from vllm.platforms import current_platform
+
+    names = {e.name: e.value for e in entry_points(group="vllm.general_plugins")}
+    assert names.get(cpu_lora.PLUGIN) == "appliance.cpu_lora:register"
+    assert serve.CPU_LORA_PLUGIN == cpu_lora.PLUGIN  # `up` allows exactly this plugin (and no resolvers)
+    before = current_platform.get_punica_wrapper()
+    monkeypatch.setattr(type(current_platform), "get_punica_wrapper", type(current_platform).get_punica_wrapper)
+    monkeypatch.setenv(cpu_lora.ENV, "vllm")
+    cpu_lora.register()
+    assert current_platform.get_punica_wrapper() == before  # opted out: vLLM's own ops
+    monkeypatch.delenv(cpu_lora.ENV)
+    cpu_lora.register()
+    assert current_platform.get_punica_wrapper() == (cpu_lora.QUALNAME if current_platform.is_cpu() else before)
