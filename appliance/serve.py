@@ -189,6 +189,10 @@ def build_command(plan: Plan, base_env: dict[str, str] | None = None) -> tuple[l
         if len(cores) <= 4:
             env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, cores))
             env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
+            # the model worker inside the engine-core process rather than a third process: one
+            # spawn and vLLM import less (2 cores: ready in 24 s instead of 36, same answers, and
+            # decoding no slower); the API server stays a process of its own
+            env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     if plan.api_key:
         # through the environment (vLLM reads VLLM_API_KEY), not argv, which any local user can read in ps
         env[KEY_ENV] = plan.api_key

@@ -169,6 +169,36 @@ def test_base_and_adapter_both_answer_differently(server):
     assert base != adapted  # greedy answers: the adapter's weights are in play
 
 
+def test_served_adapter_matches_peft_token_for_token(server, real_model_dir):
+    """LoRA in the server (on a CPU: appliance.cpu_lora's grouped wrapper) computes what peft computes:
+    the log-probabilities vLLM gives its greedy tokens equal those of base + PeftModel on the same tokens."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from appliance.serve import cpu_dtype, detect_device
+
+    if detect_device() == "cpu":
+        assert "Using GroupedPunicaWrapperCPU" in Path(server["info"].log).read_text(errors="replace")
+    tok = AutoTokenizer.from_pretrained(real_model_dir)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Name three colours."}], tokenize=False,
+                                     add_generation_prompt=True)
+    r = _client(server["url"]).completions.create(model="archer", prompt=prompt, max_tokens=12, temperature=0,
+                                                  logprobs=1, extra_body={"return_tokens_as_token_ids": True})
+    lp = r.choices[0].logprobs
+    gen = [int(t.split(":")[1]) for t in lp.tokens]
+    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    base = AutoModelForCausalLM.from_pretrained(real_model_dir, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, server["info"].adapters["archer"]).eval()
+    with torch.no_grad():
+        logits = model(torch.tensor([ids + gen])).logits[0, len(ids) - 1 : -1].float()
+    ours = torch.log_softmax(logits, -1).gather(1, torch.tensor(gen)[:, None]).squeeze(1)
+    served_fp32 = detect_device() == "cpu" and cpu_dtype([]) == "float32"
+    tol = 0.05 if served_fp32 else 0.5  # fp32 on both sides, or a bf16 server against fp32 peft
+    assert len(gen) == 12
+    assert torch.allclose(ours, torch.tensor(lp.token_logprobs), atol=tol), (ours, lp.token_logprobs)
+
+
 def test_models_lists_base_and_adapter(server):
     ids = _model_ids(server["url"])
     assert ids["smollm2-135m"] is None and ids["archer"] == "smollm2-135m"

@@ -177,6 +177,18 @@ def test_build_command_cpu():
     assert str(REPO) in env["PYTHONPATH"].split(os.pathsep) and env["PATH"] == "/bin"
 
 
+def test_small_cpu_binds_every_core_and_keeps_the_worker_in_the_engine_process(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    _, env = build_command(_plan("cpu"), base_env={})
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "0,1" and env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+    assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    _, env = build_command(_plan("cpu"), base_env={"VLLM_ENABLE_V1_MULTIPROCESSING": "1"})
+    assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"  # the user's choice stands
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    _, env = build_command(_plan("cpu"), base_env={})
+    assert not {"VLLM_CPU_OMP_THREADS_BIND", "VLLM_ENABLE_V1_MULTIPROCESSING"} & set(env)  # vLLM's own defaults
+
+
 def test_build_command_gpu_eager_and_extra_args():
     argv, env = build_command(_plan("cuda", eager=True, extra_args=["--tensor-parallel-size", "4"]), base_env={})
     assert _flag(argv, "--gpu-memory-utilization") == "0.9"
