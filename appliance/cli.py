@@ -313,7 +313,7 @@ def eval_cmd(url, before, after, prompts, name, author, output, concurrency, max
               help="Gate on the adapter and merged model, METRIC=VALUE (repeatable).")
 @click.option("--prompts", "prompts", multiple=True, help="Eval prompt file or built-in set (repeatable) [default: all built-in sets].")
 @click.option("--max-tokens", type=int, default=64, show_default=True, help="Longest answer in the eval.")
-@click.option("--concurrency", type=int, default=32, show_default=True, help="Eval requests in flight per model.")
+@click.option("--concurrency", type=int, default=None, help="Eval requests in flight per model [default: 64].")
 @click.option("--force", is_flag=True, help="Redo every stage, even those already done.")
 def pipeline(**kw) -> None:
     """The whole job: pull, train, merge, up, eval base vs adapter vs merged, report, down."""
@@ -323,7 +323,7 @@ def pipeline(**kw) -> None:
     from appliance.pipeline import PipelineConfig, pipeline as run_pipeline
 
     kw["gates"], kw["prompts"] = list(kw["gates"]), list(kw["prompts"])
-    out = run_pipeline(PipelineConfig(**kw), echo=click.echo)
+    out = run_pipeline(PipelineConfig(**{k: v for k, v in kw.items() if v is not None}), echo=click.echo)
     gate = out["report"].get("gate") or {}
     if gate.get("passed") is False:
         click.echo("gate failed: " + "; ".join(gate.get("failures", [])), err=True)

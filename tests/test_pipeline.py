@@ -135,3 +135,16 @@ def test_servers_started_early_are_stopped_when_a_stage_fails(tmp_path, monkeypa
     servers.prestart("merged")
     servers.stop()  # what the pipeline's `finally` does when the merge or an eval raises
     assert sorted(e[:2] for e in log) == [("down", 8123), ("down", 8124), ("up", "archer-merged"), ("up", "smollm2-135m")]
+
+
+def test_cli_leaves_unset_options_to_the_config_defaults(monkeypatch):
+    from click.testing import CliRunner
+
+    from appliance.cli import main
+
+    seen = []
+    monkeypatch.setattr(pl, "pipeline", lambda cfg, echo=print: seen.append(cfg) or {"report": {}})
+    assert CliRunner().invoke(main, ["pipeline"]).exit_code == 0
+    assert seen[0] == pl.PipelineConfig()  # e.g. concurrency 64, not a second default in the CLI
+    assert CliRunner().invoke(main, ["pipeline", "--concurrency", "8"]).exit_code == 0
+    assert seen[1].concurrency == 8
