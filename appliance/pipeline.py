@@ -79,19 +79,17 @@ def pipeline(cfg: PipelineConfig, echo: Echo = print) -> dict[str, Any]:
     timings["train_s"] = time.time() - t
 
     report_file = report_dir / "report.json"
-    report = None if cfg.force or not (merged_dir / "appliance.json").is_file() else \
-        _reusable_report(report_file, cfg, run_dir, merged_dir)
+    report = None if cfg.force else _reusable_report(report_file, cfg, run_dir, merged_dir)
     servers = _Servers(cfg, run_dir, merged_dir, slug, echo, start=report is None)
     try:
         t = _stage(echo, f"merge -> {merged_dir}")
         res = merge(MergeConfig(adapter=str(run_dir), output=str(merged_dir), overwrite=True))
         echo(res.verdict)
         timings["merge_s"] = time.time() - t
-        if report is None:
-            servers.prestart("merged")
         if report is not None:
             echo(f"\n== eval: skipped, {report_file} is newer than the adapter and the merged model (use --force)")
         else:
+            servers.prestart("merged")
             report = _serve_and_eval(cfg, servers, report_dir, echo, timings)
     finally:
         servers.stop()
@@ -116,7 +114,7 @@ class _Servers:
 
         from appliance import serve
 
-        self.cfg, self.slug, self.echo = cfg, slug, echo
+        self.slug, self.echo = slug, echo
         self.overlap = serve.detect_device() == "cpu"
         share = CPU_KV_SHARE if self.overlap else None
         self.specs = {"adapter": serve.UpConfig(adapters=[f"{slug}={run_dir}"], port=cfg.port, detach=True,
@@ -241,8 +239,9 @@ def _trained(run_dir: Path, cfg: PipelineConfig) -> bool:
 
 
 def _newer(path: Path, *dirs: Path) -> bool:
+    """``path`` is newer than every directory's ``appliance.json`` (a directory without one is not done yet)."""
     stamp = path.stat().st_mtime
-    return all((d / "appliance.json").stat().st_mtime <= stamp for d in dirs if (d / "appliance.json").exists())
+    return all((d / "appliance.json").is_file() and (d / "appliance.json").stat().st_mtime <= stamp for d in dirs)
 
 
 def _show_examples(report_dir: Path, base: str, echo: Echo) -> None:

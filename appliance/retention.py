@@ -86,7 +86,8 @@ def shipped_answers(model_name: str, max_new_tokens: int = TrainConfig.retention
     return {p: a for p, a in data["answers"]}
 
 
-def base_answers(model: Any, tok: Any, model_path: str, prompts: list[str], max_new_tokens: int = 64,
+def base_answers(model: Any, tok: Any, model_path: str, prompts: list[str],
+                 max_new_tokens: int = TrainConfig.retention_max_new_tokens,
                  batch_size: int = 16, model_name: str | None = None, drop_markers: tuple[str, ...] = ()) -> list[Example]:
     """Greedy answers of ``model`` (the untouched base) to ``prompts``, as training examples.
 

@@ -32,6 +32,7 @@ def test_report_is_reused_only_when_newer_and_made_with_the_same_settings(tmp_pa
     assert pl._reusable_report(report, pl.PipelineConfig(max_tokens=cfg.max_tokens + 1), run) is None
     assert pl._reusable_report(report, pl.PipelineConfig(prompts=["identity"]), run) is None
     assert pl._reusable_report(tmp_path / "missing.json", cfg, run) is None
+    assert pl._reusable_report(report, cfg, run, tmp_path / "not-merged-yet") is None
     stamp = report.stat().st_mtime
     os.utime(run / "appliance.json", (stamp + 10, stamp + 10))  # retrained after the report
     assert not pl._newer(report, run) and pl._reusable_report(report, cfg, run) is None
