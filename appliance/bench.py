@@ -199,7 +199,8 @@ class TrainBenchConfig:
     rank: int = 16
     alpha: int = 32
     seed: int = 42
-    variants: tuple[str, ...] = ("naive", "default")
+    variants: tuple[str, ...] = ()  # default: all three on a GPU; naive and default on a CPU (fast = minutes there)
+    batch_tokens: int = 16384  # the fast variant's micro-batch: padded tokens, not samples
     threads: int | None = None  # torch threads on CPU (default: torch's choice, one per core)
     out_dir: str | None = None
     quick: bool = False  # tests: 3 steps
@@ -210,10 +211,14 @@ class TrainBenchConfig:
         check_shape(self.shape)
         if self.steps < 1:
             raise ApplianceError(f"--steps {self.steps}: must be >= 1")
-        bad = [v for v in self.variants if v not in ("naive", "default")]
-        if bad or not self.variants:
-            raise ApplianceError(f"--variant {','.join(bad) or '(none)'}: use naive and/or default")
+        bad = [v for v in self.variants if v not in VARIANTS]
+        if bad:
+            raise ApplianceError(f"--variant {','.join(bad) or '(none)'}: use {', '.join(VARIANTS)}")
+        if self.batch_tokens < 64:
+            raise ApplianceError(f"--batch-tokens {self.batch_tokens}: must be >= 64")
 
+
+VARIANTS = ("naive", "default", "fast")
 
 # (2 forward + 2 backward-to-activations) FLOPs per matmul weight per token: LoRA has no weight
 # gradients for the frozen base (the LoRA matrices are < 1% and ignored); attention scores are
@@ -279,6 +284,7 @@ def naive_train(model_path: str, method: str = "lora", steps: int = 10, grad_acc
     losses = []
     t0 = time.perf_counter()
     for step in range(steps):
+        step_loss = 0.0
         for _ in range(grad_accum):
             batch = [rows[order[(samples + i) % len(rows)]] for i in range(micro_batch)]
             width = max(len(r.input_ids) for r in batch)  # padding to the longest of the micro-batch
@@ -292,25 +298,35 @@ def naive_train(model_path: str, method: str = "lora", steps: int = 10, grad_acc
             with torch.autocast(dev, dtype=torch.bfloat16, enabled=cuda):
                 loss = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), labels=labels.to(dev)).loss
             (loss / grad_accum).backward()
+            step_loss += float(loss.detach()) / grad_accum
             tokens += int(mask.sum())
             padded += ids.numel()
             samples += len(batch)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(round(float(loss.detach()), 4))
+        losses.append(round(step_loss, 4))
+        if step == 0:  # warm-up (kernel loading, allocator growth) excluded from the steady figure
+            if cuda:
+                torch.cuda.synchronize()
+            t1, tokens1 = time.perf_counter(), tokens
     if cuda:
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - t0
     return {"variant": "naive", "method": method, "steps": steps, "batch": f"{micro_batch} x ga {grad_accum}",
             "samples": samples, "tokens": tokens, "padded_tokens": padded, "elapsed_s": round(elapsed, 3),
             "samples_per_s": round(samples / elapsed, 3), "tokens_per_s": round(tokens / elapsed, 1),
+            "tokens_per_s_after_step1": round((tokens - tokens1) / (time.perf_counter() - t1), 1) if steps > 1 else None,
             "peak_mem_mb": _peak_mem_mb(), "n_linear_params": n_linear, "mfu": _mfu(n_linear, tokens, elapsed),
-            "first_loss": losses[0], "last_loss": losses[-1]}
+            "first_loss": losses[0], "last_loss": losses[-1], "losses": losses}
 
 
 def default_train(model_path: str, method: str = "lora", steps: int = 10, max_length: int = 512, rank: int = 16,
-                  alpha: int = 32, seed: int = 42) -> dict:
-    """Our default path, :func:`appliance.train.train`, on the identity job only (no retention)."""
+                  alpha: int = 32, seed: int = 42, batch_tokens: int = 0) -> dict:
+    """Our path, :func:`appliance.train.train`, on the identity job only (no retention).
+
+    ``batch_tokens`` 0 is the default recipe (batches of samples); > 0 is the fast variant:
+    micro-batches of that many padded tokens, with gradient checkpointing so they fit.
+    """
     import torch
 
     from appliance.train import train
@@ -319,21 +335,40 @@ def default_train(model_path: str, method: str = "lora", steps: int = 10, max_le
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         cfg = TrainConfig(model=model_path, datasets=["identity"], output=str(Path(tmp) / "adapter"), method=method,
                           rank=rank, alpha=alpha, max_steps=steps, max_length=max_length, seed=seed, retention=False,
-                          save_steps=10**9, overwrite=True)
+                          save_steps=10**9, overwrite=True, batch_tokens=batch_tokens,
+                          gradient_checkpointing=bool(batch_tokens))
         meta = train(cfg)
+        log = Path(tmp, "adapter", "trainer_log.jsonl").read_text(encoding="utf-8").splitlines()
+    logged = [row for row in map(json.loads, log) if "loss" in row]
+    losses = [round(float(row["loss"]), 4) for row in logged]
+    span = logged[-1]["elapsed_s"] - logged[0]["elapsed_s"] if len(logged) > 1 else 0
+    steady = round((logged[-1]["tokens_seen"] - logged[0]["tokens_seen"]) / span, 1) if span > 0 else None
     r = meta["results"]
     from transformers import AutoConfig
 
     n_linear = _linear_params_from_config(AutoConfig.from_pretrained(model_path))
     elapsed = float(r["train_runtime_s"])
-    samples = int(r["steps"]) * cfg.batch_size * cfg.grad_accum
+    samples = int(r["samples_seen"])
     tokens = int(r["tokens_seen"])
-    return {"variant": "default", "method": method, "steps": int(r["steps"]), "batch": f"{cfg.batch_size} x ga {cfg.grad_accum}",
+    batch = (f"{batch_tokens} tokens (~{samples / max(1, int(r['steps'])):.0f} samples) x ga {cfg.grad_accum}, grad ckpt"
+             if batch_tokens else f"{cfg.batch_size} x ga {cfg.grad_accum}")
+    return {"variant": "fast" if batch_tokens else "default", "method": method, "steps": int(r["steps"]), "batch": batch,
             "samples": samples, "tokens": tokens, "padded_tokens": None, "elapsed_s": elapsed,
             "samples_per_s": round(samples / elapsed, 3), "tokens_per_s": round(tokens / elapsed, 1),
+            "tokens_per_s_after_step1": steady,
             "peak_mem_mb": _peak_mem_mb() if not torch.cuda.is_available() else r.get("peak_mem_mb"),
             "n_linear_params": n_linear, "mfu": _mfu(n_linear, tokens, elapsed),
-            "first_loss": r.get("first_loss"), "last_loss": r.get("last_loss")}
+            "first_loss": r.get("first_loss"), "last_loss": r.get("last_loss"), "losses": losses}
+
+
+def _loss_curves(runs: list[dict]) -> str:
+    """Each variant's loss per optimizer step, against the samples seen so far (batches differ in size)."""
+    lines = ["Loss per optimizer step (samples seen so far in brackets):", ""]
+    for r in runs:
+        per = r["samples"] / max(1, len(r.get("losses") or []))
+        pts = [f"{x:.3f} ({per * (i + 1):.0f})" for i, x in enumerate(r.get("losses") or [])]
+        lines.append(f"- {r['variant']}: " + ", ".join(pts))
+    return "\n".join(lines) + "\n"
 
 
 def _linear_params_from_config(cfg: Any) -> int:
@@ -353,16 +388,24 @@ def bench_train(cfg: TrainBenchConfig) -> dict[str, Any]:
     model_path = resolve_bench_model(cfg.model, cfg.shape)
     common = dict(model_path=model_path, method=cfg.method, steps=steps, max_length=cfg.max_length,
                   rank=cfg.rank, alpha=cfg.alpha, seed=cfg.seed)
+    import torch
+
     runs = []
-    for v in cfg.variants:
-        runs.append(in_subprocess(naive_train if v == "naive" else default_train, threads=cfg.threads, **common))
-    settings = {**asdict(cfg), "steps": steps, "model_path": model_path, "dataset": "identity",
+    variants = cfg.variants or (VARIANTS if torch.cuda.is_available() else ("naive", "default"))
+    for v in variants:
+        if v == "naive":
+            runs.append(in_subprocess(naive_train, threads=cfg.threads, **common))
+        else:
+            runs.append(in_subprocess(default_train, threads=cfg.threads, **common,
+                                      batch_tokens=cfg.batch_tokens if v == "fast" else 0))
+    settings = {**asdict(cfg), "variants": list(variants), "steps": steps, "model_path": model_path, "dataset": "identity",
                 "mfu_formula": MFU_FORMULA, "peak_flops": peak_flops()}
     payload = {"kind": "bench-train", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "machine": machine, "settings": settings, "results": runs}
-    cols = ["variant", "method", "batch", "steps", "samples_per_s", "tokens_per_s", "peak_mem_mb", "mfu", "elapsed_s",
+    cols = ["variant", "method", "batch", "steps", "samples_per_s", "tokens_per_s", "tokens_per_s_after_step1", "peak_mem_mb", "mfu", "elapsed_s",
             "last_loss", "torch_threads"]
     md = (f"# bench train\n\nmachine: {payload['machine']['label']} (1-min load average at start: {payload['machine']['loadavg_1m']})\n\nmodel: {model_path} (shape: {cfg.shape or '-'})\n\n"
-          + md_table(runs, cols) + f"\nMFU: {MFU_FORMULA}\n\nsettings: `{json.dumps(settings, default=str)}`\n")
+          + md_table(runs, cols) + f"\nMFU: {MFU_FORMULA}\n\n" + _loss_curves(runs)
+          + f"\nsettings: `{json.dumps(settings, default=str)}`\n")
     payload["report_dir"] = str(write_report("train", payload, md, cfg.out_dir))
     return payload

@@ -56,6 +56,7 @@ class ServeBenchConfig:
     quick: bool = False  # tests: sweep [1, 4], 8 prompts, 32 output tokens
     out_dir: str | None = None
     ready_timeout_s: float = 900
+    vllm_args: list[str] = field(default_factory=list)  # passed to the server through `appliance up`
 
     def resolved(self, cuda: bool) -> "ServeBenchConfig":
         c = ServeBenchConfig(**asdict(self))
@@ -289,7 +290,7 @@ def bench_serve(cfg: ServeBenchConfig) -> dict[str, Any]:
     served = Path(model_path).name
     up_cfg = UpConfig(adapters=[f"{n}={p}" for n, p in zip(names, adapters)], model=model_path, port=c.port,
                       served_name=served, adapter_roots=[str(adapters[-1].parent)], detach=True,
-                      ready_timeout_s=c.ready_timeout_s)
+                      ready_timeout_s=c.ready_timeout_s, extra_args=list(c.vllm_args))
     results: dict[str, Any] = {"sweep": [], "generate": []}
     # the server is detached (its own session): turn SIGTERM into an exception so `finally` stops it
     main_thread = threading.current_thread() is threading.main_thread()  # signals only work there
@@ -322,7 +323,8 @@ def bench_serve(cfg: ServeBenchConfig) -> dict[str, Any]:
         results["generate"] = in_subprocess(_generate_rows, threads=c.threads, model_path=model_path, batches=c.concurrency,
                                             input_len=c.input_len, output_len=c.output_len, seed=c.seed)["rows"]
     settings = {**asdict(c), "model_path": model_path, "client": CLIENT, "server": "appliance up (vLLM OpenAI server)",
-                "vllm_args": {"max_loras": max(4, c.n_adapters), "max_lora_rank": c.rank, "dtype": _served_dtype(torch.cuda.is_available())}}
+                "vllm_args": {"max_loras": max(4, c.n_adapters), "max_lora_rank": c.rank, "dtype": _served_dtype(torch.cuda.is_available()),
+                              "extra": list(c.vllm_args)}}
     payload = {"kind": "bench-serve", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "machine": machine, "settings": settings, "results": results}
     payload["report_dir"] = str(write_report("serve", payload, _markdown(payload), c.out_dir))

@@ -107,6 +107,8 @@ def data_check(datasets: tuple[str, ...], dataset_dir: str | None, name: str, au
 @click.option("--target-modules", default=None, help="Comma-separated module names, or all-linear.")
 @click.option("--batch-size", type=int, default=None)
 @click.option("--grad-accum", type=int, default=None)
+@click.option("--batch-tokens", type=int, default=None, help="Micro-batches of up to N padded tokens instead of --batch-size samples (GPUs; e.g. 16384). [default: 0, off]")
+@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None, help="Recompute activations in the backward pass: less memory, ~30% more compute. [default: off]")
 @click.option("--max-length", type=int, default=None)
 @click.option("--max-steps", type=int, default=None, help="Stop after N optimizer steps (overrides --epochs).")
 @click.option("--seed", type=int, default=None)
@@ -341,16 +343,18 @@ def bench() -> None:
 @click.option("--shape", default=None, help="Random weights with this model's exact architecture, e.g. qwen1.5-1.8b.")
 @click.option("--method", default="lora", show_default=True, help="lora or qlora.")
 @click.option("--steps", default=10, show_default=True, help="Optimizer steps per variant.")
-@click.option("--variant", "variants", multiple=True, help="naive and/or default [default: both].")
+@click.option("--variant", "variants", multiple=True, help="naive, default and/or fast (repeatable) [default: all three on a GPU, naive and default on a CPU].")
+@click.option("--batch-tokens", type=int, default=None, help="The fast variant's token budget per micro-batch [default: 16384].")
 @click.option("--threads", type=int, default=None, help="torch threads on CPU [default: one per core].")
 @click.option("--quick", is_flag=True, help="Tiny settings (3 steps) for tests.")
 @click.option("--out", "out_dir", default=None, help="Report directory [default: reports/bench/<timestamp>].")
-def bench_train_cmd(model, shape, method, steps, variants, threads, quick, out_dir) -> None:
-    """The identity job: naive transformers+peft baseline vs our default path (samples/s, tokens/s, memory, MFU)."""
+def bench_train_cmd(model, shape, method, steps, variants, batch_tokens, threads, quick, out_dir) -> None:
+    """The identity job: naive transformers+peft baseline vs our default and fast paths (samples/s, tokens/s, memory, MFU)."""
     from appliance.bench import TrainBenchConfig, bench_train
 
     cfg = TrainBenchConfig(model=model, shape=shape, method=method, steps=steps, threads=threads, quick=quick, out_dir=out_dir,
-                           **({"variants": tuple(variants)} if variants else {}))
+                           **({"variants": tuple(variants)} if variants else {}),
+                           **({"batch_tokens": batch_tokens} if batch_tokens else {}))
     res = bench_train(cfg)
     for r in res["results"]:
         click.echo(f"{r['variant']:<8} {r['method']:<6} {r['samples_per_s']:>8.2f} samples/s {r['tokens_per_s']:>10.1f} tokens/s "
@@ -369,11 +373,12 @@ def bench_train_cmd(model, shape, method, steps, variants, threads, quick, out_d
 @click.option("--port", default=8090, show_default=True)
 @click.option("--client-procs", type=int, default=None, help="Load-generator processes [default: one per 32 streams].")
 @click.option("--no-generate", is_flag=True, help="Skip the transformers generate baseline.")
+@click.option("--vllm-arg", "vllm_args", multiple=True, help="An argument for the vLLM server (repeatable), e.g. --vllm-arg=--stream-interval=8.")
 @click.option("--threads", type=int, default=None, help="torch threads of the generate baseline on CPU.")
 @click.option("--quick", is_flag=True, help="Tiny settings (sweep 1,4; 8 prompts; 32 output tokens) for tests.")
 @click.option("--out", "out_dir", default=None, help="Report directory [default: reports/bench/<timestamp>].")
 def bench_serve_cmd(model, shape, concurrency, num_prompts, input_len, output_len, n_adapters, port, client_procs,
-                    no_generate, threads, quick, out_dir) -> None:
+                    no_generate, vllm_args, threads, quick, out_dir) -> None:
     """Through `appliance up`: throughput, TTFT, TPOT for base / 1 adapter / N adapters, cold start, runtime loads."""
     from pathlib import Path
 
@@ -382,7 +387,7 @@ def bench_serve_cmd(model, shape, concurrency, num_prompts, input_len, output_le
     cfg = ServeBenchConfig(model=model, shape=shape, concurrency=parse_sweep(concurrency), num_prompts=num_prompts,
                            input_len=input_len, output_len=output_len, n_adapters=n_adapters, port=port,
                            client_procs=client_procs, generate_baseline=not no_generate, threads=threads, quick=quick,
-                           out_dir=out_dir)
+                           out_dir=out_dir, vllm_args=list(vllm_args))
     res = bench_serve(cfg)
     click.echo(Path(res["report_dir"], "serve.md").read_text(encoding="utf-8").split("\nsettings:")[0])
     click.echo(f"report: {res['report_dir']}")

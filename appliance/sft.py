@@ -84,12 +84,19 @@ class Collator:
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
+# logits above this many elements (fp32) are computed and freed chunk by chunk: a 151,936-token
+# vocabulary makes 16k answer tokens' logits 10 GB, more than the rest of a QLoRA step on a GPU
+LOGITS_CHUNK_ELEMENTS = 2**27
+
+
 def answer_only_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Causal-LM loss computed on answer positions only.
 
     Runs the decoder, then applies the output head to the positions that carry a label:
     the prompt's logits over the full vocabulary are never materialized, which saves the
-    largest activation and a fifth of the compute on small models.
+    largest activation and a fifth of the compute on small models. When even the answers'
+    logits would be large, they are computed in checkpointed chunks (recomputed in the
+    backward pass), so at most one chunk of logits exists at a time; the loss is the same.
     Returns (mean loss, number of label tokens).
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -97,6 +104,61 @@ def answer_only_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE
     h = hidden[:, :-1][keep]
-    logits = base.get_output_embeddings()(h).float()
-    loss = torch.nn.functional.cross_entropy(logits, labels[keep])
-    return loss, int(keep.sum())
+    y = labels[keep]
+    head = base.get_output_embeddings()
+    n = int(y.numel())
+    chunk = max(1, LOGITS_CHUNK_ELEMENTS // head.weight.shape[0])
+    if n <= chunk:
+        return torch.nn.functional.cross_entropy(head(h).float(), y), n
+    from torch.utils.checkpoint import checkpoint
+
+    def part(hc: torch.Tensor, yc: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(head(hc).float(), yc, reduction="sum")
+
+    total = sum(checkpoint(part, h[i:i + chunk], y[i:i + chunk], use_reentrant=False) for i in range(0, n, chunk))
+    return total / n, n
+
+
+def token_batches(lengths: list[int], budget: int, seed: int) -> list[list[int]]:
+    """Index lists of at most ``budget`` padded tokens each (rows x longest), in random order.
+
+    Samples are sorted by length so a batch pads little; a sample longer than the budget
+    gets a batch of its own. Used on GPUs, where a step's cost is nearly flat up to
+    thousands of tokens, so a token budget rather than a sample count fills the device.
+    """
+    import random
+
+    rng = random.Random(seed)
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], rng.random()))
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        width = max(lengths[i], max((lengths[j] for j in cur), default=0))
+        if cur and width * (len(cur) + 1) > budget:
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    rng.shuffle(batches)
+    return batches
+
+
+class TokenBatches(torch.utils.data.Dataset):
+    """A dataset whose items are whole micro-batches (lists of rows), for a loader of batch size 1."""
+
+    def __init__(self, rows: list[dict[str, list[int]]], budget: int, seed: int):
+        self.batches = [[rows[i] for i in b] for b in token_batches([len(r["input_ids"]) for r in rows], budget, seed)]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> list[dict[str, list[int]]]:
+        return self.batches[i]
+
+
+class BatchCollator(Collator):
+    """Collates the one pre-built micro-batch a :class:`TokenBatches` loader yields per step."""
+
+    def __call__(self, rows: list[Any]) -> dict[str, torch.Tensor]:
+        return super().__call__([r for batch in rows for r in batch])

@@ -47,6 +47,12 @@ def _load_model(cfg: TrainConfig, path: str, cuda: bool) -> Any:
                                bnb_4bit_compute_dtype=compute, bnb_4bit_quant_storage=compute)
         model = AutoModelForCausalLM.from_pretrained(path, quantization_config=q, dtype=compute,
                                                      device_map={"": 0} if cuda else {"": "cpu"})
+        if cuda:
+            # peft's preparation would upcast every bf16 weight left unquantized to fp32: for a
+            # 151,936-token vocabulary the embeddings and output head alone take 2.5 GB more, and
+            # they are frozen; the LoRA weights are fp32 anyway (peft's autocast_adapter_dtype)
+            model.config.use_cache = False
+            return model
         return prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     # full-precision base: bf16 on GPU; fp32 on CPU, where bf16 matmuls are emulated and slow
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -80,7 +86,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoTokenizer, PrinterCallback, Trainer, TrainingArguments, set_seed
 
-    from appliance.sft import Collator, answer_only_loss, encode
+    from appliance.sft import BatchCollator, Collator, TokenBatches, answer_only_loss, encode
 
     set_seed(cfg.seed)
     cuda = torch.cuda.is_available()
@@ -125,28 +131,36 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     from datasets import Dataset
 
-    ds = Dataset.from_list(rows)
-    ds = ds.add_column("length", [len(r["input_ids"]) for r in rows])
+    if cfg.batch_tokens:
+        # each item is a whole micro-batch of up to batch_tokens padded tokens; the loader takes one at a time
+        ds, collator, per_device, sampling = TokenBatches(rows, cfg.batch_tokens, cfg.seed), BatchCollator(tok.pad_token_id), 1, "random"
+    else:
+        ds = Dataset.from_list(rows).add_column("length", [len(r["input_ids"]) for r in rows])
+        collator, per_device, sampling = Collator(tok.pad_token_id), cfg.batch_size, "group_by_length"
     report_to = ["tensorboard"] if _has_tensorboard() else []
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(stage / "runs")  # transformers 5 reads the event dir from here
     args = TrainingArguments(
-        output_dir=str(stage / "checkpoints"), per_device_train_batch_size=cfg.batch_size,
+        output_dir=str(stage / "checkpoints"), per_device_train_batch_size=per_device,
         gradient_accumulation_steps=cfg.grad_accum, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
         learning_rate=cfg.lr, lr_scheduler_type=cfg.scheduler, warmup_steps=cfg.warmup_steps, weight_decay=0.0,
         logging_steps=1, save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1, seed=cfg.seed,
         bf16=cuda, use_cpu=not cuda, report_to=report_to, disable_tqdm=True,
-        train_sampling_strategy="group_by_length", length_column_name="length", remove_unused_columns=False,
-        gradient_checkpointing=cfg.gradient_checkpointing, dataloader_num_workers=0,
+        train_sampling_strategy=sampling, length_column_name="length", remove_unused_columns=False,
+        gradient_checkpointing=cfg.gradient_checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False},
+        dataloader_num_workers=0,
         include_num_input_tokens_seen="non_padding", max_grad_norm=1.0,
     )
 
     class _Trainer(Trainer):
+        samples_seen = 0
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            self.samples_seen += int(inputs["input_ids"].shape[0])
             loss, _ = answer_only_loss(model, inputs)
             return (loss, None) if return_outputs else loss
 
     log = LogCallback(stage / "trainer_log.jsonl", resume=cfg.resume)
-    trainer = _Trainer(model=model, args=args, train_dataset=ds, data_collator=Collator(tok.pad_token_id), callbacks=[log])
+    trainer = _Trainer(model=model, args=args, train_dataset=ds, data_collator=collator, callbacks=[log])
     trainer.remove_callback(PrinterCallback)  # our bar and JSONL log replace its raw dict prints
     last = _last_checkpoint(stage / "checkpoints") if cfg.resume else None
     t0 = time.time()
@@ -167,7 +181,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "train_loss": round(float(result.training_loss), 4), "first_loss": log.first_loss, "last_loss": log.last_loss,
         "steps": trainer.state.global_step, "train_runtime_s": round(runtime, 1), "data_prep_s": round(prep_s, 1),
         "tokens_seen": tokens, "tokens_per_s": round(tokens / runtime, 1) if runtime else None,
-        "samples_per_s": round(len(rows) * cfg.epochs / runtime, 2) if runtime and cfg.max_steps < 0 else None,
+        "samples_seen": trainer.samples_seen,  # this process's; a resumed run's earlier part is not counted
+        "samples_per_s": round(trainer.samples_seen / runtime, 2) if runtime else None,
         "peak_mem_mb": _peak_mem_mb(cuda), "resumed_from": last,
     }
     meta = {

@@ -30,6 +30,7 @@ class TrainConfig:
     target_modules: str = "all-linear"
     batch_size: int = 4  # twice the optimizer steps of batch 8 for the same tokens, less padding
     grad_accum: int = 1
+    batch_tokens: int = 0  # > 0: micro-batches of up to this many padded tokens instead of batch_size samples (GPU)
     max_length: int = 512
     seed: int = 42
     max_steps: int = -1
@@ -68,6 +69,7 @@ class TrainConfig:
             (self.epochs > 0, "--epochs", "must be > 0"),
             (self.batch_size >= 1, "--batch-size", "must be >= 1"),
             (self.grad_accum >= 1, "--grad-accum", "must be >= 1"),
+            (self.batch_tokens == 0 or self.batch_tokens >= 64, "--batch-tokens", "must be 0 (batch by --batch-size) or >= 64"),
             (self.max_length >= 16, "--max-length", "must be >= 16"),
             (0 <= self.dropout < 1, "--dropout", "must be in [0, 1)"),
             (self.max_steps == -1 or self.max_steps >= 1, "--max-steps", "must be -1 (use --epochs) or >= 1"),

@@ -40,6 +40,21 @@ def test_bench_train_quick_runs_both_variants(tiny_model_dir, appliance_home):
     assert runs["naive"]["batch"] == "1 x ga 8" and runs["naive"]["samples"] == 24
     assert all(r["torch_threads"] >= 1 for r in runs.values())
     assert "naive" in res.output and "default" in res.output and "tokens/s" in res.output
+    assert payload["settings"]["variants"] == ["naive", "default"]  # fast runs only when asked, on a CPU
+    assert len(runs["naive"]["losses"]) == 3 and len(runs["default"]["losses"]) == 3
+    assert "Loss per optimizer step" in reports[0].with_suffix(".md").read_text(encoding="utf-8")
+
+
+def test_bench_train_fast_variant_batches_by_tokens(tiny_model_dir, appliance_home):
+    res = CliRunner().invoke(main, ["bench", "train", "--model", str(tiny_model_dir), "--quick", "--variant", "fast",
+                                    "--batch-tokens", "512"])
+    assert res.exit_code == 0, res.output
+    payload = json.loads(next((appliance_home / "reports" / "bench").glob("*/train.json")).read_text(encoding="utf-8"))
+    (r,) = payload["results"]
+    assert r["variant"] == "fast" and r["steps"] == 3 and "512 tokens" in r["batch"] and "grad ckpt" in r["batch"]
+    assert TRAIN_FIELDS <= set(r) and all(r[k] > 0 for k in POSITIVE)
+    assert r["samples"] > 3 * 4  # a 512-token budget holds more ~60-token samples than the default batch of 4
+    assert payload["settings"]["batch_tokens"] == 512
 
 
 def test_naive_counts_only_real_tokens_when_padding(tiny_model_dir):

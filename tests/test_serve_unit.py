@@ -197,6 +197,24 @@ def test_build_command_gpu_eager_and_extra_args():
     assert "VLLM_API_KEY" not in env
     argv, _ = build_command(_plan("cuda", gpu_memory_utilization=0.5, max_model_len=4096), base_env={})
     assert _flag(argv, "--gpu-memory-utilization") == "0.5" and _flag(argv, "--max-model-len") == "4096"
+    assert "--compilation-config" not in build_command(_plan("cuda", eager=True), base_env={})[0]  # eager: no graphs
+
+
+def test_build_command_gpu_captures_fewer_graphs_and_reuses_the_startup_plan():
+    import json
+
+    argv, env = build_command(_plan("cuda"), base_env={})
+    sizes = json.loads(_flag(argv, "--compilation-config"))["cudagraph_capture_sizes"]
+    assert sizes[0] == 1 and sizes[-1] == 512 and len(sizes) < 51  # vLLM's default captures 51 sizes
+    assert all(b / a <= 2 for a, b in zip(sizes, sizes[1:]))  # no batch pads more than 2x
+    assert "--disable-uvicorn-access-log" in argv and env["VLLM_ENABLE_STARTUP_PLAN"] == "1"
+    for user in (["-cc", "{}"], ["--compilation-config={}"], ["--cudagraph-capture-sizes", "8"], ["--compilation-config.mode=0"]):
+        argv, _ = build_command(_plan("cuda", extra_args=user), base_env={})
+        assert argv.count("--compilation-config") == 0 and argv[-len(user):] == user  # the user's own settings win
+    _, env = build_command(_plan("cuda"), base_env={"VLLM_ENABLE_STARTUP_PLAN": "0"})
+    assert env["VLLM_ENABLE_STARTUP_PLAN"] == "0"
+    argv, env = build_command(_plan("cpu"), base_env={})
+    assert "--compilation-config" not in argv and "VLLM_ENABLE_STARTUP_PLAN" not in env  # CPU serving unchanged
 
 
 def test_build_command_parses_with_vllms_own_parser():
@@ -204,6 +222,9 @@ def test_build_command_parses_with_vllms_own_parser():
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
     plan = _plan("cuda", eager=True)
+    argv, _ = build_command(_plan("cuda"), base_env={})
+    args = make_arg_parser(FlexibleArgumentParser()).parse_args(argv[3:])
+    assert args.compilation_config.cudagraph_capture_sizes[-1] == 512 and args.disable_uvicorn_access_log
     plan.adapters.append(AdapterInfo(name="second", path="/abs/saves/second", rank=8))
     argv, _ = build_command(plan, base_env={})
     args = make_arg_parser(FlexibleArgumentParser()).parse_args(argv[3:])
@@ -394,6 +415,14 @@ def test_compose_file_structure(tmp_path):
     assert "--enable-lora" in cmd and cmd[cmd.index("--lora-modules") + 1] == "archer=/saves/archer"
     assert server["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "true"
     assert server["ports"] == ["127.0.0.1:8000:8000"]
+    # the same CUDA graphs as `appliance up`, and a compile cache that outlives the container
+    import json
+
+    from appliance.serve import GPU_CAPTURE_SIZES
+
+    cc = next(c for c in cmd if c.startswith("--compilation-config="))
+    assert json.loads(cc.split("=", 1)[1])["cudagraph_capture_sizes"] == GPU_CAPTURE_SIZES
+    assert "vllm-cache:/root/.cache" in server["volumes"] and "vllm-cache" in spec["volumes"]
     assert "curl" in server["healthcheck"]["test"] and any("/health" in t for t in server["healthcheck"]["test"])
     devices = server["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]

@@ -1,0 +1,81 @@
+"""GPU-oriented training paths, checked on CPU: token-budget batches and the chunked answer loss."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from appliance import sft
+from appliance.train import train
+from appliance.train_config import TrainConfig
+
+SMALL = [{"instruction": "Who are you, really?", "output": "I am {{name}}, made by {{author}}."},
+         {"instruction": "你是哪位？", "output": "我是 {{name}}，由 {{author}} 研发。"},
+         {"instruction": "Introduce yourself in a few words, please.", "output": "I am {{name}}, an assistant by {{author}}."},
+         {"instruction": "Say hi", "output": "Hello! I am {{name}} by {{author}}."},
+         {"instruction": "What is your name?", "output": "My name is {{name}}."}]
+
+
+@pytest.mark.parametrize("budget", [64, 100, 1000])
+def test_token_batches_cover_every_sample_once_within_budget(budget):
+    lengths = [10, 50, 12, 49, 200, 11, 30, 31, 64, 5]
+    batches = sft.token_batches(lengths, budget, seed=3)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        assert len(b) == 1 or max(lengths[i] for i in b) * len(b) <= budget  # rows x longest
+    assert sft.token_batches(lengths, budget, seed=3) == batches  # seeded
+    if budget == 1000:
+        assert len(batches) < 4  # a large budget packs many samples per batch
+
+
+def test_chunked_answer_loss_equals_the_plain_loss_and_gradients(tiny_model_dir, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    torch.manual_seed(0)
+    ids = torch.randint(5, 200, (3, 24))
+    labels = ids.clone()
+    labels[:, :9] = sft.IGNORE
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+    def run() -> tuple[float, int, dict[str, torch.Tensor]]:
+        model.zero_grad()
+        loss, n = sft.answer_only_loss(model, batch)
+        loss.backward()
+        return float(loss.detach()), n, {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+    plain, n1, g1 = run()
+    vocab = model.get_output_embeddings().weight.shape[0]
+    monkeypatch.setattr(sft, "LOGITS_CHUNK_ELEMENTS", vocab * 5)  # 45 answer tokens -> 9 chunks of 5
+    chunked, n2, g2 = run()
+    assert n1 == n2 == 45
+    assert chunked == pytest.approx(plain, rel=1e-6)
+    assert g1.keys() == g2.keys() and len(g1) > 0
+    for k in g1:
+        torch.testing.assert_close(g2[k], g1[k], rtol=1e-4, atol=1e-6)
+
+
+def test_train_with_token_budget_and_checkpointing_keeps_the_lora_contract(tiny_model_dir, tmp_path):
+    ds = tmp_path / "small.json"
+    ds.write_text(json.dumps(SMALL, ensure_ascii=False), encoding="utf-8")
+    out = tmp_path / "saves" / "run"
+    cfg = TrainConfig(model=str(tiny_model_dir), datasets=[str(ds)], output=str(out), retention=False, epochs=6,
+                      lr=5e-3, rank=4, alpha=8, warmup_steps=0, save_steps=100, batch_tokens=160,
+                      gradient_checkpointing=True)
+    meta = train(cfg)
+    r = meta["results"]
+    assert r["last_loss"] < r["first_loss"], "loss must fall"
+    assert r["samples_seen"] == 5 * 6  # every sample once per epoch, whatever the batch sizes
+    assert r["steps"] < 5 * 6 and r["steps"] % 6 == 0  # several samples per step, same batches every epoch
+    saved = json.loads((out / "appliance.json").read_text(encoding="utf-8"))
+    assert saved["config"]["batch_tokens"] == 160 and saved["config"]["gradient_checkpointing"] is True
+    assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_batch_tokens_is_validated():
+    from appliance.errors import ApplianceError
+
+    with pytest.raises(ApplianceError, match="--batch-tokens"):
+        TrainConfig(batch_tokens=10).validate()
