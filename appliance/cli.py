@@ -105,6 +105,7 @@ def data_check(datasets: tuple[str, ...], dataset_dir: str | None, name: str, au
 @click.option("--alpha", type=int, default=None)
 @click.option("--dropout", type=float, default=None)
 @click.option("--target-modules", default=None, help="Comma-separated module names, or all-linear.")
+@click.option("--lora-layers", type=int, default=None, help="LoRA only in the last N decoder layers (faster: no backward pass below them). [default: 0, all]")
 @click.option("--batch-size", type=int, default=None)
 @click.option("--grad-accum", type=int, default=None)
 @click.option("--batch-tokens", type=int, default=None, help="Micro-batches of up to N padded tokens instead of --batch-size samples (GPUs; e.g. 16384). [default: 0, off]")

@@ -123,11 +123,19 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     prep_s = time.time() - t_data
 
     targets = "all-linear" if cfg.target_modules in ("all", "all-linear") else [m.strip() for m in cfg.target_modules.split(",")]
+    n_layers = int(model.config.num_hidden_layers)
+    if cfg.lora_layers > n_layers:
+        raise ApplianceError(f"--lora-layers {cfg.lora_layers}: the model has {n_layers} decoder layers; use at most {n_layers} (0 = all)")
+    layers = list(range(n_layers - cfg.lora_layers, n_layers)) if cfg.lora_layers else None
+    if layers and isinstance(targets, str):
+        # peft takes a layer subset only with module names: every linear layer's but the output head's
+        head = model.get_output_embeddings()
+        targets = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head})
     lcfg = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
-                      bias="none", task_type="CAUSAL_LM")
+                      bias="none", task_type="CAUSAL_LM", layers_to_transform=layers)
     model = get_peft_model(model, lcfg)
-    if cfg.gradient_checkpointing:
-        model.enable_input_require_grads()
+    # checkpointing is non-reentrant (below), so the embeddings' output needs no requires_grad: with
+    # --lora-layers the backward pass then still stops at the lowest adapted layer
 
     from datasets import Dataset
 
@@ -193,7 +201,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "quantization": ({"bits": 4, "type": "nf4", "double_quant": True,
                           "compute_dtype": str(_qlora_compute_dtype(cuda)).replace("torch.", "")}
                          if cfg.method == "qlora" else None),
-        "lora": {"r": cfg.rank, "alpha": cfg.alpha, "dropout": cfg.dropout,
+        "lora": {"r": cfg.rank, "alpha": cfg.alpha, "dropout": cfg.dropout, "layers": layers or "all",
                  "target_modules": sorted({m.split(".")[-1] for m in model.peft_config["default"].target_modules})},
         "identity": {"name": cfg.name, "author": cfg.author},
         "dataset": {"names": cfg.datasets, "fingerprint": data_mod.fingerprint(ident + keep), "examples": len(ident),

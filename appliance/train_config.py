@@ -28,6 +28,7 @@ class TrainConfig:
     alpha: int = 32
     dropout: float = 0.0
     target_modules: str = "all-linear"
+    lora_layers: int = 0  # > 0: LoRA only in the last N decoder layers (the backward pass stops below them)
     batch_size: int = 4  # twice the optimizer steps of batch 8 for the same tokens, less padding
     grad_accum: int = 1
     batch_tokens: int = 0  # > 0: micro-batches of up to this many padded tokens instead of batch_size samples (GPU)
@@ -64,6 +65,7 @@ class TrainConfig:
         checks = [
             (self.method in ("lora", "qlora"), "--method", "must be lora or qlora"),
             (self.rank >= 1, "--rank", "must be >= 1"),
+            (self.lora_layers >= 0, "--lora-layers", "must be 0 (every layer) or the number of last decoder layers to adapt"),
             (self.alpha >= 1, "--alpha", "must be >= 1"),
             (0 < self.lr < 1, "--lr", "must be > 0 and < 1 (e.g. 2e-4)"),
             (self.epochs > 0, "--epochs", "must be > 0"),

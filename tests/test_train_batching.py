@@ -79,3 +79,26 @@ def test_batch_tokens_is_validated():
 
     with pytest.raises(ApplianceError, match="--batch-tokens"):
         TrainConfig(batch_tokens=10).validate()
+
+
+def test_lora_layers_adapts_only_the_last_layers(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    from appliance.errors import ApplianceError
+
+    ds = tmp_path / "small.json"
+    ds.write_text(json.dumps(SMALL, ensure_ascii=False), encoding="utf-8")
+    n = AutoConfig.from_pretrained(tiny_model_dir).num_hidden_layers
+    assert n >= 2
+    out = tmp_path / "saves" / "top"
+    meta = train(TrainConfig(model=str(tiny_model_dir), datasets=[str(ds)], output=str(out), retention=False, epochs=4,
+                             lr=5e-3, rank=4, alpha=8, warmup_steps=0, save_steps=100, lora_layers=1))
+    assert meta["results"]["last_loss"] < meta["results"]["first_loss"]
+    assert meta["lora"]["layers"] == [n - 1] and "q_proj" in meta["lora"]["target_modules"]
+    keys = load_file(str(out / "adapter_model.safetensors")).keys()
+    layers = {int(k.split(".layers.")[1].split(".")[0]) for k in keys}
+    assert layers == {n - 1} and any("mlp.down_proj" in k for k in keys)  # every linear of that layer, no other layer
+    with pytest.raises(ApplianceError, match="--lora-layers"):
+        train(TrainConfig(model=str(tiny_model_dir), datasets=[str(ds)], output=str(tmp_path / "x"), retention=False,
+                          lora_layers=n + 1))
