@@ -126,7 +126,8 @@ def test_bench_serve_quick_against_the_real_server(real_model_dir, appliance_hom
     port = 18391
     record = appliance_home / ".appliance" / "servers" / f"{port}.json"
     try:
-        payload = bench_serve(ServeBenchConfig(model=str(real_model_dir), quick=True, port=port, n_adapters=2, threads=1))
+        payload = bench_serve(ServeBenchConfig(model=str(real_model_dir), quick=True, port=port, n_adapters=2, threads=1,
+                                               vllm_args=["--max-num-seqs", "16"]))
     finally:
         if record.exists():  # the bench stops its server itself; this is only for a failure half-way
             from appliance.serve import down
@@ -149,3 +150,6 @@ def test_bench_serve_quick_against_the_real_server(real_model_dir, appliance_hom
     report = Path(payload["report_dir"])
     assert (report / "serve.json").is_file() and "ttft_ms_p50" in (report / "serve.md").read_text()
     assert not record.exists()  # the server was stopped
+    assert payload["settings"]["vllm_args"]["extra"] == ["--max-num-seqs", "16"]
+    log = (appliance_home / ".appliance" / "logs" / f"server-{port}.log").read_text(encoding="utf-8", errors="replace")
+    assert log.splitlines()[0].endswith("--max-num-seqs 16")  # the extra vLLM args reached the server's command line
