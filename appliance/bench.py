@@ -382,14 +382,14 @@ def _linear_params_from_config(cfg: Any) -> int:
 
 def bench_train(cfg: TrainBenchConfig) -> dict[str, Any]:
     """Run each variant in its own process and write ``reports/bench/<timestamp>/train.{json,md}``."""
+    import torch
+
     cfg.validate()
     machine = machine_info()  # before the runs: the load average then is other people's work
     steps = 3 if cfg.quick else cfg.steps
     model_path = resolve_bench_model(cfg.model, cfg.shape)
     common = dict(model_path=model_path, method=cfg.method, steps=steps, max_length=cfg.max_length,
                   rank=cfg.rank, alpha=cfg.alpha, seed=cfg.seed)
-    import torch
-
     runs = []
     variants = cfg.variants or (VARIANTS if torch.cuda.is_available() else ("naive", "default"))
     for v in variants:

@@ -132,9 +132,8 @@ def token_batches(lengths: list[int], budget: int, seed: int) -> list[list[int]]
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], rng.random()))
     batches: list[list[int]] = []
     cur: list[int] = []
-    for i in order:
-        width = max(lengths[i], max((lengths[j] for j in cur), default=0))
-        if cur and width * (len(cur) + 1) > budget:
+    for i in order:  # ascending lengths: the newest sample is the batch's longest
+        if cur and lengths[i] * (len(cur) + 1) > budget:
             batches.append(cur)
             cur = []
         cur.append(i)
