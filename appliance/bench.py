@@ -213,7 +213,7 @@ class TrainBenchConfig:
             raise ApplianceError(f"--steps {self.steps}: must be >= 1")
         bad = [v for v in self.variants if v not in VARIANTS]
         if bad:
-            raise ApplianceError(f"--variant {','.join(bad) or '(none)'}: use {', '.join(VARIANTS)}")
+            raise ApplianceError(f"--variant {','.join(bad)}: use {', '.join(VARIANTS)}")
         if self.batch_tokens < 64:
             raise ApplianceError(f"--batch-tokens {self.batch_tokens}: must be >= 64")
 
