@@ -336,7 +336,8 @@ def default_train(model_path: str, method: str = "lora", steps: int = 10, max_le
         cfg = TrainConfig(model=model_path, datasets=["identity"], output=str(Path(tmp) / "adapter"), method=method,
                           rank=rank, alpha=alpha, max_steps=steps, max_length=max_length, seed=seed, retention=False,
                           save_steps=10**9, overwrite=True, batch_tokens=batch_tokens,
-                          gradient_checkpointing=bool(batch_tokens))
+                          gradient_checkpointing=bool(batch_tokens),
+                          lora_layers=0)  # every layer, as the naive loop: the same LoRA job, so the loops compare
         meta = train(cfg)
         log = Path(tmp, "adapter", "trainer_log.jsonl").read_text(encoding="utf-8").splitlines()
     logged = [row for row in map(json.loads, log) if "loss" in row]

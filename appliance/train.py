@@ -124,9 +124,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     targets = "all-linear" if cfg.target_modules in ("all", "all-linear") else [m.strip() for m in cfg.target_modules.split(",")]
     n_layers = int(model.config.num_hidden_layers)
-    if cfg.lora_layers > n_layers:
-        raise ApplianceError(f"--lora-layers {cfg.lora_layers}: the model has {n_layers} decoder layers; use at most {n_layers} (0 = all)")
-    layers = list(range(n_layers - cfg.lora_layers, n_layers)) if cfg.lora_layers else None
+    layers = cfg.adapted_layers(n_layers)
     if layers and isinstance(targets, str):
         # peft takes a layer subset only with module names: every linear layer's but the output head's
         head = model.get_output_embeddings()

@@ -20,7 +20,7 @@ class TrainConfig:
     author: str = "意琦行"
     output: str = "saves/archer"
     method: str = "lora"  # lora | qlora
-    epochs: float = 1.5
+    epochs: float = 1.75
     lr: float = 1e-3
     scheduler: str = "cosine"
     warmup_steps: int = 2
@@ -28,7 +28,9 @@ class TrainConfig:
     alpha: int = 32
     dropout: float = 0.0
     target_modules: str = "all-linear"
-    lora_layers: int = 0  # > 0: LoRA only in the last N decoder layers (the backward pass stops below them)
+    # LoRA only in the top layers (the backward pass stops below them): a share of the decoder
+    # layers if < 1 (0.75: the top 22 of SmolLM2's 30), a count if >= 1, every layer if 0
+    lora_layers: float = 0.75
     batch_size: int = 4  # twice the optimizer steps of batch 8 for the same tokens, less padding
     grad_accum: int = 1
     batch_tokens: int = 0  # > 0: micro-batches of up to this many padded tokens instead of batch_size samples (GPU)
@@ -43,6 +45,10 @@ class TrainConfig:
     retention_prompts: str | None = None
     overwrite: bool = False
     resume: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lora_layers, float) and self.lora_layers.is_integer():
+            self.lora_layers = int(self.lora_layers)  # a count given as --lora-layers 22 is recorded as 22, not 22.0
 
     @classmethod
     def from_sources(cls, config_file: str | None = None, **flags: Any) -> "TrainConfig":
@@ -65,7 +71,8 @@ class TrainConfig:
         checks = [
             (self.method in ("lora", "qlora"), "--method", "must be lora or qlora"),
             (self.rank >= 1, "--rank", "must be >= 1"),
-            (self.lora_layers >= 0, "--lora-layers", "must be 0 (every layer) or the number of last decoder layers to adapt"),
+            (self.lora_layers >= 0 and (self.lora_layers < 1 or float(self.lora_layers).is_integer()), "--lora-layers",
+             "must be 0 (every layer), a share of the layers below 1 (e.g. 0.75) or a whole number of top layers"),
             (self.alpha >= 1, "--alpha", "must be >= 1"),
             (0 < self.lr < 1, "--lr", "must be > 0 and < 1 (e.g. 2e-4)"),
             (self.epochs > 0, "--epochs", "must be > 0"),
@@ -83,6 +90,19 @@ class TrainConfig:
         for ok, flag, why in checks:
             if not ok:
                 raise ApplianceError(f"{flag} {why} (got {self._value_of(flag)})")
+
+    def adapted_layers(self, n_layers: int) -> list[int] | None:
+        """The decoder layers that get LoRA (None: all), from ``lora_layers`` and the model's depth."""
+        if not self.lora_layers:
+            return None
+        if self.lora_layers < 1:
+            k = max(1, int(self.lora_layers * n_layers))  # rounded down, at least one layer
+        else:
+            k = int(self.lora_layers)
+            if k > n_layers:
+                raise ApplianceError(f"--lora-layers {k}: the model has {n_layers} decoder layers; use at most {n_layers}, "
+                                     "a share below 1 (e.g. 0.75) or 0 for all")
+        return None if k >= n_layers else list(range(n_layers - k, n_layers))
 
     def _value_of(self, flag: str) -> Any:
         key = flag.lstrip("-").split("/")[0].replace("-", "_")

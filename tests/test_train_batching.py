@@ -105,3 +105,28 @@ def test_lora_layers_adapts_only_the_last_layers(tiny_model_dir, tmp_path):
     with pytest.raises(ApplianceError, match="--lora-layers"):
         train(TrainConfig(model=str(tiny_model_dir), datasets=[str(ds)], output=str(tmp_path / "x"), retention=False,
                           lora_layers=n + 1))
+
+
+@pytest.mark.parametrize("value, n_layers, expected", [
+    (0, 30, None),  # every layer
+    (0.75, 30, list(range(8, 30))),  # the default: the top 22 of SmolLM2's 30
+    (0.75, 24, list(range(6, 24))),  # the same share of a 24-layer model
+    (0.75, 2, [1]),  # rounded down
+    (0.1, 2, [1]),  # but at least one layer
+    (22, 30, list(range(8, 30))),  # a count
+    (22.0, 30, list(range(8, 30))),  # a count given as a float (click's type)
+    (30, 30, None),  # every layer, as a count
+])
+def test_lora_layers_share_or_count(value, n_layers, expected):
+    assert TrainConfig(lora_layers=value).adapted_layers(n_layers) == expected
+
+
+def test_lora_layers_is_validated():
+    from appliance.errors import ApplianceError
+
+    assert TrainConfig(lora_layers=22.0).lora_layers == 22 and isinstance(TrainConfig(lora_layers=22.0).lora_layers, int)
+    for bad in (-1, 1.5, 22.5):
+        with pytest.raises(ApplianceError, match="--lora-layers"):
+            TrainConfig(lora_layers=bad).validate()
+    with pytest.raises(ApplianceError, match="--lora-layers 31: the model has 30 decoder layers"):
+        TrainConfig(lora_layers=31).adapted_layers(30)
