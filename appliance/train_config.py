@@ -96,7 +96,7 @@ class TrainConfig:
         if not self.lora_layers:
             return None
         if self.lora_layers < 1:
-            k = max(1, int(self.lora_layers * n_layers))  # rounded down, at least one layer
+            k = max(1, int(self.lora_layers * n_layers + 1e-9))  # rounded down (0.29 x 100 is 28.99...), at least one
         else:
             k = int(self.lora_layers)
             if k > n_layers:

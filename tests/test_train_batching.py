@@ -113,6 +113,7 @@ def test_lora_layers_adapts_only_the_last_layers(tiny_model_dir, tmp_path):
     (0.75, 24, list(range(6, 24))),  # the same share of a 24-layer model
     (0.75, 2, [1]),  # rounded down
     (0.1, 2, [1]),  # but at least one layer
+    (0.29, 100, list(range(71, 100))),  # 0.29 x 100 is 28.999... in floating point
     (22, 30, list(range(8, 30))),  # a count
     (22.0, 30, list(range(8, 30))),  # a count given as a float (click's type)
     (30, 30, None),  # every layer, as a count
