@@ -160,17 +160,18 @@ def merge_cmd(adapter: str, output: str | None, dtype: str, overwrite: bool, no_
 @click.option("--adapter-root", "adapter_roots", multiple=True, help="Extra folder runtime loads may read from (repeatable).")
 @click.option("--detach", is_flag=True, help="Return once ready; stop later with `appliance down`.")
 @click.option("--eager", is_flag=True, help="Skip graph compilation for a quicker start (--enforce-eager).")
+@click.option("--lora/--no-lora", default=True, help="--no-lora: no LoRA support (serving a merged model): on a CPU ~25% faster decoding, no runtime adapters.")
 @click.option("--gpu-memory-utilization", type=float, default=None, help="Share of GPU memory (CPU: of RAM) for vLLM [GPU 0.9, CPU 0.3].")
 @click.option("--max-model-len", type=int, default=None, help="Context length (CPU default 2048).")
 @click.option("--ready-timeout", type=float, default=600, show_default=True, help="Seconds to wait for the server.")
 @click.argument("extra", nargs=-1, type=click.UNPROCESSED)
-def up_cmd(adapters, model, host, port, api_key, served_name, adapter_roots, detach, eager, gpu_memory_utilization,
+def up_cmd(adapters, model, host, port, api_key, served_name, adapter_roots, detach, eager, lora, gpu_memory_utilization,
            max_model_len, ready_timeout, extra) -> None:
     """Serve a model and LoRA adapters with vLLM's OpenAI-compatible server (args after -- go to vLLM)."""
     from appliance.serve import UpConfig, up
 
     up(UpConfig(adapters=list(adapters), model=model, host=host, port=port, api_key=api_key, served_name=served_name,
-                adapter_roots=list(adapter_roots), extra_args=list(extra), detach=detach, eager=eager,
+                adapter_roots=list(adapter_roots), extra_args=list(extra), detach=detach, eager=eager, lora=lora,
                 gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, ready_timeout_s=ready_timeout),
        echo=lambda s: click.echo(s, err=True))
 

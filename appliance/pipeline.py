@@ -119,8 +119,10 @@ class _Servers:
         share = CPU_KV_SHARE if self.overlap else None
         self.specs = {"adapter": serve.UpConfig(adapters=[f"{slug}={run_dir}"], port=cfg.port, detach=True,
                                                 gpu_memory_utilization=share),
+                      # no LoRA support: a merged model is served as it would be deployed, and decodes
+                      # ~25% faster on a CPU without vLLM's LoRA layers (identical answers)
                       "merged": serve.UpConfig(model=str(merged_dir), port=cfg.merged_port, detach=True,
-                                               gpu_memory_utilization=share)}
+                                               gpu_memory_utilization=share, lora=False)}
         self.started: dict[str, float] = {}
         self.ready: set[str] = set()
         self.futures: dict = {}

@@ -148,8 +148,8 @@ def test_adapter_spec_parsing():
 
 # ---------------------------------------------------------------- the vLLM command line
 def _plan(device: str, **kw) -> Plan:
-    ad = AdapterInfo(name="archer", path="/abs/saves/archer", rank=16)
-    return Plan(model="/abs/models/smollm2-135m", served_name="smollm2-135m", adapters=[ad],
+    kw.setdefault("adapters", [AdapterInfo(name="archer", path="/abs/saves/archer", rank=16)])
+    return Plan(model="/abs/models/smollm2-135m", served_name="smollm2-135m",
                 adapter_roots=["/abs/saves", "/abs/saves/archer"], max_lora_rank=16, host="127.0.0.1", port=8123,
                 device=device, **kw)
 
@@ -473,3 +473,23 @@ def test_server_url_accepts_the_openai_base_url_form():
 
     assert server_url("http://127.0.0.1:8000/v1/") == "http://127.0.0.1:8000"
     assert server_url("http://127.0.0.1:8000") == "http://127.0.0.1:8000"
+
+
+def test_build_command_without_lora_serves_a_plain_eager_model_on_cpu():
+    argv, env = build_command(_plan("cpu", lora=False, adapters=[]), base_env={})
+    assert not {"--enable-lora", "--max-lora-rank", "--max-loras", "--lora-modules"} & set(argv)
+    assert argv.count("--enforce-eager") == 1  # vLLM would otherwise compile the model (~75 s on 2 cores)
+    assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING" not in env
+    for extra in (["-O3"], ["--compilation-config", "{}"], ["--enforce-eager"]):  # the user's compile choice stands
+        argv, _ = build_command(_plan("cpu", lora=False, adapters=[], extra_args=extra), base_env={})
+        assert argv.count("--enforce-eager") == extra.count("--enforce-eager")
+    argv, _ = build_command(_plan("cuda", lora=False, adapters=[]), base_env={})
+    assert "--enforce-eager" not in argv and "--enable-lora" not in argv  # GPUs keep their graphs
+    assert "--enforce-eager" not in build_command(_plan("cpu"), base_env={})[0]  # with LoRA vLLM runs eager by itself
+
+
+def test_no_lora_with_adapters_is_refused():
+    from appliance.serve import UpConfig, preflight
+
+    with pytest.raises(ApplianceError, match="--no-lora: cannot serve --adapter saves/archer"):
+        preflight(UpConfig(adapters=["saves/archer"], lora=False))
