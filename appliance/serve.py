@@ -175,9 +175,7 @@ def build_command(plan: Plan, base_env: dict[str, str] | None = None) -> tuple[l
         dtype = cpu_dtype(plan.extra_args)
         if dtype:
             argv += ["--dtype", dtype]
-        compile_flags = _has_flag(plan.extra_args, "--compilation-config", "-cc", "--enforce-eager") or \
-            any(a.startswith("-O") for a in plan.extra_args)
-        if not plan.lora and not plan.eager and not compile_flags:
+        if not plan.lora and not plan.eager and not _chooses_compilation(plan.extra_args):
             # without LoRA vLLM compiles the model on a CPU: ~75 s on 2 cores for no faster decoding
             # (152-185 vs 151-164 tokens/s on SmolLM2-135M); with LoRA it runs eager anyway
             argv.append("--enforce-eager")
@@ -229,6 +227,12 @@ def build_command(plan: Plan, base_env: dict[str, str] | None = None) -> tuple[l
 def _has_flag(args: list[str], *flags: str) -> bool:
     """Whether the user's extra vLLM args set any of ``flags`` (``--flag value``, ``--flag=value`` or dotted)."""
     return any(a == f or a.startswith((f + "=", f + ".")) for a in args for f in flags)
+
+
+def _chooses_compilation(args: list[str]) -> bool:
+    """Whether the user's extra vLLM args set compilation themselves (``-O3`` is ``--optimization-level 3``)."""
+    return (_has_flag(args, "--compilation-config", "-cc", "--optimization-level", "--enforce-eager")
+            or any(a.startswith("-O") for a in args))
 
 
 def cpu_dtype(extra_args: list[str]) -> str | None:

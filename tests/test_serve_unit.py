@@ -480,7 +480,7 @@ def test_build_command_without_lora_serves_a_plain_eager_model_on_cpu():
     assert not {"--enable-lora", "--max-lora-rank", "--max-loras", "--lora-modules"} & set(argv)
     assert argv.count("--enforce-eager") == 1  # vLLM would otherwise compile the model (~75 s on 2 cores)
     assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING" not in env
-    for extra in (["-O3"], ["--compilation-config", "{}"], ["--enforce-eager"]):  # the user's compile choice stands
+    for extra in (["-O3"], ["--optimization-level", "0"], ["--compilation-config", "{}"], ["--enforce-eager"]):  # the user's compile choice stands
         argv, _ = build_command(_plan("cpu", lora=False, adapters=[], extra_args=extra), base_env={})
         assert argv.count("--enforce-eager") == extra.count("--enforce-eager")
     argv, _ = build_command(_plan("cuda", lora=False, adapters=[]), base_env={})
