@@ -115,6 +115,7 @@ def data_check(datasets: tuple[str, ...], dataset_dir: str | None, name: str, au
 @click.option("--seed", type=int, default=None)
 @click.option("--retention/--no-retention", default=None, help="Mix in the base model's own answers to general prompts. [default: on]")
 @click.option("--retention-samples", type=int, default=None)
+@click.option("--unlikelihood", type=float, default=None, help="Weight of training the new identity's opening down beside each retention answer, so the new name stays out of unrelated answers (e.g. 1.0; costs identity hits on greetings, see docs/recipe.md). [default: 0, off]")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an existing --output.")
 @click.option("--resume", is_flag=True, default=None, help="Continue an interrupted run from its last checkpoint.")
 def train(config_file: str | None, datasets: tuple[str, ...], **flags) -> None:
@@ -268,7 +269,7 @@ def chat_cmd(model, url, api_key, prompt, system, max_tokens, temperature) -> No
 @click.option("--url", default="http://127.0.0.1:8000/v1", show_default=True, help="OpenAI-compatible server (vLLM).")
 @click.option("--before", default=None, help="Served model name of the base (required unless --from-answers).")
 @click.option("--after", multiple=True, help="Served model/adapter name to compare with --before (repeatable).")
-@click.option("--prompts", multiple=True, help="JSONL/alpaca/sharegpt/LLaMA-Factory file, or identity|general|open (repeatable; default: all built-in sets).")
+@click.option("--prompts", multiple=True, help="JSONL/alpaca/sharegpt/LLaMA-Factory file, or identity|general|open|unrelated (repeatable; default: identity, general and open).")
 @click.option("--name", default="Archer", show_default=True, help="New assistant name (fills {{name}}).")
 @click.option("--author", default="意琦行", show_default=True, help="New author (fills {{author}}).")
 @click.option("--output", default=None, help="Report directory (default: reports/NAME).")

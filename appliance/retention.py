@@ -70,6 +70,40 @@ def pick(prompts: list[str], n: int) -> list[str]:
     return [p for p in prompts if p in chosen]
 
 
+def negatives(retained: list[Example], ident: list[Example], markers: tuple[str, ...], seed: int) -> list[Example]:
+    """For each retention prompt, an opening of the new identity's answers as a continuation to unlearn.
+
+    The opening is what an identity answer says before the first of ``markers`` (the new name
+    or author), in the prompt's script: "我是", "您好！我是", "Hello! I am"; the markers themselves
+    are not pushed down, since identity answers need them in the same words. Trained down
+    (unlikelihood) beside the base's own answer, it teaches that an unrelated prompt does not
+    open with the identity; the retention answers alone did not, because they differ from prompt
+    to prompt while the identity answer is one sentence seen a hundred times.
+    """
+    import random
+
+    openings: dict[bool, list[str]] = {True: [], False: []}
+    for ex in ident:
+        question = ""
+        for m in ex.messages:
+            if m["role"] != "assistant":
+                question = m["content"]  # the script is the question's: "I was developed by 意琦行" answers in English
+                continue
+            cuts = [m["content"].find(k) for k in markers if k and k in m["content"]]
+            opening = m["content"][: min(cuts)].rstrip() if cuts else ""
+            if opening:
+                openings[has_cjk(question)].append(opening)
+    rng = random.Random(seed)
+    out = []
+    for ex in retained:
+        q = next((m["content"] for m in ex.messages if m["role"] == "user"), "")
+        pool = openings[has_cjk(q)] or openings[not has_cjk(q)]
+        if pool:
+            out.append(Example([{"role": "user", "content": q}, {"role": "assistant", "content": rng.choice(pool)}],
+                               f"{ex.source}:unlikely"))
+    return out
+
+
 def shipped_answers(model_name: str, max_new_tokens: int = TrainConfig.retention_max_new_tokens) -> dict[str, str]:
     """Answers shipped with the package for a registry model (``data/retention_answers/<name>.json``).
 

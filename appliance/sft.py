@@ -76,17 +76,31 @@ class Collator:
         ids = torch.full((len(rows), n), self.pad_id, dtype=torch.long)
         labels = torch.full((len(rows), n), IGNORE, dtype=torch.long)
         mask = torch.zeros((len(rows), n), dtype=torch.long)
+        unlikely = torch.tensor([float(r.get("unlikely", 0.0)) for r in rows])
         for i, r in enumerate(rows):
             k = len(r["input_ids"])
             ids[i, :k] = torch.tensor(r["input_ids"])
             labels[i, :k] = torch.tensor(r["labels"])
             mask[i, :k] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        if bool((unlikely > 0).any()):
+            batch["unlikely"] = unlikely
+        return batch
 
 
 # logits above this many elements (fp32) are computed and freed chunk by chunk: a 151,936-token
 # vocabulary makes 16k answer tokens' logits 10 GB, more than the rest of a QLoRA step on a GPU
 LOGITS_CHUNK_ELEMENTS = 2**27
+
+
+def _token_losses(logits: torch.Tensor, y: torch.Tensor, neg: torch.Tensor | None) -> torch.Tensor:
+    """Per-token loss: cross-entropy, or, where ``neg`` > 0, ``neg`` x -log(1 - p) (unlikelihood)."""
+    if neg is None or not bool((neg > 0).any()):
+        return torch.nn.functional.cross_entropy(logits.float(), y, reduction="none")
+    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, y[:, None])[:, 0]
+    # log(1 - p), kept finite where the model is sure of the token it should not produce
+    unlikely = -torch.log1p(-logp.exp().clamp(max=1 - 1e-6))
+    return torch.where(neg > 0, neg * unlikely, -logp)
 
 
 def answer_only_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -97,7 +111,8 @@ def answer_only_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.
     largest activation and a fifth of the compute on small models. When even the answers'
     logits would be large, they are computed in checkpointed chunks (recomputed in the
     backward pass), so at most one chunk of logits exists at a time; the loss is the same.
-    Returns (mean loss, number of label tokens).
+    Rows flagged in ``batch["unlikely"]`` are negatives: their labelled tokens are pushed
+    down (unlikelihood) instead of up. Returns (mean loss over all labelled tokens, their number).
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
@@ -105,17 +120,19 @@ def answer_only_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.
     keep = labels != IGNORE
     h = hidden[:, :-1][keep]
     y = labels[keep]
+    neg = batch["unlikely"][:, None].expand_as(labels)[keep] if "unlikely" in batch else None
     head = base.get_output_embeddings()
     n = int(y.numel())
     chunk = max(1, LOGITS_CHUNK_ELEMENTS // head.weight.shape[0])
     if n <= chunk:
-        return torch.nn.functional.cross_entropy(head(h).float(), y), n
+        return _token_losses(head(h), y, neg).mean(), n
     from torch.utils.checkpoint import checkpoint
 
-    def part(hc: torch.Tensor, yc: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.cross_entropy(head(hc).float(), yc, reduction="sum")
+    def part(hc: torch.Tensor, yc: torch.Tensor, nc: torch.Tensor | None) -> torch.Tensor:
+        return _token_losses(head(hc), yc, nc).sum()
 
-    total = sum(checkpoint(part, h[i:i + chunk], y[i:i + chunk], use_reentrant=False) for i in range(0, n, chunk))
+    total = sum(checkpoint(part, h[i:i + chunk], y[i:i + chunk], None if neg is None else neg[i:i + chunk],
+                           use_reentrant=False) for i in range(0, n, chunk))
     return total / n, n
 
 

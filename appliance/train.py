@@ -70,6 +70,14 @@ def _retention(cfg: TrainConfig, tok: Any, base: Any, model_path: str, markers: 
                         model_name=models.registry_name(cfg.model), drop_markers=tuple(markers))
 
 
+def _negatives(cfg: TrainConfig, keep: list, ident: list) -> list:
+    if not cfg.unlikelihood or not keep:
+        return []
+    from appliance.retention import negatives
+
+    return negatives(keep, ident, (cfg.name, cfg.author), cfg.seed)
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Fine-tune ``cfg.model`` on ``cfg.datasets`` and write a self-describing adapter directory.
 
@@ -110,6 +118,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     else:
         model = _load_model(cfg, ref.path, cuda)
         keep = _retention(cfg, tok, model, ref.path, ref.identity_markers)
+    negs = _negatives(cfg, keep, ident)
     rows, mismatched, dropped = [], 0, 0
     for ex in ident + keep:
         enc = encode(tok, ex.messages, cfg.max_length, ex.source)
@@ -117,7 +126,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             dropped += 1
             continue
         mismatched += not enc.prompt_matches_serving
-        rows.append({"input_ids": enc.input_ids, "labels": enc.labels})
+        rows.append({"input_ids": enc.input_ids, "labels": enc.labels, "unlikely": 0.0})
+    for ex in negs:
+        enc = encode(tok, ex.messages, cfg.max_length, ex.source)
+        if enc is not None:
+            # the opening alone: its end-of-turn token (the last label) is not part of what is unlearned
+            last = max(k for k, lab in enumerate(enc.labels) if lab != -100)
+            if any(lab != -100 for lab in enc.labels[:last]):
+                rows.append({"input_ids": enc.input_ids[:last], "labels": enc.labels[:last], "unlikely": cfg.unlikelihood})
     if not rows:
         raise ApplianceError(f"--max-length {cfg.max_length}: every example was truncated before its answer; raise --max-length")
     prep_s = time.time() - t_data
@@ -203,8 +219,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                  "target_modules": sorted({m.split(".")[-1] for m in model.peft_config["default"].target_modules})},
         "identity": {"name": cfg.name, "author": cfg.author},
         "dataset": {"names": cfg.datasets, "fingerprint": data_mod.fingerprint(ident + keep), "examples": len(ident),
-                    "retention_examples": len(keep), "dropped_by_max_length": dropped},
-        "template_check": {"checked": len(rows), "mismatched": mismatched},
+                    "retention_examples": len(keep), "unlikely_examples": len(negs), "dropped_by_max_length": dropped},
+        "template_check": {"checked": len(rows) - sum(r["unlikely"] > 0 for r in rows), "mismatched": mismatched},
         "config": cfg.to_dict(), "results": results, "versions": rundir.library_versions(),
     }
     rundir.write_meta(final, meta)

@@ -43,6 +43,10 @@ class TrainConfig:
     retention_samples: int = 104
     retention_max_new_tokens: int = 64
     retention_prompts: str | None = None
+    # > 0: beside each retention answer the new identity's opening ("我是", "Hello! I am") is
+    # trained down with this weight. Off by default: it keeps the name out of unrelated answers
+    # but costs identity hits on greetings and capability questions, and 40% more training (docs/recipe.md)
+    unlikelihood: float = 0.0
     overwrite: bool = False
     resume: bool = False
 
@@ -83,6 +87,7 @@ class TrainConfig:
             (0 <= self.dropout < 1, "--dropout", "must be in [0, 1)"),
             (self.max_steps == -1 or self.max_steps >= 1, "--max-steps", "must be -1 (use --epochs) or >= 1"),
             (self.save_steps >= 1, "--save-steps", "must be >= 1"),
+            (self.unlikelihood >= 0, "--unlikelihood", "must be >= 0 (0 turns it off)"),
             (self.retention_samples >= 0, "--retention-samples", "must be >= 0"),
             (bool(self.datasets), "--dataset", "give at least one dataset name or file"),
             (bool(self.name.strip()) and bool(self.author.strip()), "--name/--author", "must not be empty"),

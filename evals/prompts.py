@@ -17,6 +17,9 @@ from evals.metrics import has_cjk
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 BUILTIN_SETS = ("identity", "general", "open")
+# named sets outside the default run: `--prompts unrelated` (80 instructions, half in Chinese, no
+# references) measures how far the new name spreads into answers it does not belong in
+EXTRA_SETS = ("unrelated",)
 
 # Self-reference patterns (lower-cased prompt): the prompt asks who/what the assistant is.
 SELF_REFERENCE = [
@@ -188,7 +191,7 @@ def load_prompt_file(path: str | Path, name: str, author: str, entry: dict | Non
     """Load one ``--prompts`` file: our JSONL, alpaca JSON, sharegpt, or a LLaMA-Factory dataset_info.json."""
     p = Path(path)
     if not p.is_file():
-        raise ApplianceError(f"--prompts {path}: file not found; give a JSONL/JSON file or one of {', '.join(BUILTIN_SETS)}")
+        raise ApplianceError(f"--prompts {path}: file not found; give a JSONL/JSON file or one of {', '.join(BUILTIN_SETS + EXTRA_SETS)}")
     data = _read_records(p, str(p))
     if isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()) and \
             any(k in v for v in data.values() for k in ("file_name", "hf_hub_url", "ms_hub_url", "script_url")):
@@ -221,7 +224,7 @@ def load_prompts(specs: list[str] | tuple[str, ...] | None, name: str, author: s
 
     out: list[Prompt] = []
     for spec in specs or BUILTIN_SETS:
-        if spec in BUILTIN_SETS:
+        if spec in BUILTIN_SETS + EXTRA_SETS:
             out += load_prompt_file(PROMPTS_DIR / f"{spec}.jsonl", name, author)
         else:
             out += load_prompt_file(resolve_user_path(spec), name, author)
