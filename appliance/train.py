@@ -94,7 +94,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoTokenizer, PrinterCallback, Trainer, TrainingArguments, set_seed
 
-    from appliance.sft import BatchCollator, Collator, TokenBatches, answer_only_loss, encode
+    from appliance.sft import IGNORE, BatchCollator, Collator, TokenBatches, answer_only_loss, encode
 
     set_seed(cfg.seed)
     cuda = torch.cuda.is_available()
@@ -131,8 +131,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         enc = encode(tok, ex.messages, cfg.max_length, ex.source)
         if enc is not None:
             # the opening alone: its end-of-turn token (the last label) is not part of what is unlearned
-            last = max(k for k, lab in enumerate(enc.labels) if lab != -100)
-            if any(lab != -100 for lab in enc.labels[:last]):
+            last = max(k for k, lab in enumerate(enc.labels) if lab != IGNORE)
+            if any(lab != IGNORE for lab in enc.labels[:last]):
                 rows.append({"input_ids": enc.input_ids[:last], "labels": enc.labels[:last], "unlikely": cfg.unlikelihood})
     if not rows:
         raise ApplianceError(f"--max-length {cfg.max_length}: every example was truncated before its answer; raise --max-length")
@@ -219,7 +219,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                  "target_modules": sorted({m.split(".")[-1] for m in model.peft_config["default"].target_modules})},
         "identity": {"name": cfg.name, "author": cfg.author},
         "dataset": {"names": cfg.datasets, "fingerprint": data_mod.fingerprint(ident + keep), "examples": len(ident),
-                    "retention_examples": len(keep), "unlikely_examples": len(negs), "dropped_by_max_length": dropped},
+                    "retention_examples": len(keep), "unlikely_examples": sum(r["unlikely"] > 0 for r in rows), "dropped_by_max_length": dropped},
         "template_check": {"checked": len(rows) - sum(r["unlikely"] > 0 for r in rows), "mismatched": mismatched},
         "config": cfg.to_dict(), "results": results, "versions": rundir.library_versions(),
     }
