@@ -127,6 +127,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             continue
         mismatched += not enc.prompt_matches_serving
         rows.append({"input_ids": enc.input_ids, "labels": enc.labels, "unlikely": 0.0})
+    n_unlikely = 0
     for ex in negs:
         enc = encode(tok, ex.messages, cfg.max_length, ex.source)
         if enc is not None:
@@ -134,6 +135,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             last = max(k for k, lab in enumerate(enc.labels) if lab != IGNORE)
             if any(lab != IGNORE for lab in enc.labels[:last]):
                 rows.append({"input_ids": enc.input_ids[:last], "labels": enc.labels[:last], "unlikely": cfg.unlikelihood})
+                n_unlikely += 1
     if not rows:
         raise ApplianceError(f"--max-length {cfg.max_length}: every example was truncated before its answer; raise --max-length")
     prep_s = time.time() - t_data
@@ -219,8 +221,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                  "target_modules": sorted({m.split(".")[-1] for m in model.peft_config["default"].target_modules})},
         "identity": {"name": cfg.name, "author": cfg.author},
         "dataset": {"names": cfg.datasets, "fingerprint": data_mod.fingerprint(ident + keep), "examples": len(ident),
-                    "retention_examples": len(keep), "unlikely_examples": sum(r["unlikely"] > 0 for r in rows), "dropped_by_max_length": dropped},
-        "template_check": {"checked": len(rows) - sum(r["unlikely"] > 0 for r in rows), "mismatched": mismatched},
+                    "retention_examples": len(keep), "unlikely_examples": n_unlikely, "dropped_by_max_length": dropped},
+        "template_check": {"checked": len(rows) - n_unlikely, "mismatched": mismatched},
         "config": cfg.to_dict(), "results": results, "versions": rundir.library_versions(),
     }
     rundir.write_meta(final, meta)
