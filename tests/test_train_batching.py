@@ -57,6 +57,55 @@ def test_chunked_answer_loss_equals_the_plain_loss_and_gradients(tiny_model_dir,
         torch.testing.assert_close(g2[k], g1[k], rtol=1e-4, atol=1e-6)
 
 
+LENGTHS = [30, 24, 27, 30, 22, 29, 25, 30]  # MIN_SHARED_ROWS rows
+
+
+def _prefixed_batch(shared: int, first_answer: int, rows: int = len(LENGTHS)) -> dict[str, torch.Tensor]:
+    """Right-padded rows of LENGTHS opening with the same ``shared`` tokens."""
+    torch.manual_seed(1)
+    ids = torch.randint(5, 200, (rows, 30))
+    ids[:, :shared] = ids[0, :shared]
+    mask = torch.ones_like(ids)
+    labels = ids.clone()
+    labels[:, :first_answer] = sft.IGNORE
+    for row, n in enumerate(LENGTHS[:rows]):
+        ids[row, n:], mask[row, n:], labels[row, n:] = 0, 0, sft.IGNORE
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def test_shared_prefix_stops_before_the_first_answer_and_skips_what_does_not_pay():
+    assert sft.MIN_SHARED_ROWS == len(LENGTHS)
+    assert sft.shared_prefix(_prefixed_batch(shared=12, first_answer=20)) == 12
+    assert sft.shared_prefix(_prefixed_batch(shared=12, first_answer=10)) == 9  # its last output predicts an answer token
+    assert sft.shared_prefix(_prefixed_batch(shared=sft.MIN_SHARED_PREFIX - 1, first_answer=20)) == 0
+    assert sft.shared_prefix(_prefixed_batch(shared=12, first_answer=20, rows=4)) == 0  # too few rows to pay
+
+
+def test_shared_prefix_loss_equals_the_plain_loss_and_gradients(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    batch = _prefixed_batch(shared=12, first_answer=16)
+
+    def run(share: bool) -> tuple[float, int, dict[str, torch.Tensor]]:
+        model.zero_grad()
+        loss, n = sft.answer_only_loss(model, batch, share_prefix=share)
+        loss.backward()
+        return float(loss.detach()), n, {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+    calls: list[int] = []
+    model.get_decoder().register_forward_hook(lambda mod, args, kwargs, out: calls.append(kwargs["input_ids"].shape[1]),
+                                              with_kwargs=True)
+    plain, n1, g1 = run(False)
+    shared, n2, g2 = run(True)
+    assert calls == [30, 12, 30 - 12]  # one pass; then the opening once and the rest after it
+    assert n1 == n2 == sum(n - 16 for n in LENGTHS)
+    assert shared == pytest.approx(plain, rel=1e-5)
+    assert g1.keys() == g2.keys() and len(g1) > 0  # the shared opening's layers get their gradient too
+    for k in g1:
+        torch.testing.assert_close(g2[k], g1[k], rtol=1e-4, atol=1e-6)
+
+
 def test_train_with_token_budget_and_checkpointing_keeps_the_lora_contract(tiny_model_dir, tmp_path):
     ds = tmp_path / "small.json"
     ds.write_text(json.dumps(SMALL, ensure_ascii=False), encoding="utf-8")
