@@ -146,6 +146,7 @@ def answer_only_loss(model: Any, batch: dict[str, torch.Tensor], share_prefix: b
         # the rows' common opening (the chat template's system prompt: a third of a short SmolLM2
         # sample) runs once and its keys/values are repeated for every row; causal attention
         # makes this the same computation, and the gradient flows back through the repeat
+        # (with LoRA dropout on, the rows share the opening's dropout mask)
         cache = decoder(input_ids=ids[:1, :p], use_cache=True).past_key_values
     if cache is not None and hasattr(cache, "batch_repeat_interleave"):
         cache.batch_repeat_interleave(ids.shape[0])
