@@ -134,7 +134,7 @@ def answer_only_loss(model: Any, batch: dict[str, torch.Tensor], share_prefix: b
     backward pass), so at most one chunk of logits exists at a time; the loss is the same.
     Rows flagged in ``batch["unlikely"]`` are negatives: their labelled tokens are pushed
     down (unlikelihood) instead of up. With ``share_prefix`` the opening all rows of a large
-    batch share (a chat template's system prompt) runs once per batch (off under gradient
+    batch share (a chat template's system prompt) runs once per batch (not under gradient
     checkpointing, which turns the KV cache off). Returns (mean loss over all labelled tokens, their number).
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -142,7 +142,8 @@ def answer_only_loss(model: Any, batch: dict[str, torch.Tensor], share_prefix: b
     ids, mask = batch["input_ids"], batch["attention_mask"]
     p = shared_prefix(batch) if share_prefix else 0
     cache = None
-    if p:
+    # gradient checkpointing turns the KV cache off in training: nothing to share then
+    if p and not (base.training and getattr(base, "is_gradient_checkpointing", False)):
         # the rows' common opening (the chat template's system prompt: a third of a short SmolLM2
         # sample) runs once and its keys/values are repeated for every row; causal attention
         # makes this the same computation, and the gradient flows back through the repeat

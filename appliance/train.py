@@ -180,7 +180,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             self.samples_seen += int(inputs["input_ids"].shape[0])
-            loss, _ = answer_only_loss(model, inputs, share_prefix=not cfg.gradient_checkpointing)
+            loss, _ = answer_only_loss(model, inputs)
             return (loss, None) if return_outputs else loss
 
     log = LogCallback(stage / "trainer_log.jsonl", resume=cfg.resume)

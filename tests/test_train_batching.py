@@ -99,6 +99,11 @@ def test_shared_prefix_loss_equals_the_plain_loss_and_gradients(tiny_model_dir):
     plain, n1, g1 = run(False)
     shared, n2, g2 = run(True)
     assert calls == [30, 12, 30 - 12]  # one pass; then the opening once and the rest after it
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    checkpointed, _, _ = run(True)
+    assert calls[3:] == [30]  # checkpointing keeps no KV cache to share: one full pass
+    assert checkpointed == pytest.approx(plain, rel=1e-5)
     assert n1 == n2 == sum(n - 16 for n in LENGTHS)
     assert shared == pytest.approx(plain, rel=1e-5)
     assert g1.keys() == g2.keys() and len(g1) > 0  # the shared opening's layers get their gradient too
