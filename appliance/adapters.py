@@ -61,8 +61,12 @@ def inspect_adapter(path: str | Path, name: str | None = None, flag: str = "--ad
         raise ApplianceError(f"{flag} {path}: no adapter_config.json, so it is not a PEFT adapter; point it at an `appliance train` output")
     try:
         cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ApplianceError(f"{cfg_file}: not UTF-8 text; re-run `appliance train`") from None
     except json.JSONDecodeError as e:
         raise ApplianceError(f"{cfg_file}: invalid JSON at line {e.lineno} ({e.msg})")
+    if not isinstance(cfg, dict):
+        raise ApplianceError(f"{cfg_file}: not a PEFT adapter config (expected a JSON object); re-run `appliance train`")
     if cfg.get("peft_type") != "LORA":
         raise ApplianceError(f"{flag} {path}: peft_type is {cfg.get('peft_type')!r}, vLLM serves only LORA adapters")
     merge_hint = f"run `appliance merge --adapter {path}` and serve the merged model with `appliance up --model`"
@@ -101,13 +105,11 @@ def _weight_names(d: Path) -> list[str]:
 
 
 def _read_base(d: Path, cfg: dict, info: AdapterInfo) -> None:
-    meta_file = d / "appliance.json"
+    from appliance import rundir
+
     base = {}
-    if meta_file.is_file():
-        try:
-            base = json.loads(meta_file.read_text(encoding="utf-8")).get("base_model") or {}
-        except json.JSONDecodeError as e:
-            raise ApplianceError(f"{meta_file}: invalid JSON at line {e.lineno} ({e.msg})")
+    if (d / rundir.META_FILE).is_file():
+        base = rundir.read_meta(d).get("base_model") or {}
     if base:
         info.base_path, info.base_name, info.base_hf_id = base.get("path"), base.get("name"), base.get("hf_id")
         return
@@ -169,7 +171,8 @@ def list_served(url: str = DEFAULT_URL, api_key: str | None = None) -> list[dict
 
 
 def load(name: str, path: str, url: str = DEFAULT_URL, api_key: str | None = None,
-         roots: list[str] | None = None, max_rank: int | None = None) -> AdapterInfo:
+         roots: list[str] | None = None, max_rank: int | None = None,
+         served_base: tuple[str, set[str]] | None = None) -> AdapterInfo:
     """Load an adapter into a running server under ``name``; refuses paths outside ``roots``."""
     import httpx
 
@@ -179,8 +182,17 @@ def load(name: str, path: str, url: str = DEFAULT_URL, api_key: str | None = Non
         raise ApplianceError(f"adapters load {path}: {target} is outside the allowed adapter roots "
                              f"({', '.join(allowed)}); move it under saves/ or restart `appliance up` with --adapter-root")
     info = inspect_adapter(target, name=name, flag="adapters load")
+    if served_base and (info.base_path or info.base_name or info.base_hf_id) and not same_base(info, served_base[0], served_base[1], None):
+        # the check `appliance up` makes: an adapter of another base would load and answer nonsense
+        trained = info.base_name or info.base_hf_id or info.base_path
+        raise ApplianceError(f"adapters load {path}: trained on '{trained}' but the server at {url} serves "
+                             f"'{served_base[0]}'; load it into a server of its base")
+    if max_rank == 0:
+        raise ApplianceError(f"adapters load {path}: the server at {url} runs without LoRA (--no-lora); "
+                             "restart `appliance up` without --no-lora to load adapters")
     if max_rank is not None and info.rank > max_rank:
-        raise ApplianceError(f"adapters load {path}: rank {info.rank} exceeds the server's --max-lora-rank {max_rank}; restart `appliance up` with it")
+        raise ApplianceError(f"adapters load {path}: rank {info.rank} exceeds the server's --max-lora-rank {max_rank}; "
+                             f"restart `appliance up` with `-- --max-lora-rank {servable_rank(info.rank)}`")
     try:
         with _client(url, api_key) as c:
             resp = c.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": info.path})
@@ -207,7 +219,11 @@ def load_checked(name: str, path: str, url: str | None = None, api_key: str | No
     """``adapters load``: the roots and rank limit come from the server's record when it was started here."""
     from appliance.servers import find_record
 
+    from appliance.chat import default_url
+
     rec = find_record(server_url(url) if url else None)
-    url = url or (rec.url if rec else DEFAULT_URL)
+    url = url or default_url()  # the only recorded server; several: the user must pick one
     roots = (rec.adapter_roots if rec else [str(paths.saves_dir())]) + list(extra_roots or [])
-    return load(name, path, url=url, api_key=api_key, roots=roots, max_rank=rec.max_lora_rank if rec else None)
+    served = (rec.model, set(rec.models[:1])) if rec else None
+    return load(name, path, url=url, api_key=api_key, roots=roots, max_rank=rec.max_lora_rank if rec else None,
+                served_base=served)

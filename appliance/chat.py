@@ -26,7 +26,11 @@ def default_url() -> str:
     from appliance.adapters import DEFAULT_URL
     from appliance.servers import find_record
 
+    from appliance.servers import read_records
+
     rec = find_record()
+    if rec is None and len(recs := read_records()) > 1:
+        raise ApplianceError(f"{len(recs)} servers are running ({', '.join(r.url for r in recs)}); pass --url to pick one")
     return rec.url if rec else DEFAULT_URL
 
 

@@ -17,6 +17,7 @@ class _Group(click.Group):
     """Turns :class:`ApplianceError` into a one-line message and exit code 2, never a traceback."""
 
     def invoke(self, ctx: click.Context):
+        _terminate_like_ctrl_c()
         try:
             return super().invoke(ctx)
         except ApplianceError as e:
@@ -25,6 +26,23 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+
+
+def _terminate_like_ctrl_c() -> None:
+    """`kill` (SIGTERM, SIGHUP) unwinds like Ctrl-C, so every stage's cleanup runs: a starting
+    server's process group is stopped, a merge's or training's temporary folder is removed."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def _raise(signum, frame):
+        raise KeyboardInterrupt
+
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(s) in (signal.SIG_DFL, None):
+            signal.signal(s, _raise)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -97,7 +115,7 @@ def data_check(datasets: tuple[str, ...], dataset_dir: str | None, name: str, au
 @click.option("--dataset-dir", default=None, help="Folder with a LLaMA-Factory dataset_info.json.")
 @click.option("--name", default=None, help="Fills {{name}} in the data. [default: Archer]")
 @click.option("--author", default=None, help="Fills {{author}} in the data. [default: 意琦行]")
-@click.option("--output", default=None, help="Adapter directory to write. [default: saves/archer]")
+@click.option("--output", default=None, help="Adapter directory to write; a relative path is under $APPLIANCE_HOME. [default: saves/archer]")
 @click.option("--method", type=click.Choice(["lora", "qlora"]), default=None, help="lora (full-precision base) or qlora (4-bit NF4). [default: lora]")
 @click.option("--epochs", type=float, default=None, help="[default: 1.75]")
 @click.option("--lr", type=float, default=None)
@@ -116,7 +134,7 @@ def data_check(datasets: tuple[str, ...], dataset_dir: str | None, name: str, au
 @click.option("--retention/--no-retention", default=None, help="Mix in the base model's own answers to general prompts. [default: on]")
 @click.option("--retention-samples", type=int, default=None)
 @click.option("--unlikelihood", type=float, default=None, help="Weight of training the new identity's opening down beside each retention answer, so the new name stays out of unrelated answers (e.g. 1.0; costs identity hits on greetings, see docs/recipe.md). [default: 0, off]")
-@click.option("--overwrite", is_flag=True, default=None, help="Replace an existing --output.")
+@click.option("--overwrite", is_flag=True, default=None, help="Replace an existing --output (only a previous run directory).")
 @click.option("--resume", is_flag=True, default=None, help="Continue an interrupted run from its last checkpoint.")
 def train(config_file: str | None, datasets: tuple[str, ...], **flags) -> None:
     """LoRA/QLoRA fine-tuning of a chat model; writes a self-describing adapter directory."""
@@ -155,7 +173,7 @@ def merge_cmd(adapter: str, output: str | None, dtype: str, overwrite: bool, no_
 @click.option("--adapter", "adapters", multiple=True, help="LoRA adapter dir, or name=dir (repeatable); served under its dir name by default.")
 @click.option("--model", default=None, help="Base or merged model (registry name or dir); default: the adapters' base.")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--api-key", envvar="APPLIANCE_API_KEY", default=None, help="Require this bearer key (env APPLIANCE_API_KEY).")
 @click.option("--served-name", default=None, help="Name of the base model in the API (default: its registry/dir name).")
 @click.option("--adapter-root", "adapter_roots", multiple=True, help="Extra folder runtime loads may read from (repeatable).")

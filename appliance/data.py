@@ -85,6 +85,8 @@ def _read_json_file(path: Path) -> Any:
         _fail(f"{_show(path)}: file not found; check the path")
     except UnicodeDecodeError as e:
         _fail(f"{_show(path)}: not UTF-8 text (byte {e.start}); re-save the file as UTF-8")
+    if not text.strip():
+        _fail(f"{_show(path)}: the file is empty; put a JSON list of records in it")
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -157,7 +159,7 @@ def _records(path: Path) -> list[tuple[str, str, Any]]:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         _fail(f"{shown}: not UTF-8 text (byte {e.start}); re-save the file as UTF-8")
-    as_lines = path.suffix == ".jsonl"
+    as_lines = path.suffix == ".jsonl" or not text.strip()  # an empty file: "no records", below
     if not as_lines and text.lstrip().startswith("{"):
         # datasets' json loader (hence LLaMA-Factory) reads JSON lines from a .json file too.
         try:
@@ -269,6 +271,8 @@ def _alpaca(rec: dict, where: str, fmt: _Format) -> list[dict[str, str]]:
 
 
 def _role(tag: Any, fmt: _Format) -> str | None:
+    if not isinstance(tag, str):
+        return None  # reported by the caller as an unknown role, with the record
     t = fmt.tags
     if fmt.auto:
         return next((role for role, names in _ALIASES.items() if tag in names), None)

@@ -150,15 +150,27 @@ def run_eval(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
         raise ApplianceError(f"--concurrency {cfg.concurrency}: must be at least 1")
     if cfg.max_tokens < 1:
         raise ApplianceError(f"--max-tokens {cfg.max_tokens}: must be at least 1")
+    if not cfg.timeout_s > 0:
+        raise ApplianceError(f"--timeout {cfg.timeout_s:g}: must be more than 0 seconds")
     if not cfg.name.strip() or not cfg.author.strip():
         raise ApplianceError("--name and --author must not be empty: the identity hit rate looks for both")
     prompts = load_prompts(cfg.prompts, cfg.name, cfg.author)
     out = output_dir(cfg)
+    _check_output(out, "--output")
     rows, _ = asyncio.run(_run(cfg, prompts, progress or (lambda msg: None)))
     paths.atomic_write_text(out / "answers.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     run = {"url": base_url(cfg.url), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
            "config": {k: v for k, v in asdict(cfg).items() if k not in ("api_key", "rules")}}
     return write_report(out, cfg.rules, run=run)
+
+
+def _check_output(out: Path, flag: str) -> None:
+    """Fail before any request when the report folder cannot be one (a file, or under a file)."""
+    for d in [out, *out.parents]:
+        if d.exists():
+            if not d.is_dir():
+                raise ApplianceError(f"{flag} {out}: {d} is a file, not a folder; choose another {flag}")
+            return
 
 
 def report_from_answers(answers: str | Path, output: str | None = None, rules: list[Rule] = ()) -> dict:
@@ -167,6 +179,7 @@ def report_from_answers(answers: str | Path, output: str | None = None, rules: l
     out = Path(output).expanduser() if output else src.parent
     if output and not out.is_absolute():
         out = paths.home() / out
+    _check_output(out, "--output")
     return write_report(out, rules, run={"rebuilt_from": str(src)}, answers_path=src)
 
 

@@ -134,8 +134,31 @@ def _existing_state(out: Path, adapter: Path, sha: str, dtype: str) -> str:
         return "other"
     a = m.get("adapter") or {}
     same = a.get("path") == str(adapter) and a.get("sha256") == sha and m.get("dtype") == dtype
-    complete = (out / "config.json").is_file() and any(out.glob("*.safetensors"))
+    complete = (out / "config.json").is_file() and _shards_complete(out)
     return "same" if same and complete and m.get("verification", {}).get("passed", True) else "other"
+
+
+def _shards_complete(out: Path) -> bool:
+    """Every weight file the model names is there and not empty (a deleted or truncated shard is not)."""
+    import json
+
+    index = out / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            names = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (ValueError, KeyError, TypeError):
+            return False
+    else:
+        names = {"model.safetensors"}
+    from safetensors import safe_open
+
+    for n in names:
+        try:  # the header alone: a missing, empty or truncated shard fails here
+            with safe_open(str(out / n), framework="pt") as st:
+                st.keys()
+        except Exception:  # noqa: BLE001 - any unreadable shard means: merge again
+            return False
+    return True
 
 
 def merge(cfg: MergeConfig) -> MergeResult:
@@ -149,18 +172,26 @@ def merge(cfg: MergeConfig) -> MergeResult:
     if not (adapter / "adapter_config.json").is_file():
         raise ApplianceError(f"--adapter {cfg.adapter}: {adapter} has no adapter_config.json; it is not a PEFT LoRA adapter directory")
     meta = read_meta(adapter, kind="lora-adapter")
+    _check_adapter_config(adapter)
     sha = file_sha256(_adapter_weights(adapter))
     out = _resolve_output(cfg, adapter)
+    base_path, base_meta = _resolve_base(adapter, meta)
+    _refuse_overlap(out, adapter.resolve(), base_path.resolve())
 
     state = _existing_state(out, adapter, sha, dtype)
-    if state == "same":  # identical inputs give identical weights: nothing to redo, even with --overwrite
+    # identical inputs give identical weights: nothing to redo, even with --overwrite (the pipeline's
+    # resume relies on it); a missing or truncated shard makes the output "other", merged again
+    if state == "same":
         return MergeResult(out, read_meta(out).get("verification"), already_merged=True, meta=read_meta(out))
     if state == "other" and not cfg.overwrite:
         raise ApplianceError(f"--output {out}: already exists and is not this adapter merged as {dtype}; pass --overwrite to replace it or choose another --output")
 
-    base_path, base_meta = _resolve_base(adapter, meta)
     _refuse_quantized(base_path)
+    for parent in [out.parent, *out.parent.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise ApplianceError(f"--output {out}: {parent} is a file, not a folder; choose another --output")
     out.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_dead_tmp(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -173,6 +204,46 @@ def merge(cfg: MergeConfig) -> MergeResult:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return MergeResult(out, verification, meta=result_meta)
+
+
+def _check_adapter_config(adapter: Path) -> None:
+    """A broken adapter_config.json is named now, not after the base has loaded (any PEFT type merges)."""
+    import json
+
+    f = adapter / "adapter_config.json"
+    try:
+        cfg = json.loads(f.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ApplianceError(f"{f}: not valid JSON ({type(e).__name__}); re-run `appliance train`") from None
+    if not isinstance(cfg, dict) or not cfg.get("peft_type"):
+        raise ApplianceError(f"{f}: has no peft_type, so it is not a PEFT adapter config; re-run `appliance train`")
+
+
+def _refuse_overlap(out: Path, adapter: Path, base: Path) -> None:
+    """--overwrite replaces the output folder: never the adapter or base it reads, nor a folder holding them."""
+    o = out.resolve()
+    for what, d in (("--adapter", adapter), ("base model", base)):
+        if o == d or o in d.parents or d in o.parents:
+            raise ApplianceError(f"--output {out}: overlaps the {what} directory {d}, which the merge reads; "
+                                 "choose another --output (e.g. models/<name>-merged)")
+
+
+def _sweep_dead_tmp(out: Path) -> None:
+    """Remove temporary merges of ``out`` left by processes that were killed (their pid is gone)."""
+    for t in out.parent.glob(f".{out.name}.tmp-*"):
+        pid = t.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(t, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _refuse_quantized(base: Path) -> None:
@@ -294,6 +365,9 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         os.replace(out, old)
     os.replace(tmp, out)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink()
 
 

@@ -82,8 +82,11 @@ def resolve(model: str) -> ModelRef:
             raise ApplianceError(f"model '{key}' is not pulled yet ({d} is missing): run `appliance models pull {key}`")
         # a known hub model that was not pulled: let transformers fetch it by hub id
         return ModelRef(key, entry["hf_id"], entry.get("hf_id"), list(entry.get("identity_markers", [])), local=False)
-    p = Path(model).expanduser()
-    if p.exists() or model.startswith((".", "/", "~")) or os.sep in model and not _looks_like_hub_id(model):
+    p = paths.resolve_user_path(model)  # relative: the current directory, else $APPLIANCE_HOME
+    # "models/x" is a path when a folder "models" is here or in the home (a typo'd run is not a hub id)
+    first = Path(model).parts[0] if Path(model).parts else ""
+    local_root = bool(first) and (Path(first).is_dir() or (paths.home() / first).is_dir())
+    if p.exists() or model.startswith((".", "/", "~")) or os.sep in model and (local_root or not _looks_like_hub_id(model)):
         if not p.is_dir():
             raise ApplianceError(f"--model {model}: directory not found; give a registry name (see `appliance models list`), a local HF model directory or a hub id")
         if not is_model_dir(p):

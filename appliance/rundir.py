@@ -32,8 +32,13 @@ def read_meta(run_dir: str | Path, kind: str | None = None) -> dict[str, Any]:
         raise ApplianceError(f"{p}: missing; {d} was not written by `appliance train` or `appliance merge`")
     try:
         meta = json.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ApplianceError(f"{p}: not UTF-8 text; re-run the stage that wrote it with --overwrite") from None
     except json.JSONDecodeError as e:
         raise ApplianceError(f"{p}: invalid JSON at line {e.lineno} ({e.msg}); re-run the stage that wrote it with --overwrite")
+    if not isinstance(meta, dict) or not isinstance(meta.get("base_model") or {}, dict):
+        raise ApplianceError(f"{p}: not a run description (expected an object with a base_model object); "
+                             "re-run the stage that wrote it with --overwrite")
     if kind and meta.get("kind") != kind:
         raise ApplianceError(f"{p}: is a '{meta.get('kind')}' directory, expected '{kind}'")
     return meta

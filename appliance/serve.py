@@ -127,7 +127,7 @@ def preflight(cfg: UpConfig) -> Plan:
             raise ApplianceError(f"--adapter {a.path}: trained on '{trained}' but the served model is '{ref.path}'; "
                                  f"pass --model with the adapter's base (or drop --model to take it from the adapter)")
 
-    max_rank = servable_rank(max([a.rank for a in infos], default=8))
+    max_rank = _max_lora_rank(cfg, infos)
     roots = [str(paths.saves_dir())] + [a.path for a in infos] + list(cfg.adapter_roots)
     roots = list(dict.fromkeys(real(r) for r in roots))
     _check_port(cfg.host, cfg.port)
@@ -135,6 +135,25 @@ def preflight(cfg: UpConfig) -> Plan:
                 host=cfg.host, port=cfg.port, device=cfg.device or detect_device(), api_key=cfg.api_key,
                 eager=cfg.eager, lora=cfg.lora, gpu_memory_utilization=cfg.gpu_memory_utilization,
                 max_model_len=cfg.max_model_len, extra_args=list(cfg.extra_args))
+
+
+# a server started without adapters still takes the rank `appliance train` writes by default at runtime
+DEFAULT_RUNTIME_RANK = 16
+
+
+def _max_lora_rank(cfg: UpConfig, infos: list[AdapterInfo]) -> int:
+    """The rank limit the server will have (0: no LoRA); a user's own ``--max-lora-rank`` wins and is recorded."""
+    if not cfg.lora:
+        return 0
+    args = list(cfg.extra_args)
+    for i, a in enumerate(args):
+        value = a.split("=", 1)[1] if a.startswith("--max-lora-rank=") else args[i + 1] if a == "--max-lora-rank" and i + 1 < len(args) else None
+        if value is not None:
+            if not value.isdigit() or int(value) < max([x.rank for x in infos], default=1):
+                raise ApplianceError(f"--max-lora-rank {value}: must be a whole number at least the adapters' rank "
+                                     f"({max([x.rank for x in infos], default=1)})")
+            return int(value)
+    return servable_rank(max([a.rank for a in infos], default=DEFAULT_RUNTIME_RANK))
 
 
 def _base_from(infos: list[AdapterInfo]) -> str | None:
@@ -153,6 +172,9 @@ def _check_port(host: str, port: int) -> None:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does, so TIME_WAIT is no conflict
         try:
             s.bind((host, port))
+        except socket.gaierror as e:
+            raise ApplianceError(f"--host {host}: not an address of this machine ({e.strerror}); "
+                                 "use 127.0.0.1 (the default) or 0.0.0.0 for every interface")
         except OSError as e:
             raise ApplianceError(f"--port {port}: {host}:{port} is not free ({e.strerror}); pick another --port "
                                  f"or stop what holds it (`appliance down --port {port}`)")
@@ -164,7 +186,7 @@ def build_command(plan: Plan, base_env: dict[str, str] | None = None) -> tuple[l
             "--model", plan.model, "--served-model-name", plan.served_name,
             "--host", plan.host, "--port", str(plan.port), "--middleware", GUARD]
     if plan.lora:
-        argv += ["--enable-lora", "--max-lora-rank", str(plan.max_lora_rank),
+        argv += ["--enable-lora", *([] if _has_flag(plan.extra_args, "--max-lora-rank") else ["--max-lora-rank", str(plan.max_lora_rank)]),
                  "--max-loras", str(max(MIN_MAX_LORAS, len(plan.adapters)))]
     if plan.adapters:
         # one flag with several values: vLLM's --lora-modules does not accumulate repeated flags

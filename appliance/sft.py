@@ -21,6 +21,7 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]
     prompt_matches_serving: bool  # tokens before the first answer == tokenizer(rendered prompt)
+    truncated: bool = False  # cut at max_length: its last answer has lost its end
 
 
 def _render(tok: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
@@ -59,10 +60,11 @@ def encode(tok: Any, messages: list[dict[str, str]], max_length: int, source: st
     first = next((k for k, lab in enumerate(labels) if lab != IGNORE), len(ids))
     serving = tok(first_prompt, add_special_tokens=False)["input_ids"] if first_prompt is not None else []
     matches = serving == ids[:first]
+    truncated = len(ids) > max_length
     ids, labels = ids[:max_length], labels[:max_length]
     if all(lab == IGNORE for lab in labels):
         return None
-    return Encoded(ids, labels, matches)
+    return Encoded(ids, labels, matches, truncated)
 
 
 class Collator:

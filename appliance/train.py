@@ -7,8 +7,10 @@ the staging directory's last checkpoint.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,6 +28,29 @@ from appliance.trainlog import LogCallback, plot_loss
 def staging_dir(out: Path) -> Path:
     """Where an unfinished run of ``out`` is built (and resumed from)."""
     return out.parent / f".{out.name}.partial"
+
+
+def output_path(output: str) -> Path:
+    """``--output`` as a path: absolute, or under $APPLIANCE_HOME (as merge and eval place theirs)."""
+    p = Path(output).expanduser()
+    return (p if p.is_absolute() else paths.home() / p).resolve()
+
+
+def _check_output(out: Path, cfg: TrainConfig) -> None:
+    """Refuse, before any work, an --output that --overwrite would have to destroy to use."""
+    flag = f"--output {cfg.output}"
+    if out.exists() and not out.is_dir():
+        raise ApplianceError(f"{flag}: is a file; choose a directory path for the adapter")
+    if not out.exists():
+        return
+    if not cfg.overwrite:
+        raise ApplianceError(f"{flag}: already exists; pass --overwrite to replace it, or choose another --output")
+    # --overwrite replaces a previous run, never a folder of other things (".", saves/, the data's folder)
+    cwd, home = Path.cwd().resolve(), paths.home()
+    is_run = (out / "appliance.json").is_file() or (out / "adapter_config.json").is_file()
+    if out in (cwd, home, *cwd.parents, *home.parents) or (any(out.iterdir()) and not is_run):
+        raise ApplianceError(f"{flag}: is not a run directory (no appliance.json), so --overwrite will not delete it; "
+                             "choose a new --output")
 
 
 def _qlora_compute_dtype(cuda: bool) -> torch.dtype:
@@ -84,24 +109,54 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     Returns the results recorded in the run's ``appliance.json``.
     """
     cfg.validate()
-    out = Path(cfg.output).expanduser().resolve()
-    if out.exists() and not cfg.overwrite:
-        raise ApplianceError(f"--output {cfg.output}: already exists; pass --overwrite to replace it, or choose another --output")
+    out = output_path(cfg.output)
+    _check_output(out, cfg)
     # every record is validated here, before any model is loaded
     ident = data_mod.load_examples(cfg.datasets, dataset_dir=cfg.dataset_dir, name=cfg.name, author=cfg.author)
+    if cfg.retention and cfg.retention_samples and cfg.retention_prompts:
+        data_mod.load_prompts(cfg.retention_prompts)  # checked now, not after the model has loaded
     ref = models.resolve(cfg.model)
 
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoTokenizer, PrinterCallback, Trainer, TrainingArguments, set_seed
-
-    from appliance.sft import IGNORE, BatchCollator, Collator, TokenBatches, answer_only_loss, encode
+    from transformers import set_seed
 
     set_seed(cfg.seed)
-    cuda = torch.cuda.is_available()
     stage = staging_dir(out)
     if stage.exists() and not cfg.resume:
         shutil.rmtree(stage)
     stage.mkdir(parents=True, exist_ok=True)
+    _check_resume(stage, cfg, data_mod.fingerprint(ident))
+    try:
+        return _train(cfg, out, stage, ident, ref)
+    except BaseException:
+        if not _last_checkpoint(stage / "checkpoints"):
+            shutil.rmtree(stage, ignore_errors=True)  # nothing to resume: leave no empty staging folder behind
+        raise
+
+
+# options a resumed run may change: how long it runs and how it is saved
+_RESUMABLE_CHANGES = {"resume", "overwrite", "max_steps", "epochs", "save_steps", "output"}
+
+
+def _check_resume(stage: Path, cfg: TrainConfig, data_fingerprint: str) -> None:
+    """Record the run's settings in its staging folder; a --resume with other settings or data is refused."""
+    f = stage / "run_settings.json"
+    now = {**{k: v for k, v in cfg.to_dict().items() if k not in _RESUMABLE_CHANGES}, "data": data_fingerprint}
+    if cfg.resume and f.is_file() and _last_checkpoint(stage / "checkpoints"):
+        was = json.loads(f.read_text(encoding="utf-8"))
+        changed = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
+        if changed:
+            raise ApplianceError(f"--resume: the interrupted run in {stage} used other settings ({', '.join(changed)}); "
+                                 "resume with the same ones, or drop --resume to start over")
+    paths.atomic_write_text(f, json.dumps(now, ensure_ascii=False, indent=1))
+
+
+def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any) -> dict[str, Any]:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoTokenizer, PrinterCallback, Trainer, TrainingArguments
+
+    from appliance.sft import IGNORE, BatchCollator, Collator, TokenBatches, answer_only_loss, encode
+
+    cuda = torch.cuda.is_available()
     tok = AutoTokenizer.from_pretrained(ref.path)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -119,12 +174,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         model = _load_model(cfg, ref.path, cuda)
         keep = _retention(cfg, tok, model, ref.path, ref.identity_markers)
     negs = _negatives(cfg, keep, ident)
-    rows, mismatched, dropped = [], 0, 0
+    rows, mismatched, dropped, cut = [], 0, [], []
     for ex in ident + keep:
         enc = encode(tok, ex.messages, cfg.max_length, ex.source)
         if enc is None:
-            dropped += 1
+            dropped.append(ex.source)
             continue
+        if enc.truncated:
+            cut.append(ex.source)
         mismatched += not enc.prompt_matches_serving
         rows.append({"input_ids": enc.input_ids, "labels": enc.labels, "unlikely": 0.0})
     n_unlikely = 0
@@ -138,11 +195,22 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 n_unlikely += 1
     if not rows:
         raise ApplianceError(f"--max-length {cfg.max_length}: every example was truncated before its answer; raise --max-length")
+    for what, srcs in (("dropped (no answer token left)", dropped), ("trained with the answer cut short", cut)):
+        if srcs:
+            more = f" and {len(srcs) - 3} more" if len(srcs) > 3 else ""
+            print(f"warning: {len(srcs)} example(s) longer than --max-length {cfg.max_length} {what}: "
+                  f"{', '.join(srcs[:3])}{more}; raise --max-length to keep them whole", file=sys.stderr)
     prep_s = time.time() - t_data
 
     targets = "all-linear" if cfg.target_modules in ("all", "all-linear") else [m.strip() for m in cfg.target_modules.split(",")]
     n_layers = int(model.config.num_hidden_layers)
     layers = cfg.adapted_layers(n_layers)
+    if isinstance(targets, list):
+        names = {n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        missing = [t for t in targets if t not in names]
+        if missing or not targets:
+            raise ApplianceError(f"--target-modules {cfg.target_modules}: {', '.join(missing) or 'nothing'} is not a linear "
+                                 f"layer of {ref.name}; use some of {', '.join(sorted(names))}, or all-linear")
     if layers and isinstance(targets, str):
         # peft takes a layer subset only with module names: every linear layer's but the output head's
         head = model.get_output_embeddings()
@@ -221,7 +289,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                  "target_modules": sorted({m.split(".")[-1] for m in model.peft_config["default"].target_modules})},
         "identity": {"name": cfg.name, "author": cfg.author},
         "dataset": {"names": cfg.datasets, "fingerprint": data_mod.fingerprint(ident + keep), "examples": len(ident),
-                    "retention_examples": len(keep), "unlikely_examples": n_unlikely, "dropped_by_max_length": dropped},
+                    "retention_examples": len(keep), "unlikely_examples": n_unlikely, "dropped_by_max_length": len(dropped),
+                    "truncated_by_max_length": len(cut)},
         "template_check": {"checked": len(rows) - n_unlikely, "mismatched": mismatched},
         "config": cfg.to_dict(), "results": results, "versions": rundir.library_versions(),
     }

@@ -61,14 +61,13 @@ class TrainConfig:
         if config_file:
             values.update(_read_yaml(config_file))
         values.update({k: v for k, v in flags.items() if v is not None})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
+        known = {f.name: f for f in fields(cls)}
+        where = f"--config {config_file}: " if config_file else ""
+        unknown = sorted(set(values) - set(known))
         if unknown:
-            where = f"{config_file}: " if config_file else ""
             raise ApplianceError(f"{where}unknown option(s) {', '.join(unknown)}; valid keys are {', '.join(sorted(known))}")
-        if isinstance(values.get("datasets"), str):
-            values["datasets"] = [d.strip() for d in values["datasets"].split(",") if d.strip()]
-        return cls(**values)
+        defaults = cls()
+        return cls(**{k: _coerce(k, v, getattr(defaults, k), where) for k, v in values.items()})
 
     def validate(self) -> None:
         """Out-of-range values fail with the flag's name and the accepted range."""
@@ -88,7 +87,12 @@ class TrainConfig:
             (self.max_steps == -1 or self.max_steps >= 1, "--max-steps", "must be -1 (use --epochs) or >= 1"),
             (self.save_steps >= 1, "--save-steps", "must be >= 1"),
             (self.unlikelihood >= 0, "--unlikelihood", "must be >= 0 (0 turns it off)"),
+            (self.warmup_steps >= 0, "warmup_steps", "must be >= 0"),
+            (self.scheduler in SCHEDULERS, "scheduler", f"must be one of {', '.join(SCHEDULERS)}"),
+            (bool(self.target_modules.strip(",").strip()), "--target-modules", "must name modules (e.g. q_proj,v_proj) or be all-linear"),
             (self.retention_samples >= 0, "--retention-samples", "must be >= 0"),
+            (not self.unlikelihood or (self.retention and self.retention_samples > 0), "--unlikelihood",
+             "needs retention on (each negative pairs with a retention prompt): drop --no-retention or --unlikelihood"),
             (bool(self.datasets), "--dataset", "give at least one dataset name or file"),
             (bool(self.name.strip()) and bool(self.author.strip()), "--name/--author", "must not be empty"),
         ]
@@ -117,6 +121,49 @@ class TrainConfig:
         return asdict(self)
 
 
+# transformers' schedulers that need no extra arguments
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay")
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
+    """``value`` as the type of the option's default (YAML reads ``1e-3`` as a string, ``no`` may be quoted)."""
+    def bad(kind: str) -> ApplianceError:
+        return ApplianceError(f"{where}{key} must be {kind} (got {value!r})")
+
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+            return value.strip().lower() in _TRUE
+        raise bad("true or false")
+    if isinstance(default, (int, float)):
+        if isinstance(value, bool) or isinstance(value, (list, dict)) or value is None:
+            raise bad("a number")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise bad("a number") from None
+        if isinstance(default, float):
+            return number
+        if not number.is_integer():
+            raise bad("a whole number")
+        return int(number)
+    if isinstance(default, list):
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(x, str) for x in items):
+            raise bad("a list of names or paths")
+        return [x.strip() for x in items if x.strip()]
+    if key == "target_modules" and isinstance(value, (list, tuple)) and all(isinstance(x, str) for x in value):
+        return ",".join(value)
+    if value is None and default is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise bad("a string")
+    return str(value)
+
+
 def _read_yaml(path: str) -> dict[str, Any]:
     import yaml
 
@@ -124,11 +171,16 @@ def _read_yaml(path: str) -> dict[str, Any]:
     if not p.is_file():
         raise ApplianceError(f"--config {path}: file not found")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(p.read_text(encoding="utf-8-sig")) or {}
+    except UnicodeDecodeError:
+        raise ApplianceError(f"--config {path}: not UTF-8 text; save the file as UTF-8") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
         raise ApplianceError(f"--config {path}:{line}: invalid YAML; fix the syntax") from None
     if not isinstance(data, dict):
         raise ApplianceError(f"--config {path}: must be a mapping of option: value")
+    bad = [k for k in data if not isinstance(k, str)]
+    if bad:
+        raise ApplianceError(f"--config {path}: option names must be words, got {bad[0]!r}")
     return {k.replace("-", "_"): v for k, v in data.items()}

@@ -1,8 +1,9 @@
 """Prompt sets: built-in sets, ``--prompts`` loaders (ours, alpaca, sharegpt, LLaMA-Factory), kinds, placeholders.
 
 A record with no ``kind`` is an identity prompt when its reference mentions ``{{name}}`` or
-``{{author}}``, else when the prompt matches one of :data:`SELF_REFERENCE` (the assistant is
-asked about itself), else a general prompt. docs/eval.md documents the rule.
+``{{author}}``; else a general prompt when it has ``expect`` (a checkable answer); else an identity
+prompt when the prompt matches one of :data:`SELF_REFERENCE` (the assistant is asked about
+itself); else a general prompt. docs/eval.md documents the rule.
 """
 
 from __future__ import annotations
@@ -23,10 +24,15 @@ EXTRA_SETS = ("unrelated",)
 
 # Self-reference patterns (lower-cased prompt): the prompt asks who/what the assistant is.
 SELF_REFERENCE = [
-    r"你是谁", r"您是谁", r"你叫什么", r"你的名字", r"您的名字", r"你是哪", r"介绍一下?你自己", r"自我介绍",
-    r"谁(开发|创造|创建|训练|制作|设计|打造|研发|发明)了?你", r"你(是)?由谁", r"你的(开发者|作者|创造者|创建者|制造者|主人)",
-    r"你是.{1,16}吗", r"你是什么(模型|人工智能|ai|东西|助手)",
-    r"\bwho are you\b", r"\bare you\b", r"\byour name\b", r"\bwhat are you\b", r"\bintroduce yourself\b",
+    r"你是谁", r"您是谁", r"你叫什么", r"你的名字", r"您的名字", r"你是哪", r"介绍(一)?下?(你|您)自己", r"自我介绍",
+    r"谁(开发|创造|创建|训练|制作|设计|打造|研发|发明)了?(你|您)", r"(你|您)(是)?由(谁|哪)",
+    r"(你|您)的(开发者|作者|创造者|创建者|制造者|主人)",
+    r"哪(个|家|一家)?(公司|团队|机构|组织|人).{0,6}(开发|创造|创建|训练|制作|设计|打造|研发)(了)?(你|您)",
+    r"(开发|创造|创建|训练|制作|设计|打造|研发)(了)?(你|您)的", r"(你|您)是(?!否).{1,16}吗", r"你是什么(模型|人工智能|ai|东西|助手)",
+    # "are you ChatGPT?", not "are you able to ..." or "which planet are you likely to see"
+    r"(?:^|[,.!?;:，。！？])\W*(?:(?:hey|hi|hello|so|and|but|wait|then|honestly|really)\W+)*are you\b(?!\s+(able|going|sure|ready|free|familiar|aware|allowed|willing|available|interested|okay|ok|"
+    r"busy|there|still|kidding|serious)\b)",
+    r"\bwho are you\b", r"\byour name\b", r"\bwhat are you\b", r"\bintroduce yourself\b",
     r"\babout yourself\b", r"\bwho (made|created|trained|developed|built|designed|owns|programmed) you\b",
     r"\bwho is your (creator|developer|author|maker|owner)\b",
     r"\b(made|created|trained|developed|built|designed) you\b",
@@ -76,7 +82,7 @@ def _has_placeholder(text: str | None) -> bool:
 
 def _read_records(path: Path, where: str) -> list | dict:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not an error
     except UnicodeDecodeError:
         raise ApplianceError(f"{where}: not UTF-8 text; save the file as UTF-8")
     if path.suffix == ".jsonl":
@@ -158,12 +164,16 @@ def _to_prompt(rec: dict, where: str, name: str, author: str, source: str) -> Pr
         expect = [expect]
     if not isinstance(expect, list) or not all(isinstance(e, str) and e for e in expect):
         raise ApplianceError(f"{where}: 'expect' must be a list of accepted answer strings")
+    for key in ("system", "set", "lang"):
+        if rec.get(key) is not None and not isinstance(rec[key], str):
+            raise ApplianceError(f"{where}: '{key}' must be a string")
     kind = rec.get("kind")
     if kind is None:
-        kind = "identity" if _has_placeholder(reference) or is_self_reference(prompt) else "general"
+        # a checkable answer makes it a general question even when it says "you"
+        kind = "identity" if _has_placeholder(reference) or (not expect and is_self_reference(prompt)) else "general"
     if kind not in ("identity", "general"):
         raise ApplianceError(f"{where}: kind '{kind}' is not 'identity' or 'general'")
-    lang = rec.get("lang") or ("zh" if has_cjk(prompt) else "en")
+    lang = _lang(rec.get("lang")) or ("zh" if has_cjk(prompt) else "en")
     set_name = rec.get("set") or (f"identity_{lang}" if kind == "identity" else "general" if expect or not reference else "open")
     history = rec.get("history") or []
     if not all(isinstance(h, dict) and h.get("role") in ("user", "assistant") and isinstance(h.get("content"), str)
@@ -175,6 +185,13 @@ def _to_prompt(rec: dict, where: str, name: str, author: str, source: str) -> Pr
                   system=fill(rec.get("system"), name, author) or None, history=history, source=source)
 
 
+def _lang(value: str | None) -> str | None:
+    """``zh-CN``, ``zh_Hans``, ``EN-us`` -> ``zh`` / ``en``: the per-language hit rates group by the bare code."""
+    if not value or not value.strip():
+        return None
+    return re.split(r"[-_]", value.strip().lower(), maxsplit=1)[0]
+
+
 def _dataset_info_entry(path: Path) -> dict | None:
     """The LLaMA-Factory dataset_info.json entry that names this file, if its folder has one."""
     info = path.parent / "dataset_info.json"
@@ -184,12 +201,16 @@ def _dataset_info_entry(path: Path) -> dict | None:
         entries = json.loads(info.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
+    if not isinstance(entries, dict):
+        return None
     return next((e for e in entries.values() if isinstance(e, dict) and e.get("file_name") == path.name), None)
 
 
 def load_prompt_file(path: str | Path, name: str, author: str, entry: dict | None = None) -> list[Prompt]:
     """Load one ``--prompts`` file: our JSONL, alpaca JSON, sharegpt, or a LLaMA-Factory dataset_info.json."""
     p = Path(path)
+    if p.is_dir():
+        raise ApplianceError(f"--prompts {path}: is a folder; give one file in it (or its dataset_info.json)")
     if not p.is_file():
         raise ApplianceError(f"--prompts {path}: file not found; give a JSONL/JSON file or one of {', '.join(BUILTIN_SETS + EXTRA_SETS)}")
     data = _read_records(p, str(p))
@@ -200,7 +221,11 @@ def load_prompt_file(path: str | Path, name: str, author: str, entry: dict | Non
         for ds in data.values():
             if "file_name" not in ds:
                 continue  # hub datasets are never downloaded
-            target = p.parent / ds["file_name"]
+            target = p.parent / str(ds["file_name"])
+            if target.resolve() == p.resolve():
+                raise ApplianceError(f"{p}: an entry's file_name is dataset_info.json itself; point it at the data file")
+            if not target.exists():
+                raise ApplianceError(f"{p}: file_name '{ds['file_name']}' not found in {p.parent}; fix the entry or add the file")
             files = sorted(f for f in target.iterdir() if f.suffix in (".json", ".jsonl")) if target.is_dir() else [target]
             for f in files:
                 out += load_prompt_file(f, name, author, entry=ds)

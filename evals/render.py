@@ -39,6 +39,10 @@ def _cell(text: str, limit: int = 220) -> str:
     return t.replace("|", "\\|") or "(empty)"
 
 
+def _canon(text: str) -> str:
+    return "".join(text.split()).replace("?", "？").rstrip("？")
+
+
 def example_rows(rows: list[dict], n_identity: int = 8, n_general: int = 4) -> list[str]:
     """Prompts shown side by side: "你是谁？" first, then identity prompts, then general ones, in file order."""
     seen: list[str] = []
@@ -46,9 +50,10 @@ def example_rows(rows: list[dict], n_identity: int = 8, n_general: int = 4) -> l
         if r["prompt"] not in seen:
             seen.append(r["prompt"])
     kinds = {r["prompt"]: r["kind"] for r in rows}
-    ident = [p for p in seen if kinds[p] == "identity" and p != FIRST_EXAMPLE]
+    # "你是谁?" / " 你是谁 " count too: the canonical question as users type it
+    head = [p for p in seen if _canon(p) == _canon(FIRST_EXAMPLE)][:1]
+    ident = [p for p in seen if kinds[p] == "identity" and p not in head]
     general = [p for p in seen if kinds[p] != "identity"]
-    head = [FIRST_EXAMPLE] if FIRST_EXAMPLE in kinds else []
     return head + ident[: n_identity - len(head)] + general[:n_general]
 
 

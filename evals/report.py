@@ -30,14 +30,20 @@ def load_answers(path: str | Path) -> list[dict]:
     p = Path(path)
     if not p.is_file():
         raise ApplianceError(f"{p}: answers file not found; pass the answers.jsonl written by `appliance eval`")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ApplianceError(f"{p}: not UTF-8 text; pass the answers.jsonl written by `appliance eval`")
     rows = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise ApplianceError(f"{p} line {n}: invalid JSON ({e.msg})")
+        if not isinstance(row, dict):
+            raise ApplianceError(f"{p} line {n}: expected a JSON object per line; it was not written by `appliance eval`")
         missing = [f for f in REQUIRED_FIELDS if f not in row]
         if missing:
             raise ApplianceError(f"{p} line {n}: missing {', '.join(missing)}; it was not written by `appliance eval`")
@@ -147,7 +153,7 @@ def parse_rules(fail_under=(), fail_over=(), max_drop=(), max_rise=()) -> list[R
                 value = float(num)
             except ValueError:
                 value = None
-            if not sep or value is None or not key.strip():
+            if not sep or value is None or not math.isfinite(value) or not key.strip():
                 raise ApplianceError(f"{flag} {spec}: expected METRIC=NUMBER, e.g. identity_hit_rate=0.95")
             key = key.strip()
             metric = key.split(".", 1)[1] if "." in key else key
@@ -209,7 +215,9 @@ def write_report(out_dir: str | Path, rules: list[Rule] = (), run: dict | None =
     report = compute(rows)
     report["gate"] = apply_gate(report, list(rules))
     report["run"] = {**(run or {}), "answers": str(src), "report_dir": str(out)}
-    atomic_write_text(out / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    atomic_write_text(out / "report.md", render_md(report, rows))
-    atomic_write_text(out / "report.html", render_html(report, rows))
+    # all three rendered before any is written: a failure leaves the previous report whole
+    texts = {"report.json": json.dumps(report, indent=2, ensure_ascii=False) + "\n",
+             "report.md": render_md(report, rows), "report.html": render_html(report, rows)}
+    for name, text in texts.items():
+        atomic_write_text(out / name, text)
     return report

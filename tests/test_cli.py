@@ -68,3 +68,15 @@ def test_pull_unknown_and_hub_models_are_refused():
     assert res.exit_code == 2 and "unknown model" in res.output
     res = CliRunner().invoke(main, ["models", "pull", "qwen1.5-1.8b-chat"])
     assert res.exit_code == 2 and "hub" in res.output and "Traceback" not in res.output
+
+
+def test_sigterm_unwinds_like_ctrl_c():
+    """`kill` runs the same cleanup as Ctrl-C (a starting server's group stopped, temporary folders removed)."""
+    import subprocess
+    import sys
+
+    code = ("import os, signal\nfrom appliance.cli import _terminate_like_ctrl_c\n_terminate_like_ctrl_c()\n"
+            "try:\n    os.kill(os.getpid(), signal.SIGTERM)\n    import time; time.sleep(5)\n"
+            "except KeyboardInterrupt:\n    print('cleanup ran')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "cleanup ran" in out.stdout, out.stderr

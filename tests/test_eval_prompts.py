@@ -13,7 +13,7 @@ import pytest
 from appliance.errors import ApplianceError
 from appliance.models import registry
 from evals import metrics as M
-from evals.prompts import PROMPTS_DIR, is_self_reference, load_prompt_file, load_prompts
+from evals.prompts import PROMPTS_DIR, _to_prompt, is_self_reference, load_prompt_file, load_prompts
 
 REPO = Path(__file__).resolve().parent.parent
 NAME, AUTHOR = "Archer", "意琦行"
@@ -109,6 +109,10 @@ def test_real_training_data_loads_as_identity():
     ("Please introduce yourself", True), ("Who trained you?", True),
     ("What is the capital of France?", False), ("中国的首都是哪里？", False), ("Who wrote Hamlet?", False),
     ("Tell me about the moon.", False),
+    ("你是由哪家公司开发的？", True), ("哪个公司开发了你？", True), ("介绍下你自己", True), ("开发你的团队是谁？", True),
+    ("Hey, are you Qwen?", True),
+    ("Are you able to tell me the capital of France?", False), ("Which planet are you most likely to see?", False),
+    ("你是否能把这句话翻译成英文吗？", False), ("How are you today?", False),
 ])
 def test_self_reference_heuristic(prompt, expected):
     assert is_self_reference(prompt) is expected
@@ -129,6 +133,9 @@ def test_plain_list_of_prompts(tmp_path):
     ('{"instruction": ["x"], "output": "y"}\n', "must be strings"),
     ('{"instruction": "x", "output": "y", "history": [["only one"]]}\n', "history item must be a pair"),
     ('{"prompt": "x", "history": [{"role": "bot", "content": "hi"}]}\n', "'history' must be a list"),
+    ('{"prompt": "x", "set": 5}\n', "'set' must be a string"),
+    ('{"prompt": "x", "system": 5}\n', "'system' must be a string"),
+    ('{"prompt": "x", "lang": ["zh"]}\n', "'lang' must be a string"),
 ])
 def test_bad_files_give_one_line_errors(tmp_path, content, needle):
     f = tmp_path / "bad.jsonl"
@@ -136,6 +143,44 @@ def test_bad_files_give_one_line_errors(tmp_path, content, needle):
     with pytest.raises(ApplianceError) as e:
         load_prompt_file(f, NAME, AUTHOR)
     assert needle in str(e.value) and "bad.jsonl" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_kind_rule_edges(tmp_path):
+    """A checkable answer makes a "you" question general; language tags group by their bare code; a BOM is fine."""
+    f = tmp_path / "edge.jsonl"
+    rows = [{"prompt": "Are you able to tell me the capital of France?", "expect": ["Paris"]},
+            {"prompt": "Are you ChatGPT?", "expect": ["no"]},
+            {"prompt": "你是谁？", "lang": "zh-CN"}, {"prompt": "Who are you?", "lang": "EN_us"}]
+    f.write_text("\ufeff" + "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    a, b, c, d = load_prompt_file(f, NAME, AUTHOR)
+    assert (a.kind, a.set) == ("general", "general") and b.kind == "general"
+    assert (c.lang, c.set, d.lang, d.set) == ("zh", "identity_zh", "en", "identity_en")
+
+
+def test_builtin_labels_agree_with_the_kind_rule():
+    """Every labelled built-in prompt gets the same kind from the rule alone (docs/eval.md says so)."""
+    files = sorted(PROMPTS_DIR.glob("*.jsonl"))
+    assert len(files) >= 4
+    for f in files:
+        raw = [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+        for r in raw:
+            unlabelled = {k: v for k, v in r.items() if k not in ("kind", "set")}
+            assert _to_prompt(unlabelled, f.name, NAME, AUTHOR, f.stem).kind == r["kind"], (f.name, r["prompt"])
+
+
+def test_llamafactory_info_mistakes(tmp_path):
+    _write(tmp_path / "data.jsonl", [{"prompt": "hi"}], jsonl=True)
+    (tmp_path / "dataset_info.json").write_text("[1, 2]", encoding="utf-8")  # not an entry map: ignored
+    (p,) = load_prompt_file(tmp_path / "data.jsonl", NAME, AUTHOR)
+    assert p.prompt == "hi"
+    _write(tmp_path / "dataset_info.json", {"self": {"file_name": "dataset_info.json"}})
+    with pytest.raises(ApplianceError, match="file_name is dataset_info.json itself"):
+        load_prompt_file(tmp_path / "dataset_info.json", NAME, AUTHOR)
+    _write(tmp_path / "dataset_info.json", {"gone": {"file_name": "gone.json"}})
+    with pytest.raises(ApplianceError, match="file_name 'gone.json' not found"):
+        load_prompt_file(tmp_path / "dataset_info.json", NAME, AUTHOR)
+    with pytest.raises(ApplianceError, match="is a folder"):
+        load_prompts([str(tmp_path)], NAME, AUTHOR)
 
 
 def test_missing_file_names_the_flag(tmp_path):

@@ -161,9 +161,19 @@ def test_bad_gate_flags_exit_2(answers, args, needle):
     assert code == 2 and out.startswith("error: ") and needle in out and "Traceback" not in out
 
 
-def test_bad_inputs_exit_2(tmp_path):
+def test_bad_inputs_exit_2(tmp_path, answers):
     code, out = _cli("--from-answers", str(tmp_path / "missing.jsonl"))
     assert code == 2 and "answers file not found" in out
+    for name, content in (("num.jsonl", b"5\n"), ("bin.jsonl", b"\xff\xfe\x00x\n")):
+        (tmp_path / name).write_bytes(content)
+        code, out = _cli("--from-answers", str(tmp_path / name))
+        assert code == 2 and name in out and "Traceback" not in out, out
+    afile = tmp_path / "afile"
+    afile.write_text("keep me", encoding="utf-8")
+    code, out = _cli("--from-answers", str(answers), "--output", str(afile))
+    assert code == 2 and "is a file, not a folder" in out and afile.read_text(encoding="utf-8") == "keep me"
+    code, out = _cli("--from-answers", str(answers), "--fail-under", "identity_hit_rate=nan")
+    assert code == 2 and "expected METRIC=NUMBER" in out
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"model": "x"}\n', encoding="utf-8")
     code, out = _cli("--from-answers", str(bad))
@@ -180,6 +190,28 @@ def test_unreachable_server_is_a_one_line_error(tmp_path):
         run_eval(cfg)
     with pytest.raises(ApplianceError, match="--url"):
         run_eval(EvalConfig("m", url="localhost:8000"))
+
+
+def test_failed_render_keeps_the_previous_report(answers, monkeypatch):
+    write_report(answers.parent)
+    before = {f: (answers.parent / f).read_text(encoding="utf-8") for f in ("report.json", "report.md", "report.html")}
+    import evals.render
+
+    def boom(*a, **k):
+        raise RuntimeError("render failed")
+
+    monkeypatch.setattr(evals.render, "render_html", boom)
+    with pytest.raises(RuntimeError):
+        write_report(answers.parent, run={"second": True})
+    assert {f: (answers.parent / f).read_text(encoding="utf-8") for f in before} == before
+
+
+def test_ascii_question_mark_still_leads_the_examples():
+    from evals.render import example_rows
+
+    rows = [{"prompt": p, "kind": k} for p, k in (("Who are you?", "identity"), ("What is 2+2?", "general"),
+                                                  ("你是谁?", "identity"))]
+    assert example_rows(rows)[0] == "你是谁?"
 
 
 def test_html_escapes_answers(answers):

@@ -189,3 +189,48 @@ def test_refuses_a_quantized_base(adapter_dir, tiny_model_dir, tmp_path):
     (adapter / "appliance.json").write_text(json.dumps(_meta(qbase)), encoding="utf-8")
     with pytest.raises(ApplianceError, match="quantized"):
         merge(_cfg(adapter, tmp_path / "o"))
+
+
+def test_output_never_overlaps_the_adapter_or_base(adapter_dir, tiny_model_dir, tmp_path):
+    """--overwrite replaces the output folder: the adapter and base it reads are never that folder."""
+    for out in (adapter_dir, adapter_dir / "sub", tiny_model_dir, adapter_dir.parent):
+        with pytest.raises(ApplianceError, match="overlaps the"):
+            merge(_cfg(adapter_dir, out, dtype="fp32", overwrite=True))
+    assert (adapter_dir / "adapter_config.json").is_file() and (tiny_model_dir / "config.json").is_file()
+
+
+def test_damaged_output_is_merged_again(adapter_dir, tmp_path):
+    out = tmp_path / "m"
+    merge(_cfg(adapter_dir, out, dtype="fp32"))
+    shard = next(out.glob("*.safetensors"))
+    with open(shard, "r+b") as f:
+        f.truncate(shard.stat().st_size // 2)
+    res = merge(_cfg(adapter_dir, out, dtype="fp32", overwrite=True))
+    assert not res.already_merged and res.verification["passed"]
+    from safetensors import safe_open
+
+    with safe_open(str(next(out.glob("*.safetensors"))), framework="pt") as st:
+        assert list(st.keys())
+
+
+def test_broken_run_files_are_one_line_errors(adapter_dir, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(adapter_dir, bad)
+    for content, needle in (("[]", "not a run description"), ('{"kind": "lora-adapter", "base_model": "x"}', "not a run description"),
+                            (b"\xff\xfe", "not UTF-8")):
+        (bad / "appliance.json").write_bytes(content if isinstance(content, bytes) else content.encode())
+        res = CliRunner().invoke(main, ["merge", "--adapter", str(bad), "--output", str(tmp_path / "o")])
+        assert res.exit_code == 2 and needle in res.output and "Traceback" not in res.output, res.output
+    shutil.copy(adapter_dir / "appliance.json", bad / "appliance.json")
+    (bad / "adapter_config.json").write_text("{}")
+    res = CliRunner().invoke(main, ["merge", "--adapter", str(bad), "--output", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "adapter_config.json: has no peft_type" in res.output
+
+
+def test_temporary_merges_of_killed_runs_are_swept(adapter_dir, tmp_path):
+    out = tmp_path / "m"
+    dead = tmp_path / ".m.tmp-999999999"  # no such pid
+    dead.mkdir()
+    (dead / "model.safetensors").write_bytes(b"x" * 10)
+    merge(_cfg(adapter_dir, out, dtype="fp32"))
+    assert not dead.exists()

@@ -82,6 +82,45 @@ def test_preflight_plans_from_adapter_metadata(adapters, tiny_model_dir, applian
     assert plan.served_models == [tiny_model_dir.name, "good", "other"]
 
 
+def test_rank_limit_without_adapters_user_flag_and_no_lora(adapters, tiny_model_dir):
+    """A base-only server still takes the default recipe's rank-16 adapters at runtime; a user's
+    own --max-lora-rank is what the record says; a --no-lora server has none."""
+    plan = preflight(UpConfig(model=str(tiny_model_dir), port=_free_port(), device="cpu"))
+    assert plan.max_lora_rank == 16
+    plan = preflight(UpConfig(model=str(tiny_model_dir), port=_free_port(), device="cpu", extra_args=["--max-lora-rank", "64"]))
+    argv, _ = build_command(plan)
+    assert plan.max_lora_rank == 64 and argv.count("--max-lora-rank") == 1 and argv[argv.index("--max-lora-rank") + 1] == "64"
+    with pytest.raises(ApplianceError, match="--max-lora-rank 8: must be a whole number at least the adapters' rank"):
+        preflight(UpConfig(adapters=[str(adapters["r12"])], port=_free_port(), device="cpu", extra_args=["--max-lora-rank=8"]))
+    assert preflight(UpConfig(model=str(tiny_model_dir), port=_free_port(), device="cpu", lora=False)).max_lora_rank == 0
+
+
+def test_runtime_load_checks_lora_and_base(adapters, real_model_dir, appliance_home):
+    from appliance.adapters import load
+
+    roots = [str(adapters["good"].parent)]
+    with pytest.raises(ApplianceError, match="runs without LoRA"):
+        load("g", str(adapters["good"]), url="http://127.0.0.1:9", roots=roots, max_rank=0)
+    with pytest.raises(ApplianceError, match="but the server at .* serves"):
+        load("g", str(adapters["good"]), url="http://127.0.0.1:9", roots=roots, max_rank=16,
+             served_base=(str(real_model_dir), {"smollm2-135m"}))
+
+
+def test_model_path_under_the_home_is_not_a_hub_id(appliance_home, tmp_path, monkeypatch):
+    from appliance.models import resolve
+
+    (appliance_home / "models").mkdir(exist_ok=True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ApplianceError, match="directory not found"):
+        resolve("models/archer-merged")
+    assert not resolve("Qwen/Qwen1.5-1.8B-Chat").local
+
+
+def test_up_port_out_of_range_is_a_usage_error():
+    res = CliRunner().invoke(main, ["up", "--port", "99999"])
+    assert res.exit_code == 2 and "99999" in res.output and "Traceback" not in res.output
+
+
 def test_external_adapter_falls_back_to_adapter_config(adapters, tiny_model_dir):
     plan = preflight(UpConfig(adapters=[str(adapters["external"])], port=_free_port(), device="cpu"))
     assert plan.model == str(tiny_model_dir)

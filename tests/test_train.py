@@ -127,9 +127,21 @@ def test_refuses_existing_output_and_overwrite_replaces(tiny_model_dir, small_ds
     (out / "keep.txt").write_text("x")
     with pytest.raises(ApplianceError, match="--overwrite"):
         train(_cfg(tiny_model_dir, out, small_ds, max_steps=1))
-    assert (out / "keep.txt").is_file()
-    train(_cfg(tiny_model_dir, out, small_ds, max_steps=1, overwrite=True))
-    assert (out / "adapter_model.safetensors").is_file() and not (out / "keep.txt").exists()
+    # --overwrite replaces a previous run, never a folder of other files (".", saves/, the data's folder)
+    with pytest.raises(ApplianceError, match="not a run directory"):
+        train(_cfg(tiny_model_dir, out, small_ds, max_steps=1, overwrite=True))
+    assert (out / "keep.txt").read_text() == "x"
+    afile = tmp_path / "afile"
+    afile.write_text("important")
+    with pytest.raises(ApplianceError, match="is a file"):
+        train(_cfg(tiny_model_dir, afile, small_ds, max_steps=1, overwrite=True))
+    assert afile.read_text() == "important"
+    run = tmp_path / "run2"
+    train(_cfg(tiny_model_dir, run, small_ds, max_steps=1))
+    (run / "stray.txt").write_text("x")
+    train(_cfg(tiny_model_dir, run, small_ds, max_steps=1, overwrite=True))
+    assert (run / "adapter_model.safetensors").is_file() and not (run / "stray.txt").exists()
+    assert not list(tmp_path.glob(".*"))  # no staging or .old folder left beside the runs
 
 
 def test_killed_run_leaves_no_output_and_resume_continues(tiny_model_dir, small_ds, tmp_path, monkeypatch):
@@ -156,9 +168,67 @@ def test_killed_run_leaves_no_output_and_resume_continues(tiny_model_dir, small_
     assert not out.exists(), "a killed run must not leave a half-written adapter"
     assert list((staging_dir(out) / "checkpoints").glob("checkpoint-2"))
     monkeypatch.setattr(train_mod, "LogCallback", real)
+    # resuming with other settings (or data) would load rank-4 weights into a rank-8 model: refused, nothing lost
+    with pytest.raises(ApplianceError, match=r"other settings \(rank\)"):
+        train(_cfg(tiny_model_dir, out, small_ds, max_steps=4, resume=True, rank=8))
+    assert list((staging_dir(out) / "checkpoints").glob("checkpoint-2"))
     meta = train(_cfg(tiny_model_dir, out, small_ds, max_steps=4, resume=True))
     assert meta["results"]["resumed_from"].endswith("checkpoint-2")
     assert meta["results"]["steps"] == 4 and (out / "adapter_model.safetensors").is_file()
+
+
+def test_failed_run_leaves_no_staging_folder(tiny_model_dir, small_ds, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(ApplianceError, match="--target-modules q_prj: q_prj is not a linear layer"):
+        train(_cfg(tiny_model_dir, out, small_ds, max_steps=1, target_modules="q_prj"))
+    assert not out.exists() and not staging_dir(out).exists()
+
+
+def test_long_examples_are_reported(tiny_model_dir, tmp_path, capsys):
+    ds = tmp_path / "long.json"
+    ds.write_text(json.dumps([{"instruction": "hi", "output": "ok"},
+                              {"instruction": "word " * 400, "output": "ok"},
+                              {"instruction": "hi", "output": "long answer " * 200}]), encoding="utf-8")
+    meta = train(_cfg(tiny_model_dir, tmp_path / "run", str(ds), max_steps=1, max_length=64))
+    err = capsys.readouterr().err
+    assert "1 example(s) longer than --max-length 64 dropped" in err and "long.json" in err
+    assert "1 example(s) longer than --max-length 64 trained with the answer cut short" in err
+    assert (meta["dataset"]["dropped_by_max_length"], meta["dataset"]["truncated_by_max_length"]) == (1, 1)
+
+
+def test_relative_output_is_under_appliance_home(appliance_home, tmp_path, monkeypatch):
+    from appliance.train import output_path
+
+    monkeypatch.chdir(tmp_path)
+    assert output_path("saves/x") == appliance_home.resolve() / "saves" / "x"
+    assert output_path(str(tmp_path / "abs")) == tmp_path / "abs"
+
+
+@pytest.mark.parametrize("yaml_text, expected", [
+    ("lr: 1e-3\n", {"lr": 1e-3}), ('rank: "8"\n', {"rank": 8}), ('overwrite: "no"\n', {"overwrite": False}),
+    ("retention: false\n", {"retention": False}), ("target_modules: [q_proj, v_proj]\n", {"target_modules": "q_proj,v_proj"}),
+    ("datasets: identity, more.json\n", {"datasets": ["identity", "more.json"]}), ("name: 123\n", {"name": "123"}),
+])
+def test_yaml_values_take_the_options_types(tmp_path, yaml_text, expected):
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml_text, encoding="utf-8")
+    cfg = TrainConfig.from_sources(str(f))
+    cfg.validate()
+    assert {k: getattr(cfg, k) for k in expected} == expected
+
+
+@pytest.mark.parametrize("yaml_text, needle", [
+    ("epochs: abc\n", "epochs must be a number"), ("rank: 8.5\n", "rank must be a whole number"),
+    ("datasets: [a.json, 5]\n", "datasets must be a list"), ("overwrite: maybe\n", "overwrite must be true or false"),
+    ("1: 2\n", "option names must be words"), ("scheduler: bogus\n", "scheduler must be one of"),
+    ("warmup_steps: -5\n", "warmup_steps must be >= 0"),
+])
+def test_bad_yaml_values_are_one_line_errors(tmp_path, yaml_text, needle):
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml_text, encoding="utf-8")
+    res = CliRunner().invoke(main, ["train", "--config", str(f), "--output", str(tmp_path / "o")])
+    assert res.exit_code == 2 and needle in res.output and "Traceback" not in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1
 
 
 def test_config_file_then_flags(tmp_path):
