@@ -307,8 +307,8 @@ def _sharegpt(rec: dict, where: str, fmt: _Format) -> list[dict[str, str]]:
                 [t["user_tag"], t["assistant_tag"], t["system_tag"]]
             _fail(f"{where}: field '{f}.{role_tag}' is {_short(turn[role_tag])}; expected one of {known} "
                   "(set tags.user_tag/assistant_tag in dataset_info.json for other names)")
-        if role == "tool":
-            _fail(f"{where}: field '{f}' is a {turn[role_tag]!r} turn; function-call/observation turns are not "
+        if role == "tool" or turn.get("tool_calls") or turn.get("function_call"):
+            _fail(f"{where}: field '{f}' is a tool call or tool result; function-call/observation turns are not "
                   "supported, remove tool turns from this record")
         content = _text(turn, content_tag, where, required=True, fix="every turn needs non-empty text",
                         label=f"{f}.{content_tag}")
@@ -322,12 +322,22 @@ def _sharegpt(rec: dict, where: str, fmt: _Format) -> list[dict[str, str]]:
             art = {"user": "a user", "assistant": "an assistant"}
             _fail(f"{where}: field '{f}' is {art[role]} turn where {art[want]} turn belongs; turns must alternate "
                   "user, assistant, user, ... starting with user")
-        messages.append({"role": role, "content": content})
+        msg = {"role": role, "content": content}
+        if "weight" in turn:
+            # OpenAI's fine-tuning format: weight 0 keeps an assistant turn as context, not as something to learn
+            if role != "assistant" or turn["weight"] not in (0, 1) or isinstance(turn["weight"], bool):
+                _fail(f"{where}: field '{f}.weight' is {_short(turn['weight'])}; only assistant turns take a weight, "
+                      "and it must be 0 (do not learn this answer) or 1")
+            if turn["weight"] == 0:
+                msg["weight"] = 0
+        messages.append(msg)
     if not messages:
         _fail(f"{where}: field '{key}' has only a system prompt; add user and assistant turns")
     if messages[-1]["role"] != "assistant":
         _fail(f"{where}: field '{key}[{len(turns) - 1}]' is a user turn at the end; add the assistant's reply "
               "or remove that last user turn")
+    if all(m.get("weight") == 0 for m in messages if m["role"] == "assistant"):
+        _fail(f"{where}: every assistant turn has weight 0, so there is nothing to learn; set weight 1 on at least one")
     sys_col = fmt.columns.get("system")
     if not system and sys_col:
         system = _text(rec, sys_col, where, required=False)
@@ -385,7 +395,7 @@ def load_examples(datasets: list[str], dataset_dir: str | None = None, name: str
         examples = [ex for f in _expand(path) for ex in _load_file(f, fmt)]
         out += examples[:max_samples] if max_samples else examples
     for ex in out:
-        ex.messages = [{"role": m["role"], "content": fill_placeholders(m["content"], name, author)} for m in ex.messages]
+        ex.messages = [{**m, "content": fill_placeholders(m["content"], name, author)} for m in ex.messages]
     return out
 
 

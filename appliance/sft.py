@@ -29,7 +29,7 @@ def _render(tok: Any, messages: list[dict[str, str]], generation_prompt: bool) -
 
 
 def encode(tok: Any, messages: list[dict[str, str]], max_length: int, source: str = "") -> Encoded | None:
-    """Tokenize one conversation; labels are -100 everywhere but the assistant answers.
+    """Tokenize one conversation; labels are -100 everywhere but the assistant answers (those of weight 0 too).
 
     Answer spans are found in the rendered text (each turn's prompt rendering must be a
     prefix of the conversation rendering, as chat templates are), then mapped to tokens
@@ -40,7 +40,7 @@ def encode(tok: Any, messages: list[dict[str, str]], max_length: int, source: st
     spans: list[tuple[int, int]] = []
     first_prompt = None
     for i, m in enumerate(messages):
-        if m["role"] != "assistant":
+        if m["role"] != "assistant" or m.get("weight") == 0:  # weight 0: context, not learned (OpenAI format)
             continue
         prompt = _render(tok, messages[:i], generation_prompt=True)
         upto = _render(tok, messages[: i + 1], generation_prompt=False)

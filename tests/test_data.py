@@ -80,6 +80,34 @@ def test_openai_messages_jsonl_with_blank_lines(tmp_path):
     assert ex[1].messages[0] == {"role": "system", "content": "s"}
 
 
+def test_openai_weight_zero_turns_are_context(tmp_path, tiny_model_dir):
+    """OpenAI's fine-tuning format: an assistant turn with weight 0 is kept in the prompt, not learned."""
+    from transformers import AutoTokenizer
+
+    from appliance.sft import IGNORE, encode
+
+    f = tmp_path / "w.jsonl"
+    f.write_text(json.dumps({"messages": [{"role": "user", "content": "q1"},
+                                          {"role": "assistant", "content": "old answer", "weight": 0},
+                                          {"role": "user", "content": "q2"},
+                                          {"role": "assistant", "content": "new answer", "weight": 1}]}) + "\n", encoding="utf-8")
+    (ex,) = load_examples([str(f)])
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    enc = encode(tok, ex.messages, 512)
+    learned = tok.decode([i for i, lab in zip(enc.input_ids, enc.labels) if lab != IGNORE])
+    assert learned == "new answer<|im_end|>" and "old answer" in tok.decode(enc.input_ids)
+    assert enc.prompt_matches_serving
+    for turns, needle in (([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 0}],
+                           "nothing to learn"),
+                          ([{"role": "user", "content": "q", "weight": 1}, {"role": "assistant", "content": "a"}],
+                           "only assistant turns take a weight"),
+                          ([{"role": "user", "content": "q"}, {"role": "assistant", "content": None,
+                                                               "tool_calls": [{"id": "1"}]}], "tool call")):
+        f.write_text(json.dumps({"messages": turns}) + "\n", encoding="utf-8")
+        with pytest.raises(ApplianceError, match=needle):
+            load_examples([str(f)])
+
+
 def test_json_lines_inside_a_json_file(tmp_path):
     f = tmp_path / "lines.json"
     f.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": "d"}\n', encoding="utf-8")
