@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from appliance import paths
+from appliance.errors import ApplianceError
 
 Echo = Callable[[str], None]
 CPU_KV_SHARE = 0.15  # of RAM, per server: two run at once on a CPU (see _Servers)
@@ -83,8 +84,10 @@ def pipeline(cfg: PipelineConfig, echo: Echo = print) -> dict[str, Any]:
     servers = _Servers(cfg, run_dir, merged_dir, slug, echo, start=report is None)
     try:
         t = _stage(echo, f"merge -> {merged_dir}")
-        res = merge(MergeConfig(adapter=str(run_dir), output=str(merged_dir), overwrite=True))
-        echo(res.verdict)
+        # no probe verification here: the eval below checks the merged model more strictly, through
+        # vLLM, on every prompt against the adapter's answers (and saves the probes' ~12 s)
+        res = merge(MergeConfig(adapter=str(run_dir), output=str(merged_dir), overwrite=True, verify=False))
+        echo(res.verdict if res.already_merged else f"merged -> {merged_dir} (checked against the adapter in the eval)")
         timings["merge_s"] = time.time() - t
         if report is not None:
             echo(f"\n== eval: skipped, {report_file} is newer than the adapter and the merged model (use --force)")
@@ -201,6 +204,9 @@ def _serve_and_eval(cfg: PipelineConfig, servers: _Servers, report_dir: Path, ec
     # the base's identity markers for the merged model too
     _, (adapter_role, _), (merged_role, _) = roles(EvalConfig(before=base_name, after=[slug, merged_name]))
     markers = rows[0].get("old_identity", []) if rows else []
+    check = merge_check(rows, merged_rows)
+    echo(f"merge check: the merged model gave the adapter's answer to {check['identical']} of {check['prompts']} prompts "
+         f"(need >= {check['required']})")
     for r in rows:
         r["role"] = adapter_role if r["role"] == "after" else r["role"]
     for r in merged_rows:
@@ -210,8 +216,24 @@ def _serve_and_eval(cfg: PipelineConfig, servers: _Servers, report_dir: Path, ec
     answers = report_dir / "answers.jsonl"
     paths.atomic_write_text(answers, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     rules = parse_rules(fail_under=tuple(cfg.gates))
-    return write_report(report_dir, rules, run={"pipeline": True, "timings": timings, "eval": _eval_settings(cfg)},
-                        answers_path=answers)
+    report = write_report(report_dir, rules, answers_path=answers,
+                          run={"pipeline": True, "timings": timings, "eval": _eval_settings(cfg), "merge_check": check})
+    if check["identical"] < check["required"]:
+        raise ApplianceError(f"merge check failed: the merged model {merged_name} answered {check['prompts'] - check['identical']} "
+                             f"of {check['prompts']} prompts differently from the adapter; compare them in {report_dir / 'report.md'}")
+    return report
+
+
+def merge_check(adapter_rows: list[dict], merged_rows: list[dict]) -> dict[str, int]:
+    """Greedy answers of the served merged model against the served adapter's, prompt by prompt.
+
+    The same rule as `appliance merge`'s probe verification (7 of 8 equal), on every eval prompt.
+    """
+    adapter = {r["prompt"]: r["answer"] for r in adapter_rows if r["role"] == "after"}
+    merged = {r["prompt"]: r["answer"] for r in merged_rows}
+    common = [p for p in adapter if p in merged]
+    same = sum(adapter[p] == merged[p] for p in common)
+    return {"identical": same, "prompts": len(common), "required": -(-7 * len(common) // 8)}
 
 
 def _eval_settings(cfg: PipelineConfig) -> dict[str, Any]:

@@ -6,6 +6,8 @@ import json
 import os
 import time
 
+import pytest
+
 from appliance import pipeline as pl
 
 
@@ -116,6 +118,40 @@ def test_one_report_over_both_servers(tmp_path, monkeypatch):
     assert [models[k]["model"] for k in ("before", "after1", "after2")] == ["smollm2-135m", "archer", "archer-merged"]
     assert models["before"]["identity_leak_rate"] == 1.0 and models["after2"]["identity_leak_rate"] == 0.0
     assert models["after2"]["identity_hit_rate"] == 1.0
+
+
+def test_merge_check_compares_the_served_answers():
+    adapter = [{"prompt": p, "answer": a, "role": r} for p, a, r in
+               (("q1", "x", "after"), ("q2", "y", "after"), ("q1", "base", "before"))]
+    merged = [{"prompt": "q1", "answer": "x", "role": "before"}, {"prompt": "q2", "answer": "z", "role": "before"}]
+    assert pl.merge_check(adapter, merged) == {"identical": 1, "prompts": 2, "required": 2}
+    assert pl.merge_check(adapter, merged[:1]) == {"identical": 1, "prompts": 1, "required": 1}
+
+
+def test_a_merged_model_that_answers_otherwise_fails_after_the_report(tmp_path, monkeypatch):
+    from appliance import evaluate
+    from appliance.errors import ApplianceError
+
+    _fakes(tmp_path, monkeypatch, "cpu")
+    real_eval = evaluate.run_eval
+
+    def garbled(cfg, progress=print):
+        out = real_eval(cfg, progress)
+        if cfg.before == "archer-merged":
+            f = tmp_path / cfg.output / "answers.jsonl"
+            rows = [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines()]
+            f.write_text("".join(json.dumps({**r, "answer": r["answer"] + " (garbled)"}, ensure_ascii=False) + "\n"
+                                 for r in rows), encoding="utf-8")
+        return out
+
+    monkeypatch.setattr(evaluate, "run_eval", garbled)
+    cfg = pl.PipelineConfig(port=8123, merged_port=8124)
+    servers = _servers(tmp_path, cfg, start=True)
+    with pytest.raises(ApplianceError, match="merge check failed: .* answered 1 of 1 prompts differently"):
+        pl._serve_and_eval(cfg, servers, tmp_path, lambda s: None, {})
+    servers.stop()
+    report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    assert report["run"]["merge_check"] == {"identical": 0, "prompts": 1, "required": 1}
 
 
 def test_on_a_gpu_the_servers_run_one_after_the_other(tmp_path, monkeypatch):
