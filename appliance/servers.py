@@ -49,14 +49,24 @@ def records_dir() -> Path:
 
 
 def read_records() -> list[ServerInfo]:
-    """Every recorded server, oldest port first; unreadable records are skipped."""
-    out = []
-    for f in sorted(records_dir().glob("*.json")) if records_dir().is_dir() else []:
-        try:
-            out.append(ServerInfo(**json.loads(f.read_text(encoding="utf-8"))))
-        except (ValueError, TypeError):
-            continue
-    return out
+    """Every recorded server, oldest port first; unreadable records are skipped (see :func:`unreadable_records`)."""
+    return [r for r in map(_read_record, _record_files()) if r is not None]
+
+
+def unreadable_records() -> list[Path]:
+    """Record files that do not parse (a disk filled up, a hand edit): `status` shows them, `down` removes them."""
+    return [f for f in _record_files() if _read_record(f) is None]
+
+
+def _record_files() -> list[Path]:
+    return sorted(records_dir().glob("*.json")) if records_dir().is_dir() else []
+
+
+def _read_record(f: Path) -> ServerInfo | None:
+    try:
+        return ServerInfo(**json.loads(f.read_text(encoding="utf-8")))
+    except (ValueError, TypeError, UnicodeDecodeError):
+        return None
 
 
 def find_record(url: str | None = None) -> ServerInfo | None:
@@ -238,8 +248,13 @@ def serve_foreground(info: ServerInfo, echo: Callable[[str], None]) -> None:
 def stop(port: int | None = None, all_servers: bool = False) -> list[int]:
     """Stop recorded servers: the one on ``port``, all, or the only one; returns the ports stopped."""
     recs = read_records()
+    broken = [f for f in unreadable_records() if port is None and all_servers or f.stem == str(port)]
+    for f in broken:
+        f.unlink(missing_ok=True)
     if port is not None:
         recs = [r for r in recs if r.port == port]
+        if not recs and broken:
+            return [port]
         if not recs:
             raise ApplianceError(f"--port {port}: no server recorded on that port; `appliance status` lists them")
     elif not all_servers and len(recs) > 1:
@@ -275,4 +290,7 @@ def report(api_key: str | None = None) -> list[dict]:
         else:
             row["note"] = f"not running; last log lines in {r.log}"
         rows.append(row)
+    for f in unreadable_records():
+        rows.append({"port": f.stem, "url": f"(port {f.stem})", "pid": "?", "log": "", "alive": False, "models": [],
+                     "note": f"unreadable record {f}; `appliance down --port {f.stem}` removes it"})
     return rows

@@ -532,3 +532,15 @@ def test_no_lora_with_adapters_is_refused():
 
     with pytest.raises(ApplianceError, match="--no-lora: cannot serve --adapter saves/archer"):
         preflight(UpConfig(adapters=["saves/archer"], lora=False))
+
+
+def test_unreadable_server_records_are_shown_and_removed(appliance_home):
+    d = servers.records_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "8399.json").write_text("{not json", encoding="utf-8")
+    rows = servers.report()
+    assert [r["port"] for r in rows] == ["8399"] and "unreadable record" in rows[0]["note"]
+    assert servers.stop(port=8399) == [8399] and not (d / "8399.json").exists()
+    (d / "8398.json").write_bytes(b"\xff\xfe")
+    servers.stop(all_servers=True)
+    assert not (d / "8398.json").exists()
