@@ -56,17 +56,9 @@ def inspect_adapter(path: str | Path, name: str | None = None, flag: str = "--ad
     d = Path(paths.resolve_user_path(path))
     if not d.is_dir():
         raise ApplianceError(f"{flag} {path}: directory not found; pass the --output directory of `appliance train` (e.g. saves/archer)")
-    cfg_file = d / "adapter_config.json"
-    if not cfg_file.is_file():
+    if not (d / "adapter_config.json").is_file():
         raise ApplianceError(f"{flag} {path}: no adapter_config.json, so it is not a PEFT adapter; point it at an `appliance train` output")
-    try:
-        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise ApplianceError(f"{cfg_file}: not UTF-8 text; re-run `appliance train`") from None
-    except json.JSONDecodeError as e:
-        raise ApplianceError(f"{cfg_file}: invalid JSON at line {e.lineno} ({e.msg})")
-    if not isinstance(cfg, dict):
-        raise ApplianceError(f"{cfg_file}: not a PEFT adapter config (expected a JSON object); re-run `appliance train`")
+    cfg = read_adapter_config(d)
     if cfg.get("peft_type") != "LORA":
         raise ApplianceError(f"{flag} {path}: peft_type is {cfg.get('peft_type')!r}, vLLM serves only LORA adapters")
     merge_hint = f"run `appliance merge --adapter {path}` and serve the merged model with `appliance up --model`"
@@ -88,6 +80,20 @@ def inspect_adapter(path: str | Path, name: str | None = None, flag: str = "--ad
     servable_rank(info.rank, flag=f"{flag} {path}")
     _read_base(d, cfg, info)
     return info
+
+
+def read_adapter_config(d: Path) -> dict:
+    """``d/adapter_config.json`` as a dict, with a one-line error naming the file when it is not one."""
+    cfg_file = d / "adapter_config.json"
+    try:
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ApplianceError(f"{cfg_file}: not UTF-8 text; re-run `appliance train`") from None
+    except json.JSONDecodeError as e:
+        raise ApplianceError(f"{cfg_file}: invalid JSON at line {e.lineno} ({e.msg})")
+    if not isinstance(cfg, dict) or not cfg.get("peft_type"):
+        raise ApplianceError(f"{cfg_file}: has no peft_type, so it is not a PEFT adapter config; re-run `appliance train`")
+    return cfg
 
 
 def _weight_names(d: Path) -> list[str]:
@@ -217,12 +223,11 @@ def unload(name: str, url: str = DEFAULT_URL, api_key: str | None = None) -> Non
 def load_checked(name: str, path: str, url: str | None = None, api_key: str | None = None,
                  extra_roots: list[str] | None = None) -> AdapterInfo:
     """``adapters load``: the roots and rank limit come from the server's record when it was started here."""
+    from appliance.chat import default_url
     from appliance.servers import find_record
 
-    from appliance.chat import default_url
-
-    rec = find_record(server_url(url) if url else None)
     url = url or default_url()  # the only recorded server; several: the user must pick one
+    rec = find_record(server_url(url))
     roots = (rec.adapter_roots if rec else [str(paths.saves_dir())]) + list(extra_roots or [])
     served = (rec.model, set(rec.models[:1])) if rec else None
     return load(name, path, url=url, api_key=api_key, roots=roots, max_rank=rec.max_lora_rank if rec else None,

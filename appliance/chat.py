@@ -24,14 +24,12 @@ class ChatConfig:
 def default_url() -> str:
     """The only recorded server's URL, else the default ``http://127.0.0.1:8000``."""
     from appliance.adapters import DEFAULT_URL
-    from appliance.servers import find_record
-
     from appliance.servers import read_records
 
-    rec = find_record()
-    if rec is None and len(recs := read_records()) > 1:
+    recs = read_records()
+    if len(recs) > 1:
         raise ApplianceError(f"{len(recs)} servers are running ({', '.join(r.url for r in recs)}); pass --url to pick one")
-    return rec.url if rec else DEFAULT_URL
+    return recs[0].url if recs else DEFAULT_URL
 
 
 def pick_model(entries: list[dict]) -> str:

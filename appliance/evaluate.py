@@ -156,21 +156,12 @@ def run_eval(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
         raise ApplianceError("--name and --author must not be empty: the identity hit rate looks for both")
     prompts = load_prompts(cfg.prompts, cfg.name, cfg.author)
     out = output_dir(cfg)
-    _check_output(out, "--output")
+    paths.refuse_file_on_path(out, "--output")
     rows, _ = asyncio.run(_run(cfg, prompts, progress or (lambda msg: None)))
     paths.atomic_write_text(out / "answers.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     run = {"url": base_url(cfg.url), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
            "config": {k: v for k, v in asdict(cfg).items() if k not in ("api_key", "rules")}}
     return write_report(out, cfg.rules, run=run)
-
-
-def _check_output(out: Path, flag: str) -> None:
-    """Fail before any request when the report folder cannot be one (a file, or under a file)."""
-    for d in [out, *out.parents]:
-        if d.exists():
-            if not d.is_dir():
-                raise ApplianceError(f"{flag} {out}: {d} is a file, not a folder; choose another {flag}")
-            return
 
 
 def report_from_answers(answers: str | Path, output: str | None = None, rules: list[Rule] = ()) -> dict:
@@ -179,7 +170,7 @@ def report_from_answers(answers: str | Path, output: str | None = None, rules: l
     out = Path(output).expanduser() if output else src.parent
     if output and not out.is_absolute():
         out = paths.home() / out
-    _check_output(out, "--output")
+    paths.refuse_file_on_path(out, "--output")
     return write_report(out, rules, run={"rebuilt_from": str(src)}, answers_path=src)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance import paths
+from appliance.adapters import read_adapter_config
 from appliance.errors import ApplianceError
 from appliance.rundir import library_versions, read_meta, write_meta
 
@@ -172,7 +173,7 @@ def merge(cfg: MergeConfig) -> MergeResult:
     if not (adapter / "adapter_config.json").is_file():
         raise ApplianceError(f"--adapter {cfg.adapter}: {adapter} has no adapter_config.json; it is not a PEFT LoRA adapter directory")
     meta = read_meta(adapter, kind="lora-adapter")
-    _check_adapter_config(adapter)
+    read_adapter_config(adapter)  # a broken config is named now, not after the base has loaded (any PEFT type merges)
     sha = file_sha256(_adapter_weights(adapter))
     out = _resolve_output(cfg, adapter)
     base_path, base_meta = _resolve_base(adapter, meta)
@@ -187,9 +188,7 @@ def merge(cfg: MergeConfig) -> MergeResult:
         raise ApplianceError(f"--output {out}: already exists and is not this adapter merged as {dtype}; pass --overwrite to replace it or choose another --output")
 
     _refuse_quantized(base_path)
-    for parent in [out.parent, *out.parent.parents]:
-        if parent.exists() and not parent.is_dir():
-            raise ApplianceError(f"--output {out}: {parent} is a file, not a folder; choose another --output")
+    paths.refuse_file_on_path(out.parent, "--output")
     out.parent.mkdir(parents=True, exist_ok=True)
     _sweep_dead_tmp(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
@@ -204,19 +203,6 @@ def merge(cfg: MergeConfig) -> MergeResult:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return MergeResult(out, verification, meta=result_meta)
-
-
-def _check_adapter_config(adapter: Path) -> None:
-    """A broken adapter_config.json is named now, not after the base has loaded (any PEFT type merges)."""
-    import json
-
-    f = adapter / "adapter_config.json"
-    try:
-        cfg = json.loads(f.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise ApplianceError(f"{f}: not valid JSON ({type(e).__name__}); re-run `appliance train`") from None
-    if not isinstance(cfg, dict) or not cfg.get("peft_type"):
-        raise ApplianceError(f"{f}: has no peft_type, so it is not a PEFT adapter config; re-run `appliance train`")
 
 
 def _refuse_overlap(out: Path, adapter: Path, base: Path) -> None:

@@ -62,6 +62,17 @@ def resolve_user_path(path: str | os.PathLike) -> Path:
     return (home() / p).resolve() if (home() / p).exists() else p.resolve()
 
 
+def refuse_file_on_path(out: Path, flag: str) -> None:
+    """Fail before any work when ``out`` (a folder to write) or its nearest existing ancestor is a file."""
+    from appliance.errors import ApplianceError
+
+    for d in [out, *out.parents]:
+        if d.exists():
+            if not d.is_dir():
+                raise ApplianceError(f"{flag} {out}: {d} is a file, not a folder; choose another {flag}")
+            return
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a file through a temporary sibling and rename, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -145,15 +145,13 @@ def _max_lora_rank(cfg: UpConfig, infos: list[AdapterInfo]) -> int:
     """The rank limit the server will have (0: no LoRA); a user's own ``--max-lora-rank`` wins and is recorded."""
     if not cfg.lora:
         return 0
-    args = list(cfg.extra_args)
-    for i, a in enumerate(args):
-        value = a.split("=", 1)[1] if a.startswith("--max-lora-rank=") else args[i + 1] if a == "--max-lora-rank" and i + 1 < len(args) else None
-        if value is not None:
-            if not value.isdigit() or int(value) < max([x.rank for x in infos], default=1):
-                raise ApplianceError(f"--max-lora-rank {value}: must be a whole number at least the adapters' rank "
-                                     f"({max([x.rank for x in infos], default=1)})")
-            return int(value)
-    return servable_rank(max([a.rank for a in infos], default=DEFAULT_RUNTIME_RANK))
+    largest = max([a.rank for a in infos], default=None)
+    value = _flag_value(cfg.extra_args, "--max-lora-rank")
+    if value is None:
+        return servable_rank(largest or DEFAULT_RUNTIME_RANK)
+    if not value.isdigit() or int(value) < (largest or 1):
+        raise ApplianceError(f"--max-lora-rank {value}: must be a whole number at least the adapters' rank ({largest or 1})")
+    return int(value)
 
 
 def _base_from(infos: list[AdapterInfo]) -> str | None:
@@ -249,6 +247,17 @@ def build_command(plan: Plan, base_env: dict[str, str] | None = None) -> tuple[l
 def _has_flag(args: list[str], *flags: str) -> bool:
     """Whether the user's extra vLLM args set any of ``flags`` (``--flag value``, ``--flag=value`` or dotted)."""
     return any(a == f or a.startswith((f + "=", f + ".")) for a in args for f in flags)
+
+
+def _flag_value(args: list[str], flag: str) -> str | None:
+    """The value the user's extra vLLM args give ``flag`` (``--flag value`` or ``--flag=value``; the last wins)."""
+    value = None
+    for i, a in enumerate(args):
+        if a.startswith(flag + "="):
+            value = a.split("=", 1)[1]
+        elif a == flag and i + 1 < len(args):
+            value = args[i + 1]
+    return value
 
 
 def _chooses_compilation(args: list[str]) -> bool:

@@ -49,24 +49,20 @@ def records_dir() -> Path:
 
 
 def read_records() -> list[ServerInfo]:
-    """Every recorded server, oldest port first; unreadable records are skipped (see :func:`unreadable_records`)."""
-    return [r for r in map(_read_record, _record_files()) if r is not None]
+    """Every recorded server, oldest port first; unreadable records are skipped (see :func:`scan_records`)."""
+    return scan_records()[0]
 
 
-def unreadable_records() -> list[Path]:
-    """Record files that do not parse (a disk filled up, a hand edit): `status` shows them, `down` removes them."""
-    return [f for f in _record_files() if _read_record(f) is None]
-
-
-def _record_files() -> list[Path]:
-    return sorted(records_dir().glob("*.json")) if records_dir().is_dir() else []
-
-
-def _read_record(f: Path) -> ServerInfo | None:
-    try:
-        return ServerInfo(**json.loads(f.read_text(encoding="utf-8")))
-    except (ValueError, TypeError, UnicodeDecodeError):
-        return None
+def scan_records() -> tuple[list[ServerInfo], list[Path]]:
+    """The records that parse, and the files that do not (a disk filled up, a hand edit): `status`
+    shows those, `down` removes them."""
+    good, broken = [], []
+    for f in sorted(records_dir().glob("*.json")) if records_dir().is_dir() else []:
+        try:
+            good.append(ServerInfo(**json.loads(f.read_text(encoding="utf-8"))))
+        except (ValueError, TypeError, UnicodeDecodeError):
+            broken.append(f)
+    return good, broken
 
 
 def find_record(url: str | None = None) -> ServerInfo | None:
@@ -247,8 +243,8 @@ def serve_foreground(info: ServerInfo, echo: Callable[[str], None]) -> None:
 
 def stop(port: int | None = None, all_servers: bool = False) -> list[int]:
     """Stop recorded servers: the one on ``port``, all, or the only one; returns the ports stopped."""
-    recs = read_records()
-    broken = [f for f in unreadable_records() if port is None and all_servers or f.stem == str(port)]
+    recs, broken = scan_records()
+    broken = [f for f in broken if (port is None and all_servers) or f.stem == str(port)]
     for f in broken:
         f.unlink(missing_ok=True)
     if port is not None:
@@ -272,7 +268,8 @@ def report(api_key: str | None = None) -> list[dict]:
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     rows = []
-    for r in read_records():
+    recs, broken = scan_records()
+    for r in recs:
         row = {"port": r.port, "url": r.url, "pid": r.pid, "log": r.log, "alive": _is_vllm_group(r.pid),
                "models": [], "note": ""}
         if row["alive"]:
@@ -290,7 +287,7 @@ def report(api_key: str | None = None) -> list[dict]:
         else:
             row["note"] = f"not running; last log lines in {r.log}"
         rows.append(row)
-    for f in unreadable_records():
+    for f in broken:
         rows.append({"port": f.stem, "url": f"(port {f.stem})", "pid": "?", "log": "", "alive": False, "models": [],
                      "note": f"unreadable record {f}; `appliance down --port {f.stem}` removes it"})
     return rows

@@ -38,9 +38,8 @@ def output_path(output: str) -> Path:
 
 def _check_output(out: Path, cfg: TrainConfig) -> None:
     """Refuse, before any work, an --output that --overwrite would have to destroy to use."""
+    paths.refuse_file_on_path(out, "--output")
     flag = f"--output {cfg.output}"
-    if out.exists() and not out.is_dir():
-        raise ApplianceError(f"{flag}: is a file; choose a directory path for the adapter")
     if not out.exists():
         return
     if not cfg.overwrite:

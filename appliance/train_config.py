@@ -61,9 +61,9 @@ class TrainConfig:
         if config_file:
             values.update(_read_yaml(config_file))
         values.update({k: v for k, v in flags.items() if v is not None})
-        known = {f.name: f for f in fields(cls)}
+        known = {f.name for f in fields(cls)}
         where = f"--config {config_file}: " if config_file else ""
-        unknown = sorted(set(values) - set(known))
+        unknown = sorted(set(values) - known)
         if unknown:
             raise ApplianceError(f"{where}unknown option(s) {', '.join(unknown)}; valid keys are {', '.join(sorted(known))}")
         defaults = cls()
