@@ -7,7 +7,6 @@ embedding / lm_head weights have to be merged into the base instead (``appliance
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,12 +84,7 @@ def inspect_adapter(path: str | Path, name: str | None = None, flag: str = "--ad
 def read_adapter_config(d: Path) -> dict:
     """``d/adapter_config.json`` as a dict, with a one-line error naming the file when it is not one."""
     cfg_file = d / "adapter_config.json"
-    try:
-        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise ApplianceError(f"{cfg_file}: not UTF-8 text; re-run `appliance train`") from None
-    except json.JSONDecodeError as e:
-        raise ApplianceError(f"{cfg_file}: invalid JSON at line {e.lineno} ({e.msg})")
+    cfg = paths.read_json(cfg_file, "re-run `appliance train`")
     if not isinstance(cfg, dict) or not cfg.get("peft_type"):
         raise ApplianceError(f"{cfg_file}: has no peft_type, so it is not a PEFT adapter config; re-run `appliance train`")
     return cfg

@@ -73,6 +73,20 @@ def refuse_file_on_path(out: Path, flag: str) -> None:
             return
 
 
+def read_json(path: Path, fix: str):
+    """A JSON file's content; a file that is not UTF-8 JSON is a one-line error naming it, ending in ``fix``."""
+    import json
+
+    from appliance.errors import ApplianceError
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ApplianceError(f"{path}: not UTF-8 text; {fix}") from None
+    except json.JSONDecodeError as e:
+        raise ApplianceError(f"{path}: invalid JSON at line {e.lineno} ({e.msg}); {fix}") from None
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a file through a temporary sibling and rename, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import ApplianceError
-from appliance.paths import atomic_write_text
+from appliance.paths import atomic_write_text, read_json
 
 META_FILE = "appliance.json"
 
@@ -30,12 +30,7 @@ def read_meta(run_dir: str | Path, kind: str | None = None) -> dict[str, Any]:
         if kind == "lora-adapter" and (d / "adapter_config.json").is_file():
             return {"kind": "lora-adapter", "base_model": {}, "external": True}
         raise ApplianceError(f"{p}: missing; {d} was not written by `appliance train` or `appliance merge`")
-    try:
-        meta = json.loads(p.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise ApplianceError(f"{p}: not UTF-8 text; re-run the stage that wrote it with --overwrite") from None
-    except json.JSONDecodeError as e:
-        raise ApplianceError(f"{p}: invalid JSON at line {e.lineno} ({e.msg}); re-run the stage that wrote it with --overwrite")
+    meta = read_json(p, "re-run the stage that wrote it with --overwrite")
     if not isinstance(meta, dict) or not isinstance(meta.get("base_model") or {}, dict):
         raise ApplianceError(f"{p}: not a run description (expected an object with a base_model object); "
                              "re-run the stage that wrote it with --overwrite")
