@@ -30,3 +30,34 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         return True
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_memory_available() -> int | None:
+    """Bytes a CPU vLLM worker can still allocate, as vLLM counts them (None if unreadable).
+
+    vLLM's CPU backend binds its memory to the NUMA node of its first CPU and sizes the KV cache
+    from that node's meminfo, which on some VMs holds only part of the RAM (11 of 23 GiB on one
+    of ours): free + file cache + reclaimable there, within the cgroup's limit.
+    """
+    try:
+        cpu = min(os.sched_getaffinity(0))
+        nodes = sorted(Path(f"/sys/devices/system/cpu/cpu{cpu}").glob("node[0-9]*"))
+        src = nodes[0] / "meminfo" if nodes else Path("/proc/meminfo")
+        info = {}
+        for line in src.read_text().splitlines():
+            parts = line.split()
+            if nodes:
+                parts = parts[2:]  # "Node 0 MemFree: 8058728 kB"
+            if len(parts) >= 2 and parts[1].isdigit():
+                info[parts[0].rstrip(":")] = int(parts[1]) * 1024
+        avail = sum(info.get(k, 0) for k in ("MemFree", "Active(file)", "Inactive(file)", "SReclaimable"))
+    except (OSError, ValueError):
+        return None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit.isdigit():
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+            avail = min(avail, max(0, int(limit) - used))
+    except (OSError, ValueError):
+        pass
+    return avail or None

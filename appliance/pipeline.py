@@ -16,7 +16,7 @@ from appliance import paths
 from appliance.errors import ApplianceError
 
 Echo = Callable[[str], None]
-CPU_KV_SHARE = 0.15  # of RAM, per server: two run at once on a CPU (see _Servers)
+CPU_KV_SHARE = 0.15  # of the memory available, per server KV cache: two run at once on a CPU (see _Servers)
 
 
 @dataclass
@@ -108,7 +108,7 @@ class _Servers:
     On a CPU, starting a server is ~35 s of mostly single-threaded imports, so the first starts
     while the merge runs and the second as soon as the merged model is written; both are ready
     before either is evaluated (a start beside an eval halved the eval's throughput and skewed its
-    latency figures). Each gets a smaller share of RAM for its KV cache, 0.15: ample for the eval.
+    latency figures). Each gets a smaller share of the available memory for its KV cache, 0.15: ample for the eval.
     On a GPU both would claim 90% of its memory, so there they run one after the other.
     """
 
@@ -165,9 +165,12 @@ class _Servers:
                 continue
             try:
                 fut.result()
-            except Exception:  # noqa: BLE001 - the caller reports the failure it hit first
-                pass
-            serve.down(port=self.specs[w].port)
+            except Exception:  # noqa: BLE001 - a start that failed left nothing running; the caller reports it
+                continue
+            try:
+                serve.down(port=self.specs[w].port)
+            except ApplianceError as e:  # the other server must still be stopped, and the first error kept
+                self.echo(f"warning: stopping the {w} server: {e}")
         if which is None:
             self.pool.shutdown(wait=True)
 

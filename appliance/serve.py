@@ -27,6 +27,7 @@ GUARD = "appliance.guard.AdapterRootGuard"
 CPU_LORA_PLUGIN = "appliance_cpu_lora"  # pyproject's vllm.general_plugins entry point
 MIN_MAX_LORAS = 4  # room for adapters loaded at runtime
 CPU_MAX_MODEL_LEN = 2048  # a modest context keeps the CPU KV cache small and the start fast
+CPU_MEMORY_SHARE = 0.3  # of the memory available at start, for the KV cache (vLLM: of the NUMA node, weights included)
 # CUDA graphs captured at start on a GPU. vLLM's default is 51 batch sizes, each captured twice for
 # piecewise and full graphs and twice again with and without LoRA (204 captures); these 23 sizes
 # keep the padding of a decode batch under 25% up to the default 512 and capture 92 graphs
@@ -72,6 +73,7 @@ class Plan:
     gpu_memory_utilization: float | None = None
     max_model_len: int | None = None
     extra_args: list[str] = field(default_factory=list)
+    kv_cache_bytes: int | None = None  # CPU: the KV cache's size, from the share of the memory available
 
     @property
     def url(self) -> str:
@@ -131,10 +133,28 @@ def preflight(cfg: UpConfig) -> Plan:
     roots = [str(paths.saves_dir())] + [a.path for a in infos] + list(cfg.adapter_roots)
     roots = list(dict.fromkeys(real(r) for r in roots))
     _check_port(cfg.host, cfg.port)
+    device = cfg.device or detect_device()
     return Plan(model=ref.path, served_name=served_name, adapters=infos, adapter_roots=roots, max_lora_rank=max_rank,
-                host=cfg.host, port=cfg.port, device=cfg.device or detect_device(), api_key=cfg.api_key,
+                host=cfg.host, port=cfg.port, device=device, api_key=cfg.api_key,
                 eager=cfg.eager, lora=cfg.lora, gpu_memory_utilization=cfg.gpu_memory_utilization,
-                max_model_len=cfg.max_model_len, extra_args=list(cfg.extra_args))
+                max_model_len=cfg.max_model_len, extra_args=list(cfg.extra_args),
+                kv_cache_bytes=_cpu_kv_cache_bytes(cfg) if device == "cpu" else None)
+
+
+def _cpu_kv_cache_bytes(cfg: UpConfig) -> int | None:
+    """The KV cache for a CPU server: the share of the memory vLLM can still allocate.
+
+    vLLM's CPU backend reads the share as one of its NUMA node's total memory, weights and
+    runtime included; where that node holds part of the RAM (11 of 23 GiB on one of our VMs)
+    0.15 left 30 MB for the cache and the server failed to start. None: a user's own
+    ``--kv-cache-memory-bytes`` / ``VLLM_CPU_KVCACHE_SPACE`` decides, or the memory is unknown.
+    """
+    from appliance import hw
+
+    if _has_flag(cfg.extra_args, "--kv-cache-memory-bytes") or os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        return None
+    avail = hw.cpu_memory_available()
+    return int(avail * (cfg.gpu_memory_utilization or CPU_MEMORY_SHARE)) if avail else None
 
 
 # a server started without adapters still takes the rank `appliance train` writes by default at runtime
@@ -190,8 +210,11 @@ def build_command(plan: Plan, base_env: dict[str, str] | None = None) -> tuple[l
         # one flag with several values: vLLM's --lora-modules does not accumulate repeated flags
         argv += ["--lora-modules", *(f"{a.name}={a.path}" for a in plan.adapters)]
     if plan.device == "cpu":
-        argv += ["--gpu-memory-utilization", str(plan.gpu_memory_utilization or 0.3),
-                 "--max-model-len", str(plan.max_model_len or CPU_MAX_MODEL_LEN)]
+        if plan.kv_cache_bytes:
+            argv += ["--kv-cache-memory-bytes", str(plan.kv_cache_bytes)]
+        elif not _has_flag(plan.extra_args, "--kv-cache-memory-bytes"):
+            argv += ["--gpu-memory-utilization", str(plan.gpu_memory_utilization or CPU_MEMORY_SHARE)]
+        argv += ["--max-model-len", str(plan.max_model_len or CPU_MAX_MODEL_LEN)]
         dtype = cpu_dtype(plan.extra_args)
         if dtype:
             argv += ["--dtype", dtype]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -141,6 +142,22 @@ def log_tail(log: str | Path, lines: int = 25) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
+_EXCEPTION_LINE = re.compile(r"^(?:\(\w+ pid=\d+\) )?(?:ERROR [\d-]+ [\d:]+ \[[^\]]*\] )?((?:\w+\.)*\w*(?:Error|Exception): .+)$")
+
+
+def root_cause(log: str | Path) -> str | None:
+    """The first exception vLLM's log reports ("ValueError: To serve at least one request ..."), if any.
+
+    vLLM's last line is the generic "Engine core initialization failed. See root cause above";
+    the line that says what to change comes first.
+    """
+    for line in log_tail(log, lines=400).splitlines():
+        m = _EXCEPTION_LINE.match(line.strip())
+        if m:
+            return m.group(1)[:400]
+    return None
+
+
 def _die_with_parent() -> None:
     """In the child, before exec: a foreground server gets SIGTERM if `appliance up` is killed outright."""
     try:
@@ -191,7 +208,9 @@ def _wait_ready(proc: subprocess.Popen, info: ServerInfo, api_key: str | None, t
             if tty:
                 sys.stderr.write("\n")
             echo(log_tail(info.log))
-            raise ApplianceError(f"vLLM exited with code {proc.returncode} while starting; full log: {info.log}")
+            cause = root_cause(info.log)
+            raise ApplianceError(f"vLLM exited with code {proc.returncode} while starting{': ' + cause if cause else ''}; "
+                                 f"full log: {info.log}")
         if elapsed > timeout_s:
             echo(log_tail(info.log))
             raise ApplianceError(f"vLLM did not answer within {timeout_s:.0f}s; see {info.log} or raise --ready-timeout")

@@ -185,3 +185,33 @@ def test_cli_leaves_unset_options_to_the_config_defaults(monkeypatch):
     assert seen[0] == pl.PipelineConfig()  # e.g. concurrency 64, not a second default in the CLI
     assert CliRunner().invoke(main, ["pipeline", "--concurrency", "8"]).exit_code == 0
     assert seen[1].concurrency == 8
+
+
+def test_a_server_that_fails_to_start_is_reported_and_the_other_is_still_stopped(tmp_path, monkeypatch):
+    from appliance import serve
+    from appliance.errors import ApplianceError
+
+    log = _fakes(tmp_path, monkeypatch, "cpu")
+    real_up = serve.up
+
+    def failing_up(cfg, echo=print):
+        if cfg.adapters:
+            raise ApplianceError("vLLM exited with code 1 while starting: ValueError: no KV cache")
+        return real_up(cfg, echo)
+
+    def down(port):  # as serve.down does for a port with no record
+        log.append(("down", port))
+        raise ApplianceError(f"--port {port}: no server recorded on that port")
+
+    monkeypatch.setattr(serve, "up", failing_up)
+    monkeypatch.setattr(serve, "down", down)
+    cfg = pl.PipelineConfig(port=8123, merged_port=8124)
+    servers = _servers(tmp_path, cfg, start=True)
+    servers.prestart("merged")
+    with pytest.raises(ApplianceError, match="no KV cache"):
+        try:
+            pl._serve_and_eval(cfg, servers, tmp_path, lambda s: None, {})
+        finally:
+            servers.stop()
+    # the failed start is not stopped (nothing runs), the merged server is
+    assert ("down", 8124) in log and ("down", 8123) not in log

@@ -544,3 +544,48 @@ def test_unreadable_server_records_are_shown_and_removed(appliance_home):
     (d / "8398.json").write_bytes(b"\xff\xfe")
     servers.stop(all_servers=True)
     assert not (d / "8398.json").exists()
+
+
+def test_cpu_kv_cache_is_a_share_of_the_memory_vllm_can_allocate(tiny_model_dir, appliance_home, monkeypatch):
+    """vLLM's CPU backend counts its share against one NUMA node, weights included: on a VM whose
+    node holds half the RAM a 0.15 share left 30 MB of KV cache. The share now sizes the cache itself."""
+    from appliance import hw
+
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    monkeypatch.setattr(hw, "cpu_memory_available", lambda: 8 * 2**30)
+    plan = preflight(UpConfig(model=str(tiny_model_dir), port=_free_port(), device="cpu", gpu_memory_utilization=0.15))
+    assert plan.kv_cache_bytes == int(0.15 * 8 * 2**30)
+    argv, _ = build_command(plan, base_env={})
+    assert _flag(argv, "--kv-cache-memory-bytes") == str(int(0.15 * 8 * 2**30)) and "--gpu-memory-utilization" not in argv
+    assert preflight(UpConfig(model=str(tiny_model_dir), port=_free_port(), device="cpu")).kv_cache_bytes == int(0.3 * 8 * 2**30)
+    # the user's own KV size wins, and no share is passed beside it
+    plan = preflight(UpConfig(model=str(tiny_model_dir), port=_free_port(), device="cpu",
+                              extra_args=["--kv-cache-memory-bytes", "1000000000"]))
+    argv, _ = build_command(plan, base_env={})
+    assert plan.kv_cache_bytes is None and "--gpu-memory-utilization" not in argv and argv.count("--kv-cache-memory-bytes") == 1
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "2")
+    assert preflight(UpConfig(model=str(tiny_model_dir), port=_free_port(), device="cpu")).kv_cache_bytes is None
+    # a GPU keeps vLLM's own share of its memory
+    assert preflight(UpConfig(model=str(tiny_model_dir), port=_free_port(), device="cuda")).kv_cache_bytes is None
+
+
+def test_memory_available_is_read_from_this_machine():
+    from appliance import hw
+
+    avail = hw.cpu_memory_available()
+    assert avail is None or 0 < avail <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def test_a_failed_start_names_vllms_first_exception(tmp_path):
+    from appliance.servers import root_cause
+
+    log = tmp_path / "server.log"
+    log.write_text(
+        "(EngineCore pid=22) INFO 11-23 22:48:16 [cpu_worker.py:260] Auto set (0.03/11.21) GiB for KV cache\n"
+        "(EngineCore pid=22) ERROR 11-23 22:48:16 [core.py:1510] ValueError: To serve at least one request "
+        "with the model's max seq len (2048), (0.09 GiB KV cache is needed\n"
+        "Traceback (most recent call last):\n"
+        "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}\n")
+    assert root_cause(log).startswith("ValueError: To serve at least one request")
+    log.write_text("INFO nothing wrong\n")
+    assert root_cause(log) is None
