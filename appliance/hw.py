@@ -42,7 +42,8 @@ def cpu_memory_available() -> int | None:
     try:
         cpu = min(os.sched_getaffinity(0))
         nodes = sorted(Path(f"/sys/devices/system/cpu/cpu{cpu}").glob("node[0-9]*"))
-        src = nodes[0] / "meminfo" if nodes else Path("/proc/meminfo")
+        nodes = [n / "meminfo" for n in nodes] or [p for p in [Path("/sys/devices/system/node/node0/meminfo")] if p.is_file()]
+        src = nodes[0] if nodes else Path("/proc/meminfo")
         info = {}
         for line in src.read_text().splitlines():
             parts = line.split()
