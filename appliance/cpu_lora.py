@@ -53,16 +53,55 @@ def token_groups(indices: torch.Tensor) -> Groups:
 class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
     """vLLM's CPU punica wrapper with the linear-layer LoRA ops done per adapter, not per token.
 
-    Embedding and logits LoRA (rarely targeted) keep vLLM's implementation.
+    The output head's and the embedding's LoRA (vLLM applies both to every batch of a model
+    whose lm_head / embed_tokens are supported modules, whether an adapter targets them or not)
+    are grouped the same way.
     """
 
     _groups: Groups | None = None
     _groups_len = -1
+    _sample_groups: Groups | None = None
+    _sample_len = -1
 
     def update_metadata(self, *args, **kwargs) -> None:
         super().update_metadata(*args, **kwargs)
         indices = self.token_lora_indices
         self._groups, self._groups_len = token_groups(indices), indices.numel()
+        self._sample_groups, self._sample_len = token_groups(self.sampler_indices), self.sampler_indices.numel()
+
+    def add_lora_embedding(self, y: torch.Tensor, x: torch.Tensor, lora_b_stacked: torch.Tensor,
+                           add_inputs: bool = True, **kwargs) -> None:
+        """The embedding's LoRA expand, per adapter like the linear layers' (vLLM gathers B per token)."""
+        if self._grouped(x.size(0)) is None:
+            return super().add_lora_embedding(y, x, lora_b_stacked, add_inputs, **kwargs)
+        y2 = y.view(-1, y.shape[-1])
+        self._apply_expand(y2, x, lora_b_stacked, 0, y2.size(-1), add_inputs)
+
+    def add_lora_logits(self, y: torch.Tensor, x: torch.Tensor, lora_a_stacked: torch.Tensor,
+                        lora_b_stacked: torch.Tensor, scale, *, buffer: torch.Tensor | None = None, **kwargs) -> None:
+        """The output head's LoRA per adapter: ``y += (scale * x @ A[slot].T) @ B[slot].T``.
+
+        vLLM wraps the output head of every LoRA-enabled model (SmolLM2's lm_head is a supported
+        module) and its CPU op gathers B, [vocab x rank], once per sampled sequence: 200 MB of
+        copies per decode step at 64 sequences, also for base-model rows (slot -1 reads the last
+        slot's zeros). Here rows without an adapter are skipped and each adapter's B is read once.
+        """
+        y2, x2 = y.view(-1, y.shape[-1]), x.view(-1, x.shape[-1])
+        groups = self._sample_groups if self._sample_groups is not None and x2.size(0) == self._sample_len else None
+        if groups is None:
+            return super().add_lora_logits(y, x, lora_a_stacked, lora_b_stacked, scale, buffer=buffer, **kwargs)
+        for slot, rows in groups:
+            xs = x2 if rows is None else x2.index_select(0, rows)
+            a = lora_a_stacked[slot].reshape(-1, x2.size(-1))  # [rank, hidden]
+            b = lora_b_stacked[slot].reshape(-1, a.size(0))  # [vocab (padded), rank]
+            # the dtypes of vLLM's bgmv ops: shrink in the input's dtype into a float32 buffer, expand in y's
+            mid = (xs @ a.to(xs.dtype).t()).float().mul_(scale)
+            delta = mid.to(y2.dtype) @ b.to(y2.dtype).t()
+            n = min(delta.size(1), y2.size(1))
+            if rows is None:
+                y2[:, :n] += delta[:, :n]
+            else:
+                y2[:, :n].index_add_(0, rows, delta[:, :n])
 
     def _grouped(self, rows: int) -> Groups | None:
         # a batch whose row count differs from the mapping (padding) goes to vLLM's ops

@@ -68,3 +68,51 @@ def test_plugin_is_registered_and_allowed(monkeypatch):
     monkeypatch.delenv(cpu_lora.ENV)
     cpu_lora.register()
     assert current_platform.get_punica_wrapper() == (cpu_lora.QUALNAME if current_platform.is_cpu() else before)
+
+
+VOCAB = 40  # the output head's LoRA: A [rank x hidden], B [vocab x rank] per slot
+
+
+def _run_logits(wrapper_cls, ids, x, a, b, y0):
+    w = wrapper_cls(max_num_batched_tokens=64, max_batches=8, device="cpu")
+    w.update_metadata(LoRAMapping(ids, ids, is_prefill=False), [1, 2, None, None], MAX_LORAS, 100)
+    y = y0.clone()
+    w.add_lora_logits(y, x, a, b, 0.5)
+    return y
+
+
+@pytest.mark.parametrize("ids", [(1, 1, 1, 1), (1, 0, 2, 0), (0, 0, 0, 0)], ids=["one adapter", "mixed", "no adapter"])
+def test_grouped_logits_lora_matches_vllm_ops(ids):
+    """vLLM applies the output head's LoRA to every batch; grouped, it must give the same logits."""
+    gen = torch.Generator().manual_seed(1)
+    a = torch.randn(MAX_LORAS, 1, RANK, IN, generator=gen)
+    b = torch.randn(MAX_LORAS, 1, VOCAB, RANK, generator=gen)
+    a[2:], b[2:] = 0, 0  # empty slots are zero
+    x = torch.randn(len(ids), IN, generator=gen)
+    y0 = torch.randn(len(ids), VOCAB, generator=gen)
+    want = _run_logits(PunicaWrapperCPU, ids, x, a, b, y0)
+    got = _run_logits(cpu_lora.GroupedPunicaWrapperCPU, ids, x, a, b, y0)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    untouched = torch.tensor(ids) == 0
+    assert torch.equal(got[untouched], y0[untouched])
+    assert not torch.equal(got[~untouched], y0[~untouched]) or untouched.all()
+
+
+@pytest.mark.parametrize("ids", [(1, 1, 1, 1), (2, 0, 1, 0), (0, 0, 0, 0)], ids=["one adapter", "mixed", "no adapter"])
+@pytest.mark.parametrize("is_prefill", [True, False], ids=["prefill", "decode"])
+def test_grouped_embedding_lora_matches_vllm_ops(ids, is_prefill):
+    gen = torch.Generator().manual_seed(2)
+    b = torch.randn(MAX_LORAS, 1, IN, RANK, generator=gen)  # B: [hidden x rank] per slot
+    b[2:] = 0
+    x = torch.randn(len(ids), RANK, generator=gen)  # the rows of A looked up for each token
+    y0 = torch.randn(len(ids), IN, generator=gen)
+    out = []
+    for cls in (PunicaWrapperCPU, cpu_lora.GroupedPunicaWrapperCPU):
+        w = cls(max_num_batched_tokens=64, max_batches=8, device="cpu")
+        w.update_metadata(LoRAMapping(ids, ids, is_prefill=is_prefill), [1, 2, None, None], MAX_LORAS, 100)
+        y = y0.clone()
+        w.add_lora_embedding(y, x, b, add_inputs=True)
+        out.append(y)
+    torch.testing.assert_close(out[1], out[0], rtol=1e-5, atol=1e-5)
+    untouched = torch.tensor(ids) == 0
+    assert torch.equal(out[1][untouched], y0[untouched])
