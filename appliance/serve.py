@@ -28,6 +28,8 @@ CPU_LORA_PLUGIN = "appliance_cpu_lora"  # pyproject's vllm.general_plugins entry
 MIN_MAX_LORAS = 4  # room for adapters loaded at runtime
 CPU_MAX_MODEL_LEN = 2048  # a modest context keeps the CPU KV cache small and the start fast
 CPU_MEMORY_SHARE = 0.3  # of the memory available at start, for the KV cache (vLLM: of the NUMA node, weights included)
+CPU_RUNTIME_BYTES = 2 * 2**30  # a vLLM CPU worker beside its weights: 1.4 GiB measured with LoRA on
+CPU_MIN_KV_BYTES = 256 * 2**20  # below this vLLM would refuse anyway; its own message then says why
 # CUDA graphs captured at start on a GPU. vLLM's default is 51 batch sizes, each captured twice for
 # piecewise and full graphs and twice again with and without LoRA (204 captures); these 23 sizes
 # keep the padding of a decode batch under 25% up to the default 512 and capture 92 graphs
@@ -138,15 +140,16 @@ def preflight(cfg: UpConfig) -> Plan:
                 host=cfg.host, port=cfg.port, device=device, api_key=cfg.api_key,
                 eager=cfg.eager, lora=cfg.lora, gpu_memory_utilization=cfg.gpu_memory_utilization,
                 max_model_len=cfg.max_model_len, extra_args=list(cfg.extra_args),
-                kv_cache_bytes=_cpu_kv_cache_bytes(cfg) if device == "cpu" else None)
+                kv_cache_bytes=_cpu_kv_cache_bytes(cfg, ref.path) if device == "cpu" else None)
 
 
-def _cpu_kv_cache_bytes(cfg: UpConfig) -> int | None:
+def _cpu_kv_cache_bytes(cfg: UpConfig, model_path: str) -> int | None:
     """The KV cache for a CPU server: the share of the memory vLLM can still allocate.
 
     vLLM's CPU backend reads the share as one of its NUMA node's total memory, weights and
     runtime included; where that node holds part of the RAM (11 of 23 GiB on one of our VMs)
-    0.15 left 30 MB for the cache and the server failed to start. None: a user's own
+    0.15 left 30 MB for the cache and the server failed to start. A large share still leaves room
+    for the weights (upcast to fp32 on most CPUs) and the runtime. None: a user's own
     ``--kv-cache-memory-bytes`` / ``VLLM_CPU_KVCACHE_SPACE`` decides, or the memory is unknown.
     """
     from appliance import hw
@@ -154,7 +157,11 @@ def _cpu_kv_cache_bytes(cfg: UpConfig) -> int | None:
     if _has_flag(cfg.extra_args, "--kv-cache-memory-bytes") or os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
         return None
     avail = hw.cpu_memory_available()
-    return int(avail * (cfg.gpu_memory_utilization or CPU_MEMORY_SHARE)) if avail else None
+    if not avail:
+        return None
+    weights = sum(f.stat().st_size for f in Path(model_path).glob("*.safetensors")) if Path(model_path).is_dir() else 0
+    room = avail - 2 * weights - CPU_RUNTIME_BYTES
+    return max(int(min(avail * (cfg.gpu_memory_utilization or CPU_MEMORY_SHARE), room)), CPU_MIN_KV_BYTES)
 
 
 # a server started without adapters still takes the rank `appliance train` writes by default at runtime

@@ -558,6 +558,10 @@ def test_cpu_kv_cache_is_a_share_of_the_memory_vllm_can_allocate(tiny_model_dir,
     argv, _ = build_command(plan, base_env={})
     assert _flag(argv, "--kv-cache-memory-bytes") == str(int(0.15 * 8 * 2**30)) and "--gpu-memory-utilization" not in argv
     assert preflight(UpConfig(model=str(tiny_model_dir), port=_free_port(), device="cpu")).kv_cache_bytes == int(0.3 * 8 * 2**30)
+    # a large share still leaves the weights (x2: fp32 on most CPUs) and the runtime their room
+    weights = sum(f.stat().st_size for f in tiny_model_dir.glob("*.safetensors"))
+    big = preflight(UpConfig(model=str(tiny_model_dir), port=_free_port(), device="cpu", gpu_memory_utilization=0.95))
+    assert big.kv_cache_bytes == 8 * 2**30 - 2 * weights - 2 * 2**30
     # the user's own KV size wins, and no share is passed beside it
     plan = preflight(UpConfig(model=str(tiny_model_dir), port=_free_port(), device="cpu",
                               extra_args=["--kv-cache-memory-bytes", "1000000000"]))
