@@ -94,14 +94,11 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
             xs = x2 if rows is None else x2.index_select(0, rows)
             a = lora_a_stacked[slot].reshape(-1, x2.size(-1))  # [rank, hidden]
             b = lora_b_stacked[slot].reshape(-1, a.size(0))  # [vocab (padded), rank]
-            # the dtypes of vLLM's bgmv ops: shrink in the input's dtype into a float32 buffer, expand in y's
-            mid = (xs @ a.to(xs.dtype).t()).float().mul_(scale)
+            # the dtypes of vLLM's bgmv ops: shrink in float32 (its buffer's), expand in y's
+            mid = (xs.float() @ a.float().t()).mul_(scale)
             delta = mid.to(y2.dtype) @ b.to(y2.dtype).t()
-            n = min(delta.size(1), y2.size(1))
-            if rows is None:
-                y2[:, :n] += delta[:, :n]
-            else:
-                y2[:, :n].index_add_(0, rows, delta[:, :n])
+            n = min(delta.size(1), y2.size(1))  # the head and its LoRA may pad the vocabulary differently
+            _put(y2[:, :n], rows, delta[:, :n])
 
     def _grouped(self, rows: int) -> Groups | None:
         # a batch whose row count differs from the mapping (padding) goes to vLLM's ops
@@ -131,10 +128,14 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         for slot, rows in groups:
             b = w_t_all[slot].reshape(-1, x.size(-1)).to(y.dtype)  # [out, rank]
             xs = x if rows is None else x.index_select(0, rows)
-            delta = xs.to(y.dtype) @ b.t()
-            if rows is None:
-                out.add_(delta) if add_inputs else out.copy_(delta)
-            elif add_inputs:
-                out.index_add_(0, rows, delta)
-            else:
-                out.index_copy_(0, rows, delta)
+            _put(out, rows, xs.to(y.dtype) @ b.t(), add_inputs)
+
+
+def _put(out: torch.Tensor, rows: "torch.Tensor | None", delta: torch.Tensor, add_inputs: bool = True) -> None:
+    """``out (+)= delta`` on one adapter's rows (None: every row), in place."""
+    if rows is None:
+        out.add_(delta) if add_inputs else out.copy_(delta)
+    elif add_inputs:
+        out.index_add_(0, rows, delta)
+    else:
+        out.index_copy_(0, rows, delta)

@@ -41,13 +41,13 @@ def cpu_memory_available() -> int | None:
     """
     try:
         cpu = min(os.sched_getaffinity(0))
-        nodes = sorted(Path(f"/sys/devices/system/cpu/cpu{cpu}").glob("node[0-9]*"))
-        nodes = [n / "meminfo" for n in nodes] or [p for p in [Path("/sys/devices/system/node/node0/meminfo")] if p.is_file()]
-        src = nodes[0] if nodes else Path("/proc/meminfo")
+        links = sorted(Path(f"/sys/devices/system/cpu/cpu{cpu}").glob("node[0-9]*"))
+        node = links[0] / "meminfo" if links else Path("/sys/devices/system/node/node0/meminfo")
+        per_node = node.is_file()
         info = {}
-        for line in src.read_text().splitlines():
+        for line in (node if per_node else Path("/proc/meminfo")).read_text().splitlines():
             parts = line.split()
-            if nodes:
+            if per_node:
                 parts = parts[2:]  # "Node 0 MemFree: 8058728 kB"
             if len(parts) >= 2 and parts[1].isdigit():
                 info[parts[0].rstrip(":")] = int(parts[1]) * 1024

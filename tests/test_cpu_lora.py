@@ -81,15 +81,17 @@ def _run_logits(wrapper_cls, ids, x, a, b, y0):
     return y
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("ids", [(1, 1, 1, 1), (1, 0, 2, 0), (0, 0, 0, 0)], ids=["one adapter", "mixed", "no adapter"])
-def test_grouped_logits_lora_matches_vllm_ops(ids):
-    """vLLM applies the output head's LoRA to every batch; grouped, it must give the same logits."""
+def test_grouped_logits_lora_matches_vllm_ops(ids, dtype):
+    """vLLM applies the output head's LoRA to every batch; grouped, it must give the same logits,
+    in the same dtypes (a bf16 model: shrink in float32, expand in bf16)."""
     gen = torch.Generator().manual_seed(1)
-    a = torch.randn(MAX_LORAS, 1, RANK, IN, generator=gen)
-    b = torch.randn(MAX_LORAS, 1, VOCAB, RANK, generator=gen)
+    a = torch.randn(MAX_LORAS, 1, RANK, IN, generator=gen).to(dtype)
+    b = torch.randn(MAX_LORAS, 1, VOCAB, RANK, generator=gen).to(dtype)
     a[2:], b[2:] = 0, 0  # empty slots are zero
-    x = torch.randn(len(ids), IN, generator=gen)
-    y0 = torch.randn(len(ids), VOCAB, generator=gen)
+    x = torch.randn(len(ids), IN, generator=gen).to(dtype)
+    y0 = torch.randn(len(ids), VOCAB, generator=gen).to(dtype)
     want = _run_logits(PunicaWrapperCPU, ids, x, a, b, y0)
     got = _run_logits(cpu_lora.GroupedPunicaWrapperCPU, ids, x, a, b, y0)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
