@@ -157,6 +157,19 @@ def _check(resp, what: str) -> None:
         raise ApplianceError(f"{what}: server answered {resp.status_code}: {' '.join(str(msg).split())[:300]}")
 
 
+def _check_runtime(resp, what: str, url: str) -> None:
+    """``_check`` for the runtime-LoRA endpoints, whose 404 means one of two things."""
+    if resp.status_code == 404 and "cannot be found" not in resp.text:
+        # the route itself is missing: vLLM mounts it only with LoRA and runtime updating on
+        raise ApplianceError(f"{what}: the server at {url} does not take adapters at runtime (started with --no-lora, "
+                             "or not by `appliance up`, without VLLM_ALLOW_RUNTIME_LORA_UPDATING=true); "
+                             "restart it with `appliance up --adapter ...`")
+    if resp.status_code == 404:
+        raise ApplianceError(f"{what}: the server at {url} has no adapter by that name; "
+                             "`appliance adapters list` shows the loaded ones")
+    _check(resp, what)
+
+
 def list_served(url: str = DEFAULT_URL, api_key: str | None = None) -> list[dict]:
     """The server's ``/v1/models`` entries (base models have ``parent`` None)."""
     import httpx
@@ -198,7 +211,7 @@ def load(name: str, path: str, url: str = DEFAULT_URL, api_key: str | None = Non
             resp = c.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": info.path})
     except httpx.HTTPError as e:
         raise ApplianceError(f"--url {url}: no server answers ({type(e).__name__}); start one with `appliance up`")
-    _check(resp, f"load {name}")
+    _check_runtime(resp, f"adapters load {name}", url)
     return info
 
 
@@ -211,7 +224,7 @@ def unload(name: str, url: str = DEFAULT_URL, api_key: str | None = None) -> Non
             resp = c.post("/v1/unload_lora_adapter", json={"lora_name": name})
     except httpx.HTTPError as e:
         raise ApplianceError(f"--url {url}: no server answers ({type(e).__name__}); start one with `appliance up`")
-    _check(resp, f"unload {name}")
+    _check_runtime(resp, f"adapters unload {name}", url)
 
 
 def load_checked(name: str, path: str, url: str | None = None, api_key: str | None = None,

@@ -202,8 +202,12 @@ def down_cmd(port: int | None, all_servers: bool) -> None:
     """Stop a server started with `appliance up --detach`."""
     from appliance.serve import down
 
-    stopped = down(port=port, all_servers=all_servers)
-    click.echo(f"stopped: {', '.join(map(str, stopped))}" if stopped else "no servers recorded")
+    done = down(port=port, all_servers=all_servers)
+    if not done:
+        click.echo("no servers recorded")
+    for p, what in sorted(done.items()):
+        click.echo({"stopped": f"stopped: {p}", "not running": f"port {p}: its server had already exited; record removed",
+                    "unreadable": f"port {p}: unreadable record removed"}[what])
 
 
 @main.command("status")
@@ -336,7 +340,7 @@ def eval_cmd(url, before, after, prompts, name, author, output, concurrency, max
               help="Gate on the adapter and merged model, METRIC=VALUE (repeatable).")
 @click.option("--prompts", "prompts", multiple=True, help="Eval prompt file or built-in set (repeatable) [default: all built-in sets].")
 @click.option("--max-tokens", type=int, default=64, show_default=True, help="Longest answer in the eval.")
-@click.option("--concurrency", type=int, default=None, help="Eval requests in flight per model [default: 64].")
+@click.option("--concurrency", type=int, default=None, help="Eval requests in flight per model [default: 128].")
 @click.option("--force", is_flag=True, help="Redo every stage, even those already done.")
 def pipeline(**kw) -> None:
     """The whole job: pull, train, merge, up, eval base vs adapter vs merged, report, down."""

@@ -329,8 +329,8 @@ def up(cfg: UpConfig, echo: Callable[[str], None] | None = None):
     return info
 
 
-def down(port: int | None = None, all_servers: bool = False) -> list[int]:
-    """Stop recorded servers (one port, or all); returns the ports stopped."""
+def down(port: int | None = None, all_servers: bool = False) -> dict[int, str]:
+    """Stop recorded servers (one port, or all); returns per port "stopped", "not running" or "unreadable"."""
     from appliance import servers
 
     return servers.stop(port=port, all_servers=all_servers)

@@ -260,25 +260,33 @@ def serve_foreground(info: ServerInfo, echo: Callable[[str], None]) -> None:
     echo("stopped")
 
 
-def stop(port: int | None = None, all_servers: bool = False) -> list[int]:
-    """Stop recorded servers: the one on ``port``, all, or the only one; returns the ports stopped."""
+def stop(port: int | None = None, all_servers: bool = False) -> dict[int, str]:
+    """Stop recorded servers: the one on ``port``, all, or the only one.
+
+    Returns what happened per port: "stopped", or "not running" / "unreadable" for a record
+    that was only removed (its server had already exited, or the file could not be read).
+    """
     recs, broken = scan_records()
     broken = [f for f in broken if (port is None and all_servers) or f.stem == str(port)]
+    done: dict[int, str] = {}
     for f in broken:
         f.unlink(missing_ok=True)
+        done[int(f.stem)] = "unreadable"
     if port is not None:
         recs = [r for r in recs if r.port == port]
         if not recs and broken:
-            return [port]
+            return done
         if not recs:
             raise ApplianceError(f"--port {port}: no server recorded on that port; `appliance status` lists them")
     elif not all_servers and len(recs) > 1:
         raise ApplianceError(f"{len(recs)} servers are recorded (ports {', '.join(str(r.port) for r in recs)}); pass --port N or --all")
     for r in recs:
+        done[r.port] = "not running"
         if _is_vllm_group(r.pid):
             kill_group(r.pid)
+            done[r.port] = "stopped"
         _remove_record(r.port)
-    return [r.port for r in recs]
+    return done
 
 
 def report(api_key: str | None = None) -> list[dict]:

@@ -424,7 +424,9 @@ def test_down_never_kills_a_recycled_pid(appliance_home):
         res = CliRunner().invoke(main, ["status"])
         assert "dead" in res.output  # not a vLLM process group
         res = CliRunner().invoke(main, ["down", "--port", "18199"])
-        assert res.exit_code == 0 and "18199" in res.output
+        # the record's server is gone (the pid is not a vLLM group): said so, not "stopped"
+        assert res.exit_code == 0 and "port 18199: its server had already exited; record removed" in res.output
+        assert "stopped" not in res.output
         assert proc.poll() is None  # a process that is not vLLM is left alone
         assert servers.read_records() == []
         res = CliRunner().invoke(main, ["down", "--port", "18199"])
@@ -540,7 +542,7 @@ def test_unreadable_server_records_are_shown_and_removed(appliance_home):
     (d / "8399.json").write_text("{not json", encoding="utf-8")
     rows = servers.report()
     assert [r["port"] for r in rows] == ["8399"] and "unreadable record" in rows[0]["note"]
-    assert servers.stop(port=8399) == [8399] and not (d / "8399.json").exists()
+    assert servers.stop(port=8399) == {8399: "unreadable"} and not (d / "8399.json").exists()
     (d / "8398.json").write_bytes(b"\xff\xfe")
     servers.stop(all_servers=True)
     assert not (d / "8398.json").exists()
@@ -593,3 +595,21 @@ def test_a_failed_start_names_vllms_first_exception(tmp_path):
     assert root_cause(log).startswith("ValueError: To serve at least one request")
     log.write_text("INFO nothing wrong\n")
     assert root_cause(log) is None
+
+
+def test_runtime_adapter_404s_say_which_problem_it_is():
+    """vLLM answers 404 both for an unknown adapter and when the route is not mounted (--no-lora)."""
+    import httpx
+
+    from appliance.adapters import _check_runtime
+
+    url = "http://127.0.0.1:8000"
+    missing_route = httpx.Response(404, json={"detail": "Not Found"})
+    with pytest.raises(ApplianceError, match="does not take adapters at runtime .*--no-lora"):
+        _check_runtime(missing_route, "adapters unload x", url)
+    unknown = httpx.Response(404, json={"error": {"message": "The lora adapter 'x' cannot be found.", "code": 404}})
+    with pytest.raises(ApplianceError, match="no adapter by that name; `appliance adapters list`"):
+        _check_runtime(unknown, "adapters unload x", url)
+    with pytest.raises(ApplianceError, match="wants an API key"):
+        _check_runtime(httpx.Response(401, json={}), "adapters unload x", url)
+    _check_runtime(httpx.Response(200, text="Success"), "adapters unload x", url)  # no error
