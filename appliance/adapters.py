@@ -134,7 +134,21 @@ def same_base(info: AdapterInfo, path: str | None, names: set[str], hf_id: str |
 
 # ---------------------------------------------------------------- runtime (a running server)
 def server_url(url: str) -> str:
-    """``http://host:port`` from a URL that may end in ``/`` or ``/v1`` (the OpenAI base URL form)."""
+    """``http://host:port`` from a URL that may end in ``/`` or ``/v1`` (the OpenAI base URL form).
+
+    A malformed URL (no http(s) scheme or host, a port that is not 1-65535) is refused here,
+    before any client library turns it into a traceback.
+    """
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError for "abc" or 99999
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and port != 0
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ApplianceError(f"--url {url}: not a server URL; give one like http://127.0.0.1:8000 (port 1-65535)")
     u = url.rstrip("/")
     return u[:-3] if u.endswith("/v1") else u
 
@@ -180,7 +194,14 @@ def list_served(url: str = DEFAULT_URL, api_key: str | None = None) -> list[dict
     except httpx.HTTPError as e:
         raise ApplianceError(f"--url {url}: no server answers ({type(e).__name__}); start one with `appliance up`")
     _check(resp, f"GET {url}/v1/models")
-    return resp.json().get("data", [])
+    try:
+        data = resp.json().get("data", [])
+        if not isinstance(data, list) or not all(isinstance(m, dict) and "id" in m for m in data):
+            raise ValueError
+    except (ValueError, AttributeError):  # not JSON, or not a model list: some other web server
+        raise ApplianceError(f"--url {url}: the server there does not answer like an OpenAI-compatible one "
+                             "(GET /v1/models is not a model list); point --url at a server started by `appliance up`")
+    return data
 
 
 def load(name: str, path: str, url: str = DEFAULT_URL, api_key: str | None = None,

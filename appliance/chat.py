@@ -24,9 +24,9 @@ class ChatConfig:
 def default_url() -> str:
     """The only recorded server's URL, else the default ``http://127.0.0.1:8000``."""
     from appliance.adapters import DEFAULT_URL
-    from appliance.servers import read_records
+    from appliance.servers import live_records
 
-    recs = read_records()
+    recs = live_records()
     if len(recs) > 1:
         raise ApplianceError(f"{len(recs)} servers are running ({', '.join(r.url for r in recs)}); pass --url to pick one")
     return recs[0].url if recs else DEFAULT_URL

@@ -205,7 +205,7 @@ def down_cmd(port: int | None, all_servers: bool) -> None:
     done = down(port=port, all_servers=all_servers)
     if not done:
         click.echo("no servers recorded")
-    for p, what in sorted(done.items()):
+    for p, what in sorted(done.items(), key=lambda kv: str(kv[0])):
         click.echo({"stopped": f"stopped: {p}", "not running": f"port {p}: its server had already exited; record removed",
                     "unreadable": f"port {p}: unreadable record removed"}[what])
 

@@ -98,6 +98,14 @@ def preflight(cfg: UpConfig) -> Plan:
     """Check adapters, base model, rank and port; fail fast with a one-line :class:`ApplianceError`."""
     from appliance import models
 
+    for ok, flag, value, fix in (
+            (1 <= cfg.port <= 65535, "--port", cfg.port, "use 1-65535"),
+            (cfg.gpu_memory_utilization is None or 0 < cfg.gpu_memory_utilization <= 1, "--gpu-memory-utilization",
+             cfg.gpu_memory_utilization, "give a share of memory above 0 and at most 1 (e.g. 0.3)"),
+            (cfg.max_model_len is None or cfg.max_model_len >= 16, "--max-model-len", cfg.max_model_len,
+             "give the longest prompt + answer in tokens, at least 16 (e.g. 2048)")):
+        if not ok:
+            raise ApplianceError(f"{flag} {value}: out of range; {fix}")
     if not cfg.lora and cfg.adapters:
         raise ApplianceError(f"--no-lora: cannot serve --adapter {cfg.adapters[0]} without LoRA; drop --no-lora or the adapters")
     infos = []
@@ -109,7 +117,16 @@ def preflight(cfg: UpConfig) -> Plan:
     if dup:
         raise ApplianceError(f"--adapter: served name '{sorted(dup)[0]}' is used twice; give one of them a name with name=path")
 
-    ref = models.resolve(cfg.model or _base_from(infos) or models.DEFAULT_MODEL)
+    base = cfg.model or _base_from(infos) or models.DEFAULT_MODEL
+    try:
+        ref = models.resolve(base)
+    except ApplianceError as e:
+        if cfg.model or not infos or base == models.DEFAULT_MODEL:
+            raise
+        # the base came from the adapter's own record, not from a flag: say so
+        why = str(e).split(": ", 1)[-1] if str(e).startswith("--model") else str(e)
+        raise ApplianceError(f"--adapter {infos[0].path}: its base model '{base}' cannot be served here ({why.rstrip('.')}); "
+                             "pass --model with a local copy of that base") from None
     served_name = cfg.served_name or ref.name
     base_names, base_hf = {ref.name}, ref.hf_id
     meta = Path(ref.path) / "appliance.json"
@@ -201,8 +218,12 @@ def _check_port(host: str, port: int) -> None:
             raise ApplianceError(f"--host {host}: not an address of this machine ({e.strerror}); "
                                  "use 127.0.0.1 (the default) or 0.0.0.0 for every interface")
         except OSError as e:
+            from appliance.servers import read_records
+
+            ours = any(r.port == port for r in read_records())
+            stop = f"`appliance down --port {port}`" if ours else "it is not a server of this appliance home"
             raise ApplianceError(f"--port {port}: {host}:{port} is not free ({e.strerror}); pick another --port "
-                                 f"or stop what holds it (`appliance down --port {port}`)")
+                                 f"or stop what holds it ({stop})")
 
 
 def build_command(plan: Plan, base_env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
@@ -329,7 +350,7 @@ def up(cfg: UpConfig, echo: Callable[[str], None] | None = None):
     return info
 
 
-def down(port: int | None = None, all_servers: bool = False) -> dict[int, str]:
+def down(port: int | None = None, all_servers: bool = False) -> dict[int | str, str]:
     """Stop recorded servers (one port, or all); returns per port "stopped", "not running" or "unreadable"."""
     from appliance import servers
 

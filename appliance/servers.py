@@ -43,6 +43,7 @@ class ServerInfo:
     api_key_required: bool = False
     detached: bool = True
     started: str = ""
+    pid_start: int = 0  # the leader's start time (clock ticks after boot, /proc/PID/stat): tells a recycled pid apart
 
 
 def records_dir() -> Path:
@@ -64,6 +65,13 @@ def scan_records() -> tuple[list[ServerInfo], list[Path]]:
         except (ValueError, TypeError, UnicodeDecodeError):
             broken.append(f)
     return good, broken
+
+
+def live_records() -> list[ServerInfo]:
+    """The recorded servers whose process still runs, or every record if none does (so a dead
+    one's URL gives "no server answers" rather than the default port's)."""
+    recs = read_records()
+    return [r for r in recs if _is_vllm_group(r.pid, r.pid_start)] or recs
 
 
 def find_record(url: str | None = None) -> ServerInfo | None:
@@ -98,8 +106,19 @@ def group_members(pgid: int) -> list[int]:
     return pids
 
 
-def _is_vllm_group(pgid: int) -> bool:
-    """Guards against a recycled pid: the group must still hold a vLLM process."""
+def _start_ticks(pid: int) -> int:
+    """The process's start time in clock ticks after boot (field 22 of /proc/PID/stat); 0 if it is gone."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _is_vllm_group(pgid: int, pid_start: int = 0) -> bool:
+    """Guards against a recycled pid: the group must still hold a vLLM process, and its leader
+    (when alive and its start time was recorded) must be the process that was started."""
+    if pid_start and (ticks := _start_ticks(pgid)) and ticks != pid_start:
+        return False
     for pid in group_members(pgid):
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
@@ -183,7 +202,7 @@ def start(plan, argv: list[str], env: dict[str, str], detach: bool, ready_timeou
                       models=plan.served_models, adapters={a.name: a.path for a in plan.adapters},
                       adapter_roots=plan.adapter_roots, max_lora_rank=plan.max_lora_rank,
                       api_key_required=bool(plan.api_key), detached=detach,
-                      started=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                      started=datetime.now(timezone.utc).isoformat(timespec="seconds"), pid_start=_start_ticks(proc.pid))
     try:
         _wait_ready(proc, info, plan.api_key, ready_timeout_s, echo)
     except BaseException:  # also Ctrl-C while waiting: never leave a half-started server behind
@@ -260,7 +279,7 @@ def serve_foreground(info: ServerInfo, echo: Callable[[str], None]) -> None:
     echo("stopped")
 
 
-def stop(port: int | None = None, all_servers: bool = False) -> dict[int, str]:
+def stop(port: int | None = None, all_servers: bool = False) -> dict[int | str, str]:
     """Stop recorded servers: the one on ``port``, all, or the only one.
 
     Returns what happened per port: "stopped", or "not running" / "unreadable" for a record
@@ -268,10 +287,10 @@ def stop(port: int | None = None, all_servers: bool = False) -> dict[int, str]:
     """
     recs, broken = scan_records()
     broken = [f for f in broken if (port is None and all_servers) or f.stem == str(port)]
-    done: dict[int, str] = {}
+    done: dict[int | str, str] = {}
     for f in broken:
         f.unlink(missing_ok=True)
-        done[int(f.stem)] = "unreadable"
+        done[int(f.stem) if f.stem.isdigit() else f.name] = "unreadable"  # a hand-made "foo.json" too
     if port is not None:
         recs = [r for r in recs if r.port == port]
         if not recs and broken:
@@ -282,7 +301,7 @@ def stop(port: int | None = None, all_servers: bool = False) -> dict[int, str]:
         raise ApplianceError(f"{len(recs)} servers are recorded (ports {', '.join(str(r.port) for r in recs)}); pass --port N or --all")
     for r in recs:
         done[r.port] = "not running"
-        if _is_vllm_group(r.pid):
+        if _is_vllm_group(r.pid, r.pid_start):
             kill_group(r.pid)
             done[r.port] = "stopped"
         _remove_record(r.port)
@@ -297,7 +316,7 @@ def report(api_key: str | None = None) -> list[dict]:
     rows = []
     recs, broken = scan_records()
     for r in recs:
-        row = {"port": r.port, "url": r.url, "pid": r.pid, "log": r.log, "alive": _is_vllm_group(r.pid),
+        row = {"port": r.port, "url": r.url, "pid": r.pid, "log": r.log, "alive": _is_vllm_group(r.pid, r.pid_start),
                "models": [], "note": ""}
         if row["alive"]:
             try:
@@ -316,5 +335,5 @@ def report(api_key: str | None = None) -> list[dict]:
         rows.append(row)
     for f in broken:
         rows.append({"port": f.stem, "url": f"(port {f.stem})", "pid": "?", "log": "", "alive": False, "models": [],
-                     "note": f"unreadable record {f}; `appliance down --port {f.stem}` removes it"})
+                     "note": f"unreadable record {f}; `appliance down --{'port ' + f.stem if f.stem.isdigit() else 'all'}` removes it"})
     return rows

@@ -168,6 +168,28 @@ def test_preflight_refuses_missing_model_busy_port_and_name_clash(adapters, tiny
         preflight(UpConfig(adapters=[f"{tiny_model_dir.name}={adapters['good']}"], port=_free_port(), device="cpu"))
 
 
+@pytest.mark.parametrize("flag, kw", [("--gpu-memory-utilization", {"gpu_memory_utilization": -1}),
+                                     ("--gpu-memory-utilization", {"gpu_memory_utilization": 1.5}),
+                                     ("--max-model-len", {"max_model_len": -5}), ("--port", {"port": 0})])
+def test_preflight_refuses_out_of_range_flags_before_vllm_starts(tiny_model_dir, flag, kw):
+    with pytest.raises(ApplianceError, match=f"^{flag} .*: out of range; "):
+        preflight(UpConfig(model=str(tiny_model_dir), device="cpu", **({"port": _free_port()} | kw)))
+
+
+def test_an_adapters_unavailable_base_is_blamed_on_the_adapter_not_on_model(adapters, tmp_path, appliance_home):
+    """Without --model the base comes from the adapter's record: the error must name the adapter."""
+    odd = tmp_path / "otherbase"
+    shutil.copytree(adapters["good"], odd)
+    meta = json.loads((odd / "appliance.json").read_text())
+    meta["base_model"] = {"name": "qwen1.5-1.8b", "path": None, "hf_id": None}
+    (odd / "appliance.json").write_text(json.dumps(meta))
+    with pytest.raises(ApplianceError) as e:
+        preflight(UpConfig(adapters=[str(odd)], port=_free_port(), device="cpu"))
+    msg = str(e.value)
+    assert msg.startswith(f"--adapter {odd}: its base model 'qwen1.5-1.8b' cannot be served here") and "--model" in msg
+    assert "\n" not in msg
+
+
 @pytest.mark.parametrize("rank, servable", [(1, 1), (2, 8), (8, 8), (12, 16), (16, 16), (33, 64), (300, 320), (512, 512)])
 def test_rank_rounds_up_to_a_vllm_rank(rank, servable):
     assert servable_rank(rank) == servable
@@ -436,6 +458,24 @@ def test_down_never_kills_a_recycled_pid(appliance_home):
         proc.wait()
 
 
+def test_down_never_kills_a_recycled_pid_even_of_a_vllm_named_process(appliance_home):
+    """The pid was reused by a process that has 'vllm' in its command line: its start time differs."""
+    proc = _group("exec -a my-notes-about-vllm sleep 300")
+    try:
+        _wait_members(proc.pid, 1)
+        ticks = servers._start_ticks(proc.pid)
+        assert ticks > 0 and servers._is_vllm_group(proc.pid, ticks)  # the process that was started
+        info = servers.ServerInfo(port=18198, host="127.0.0.1", url="http://127.0.0.1:18198", pid=proc.pid, log="x.log",
+                                  model="m", models=["m"], pid_start=ticks - 1)  # recorded for an earlier process
+        servers._write_record(info)
+        assert servers.report()[0]["alive"] is False
+        assert servers.stop(port=18198) == {18198: "not running"}
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 # ---------------------------------------------------------------- chat helpers
 def test_chat_picks_first_adapter_else_base():
     from appliance.chat import pick_model
@@ -544,8 +584,10 @@ def test_unreadable_server_records_are_shown_and_removed(appliance_home):
     assert [r["port"] for r in rows] == ["8399"] and "unreadable record" in rows[0]["note"]
     assert servers.stop(port=8399) == {8399: "unreadable"} and not (d / "8399.json").exists()
     (d / "8398.json").write_bytes(b"\xff\xfe")
-    servers.stop(all_servers=True)
-    assert not (d / "8398.json").exists()
+    (d / "foo.json").write_text("{bad", encoding="utf-8")  # a hand-made record: no port in its name
+    assert "`appliance down --all` removes it" in servers.report()[-1]["note"]
+    assert servers.stop(all_servers=True) == {8398: "unreadable", "foo.json": "unreadable"}
+    assert not (d / "8398.json").exists() and not (d / "foo.json").exists()
 
 
 def test_cpu_kv_cache_is_a_share_of_the_memory_vllm_can_allocate(tiny_model_dir, appliance_home, monkeypatch):
@@ -613,3 +655,53 @@ def test_runtime_adapter_404s_say_which_problem_it_is():
     with pytest.raises(ApplianceError, match="wants an API key"):
         _check_runtime(httpx.Response(401, json={}), "adapters unload x", url)
     _check_runtime(httpx.Response(200, text="Success"), "adapters unload x", url)  # no error
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:abc", "http://[::1", "http://127.0.0.1:99999", "127.0.0.1:8000", "ftp://x:21"])
+def test_a_malformed_url_is_one_line_naming_the_flag(url):
+    from appliance.adapters import list_served
+
+    with pytest.raises(ApplianceError, match=r"^--url .*: not a server URL; give one like http://127.0.0.1:8000"):
+        list_served(url)
+
+
+@pytest.mark.parametrize("body", [b"hello world\n", b"[1, 2]", b'{"data": [1, 2]}'])
+def test_a_web_server_that_is_not_openai_compatible_is_named_as_such(body):
+    import http.server
+    import threading
+
+    from appliance.adapters import list_served
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        with pytest.raises(ApplianceError, match="does not answer like an OpenAI-compatible one"):
+            list_served(f"http://127.0.0.1:{srv.server_port}")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_default_url_skips_records_of_servers_that_exited(appliance_home):
+    from appliance.chat import default_url
+
+    live = _group("exec -a fake-vllm-server sleep 300")
+    try:
+        _wait_members(live.pid, 1)
+        for port, pid in ((18196, live.pid), (18197, 2**22 + 7)):  # the second pid cannot exist
+            servers._write_record(servers.ServerInfo(port=port, host="127.0.0.1", url=f"http://127.0.0.1:{port}", pid=pid,
+                                                     log="x.log", model="m", models=["m"]))
+        assert default_url() == "http://127.0.0.1:18196"
+    finally:
+        live.kill()
+        live.wait()
