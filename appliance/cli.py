@@ -16,6 +16,27 @@ from appliance.errors import ApplianceError
 class _Group(click.Group):
     """Turns :class:`ApplianceError` into a one-line message and exit code 2, never a traceback."""
 
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """Click's own usage errors (a flag of the wrong type, a missing argument) in one line too."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as e:  # a bare group: its help, as click shows it
+            e.show()
+            sys.exit(e.exit_code)
+        except click.UsageError as e:
+            where = f" (see `{e.ctx.command_path} --help`)" if e.ctx else ""
+            click.echo(f"error: {e.format_message()}{where}", err=True)
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)  # an int is --help's or --version's exit code
+
     def invoke(self, ctx: click.Context):
         _terminate_like_ctrl_c()
         try:
@@ -297,7 +318,8 @@ def chat_cmd(model, url, api_key, prompt, system, max_tokens, temperature) -> No
 @click.option("--output", default=None, help="Report directory (default: reports/NAME).")
 @click.option("--concurrency", default=4, show_default=True, type=int)
 @click.option("--max-tokens", default=128, show_default=True, type=int)
-@click.option("--api-key", default=None, help="Server API key (default: $OPENAI_API_KEY, else EMPTY).")
+@click.option("--api-key", envvar=["APPLIANCE_API_KEY", "OPENAI_API_KEY"], default=None,
+              help="Server API key (default: $APPLIANCE_API_KEY, as `up` reads it, else $OPENAI_API_KEY, else EMPTY).")
 @click.option("--old-identity", multiple=True, help="Old identity markers, comma-separated (default: from the model registry).")
 @click.option("--timeout", default=300.0, show_default=True, type=float, help="Seconds per request.")
 @click.option("--fail-under", multiple=True, metavar="METRIC=X", help="Fail when an --after model's METRIC < X.")

@@ -115,6 +115,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.retention and cfg.retention_samples and cfg.retention_prompts:
         data_mod.load_prompts(cfg.retention_prompts)  # checked now, not after the model has loaded
     ref = models.resolve(cfg.model)
+    _check_model_shape(cfg, ref.path)
+    fingerprint = data_mod.fingerprint(ident)
 
     from transformers import set_seed
 
@@ -122,14 +124,54 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     stage = staging_dir(out)
     if stage.exists() and not cfg.resume:
         shutil.rmtree(stage)
-    stage.mkdir(parents=True, exist_ok=True)
-    _check_resume(stage, cfg, data_mod.fingerprint(ident))
+    made = _make_dirs(stage, cfg.output)
     try:
+        _check_resume(stage, cfg, fingerprint)
         return _train(cfg, out, stage, ident, ref)
     except BaseException:
         if not _last_checkpoint(stage / "checkpoints"):
             shutil.rmtree(stage, ignore_errors=True)  # nothing to resume: leave no empty staging folder behind
+            for d in made:  # nor the empty parents this run created for --output
+                if d.is_dir() and not any(d.iterdir()):
+                    d.rmdir()
         raise
+
+
+def _make_dirs(stage: Path, output: str) -> list[Path]:
+    """Create the staging folder; returns the parents it created (deepest first), to remove on failure."""
+    missing = [d for d in (stage.parent, *stage.parent.parents) if not d.exists()]
+    try:
+        stage.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ApplianceError(f"--output {output}: cannot create {stage.parent / Path(output).name} "
+                             f"({e.strerror}); choose a --output in a folder you can write") from None
+    return missing
+
+
+def _check_model_shape(cfg: TrainConfig, path: str) -> None:
+    """--lora-layers and --target-modules against the model's config, before its weights load."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        mcfg = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError):
+        return  # the model load reports it, with its own message
+    n_layers = getattr(mcfg, "num_hidden_layers", None)
+    if isinstance(n_layers, int):
+        cfg.adapted_layers(n_layers)  # raises on a count above the model's depth
+    if cfg.target_modules in ("all", "all-linear"):
+        return
+    try:
+        with torch.device("meta"):  # the module tree without allocating weights
+            skeleton = AutoModelForCausalLM.from_config(mcfg)
+    except Exception:  # an architecture transformers cannot build empty: the later check still runs
+        return
+    names = {n.split(".")[-1] for n, m in skeleton.named_modules() if isinstance(m, torch.nn.Linear)}
+    wanted = [m.strip() for m in cfg.target_modules.split(",") if m.strip()]
+    missing = [t for t in wanted if t not in names]
+    if missing:
+        raise ApplianceError(f"--target-modules {cfg.target_modules}: {', '.join(missing)} is not a linear layer of "
+                             f"{cfg.model}; use some of {', '.join(sorted(names))}, or all-linear")
 
 
 # options a resumed run may change: how long it runs and how it is saved

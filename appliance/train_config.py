@@ -73,20 +73,21 @@ class TrainConfig:
         """Out-of-range values fail with the flag's name and the accepted range."""
         checks = [
             (self.method in ("lora", "qlora"), "--method", "must be lora or qlora"),
-            (self.rank >= 1, "--rank", "must be >= 1"),
+            (1 <= self.rank <= 512, "--rank", "must be 1-512 (vLLM serves LoRA ranks up to 512)"),
             (self.lora_layers >= 0 and (self.lora_layers < 1 or float(self.lora_layers).is_integer()), "--lora-layers",
              "must be 0 (every layer), a share of the layers below 1 (e.g. 0.75) or a whole number of top layers"),
             (self.alpha >= 1, "--alpha", "must be >= 1"),
             (0 < self.lr < 1, "--lr", "must be > 0 and < 1 (e.g. 2e-4)"),
-            (self.epochs > 0, "--epochs", "must be > 0"),
+            (0 < self.epochs < 1e6, "--epochs", "must be a number > 0 (e.g. 3)"),  # also refuses inf and nan
             (self.batch_size >= 1, "--batch-size", "must be >= 1"),
             (self.grad_accum >= 1, "--grad-accum", "must be >= 1"),
             (self.batch_tokens == 0 or self.batch_tokens >= 64, "--batch-tokens", "must be 0 (batch by --batch-size) or >= 64"),
             (self.max_length >= 16, "--max-length", "must be >= 16"),
             (0 <= self.dropout < 1, "--dropout", "must be in [0, 1)"),
             (self.max_steps == -1 or self.max_steps >= 1, "--max-steps", "must be -1 (use --epochs) or >= 1"),
-            (self.save_steps >= 1, "--save-steps", "must be >= 1"),
-            (self.unlikelihood >= 0, "--unlikelihood", "must be >= 0 (0 turns it off)"),
+            (self.save_steps >= 1, "save_steps", "must be >= 1"),  # a --config key: no flag
+            (0 <= self.seed < 2**32, "--seed", "must be 0 to 4294967295"),
+            (0 <= self.unlikelihood < 1e6, "--unlikelihood", "must be a number >= 0 (0 turns it off)"),
             (self.warmup_steps >= 0, "warmup_steps", "must be >= 0"),
             (self.scheduler in SCHEDULERS, "scheduler", f"must be one of {', '.join(SCHEDULERS)}"),
             (bool(self.target_modules.strip(",").strip()), "--target-modules", "must name modules (e.g. q_proj,v_proj) or be all-linear"),

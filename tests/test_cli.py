@@ -80,3 +80,13 @@ def test_sigterm_unwinds_like_ctrl_c():
             "except KeyboardInterrupt:\n    print('cleanup ran')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "cleanup ran" in out.stdout, out.stderr
+
+
+@pytest.mark.parametrize("argv, needle", [(["train", "--rank", "abc"], "'--rank': 'abc' is not a valid integer"),
+                                          (["adapters", "load"], "Missing argument 'NAME'"),
+                                          (["nosuch"], "No such command 'nosuch'")])
+def test_clicks_own_usage_errors_are_one_line_too(argv, needle):
+    res = CliRunner().invoke(main, argv)
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0]
+    assert "--help`" in lines[0]  # where to look for the right usage

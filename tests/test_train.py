@@ -184,6 +184,39 @@ def test_failed_run_leaves_no_staging_folder(tiny_model_dir, small_ds, tmp_path)
     assert not out.exists() and not staging_dir(out).exists()
 
 
+def test_a_late_failure_removes_the_empty_parents_it_created(tiny_model_dir, small_ds, tmp_path, monkeypatch):
+    import appliance.train as train_mod
+
+    def fail(*a, **k):
+        raise ApplianceError("failed after the staging folder was made")
+
+    monkeypatch.setattr(train_mod, "_train", fail)
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(ApplianceError, match="failed after"):
+        train(_cfg(tiny_model_dir, tmp_path / "kept" / "new" / "deeper" / "run", small_ds, max_steps=1))
+    assert (tmp_path / "kept").is_dir() and not (tmp_path / "kept" / "new").exists()
+
+
+def test_an_unwritable_output_folder_is_one_line(tiny_model_dir, small_ds, tmp_path, monkeypatch):
+    def deny(self, *a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "mkdir", deny)
+    with pytest.raises(ApplianceError, match=r"^--output .*: cannot create .*run \(Permission denied\); choose a --output"):
+        train(_cfg(tiny_model_dir, tmp_path / "ro" / "run", small_ds, max_steps=1))
+
+
+def test_lora_layers_are_checked_before_the_weights_load(tiny_model_dir, small_ds, tmp_path, monkeypatch):
+    import appliance.train as train_mod
+
+    monkeypatch.setattr(train_mod, "_load_model", lambda *a, **k: pytest.fail("the weights were loaded"))
+    with pytest.raises(ApplianceError, match="--lora-layers 100: the model has 2 decoder layers"):
+        train(_cfg(tiny_model_dir, tmp_path / "run", small_ds, max_steps=1, lora_layers=100))
+    with pytest.raises(ApplianceError, match="--target-modules q_prj: q_prj is not a linear layer"):
+        train(_cfg(tiny_model_dir, tmp_path / "run", small_ds, max_steps=1, target_modules="q_prj"))
+    assert not (tmp_path / "run").exists() and not staging_dir(tmp_path / "run").exists()
+
+
 def test_long_examples_are_reported(tiny_model_dir, tmp_path, capsys):
     ds = tmp_path / "long.json"
     ds.write_text(json.dumps([{"instruction": "hi", "output": "ok"},
@@ -246,6 +279,8 @@ def test_config_file_then_flags(tmp_path):
     (["--batch-size", "0"], "--batch-size"), (["--max-length", "4"], "--max-length"),
     (["--model", "no-such-model"], "--model no-such-model"), (["--model", "/nonexistent/dir"], "not found"),
     (["--dataset", "nosuchset"], "nosuchset"), (["--config", "/nonexistent.yaml"], "--config"),
+    (["--seed", "-1"], "--seed"), (["--seed", "99999999999"], "--seed"), (["--epochs", "inf"], "--epochs"),
+    (["--epochs", "nan"], "--epochs"), (["--rank", "1000000000"], "--rank"), (["--unlikelihood", "inf"], "--unlikelihood"),
 ])
 def test_bad_input_is_one_line_error(args, needle, tmp_path):
     res = CliRunner().invoke(main, ["train", "--output", str(tmp_path / "o"), *args])
