@@ -10,17 +10,20 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from appliance import paths
 from appliance.errors import ApplianceError
 from evals.prompts import Prompt, load_prompts
-from evals.report import Rule, write_report
+from evals.report import REPORT_FILES, Rule, write_report
 
 DEFAULT_URL = "http://127.0.0.1:8000/v1"
+URL_FIX = f"expected http://HOST:PORT, e.g. {DEFAULT_URL} (the address `appliance up` printed)"
 
 
 @dataclass
@@ -36,17 +39,26 @@ class EvalConfig:
     output: str | None = None  # default: reports/<name>
     concurrency: int = 4
     max_tokens: int = 128
-    api_key: str | None = None  # default: $OPENAI_API_KEY, else "EMPTY" (vLLM without --api-key)
+    api_key: str | None = None  # default: $APPLIANCE_API_KEY, else $OPENAI_API_KEY, else "EMPTY" (vLLM without --api-key)
     old_identity: list[str] = field(default_factory=list)  # default: the before model's registry markers
     timeout_s: float = 300.0
     rules: list[Rule] = field(default_factory=list)
 
 
 def base_url(url: str) -> str:
-    """``http://host:port`` or ``.../v1`` -> the OpenAI base URL ending in ``/v1``."""
-    u = url.rstrip("/")
-    if not u.startswith(("http://", "https://")):
-        raise ApplianceError(f"--url {url}: expected http://HOST:PORT (e.g. {DEFAULT_URL})")
+    """``http://host:port`` or ``.../v1`` -> the OpenAI base URL ending in ``/v1``; a malformed URL is a one-line error."""
+    u = url.strip().rstrip("/")
+    try:
+        parts = urlsplit(u)
+        port = parts.port  # a ValueError when it is not a number in 0-65535
+    except ValueError as e:
+        raise ApplianceError(f"--url {url}: {e}; {URL_FIX}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ApplianceError(f"--url {url}: {URL_FIX}")
+    if port == 0:
+        raise ApplianceError(f"--url {url}: port 0 is not a server's port; {URL_FIX}")
+    if parts.query or parts.fragment or any(c.isspace() for c in u):
+        raise ApplianceError(f"--url {url}: no spaces, '?' or '#' in it; {URL_FIX}")
     return u if u.endswith("/v1") else u + "/v1"
 
 
@@ -73,18 +85,34 @@ def _markers(cfg: EvalConfig, served: dict[str, str]) -> list[str]:
     return markers_for(cfg.before) or markers_for(served.get(cfg.before) or "")
 
 
+def _one_line(e: BaseException, limit: int = 200) -> str:
+    """An exception's text on one short line (servers put whole HTML pages in their error bodies)."""
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 async def _served_models(client, url: str) -> dict[str, str]:
     import openai
 
+    def not_openai(why: str) -> ApplianceError:
+        return ApplianceError(f"--url {url}: GET /models did not answer like an OpenAI-compatible server ({why}); "
+                              f"point --url at the server `appliance up` started (e.g. {DEFAULT_URL})")
+
     try:
         page = await client.models.list()
+        served = {m.id: (getattr(m, "root", None) or m.id) for m in page.data}
     except openai.AuthenticationError:
-        raise ApplianceError(f"--url {url}: the server rejected the API key; pass --api-key (or set OPENAI_API_KEY)")
+        raise ApplianceError(f"--url {url}: the server rejected the API key; pass --api-key (or set APPLIANCE_API_KEY)")
     except (openai.APIConnectionError, openai.APITimeoutError) as e:
         raise ApplianceError(f"--url {url}: cannot reach the server ({type(e).__name__}); start it with `appliance up` or fix --url")
     except openai.APIError as e:
-        raise ApplianceError(f"--url {url}: GET /models failed ({e}); is this an OpenAI-compatible server?")
-    return {m.id: (getattr(m, "root", None) or m.id) for m in page.data}
+        raise ApplianceError(f"--url {url}: GET /models failed ({_one_line(e)}); is this an OpenAI-compatible server?")
+    except (AttributeError, TypeError, ValueError, KeyError):
+        # the client parses any 200 reply without checking it: plain text, a JSON list, {"data": 5} ...
+        raise not_openai('no {"data": [{"id": ...}]} model list') from None
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in served.items()):
+        raise not_openai("model ids that are not strings")
+    return served
 
 
 async def _ask(client, sem: asyncio.Semaphore, model: str, p: Prompt, max_tokens: int) -> dict:
@@ -96,20 +124,34 @@ async def _ask(client, sem: asyncio.Semaphore, model: str, p: Prompt, max_tokens
         parts: list[str] = []
         ttft = usage = None
         error = None
+        chunks = 0
         try:
             stream = await client.chat.completions.create(
                 model=model, messages=p.messages(), temperature=0, max_tokens=max_tokens, stream=True,
                 stream_options={"include_usage": True})
-            async for chunk in stream:
-                if chunk.usage is not None:
-                    usage = chunk.usage.completion_tokens
-                for choice in chunk.choices:
-                    if choice.delta and choice.delta.content:
-                        if ttft is None:
-                            ttft = (time.perf_counter() - t0) * 1000.0
-                        parts.append(choice.delta.content)
+            async with stream:  # closed even when a chunk is garbage, so no half-read response is left behind
+                async for chunk in stream:
+                    chunks += 1
+                    tokens = getattr(chunk.usage, "completion_tokens", None)
+                    if isinstance(tokens, int):
+                        usage = tokens
+                    for choice in chunk.choices or []:
+                        content = choice.delta.content if choice.delta else None
+                        if content is not None and not isinstance(content, str):
+                            raise TypeError(f"delta content is {type(content).__name__}, not text")
+                        if content:
+                            if ttft is None:
+                                ttft = (time.perf_counter() - t0) * 1000.0
+                            parts.append(content)
+            if not chunks:
+                error = "EmptyStream: the server sent no chat completion chunk; is it an OpenAI-compatible server?"
         except openai.APIError as e:
-            error = f"{type(e).__name__}: {e}"
+            error = f"{type(e).__name__}: {_one_line(e)}"
+        except Exception as e:
+            # a 200 reply that is not an OpenAI chat completion stream, or a connection dropped
+            # mid-stream (raised by the client's HTTP library, whose exception types vary by
+            # version): one failed request, kept in answers.jsonl, not a crash of the whole eval
+            error = f"not an OpenAI chat completion stream ({type(e).__name__}: {_one_line(e)})"
         latency = (time.perf_counter() - t0) * 1000.0
     return {"answer": "".join(parts), "latency_ms": round(latency, 3), "ttft_ms": None if ttft is None else round(ttft, 3),
             "output_tokens": usage if usage is not None else len(parts), "started_at": round(started_at, 6), "error": error}
@@ -119,8 +161,12 @@ async def _run(cfg: EvalConfig, prompts: list[Prompt], progress: Callable[[str],
     from openai import AsyncOpenAI
 
     url = base_url(cfg.url)
-    api_key = cfg.api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
-    async with AsyncOpenAI(base_url=url, api_key=api_key, timeout=cfg.timeout_s, max_retries=2) as client:
+    api_key = cfg.api_key or os.environ.get("APPLIANCE_API_KEY") or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+    try:
+        client = AsyncOpenAI(base_url=url, api_key=api_key, timeout=cfg.timeout_s, max_retries=2)
+    except Exception as e:  # its URL parser is stricter than urlsplit, and its errors vary by version
+        raise ApplianceError(f"--url {cfg.url}: {_one_line(e)}; {URL_FIX}") from None
+    async with client:
         served = await _served_models(client, url)
         for role, model in roles(cfg):
             if model not in served:
@@ -141,6 +187,40 @@ async def _run(cfg: EvalConfig, prompts: list[Prompt], progress: Callable[[str],
     return rows, markers
 
 
+def _prepare_output(out: Path) -> list[Path]:
+    """Make sure the report can be written to ``out`` before any request is sent; the folders it created.
+
+    An eval can take many minutes: finding out afterwards that ``--output`` is unwritable loses them.
+    """
+    paths.refuse_file_on_path(out, "--output")
+    for name in REPORT_FILES:
+        if (out / name).is_dir() and not (out / name).is_symlink():
+            raise ApplianceError(f"--output {out}: {out / name} is a folder, so the report cannot replace it; "
+                                 "remove or rename it, or choose another --output")
+    created = []
+    for d in [out, *out.parents]:
+        if d.exists():
+            break
+        created.append(d)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        _remove_empty(created)
+        raise ApplianceError(f"--output {out}: cannot write there ({e.strerror}); choose a folder you can write to") from None
+    return created
+
+
+def _remove_empty(dirs: list[Path]) -> None:
+    """Remove the folders an eval created (deepest first) while they are still empty."""
+    for d in dirs:
+        try:
+            d.rmdir()
+        except OSError:
+            return
+
+
 def run_eval(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> dict:
     """Replay every prompt to every model, write answers.jsonl and report.{json,md,html}; return the report.
 
@@ -154,23 +234,37 @@ def run_eval(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
         raise ApplianceError(f"--timeout {cfg.timeout_s:g}: must be more than 0 seconds")
     if not cfg.name.strip() or not cfg.author.strip():
         raise ApplianceError("--name and --author must not be empty: the identity hit rate looks for both")
+    url = base_url(cfg.url)
     prompts = load_prompts(cfg.prompts, cfg.name, cfg.author)
     out = output_dir(cfg)
-    paths.refuse_file_on_path(out, "--output")
-    rows, _ = asyncio.run(_run(cfg, prompts, progress or (lambda msg: None)))
-    paths.atomic_write_text(out / "answers.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    run = {"url": base_url(cfg.url), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    created = _prepare_output(out)
+    try:
+        rows, _ = asyncio.run(_run(cfg, prompts, progress or (lambda msg: None)))
+    except BaseException:
+        _remove_empty(created)
+        raise
+    run = {"url": url, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
            "config": {k: v for k, v in asdict(cfg).items() if k not in ("api_key", "rules")}}
-    return write_report(out, cfg.rules, run=run)
+    answers = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    return write_report(out, cfg.rules, run=run, answers_text=answers)
 
 
 def report_from_answers(answers: str | Path, output: str | None = None, rules: list[Rule] = ()) -> dict:
-    """Rebuild the report (and apply the gate) offline from an existing answers.jsonl."""
+    """Rebuild the report (and apply the gate) offline from an existing answers.jsonl.
+
+    With ``output`` elsewhere, the answers are copied there too: a report folder always holds the
+    answers.jsonl its reports were computed from.
+    """
     src = paths.resolve_user_path(answers)
     out = Path(output).expanduser() if output else src.parent
     if output and not out.is_absolute():
         out = paths.home() / out
     paths.refuse_file_on_path(out, "--output")
+    own = out / "answers.jsonl"
+    if not output and src.is_file() and own.is_file() and not own.samefile(src) and own.read_bytes() != src.read_bytes():
+        # only an explicit --output replaces a run's answers: they cost a server and minutes to take again
+        raise ApplianceError(f"--from-answers {answers}: {own} next to it holds other answers, which its report "
+                             f"would replace; pass --output DIR for the report of {src.name}")
     return write_report(out, rules, run={"rebuilt_from": str(src)}, answers_path=src)
 
 

@@ -218,10 +218,9 @@ def _serve_and_eval(cfg: PipelineConfig, servers: _Servers, report_dir: Path, ec
         r.update(role=merged_role, old_identity=markers)
     rows += merged_rows
     timings["eval_merged_s"] = time.time() - t
-    answers = report_dir / "answers.jsonl"
-    paths.atomic_write_text(answers, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     rules = parse_rules(fail_under=tuple(cfg.gates))
-    report = write_report(report_dir, rules, answers_path=answers,
+    # the answers and the reports computed from them are published as one set
+    report = write_report(report_dir, rules, answers_text="".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
                           run={"pipeline": True, "timings": timings, "eval": _eval_settings(cfg), "merge_check": check})
     if check["identical"] < check["required"]:
         raise ApplianceError(f"merge check failed: the merged model {merged_name} answered {check['prompts'] - check['identical']} "

@@ -30,7 +30,7 @@ SELF_REFERENCE = [
     r"哪(个|家|一家)?(公司|团队|机构|组织|人).{0,6}(开发|创造|创建|训练|制作|设计|打造|研发)(了)?(你|您)",
     r"(开发|创造|创建|训练|制作|设计|打造|研发)(了)?(你|您)的", r"(你|您)是(?!否).{1,16}吗", r"你是什么(模型|人工智能|ai|东西|助手)",
     # "are you ChatGPT?", not "are you able to ..." or "which planet are you likely to see"
-    r"(?:^|[,.!?;:，。！？])\W*(?:(?:hey|hi|hello|so|and|but|wait|then|honestly|really)\W+)*are you\b(?!\s+(able|going|sure|ready|free|familiar|aware|allowed|willing|available|interested|okay|ok|"
+    r"(?:^|[,.!?;:，。！？\n])\W*(?:(?:hey|hi|hello|so|and|but|wait|then|honestly|really)\W+)*are you\b(?!\s+(able|going|sure|ready|free|familiar|aware|allowed|willing|available|interested|okay|ok|"
     r"busy|there|still|kidding|serious)\b)",
     r"\bwho are you\b", r"\byour name\b", r"\bwhat are you\b", r"\bintroduce yourself\b",
     r"\babout yourself\b", r"\bwho (made|created|trained|developed|built|designed|owns|programmed) you\b",
@@ -80,24 +80,69 @@ def _has_placeholder(text: str | None) -> bool:
     return bool(text and _PLACEHOLDER.search(text))
 
 
-def _read_records(path: Path, where: str) -> list | dict:
+_INFO = "dataset_info.json"
+_SOURCE_KEYS = ("file_name", "hf_hub_url", "ms_hub_url", "om_hub_url", "script_url")
+_JSON_TYPES = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+               float: "a number", type(None): "null"}
+
+
+def _json_type(value: object) -> str:
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+@dataclass(frozen=True)
+class _Mapping:
+    """How a LLaMA-Factory dataset_info.json entry says its data file is read."""
+
+    info: Path
+    key: str
+    formatting: str  # "alpaca" | "sharegpt"
+    cols: dict[str, str]  # the entry's columns and tags together
+
+    def hint(self) -> str:
+        return (f"read as {self.formatting} by entry '{self.key}' of {self.info}; fix that entry's "
+                "formatting/columns/tags if they do not match the file")
+
+
+def _read_text(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not an error
+        return path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not an error
     except UnicodeDecodeError:
-        raise ApplianceError(f"{where}: not UTF-8 text; save the file as UTF-8")
+        raise ApplianceError(f"{path}: not UTF-8 text; save the file as UTF-8") from None
+    except OSError as e:
+        raise ApplianceError(f"{path}: cannot read it ({e.strerror}); check the path and its permissions") from None
+
+
+def _json_lines(path: Path, text: str) -> list[tuple[str, object]]:
+    rows = []
+    for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): a JSON string may hold U+2028
+        if line.strip():
+            try:
+                rows.append((f"{path} line {n}", json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise ApplianceError(f"{path} line {n}: invalid JSON ({e.msg}); one JSON object per line") from None
+    return rows
+
+
+def _read_records(path: Path) -> dict | list[tuple[str, object]]:
+    """A data file's ``(where, record)`` pairs, or the object a .json file holds (one record, or a dataset_info)."""
+    text = _read_text(path)
     if path.suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ApplianceError(f"{where} line {n}: invalid JSON ({e.msg}); one JSON object per line")
-        return rows
+        return _json_lines(path, text)
     try:
-        return json.loads(text)
+        data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ApplianceError(f"{where}: invalid JSON at line {e.lineno} ({e.msg})")
+        if e.msg == "Extra data" and text.lstrip().startswith("{"):
+            # one object per line in a .json file: LLaMA-Factory and `appliance train` read it, so do we
+            return _json_lines(path, text)
+        raise ApplianceError(f"{path}: invalid JSON at line {e.lineno} ({e.msg}); fix the syntax "
+                             f"(python -m json.tool {path} shows where)") from None
+    if isinstance(data, dict):
+        return data
+    if isinstance(data, list):
+        return [(f"{path} record {n}", r) for n, r in enumerate(data, 1)]
+    raise ApplianceError(f"{path}: no records (it holds {_json_type(data)}); expected a JSON list of records "
+                         "or one JSON object per line")
 
 
 def _sharegpt(conv: list, where: str, cols: dict) -> tuple[str | None, str | None, list[dict], str]:
@@ -105,12 +150,15 @@ def _sharegpt(conv: list, where: str, cols: dict) -> tuple[str | None, str | Non
     user_tags = {cols.get("user_tag", "human"), "human", "user"}
     asst_tags = {cols.get("assistant_tag", "gpt"), "gpt", "assistant"}
     system, turns = None, []
-    for msg in conv:
+    for n, msg in enumerate(conv, 1):
         if not isinstance(msg, dict):
             raise ApplianceError(f"{where}: conversation turns must be objects with '{role_tag}' and '{content_tag}'")
         role = msg.get(role_tag, msg.get("role"))
         content = msg.get(content_tag, msg.get("content"))
-        if role in (cols.get("system_tag", "system"), "system"):
+        is_system = role in (cols.get("system_tag", "system"), "system")
+        if (is_system or role in user_tags or role in asst_tags) and not isinstance(content, str):
+            raise ApplianceError(f"{where}: turn {n}: '{content_tag}' must be a string, not {_json_type(content)}")
+        if is_system:
             system = content
         elif role in user_tags or role in asst_tags:
             turns.append({"role": "user" if role in user_tags else "assistant", "content": content})
@@ -122,17 +170,29 @@ def _sharegpt(conv: list, where: str, cols: dict) -> tuple[str | None, str | Non
     return turns[-1]["content"], reference, turns[:-1], system or ""
 
 
-def _record(raw: dict, where: str, cols: dict, formatting: str | None) -> dict:
+def _alpaca_history(value: object, where: str, col: str) -> list[dict]:
+    """``[[user, assistant], ...]`` -> OpenAI message dicts."""
+    if value is None:
+        return []
+    if not (isinstance(value, list) and all(isinstance(pair, list) and len(pair) == 2 and
+                                            all(isinstance(x, str) for x in pair) for pair in value)):
+        raise ApplianceError(f"{where}: '{col}' must be a list of pairs [\"user text\", \"assistant text\"]")
+    return [{"role": role, "content": text} for pair in value for role, text in zip(("user", "assistant"), pair)]
+
+
+def _record(raw: object, where: str, cols: dict, formatting: str | None) -> dict:
     """Normalize one record of any supported format to our JSONL fields."""
     if isinstance(raw, str):  # a plain list of prompts (e.g. data/retention_prompts.json)
         return {"prompt": raw}
     if not isinstance(raw, dict):
-        raise ApplianceError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+        raise ApplianceError(f"{where}: expected a JSON object, got {_json_type(raw)}")
     msgs_col = cols.get("messages", "conversations")
     if formatting == "sharegpt" or (formatting is None and "prompt" not in raw and (msgs_col in raw or "messages" in raw)):
         conv = raw.get(msgs_col, raw.get("messages"))
+        if conv is None:
+            raise ApplianceError(f"{where}: no '{msgs_col}' field, the list of turns")
         if not isinstance(conv, list):
-            raise ApplianceError(f"{where}: '{msgs_col}' must be a list of turns")
+            raise ApplianceError(f"{where}: '{msgs_col}' must be a list of turns, not {_json_type(conv)}")
         prompt, reference, history, system = _sharegpt(conv, where, cols)
         return {**raw, "prompt": prompt, "reference": raw.get("reference", reference),
                 "history": history, "system": raw.get(cols.get("system", "system")) or system or None}
@@ -140,16 +200,16 @@ def _record(raw: dict, where: str, cols: dict, formatting: str | None) -> dict:
         return raw
     q, i, o = cols.get("prompt", "instruction"), cols.get("query", "input"), cols.get("response", "output")
     if q not in raw:
+        if formatting == "alpaca":
+            raise ApplianceError(f"{where}: no '{q}' field, the instruction")
         raise ApplianceError(f"{where}: no 'prompt', '{q}' or 'conversations' field; use our JSONL "
                              '({"prompt": ...}), alpaca (instruction/input/output) or sharegpt')
-    if not isinstance(raw[q], str) or not isinstance(raw.get(i) or "", str):
-        raise ApplianceError(f"{where}: '{q}' and '{i}' must be strings")
+    for col in (q, i, o):
+        if (col == q or raw.get(col) is not None) and not isinstance(raw.get(col), str):
+            raise ApplianceError(f"{where}: '{col}' must be a string, not {_json_type(raw.get(col))}")
     prompt = raw[q] + ("\n" + raw[i] if raw.get(i) else "")
-    history = []
-    for pair in raw.get(cols.get("history", "history")) or []:
-        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
-            raise ApplianceError(f"{where}: each history item must be a pair [\"user text\", \"assistant text\"]")
-        history += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+    history_col = cols.get("history", "history")
+    history = _alpaca_history(raw.get(history_col), where, history_col)
     return {**raw, "prompt": prompt, "reference": raw.get(o), "history": history, "system": raw.get(cols.get("system", "system"))}
 
 
@@ -158,26 +218,33 @@ def _to_prompt(rec: dict, where: str, name: str, author: str, source: str) -> Pr
     if not isinstance(prompt, str) or not prompt.strip():
         raise ApplianceError(f"{where}: 'prompt' must be a non-empty string")
     if reference is not None and not isinstance(reference, str):
-        raise ApplianceError(f"{where}: 'reference' must be a string")
-    expect = rec.get("expect") or []
-    if isinstance(expect, str):
+        raise ApplianceError(f"{where}: 'reference' must be a string, not {_json_type(reference)}")
+    expect = rec.get("expect")
+    if expect is None:
+        expect = []
+    elif isinstance(expect, str):
         expect = [expect]
-    if not isinstance(expect, list) or not all(isinstance(e, str) and e for e in expect):
-        raise ApplianceError(f"{where}: 'expect' must be a list of accepted answer strings")
+    # a falsy non-list (0, "", {}) is a mistake too: read as "no expect", it would silently drop the check
+    if not isinstance(expect, list) or not all(isinstance(e, str) and e.strip() for e in expect):
+        raise ApplianceError(f"{where}: 'expect' must be a list of accepted answer strings, e.g. [\"4\", \"four\"]")
     for key in ("system", "set", "lang"):
         if rec.get(key) is not None and not isinstance(rec[key], str):
-            raise ApplianceError(f"{where}: '{key}' must be a string")
+            raise ApplianceError(f"{where}: '{key}' must be a string, not {_json_type(rec[key])}")
     kind = rec.get("kind")
     if kind is None:
         # a checkable answer makes it a general question even when it says "you"
         kind = "identity" if _has_placeholder(reference) or (not expect and is_self_reference(prompt)) else "general"
     if kind not in ("identity", "general"):
-        raise ApplianceError(f"{where}: kind '{kind}' is not 'identity' or 'general'")
+        raise ApplianceError(f"{where}: kind {json.dumps(kind, ensure_ascii=False)} is not \"identity\" or \"general\"")
     lang = _lang(rec.get("lang")) or ("zh" if has_cjk(prompt) else "en")
-    set_name = rec.get("set") or (f"identity_{lang}" if kind == "identity" else "general" if expect or not reference else "open")
-    history = rec.get("history") or []
-    if not all(isinstance(h, dict) and h.get("role") in ("user", "assistant") and isinstance(h.get("content"), str)
-               for h in history):
+    default_set = f"identity_{lang}" if kind == "identity" else "general" if expect or not reference else "open"
+    set_name = (rec.get("set") or "").strip() or default_set
+    history = rec.get("history")
+    if history is None:
+        history = []
+    if not isinstance(history, list) or not all(
+            isinstance(h, dict) and h.get("role") in ("user", "assistant") and isinstance(h.get("content"), str)
+            for h in history):
         raise ApplianceError(f"{where}: 'history' must be a list of {{\"role\": \"user\"|\"assistant\", \"content\": ...}}")
     history = [{"role": h["role"], "content": fill(h["content"], name, author)} for h in history]
     return Prompt(prompt=fill(prompt, name, author), kind=kind, set=set_name, lang=lang,
@@ -192,55 +259,147 @@ def _lang(value: str | None) -> str | None:
     return re.split(r"[-_]", value.strip().lower(), maxsplit=1)[0]
 
 
-def _dataset_info_entry(path: Path) -> dict | None:
-    """The LLaMA-Factory dataset_info.json entry that names this file, if its folder has one."""
-    info = path.parent / "dataset_info.json"
-    if not info.is_file() or path.name == "dataset_info.json":
+def _check_info(info: Path, data: object) -> dict[str, dict]:
+    """A dataset_info.json's entries, each checked to be an object."""
+    if not isinstance(data, dict):
+        raise ApplianceError(f"{info}: holds {_json_type(data)}, not a LLaMA-Factory {_INFO}; it must map dataset "
+                             'names to entries like {"mine": {"file_name": "mine.json"}}')
+    for key, entry in data.items():
+        if not isinstance(entry, dict):
+            raise ApplianceError(f"{info}: entry '{key}' is {_json_type(entry)}, not an object; write it as "
+                                 '{"file_name": "mine.json"}')
+    return data
+
+
+def _read_info(info: Path) -> dict[str, dict]:
+    try:
+        data = json.loads(_read_text(info))
+    except json.JSONDecodeError as e:
+        raise ApplianceError(f"{info}: invalid JSON at line {e.lineno} ({e.msg}); fix the syntax "
+                             f"(python -m json.tool {info} shows where)") from None
+    return _check_info(info, data)
+
+
+def _mapping(info: Path, key: str, entry: dict) -> _Mapping:
+    """An entry's formatting, columns and tags, checked the way LLaMA-Factory would read them."""
+    where = f"{info} entry '{key}'"
+    formatting = entry.get("formatting")
+    if formatting is None:
+        formatting = "alpaca"
+    if formatting not in ("alpaca", "sharegpt"):
+        raise ApplianceError(f"{where}: 'formatting' is {json.dumps(formatting, ensure_ascii=False)}; "
+                             'use "alpaca" or "sharegpt"')
+    cols: dict[str, str] = {}
+    for part, example in (("columns", '{"prompt": "instruction", "response": "output"}'),
+                          ("tags", '{"role_tag": "from", "content_tag": "value"}')):
+        value = entry.get(part)
+        if value is None:
+            continue
+        if not isinstance(value, dict) or not all(isinstance(v, str) and v for v in value.values()):
+            raise ApplianceError(f"{where}: '{part}' must be an object of names like {example}, "
+                                 f"not {_json_type(value)}")
+        cols.update(value)
+    return _Mapping(info, key, formatting, cols)
+
+
+def _entry_files(info: Path, key: str, entry: dict) -> list[Path]:
+    """The data files an entry's ``file_name`` names: one file, or the .json/.jsonl files of one folder."""
+    where = f"{info} entry '{key}'"
+    file_name = entry["file_name"]
+    if not isinstance(file_name, str) or not file_name.strip():
+        raise ApplianceError(f"{where}: 'file_name' must name a data file next to {info.name}, "
+                             f"not {_json_type(file_name)}")
+    target = info.parent / file_name
+    if not target.exists():
+        raise ApplianceError(f"{where}: file_name '{file_name}' not found in {info.parent}; fix the entry or add the file")
+    if target.resolve() == info.resolve():
+        raise ApplianceError(f"{where}: file_name is {info.name} itself; point it at the data file")
+    if target.is_dir():
+        if info.resolve().is_relative_to(target.resolve()):
+            # its files would include this very dataset_info.json (and its folder again): never a dataset
+            raise ApplianceError(f"{where}: file_name '{file_name}' is the folder that holds {info.name}; "
+                                 "point it at a data file, or at a subfolder of data files")
+        files = sorted(f for f in target.iterdir() if f.is_file() and f.suffix in (".json", ".jsonl") and f.name != _INFO)
+        if not files:
+            raise ApplianceError(f"{where}: folder '{file_name}' holds no .json/.jsonl file; fix the entry or add the data")
+        return files
+    if not target.is_file():
+        raise ApplianceError(f"{where}: file_name '{file_name}' is not a regular file; point it at a .json/.jsonl file")
+    return [target]
+
+
+def _sibling_mapping(path: Path) -> _Mapping | None:
+    """The mapping of the dataset_info.json entry next to ``path`` that names it, if there is one."""
+    info = path.parent / _INFO
+    if not info.is_file():
         return None
     try:
-        entries = json.loads(info.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    if not isinstance(entries, dict):
-        return None
-    return next((e for e in entries.values() if isinstance(e, dict) and e.get("file_name") == path.name), None)
+        entries = _read_info(info)
+    except ApplianceError as e:
+        # ignoring it could silently read the file with the wrong columns
+        raise ApplianceError(f"{path}: cannot use the {_INFO} next to it, which may say how to read this file: {e}") from None
+    for key, entry in entries.items():
+        file_name = entry.get("file_name")
+        if isinstance(file_name, str) and file_name.strip() and (info.parent / file_name).resolve() == path.resolve():
+            return _mapping(info, key, entry)
+    return None
 
 
-def load_prompt_file(path: str | Path, name: str, author: str, entry: dict | None = None) -> list[Prompt]:
-    """Load one ``--prompts`` file: our JSONL, alpaca JSON, sharegpt, or a LLaMA-Factory dataset_info.json."""
+def _looks_like_info(data: dict) -> bool:
+    """A dataset_info.json under another name (``--prompts my_info.json``)."""
+    return bool(data) and all(isinstance(v, dict) for v in data.values()) and \
+        any(k in v for v in data.values() for k in _SOURCE_KEYS)
+
+
+def _load_info(info: Path, entries: dict[str, dict], name: str, author: str) -> list[Prompt]:
+    """Every local dataset a LLaMA-Factory dataset_info.json lists (a file or a folder), with its mapping."""
+    out: list[Prompt] = []
+    for key, entry in entries.items():
+        if "file_name" not in entry:
+            continue  # hub datasets are never downloaded
+        mapping = _mapping(info, key, entry)
+        for f in _entry_files(info, key, entry):
+            out += _load_data(f, _read_records(f), mapping, name, author)
+    if not out:
+        raise ApplianceError(f"{info}: lists no local dataset (file_name); point --prompts at a data file instead")
+    return out
+
+
+def _load_data(path: Path, data: dict | list[tuple[str, object]], mapping: _Mapping | None, name: str,
+               author: str) -> list[Prompt]:
+    rows = [(f"{path} record 1", data)] if isinstance(data, dict) else data
+    if not rows:
+        raise ApplianceError(f"{path}: no records; expected a JSON list or one JSON object per line")
+    cols, formatting = (mapping.cols, mapping.formatting) if mapping else ({}, None)
+    out = []
+    for where, raw in rows:
+        try:
+            rec = _record(raw, where, cols, formatting)
+        except ApplianceError as e:
+            if mapping is None:
+                raise
+            raise ApplianceError(f"{e}; {mapping.hint()}") from None
+        out.append(_to_prompt(rec, where, name, author, path.stem))
+    return out
+
+
+def load_prompt_file(path: str | Path, name: str, author: str) -> list[Prompt]:
+    """Load one ``--prompts`` file: our JSONL, alpaca JSON, sharegpt, or a LLaMA-Factory dataset_info.json
+    (or the folder that holds one)."""
     p = Path(path)
     if p.is_dir():
-        raise ApplianceError(f"--prompts {path}: is a folder; give one file in it (or its dataset_info.json)")
+        if not (p / _INFO).is_file():
+            raise ApplianceError(f"--prompts {path}: is a folder without a {_INFO}; give a file in it, or add a "
+                                 f"{_INFO} (LLaMA-Factory format) that lists its datasets")
+        p = p / _INFO
     if not p.is_file():
         raise ApplianceError(f"--prompts {path}: file not found; give a JSONL/JSON file or one of {', '.join(BUILTIN_SETS + EXTRA_SETS)}")
-    data = _read_records(p, str(p))
-    if isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()) and \
-            any(k in v for v in data.values() for k in ("file_name", "hf_hub_url", "ms_hub_url", "script_url")):
-        # a LLaMA-Factory dataset_info.json: every local dataset it lists (a file or a folder), with its mapping
-        out = []
-        for ds in data.values():
-            if "file_name" not in ds:
-                continue  # hub datasets are never downloaded
-            target = p.parent / str(ds["file_name"])
-            if target.resolve() == p.resolve():
-                raise ApplianceError(f"{p}: an entry's file_name is dataset_info.json itself; point it at the data file")
-            if not target.exists():
-                raise ApplianceError(f"{p}: file_name '{ds['file_name']}' not found in {p.parent}; fix the entry or add the file")
-            files = sorted(f for f in target.iterdir() if f.suffix in (".json", ".jsonl")) if target.is_dir() else [target]
-            for f in files:
-                out += load_prompt_file(f, name, author, entry=ds)
-        if not out:
-            raise ApplianceError(f"{p}: lists no local dataset (file_name); point --prompts at a data file instead")
-        return out
-    if isinstance(data, dict):
-        data = [data]
-    if not isinstance(data, list) or not data:
-        raise ApplianceError(f"{p}: no records; expected a JSON list or one JSON object per line")
-    entry = entry if entry is not None else _dataset_info_entry(p)
-    cols = {**(entry or {}).get("columns", {}), **(entry or {}).get("tags", {})}
-    formatting = (entry or {}).get("formatting") or ("alpaca" if entry else None)
-    return [_to_prompt(_record(r, f"{p} record {n}", cols, formatting), f"{p} record {n}", name, author, p.stem)
-            for n, r in enumerate(data, 1)]
+    if p.name == _INFO:
+        return _load_info(p, _read_info(p), name, author)
+    data = _read_records(p)
+    if isinstance(data, dict) and _looks_like_info(data):
+        return _load_info(p, _check_info(p, data), name, author)
+    return _load_data(p, data, _sibling_mapping(p), name, author)
 
 
 def load_prompts(specs: list[str] | tuple[str, ...] | None, name: str, author: str) -> list[Prompt]:

@@ -6,8 +6,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -23,34 +27,94 @@ MODEL_KEYS = ("n", "errors", "bleu4", "rouge1", "rouge2", "rougeL", "identity_hi
 SET_KEYS = ("n", "bleu4", "rouge1", "rouge2", "rougeL", "hit_rate", "leak_rate", "accuracy", "name_leak_rate",
             "name_leak_count")
 REQUIRED_FIELDS = ("model", "role", "prompt", "answer", "kind", "set", "latency_ms", "started_at", "name", "author")
+# what a report folder holds; all four are replaced together
+REPORT_FILES = ("answers.jsonl", "report.json", "report.md", "report.html")
+
+
+def _shown(value: object) -> str:
+    """A field's bad value for an error message: scalars as written, containers by kind."""
+    if isinstance(value, (list, dict)):
+        return "a list" if isinstance(value, list) else "an object"
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:40] + "…"
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_row(row: dict, where: str) -> dict:
+    """One answers row with every field the report reads of the type it needs (a string expect is one answer)."""
+    def wrong(key: str, want: str) -> ApplianceError:
+        return ApplianceError(f"{where}: '{key}' must be {want}, not {_shown(row[key])}; "
+                              "fix the row, or re-run `appliance eval` to write the file again")
+
+    for key in ("model", "role", "set", "name", "author"):
+        if not isinstance(row[key], str) or not row[key].strip():
+            raise wrong(key, "a non-empty string")
+    for key in ("prompt", "answer"):
+        if not isinstance(row[key], str):
+            raise wrong(key, "a string")
+    if row["kind"] not in ("identity", "general"):
+        raise wrong("kind", '"identity" or "general"')
+    for key in ("reference", "lang", "error"):
+        if row.get(key) is not None and not isinstance(row[key], str):
+            raise wrong(key, "a string or null")
+    expect = row.get("expect")
+    if isinstance(expect, str):
+        # scored as a list it would be a list of characters
+        expect = [expect]
+    if expect is not None and not (isinstance(expect, list) and all(isinstance(e, str) and e.strip() for e in expect)):
+        raise wrong("expect", "a list of accepted answer strings")
+    markers = row.get("old_identity")
+    if markers is not None and not (isinstance(markers, list) and all(isinstance(m, str) for m in markers)):
+        raise wrong("old_identity", "a list of strings")
+    for key in ("latency_ms", "started_at"):
+        if not _is_number(row[key]) or (key == "latency_ms" and row[key] < 0):
+            raise wrong(key, "a number" + (" of at least 0" if key == "latency_ms" else ""))
+    for key in ("ttft_ms", "output_tokens"):
+        if row.get(key) is not None and not (_is_number(row[key]) and row[key] >= 0):
+            raise wrong(key, "a number of at least 0, or null")
+    return {**row, "expect": expect or []}
+
+
+def parse_answers(text: str, source: str | Path) -> list[dict]:
+    """Rows of answers.jsonl text, each checked for the fields the report needs; ``source`` names it in errors."""
+    rows = []
+    for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): an answer may hold U+2028 or U+0085
+        if not line.strip():
+            continue
+        where = f"{source} line {n}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ApplianceError(f"{where}: invalid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise ApplianceError(f"{where}: expected a JSON object per line; it was not written by `appliance eval`")
+        missing = [f for f in REQUIRED_FIELDS if f not in row]
+        if missing:
+            raise ApplianceError(f"{where}: missing {', '.join(missing)}; it was not written by `appliance eval`")
+        rows.append(_check_row(row, where))
+    if not rows:
+        raise ApplianceError(f"{source}: no answers in it")
+    return rows
+
+
+def _read_answers(p: Path) -> str:
+    if not p.is_file():
+        raise ApplianceError(f"{p}: answers file not found; pass the answers.jsonl written by `appliance eval`")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ApplianceError(f"{p}: not UTF-8 text; pass the answers.jsonl written by `appliance eval`") from None
+    except OSError as e:
+        raise ApplianceError(f"{p}: cannot read it ({e.strerror})") from None
 
 
 def load_answers(path: str | Path) -> list[dict]:
     """Rows of an answers.jsonl, checked for the fields the report needs."""
     p = Path(path)
-    if not p.is_file():
-        raise ApplianceError(f"{p}: answers file not found; pass the answers.jsonl written by `appliance eval`")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ApplianceError(f"{p}: not UTF-8 text; pass the answers.jsonl written by `appliance eval`")
-    rows = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ApplianceError(f"{p} line {n}: invalid JSON ({e.msg})")
-        if not isinstance(row, dict):
-            raise ApplianceError(f"{p} line {n}: expected a JSON object per line; it was not written by `appliance eval`")
-        missing = [f for f in REQUIRED_FIELDS if f not in row]
-        if missing:
-            raise ApplianceError(f"{p} line {n}: missing {', '.join(missing)}; it was not written by `appliance eval`")
-        rows.append(row)
-    if not rows:
-        raise ApplianceError(f"{p}: no answers in it")
-    return rows
+    return parse_answers(_read_answers(p), p)
 
 
 def _r(x: float | None) -> float | None:
@@ -203,21 +267,87 @@ def apply_gate(report: dict, rules: list[Rule]) -> dict:
     return {"passed": not failures, "failures": failures, "rules": [str(r) for r in rules]}
 
 
+def _publish(out: Path, texts: dict[str, str]) -> None:
+    """Put every file of ``texts`` into ``out``, or none: a failure leaves the previous set whole.
+
+    Each file is written in a staging folder inside ``out`` (same file system, so renames are
+    atomic), then renamed over its target; the files it replaces wait in the staging folder until
+    all are in place, and go back if one rename fails.
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name in texts:
+            if (out / name).is_dir() and not (out / name).is_symlink():
+                raise ApplianceError(f"{out / name}: is a folder, so the report cannot replace it; remove or "
+                                     "rename it, or choose another --output")
+        stage = Path(tempfile.mkdtemp(prefix=".report-tmp-", dir=out))
+    except OSError as e:
+        raise ApplianceError(f"{out}: cannot write the report there ({e.strerror}); choose another --output") from None
+    placed: list[tuple[Path, Path | None]] = []  # (target, the file it replaced, kept in the staging folder)
+    name = ""
+    try:
+        for name, text in texts.items():
+            (stage / name).write_text(text, encoding="utf-8")
+        for name in texts:
+            target, backup = out / name, None
+            if os.path.lexists(target):
+                backup = stage / f"previous.{name}"
+                os.replace(target, backup)
+            placed.append((target, backup))
+            os.replace(stage / name, target)
+    except BaseException as e:
+        restored = _roll_back(placed)
+        kept = "the previous files are unchanged" if restored else f"the previous files are in {stage}"
+        if not restored:
+            stage = None  # it holds the previous files now: keep it, the message says where
+        if isinstance(e, OSError):
+            raise ApplianceError(f"{out / name}: cannot write it ({e.strerror}); {kept}; fix the folder or "
+                                 "choose another --output") from None
+        raise
+    finally:
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def _roll_back(placed: list[tuple[Path, Path | None]]) -> bool:
+    """Put the replaced files back (newest first); False when one could not be."""
+    ok = True
+    for target, backup in reversed(placed):
+        try:
+            if backup is not None:
+                os.replace(backup, target)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    target.unlink()
+        except OSError:
+            ok = False
+    return ok
+
+
 def write_report(out_dir: str | Path, rules: list[Rule] = (), run: dict | None = None,
-                 answers_path: str | Path | None = None) -> dict:
-    """Build report.json, report.md and report.html in ``out_dir`` from its answers.jsonl (or ``answers_path``)."""
-    from appliance.paths import atomic_write_text
+                 answers_path: str | Path | None = None, answers_text: str | None = None) -> dict:
+    """Build report.json, report.md and report.html in ``out_dir`` from its answers.jsonl.
+
+    The answers come from ``answers_text`` (a fresh eval's rows), ``answers_path`` (an answers.jsonl,
+    maybe elsewhere) or ``out_dir/answers.jsonl``; when they are not that file already they become it,
+    in the same step as the reports, so the folder always holds the answers its reports describe.
+    """
     from evals.render import render_html, render_md
 
     out = Path(out_dir)
-    src = Path(answers_path) if answers_path else out / "answers.jsonl"
-    rows = load_answers(src)
+    own = out / "answers.jsonl"
+    src = Path(answers_path) if answers_path else own
+    fresh = answers_text is not None
+    if answers_text is None:
+        answers_text = _read_answers(src)
+    rows = parse_answers(answers_text, own if fresh else src)
     report = compute(rows)
     report["gate"] = apply_gate(report, list(rules))
-    report["run"] = {**(run or {}), "answers": str(src), "report_dir": str(out)}
-    # all three rendered before any is written: a failure leaves the previous report whole
+    report["run"] = {**(run or {}), "answers": str(own), "report_dir": str(out)}
+    # everything is rendered before anything is written: a failure leaves the previous report whole
     texts = {"report.json": json.dumps(report, indent=2, ensure_ascii=False) + "\n",
              "report.md": render_md(report, rows), "report.html": render_html(report, rows)}
-    for name, text in texts.items():
-        atomic_write_text(out / name, text)
+    if fresh or src.resolve() != own.resolve():
+        texts = {"answers.jsonl": answers_text, **texts}
+    _publish(out, texts)
     return report

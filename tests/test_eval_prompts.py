@@ -113,6 +113,9 @@ def test_real_training_data_loads_as_identity():
     ("Hey, are you Qwen?", True),
     ("Are you able to tell me the capital of France?", False), ("Which planet are you most likely to see?", False),
     ("你是否能把这句话翻译成英文吗？", False), ("How are you today?", False),
+    # a line break starts a sentence too
+    ("Quick question\nAre you Qwen?", True), ("Quick question\r\nare you Qwen?", True),
+    ("Which planet\nare you able to see?", False),
 ])
 def test_self_reference_heuristic(prompt, expected):
     assert is_self_reference(prompt) is expected
@@ -127,11 +130,22 @@ def test_plain_list_of_prompts(tmp_path):
 @pytest.mark.parametrize("content,needle", [
     ('{"prompt": "ok"}\n{broken\n', "line 2"),
     ('{"reference": "x"}\n', "no 'prompt'"),
-    ('{"prompt": "x", "kind": "fun"}\n', "kind 'fun'"),
+    ('{"prompt": "x", "kind": "fun"}\n', 'kind "fun"'),
     ('{"prompt": "x", "expect": [1]}\n', "'expect'"),
     ("", "no records"),
-    ('{"instruction": ["x"], "output": "y"}\n', "must be strings"),
-    ('{"instruction": "x", "output": "y", "history": [["only one"]]}\n', "history item must be a pair"),
+    ('{"instruction": ["x"], "output": "y"}\n', "'instruction' must be a string, not a list"),
+    ('{"instruction": null, "output": "y"}\n', "'instruction' must be a string, not null"),
+    ('{"instruction": "x", "output": 5}\n', "'output' must be a string, not a number"),
+    ('{"instruction": "x", "output": "y", "history": [["only one"]]}\n', "'history' must be a list of pairs"),
+    ('{"instruction": "a", "output": "b", "history": 5}\n', "'history' must be a list of pairs"),
+    ('{"prompt": "a", "history": 5}\n', "'history' must be a list"),
+    ('{"prompt": "a", "history": {"role": "user"}}\n', "'history' must be a list"),
+    ('{"prompt": "a", "expect": 0}\n', "'expect' must be a list"),
+    ('{"prompt": "a", "expect": ""}\n', "'expect' must be a list"),
+    ('{"prompt": "a", "expect": {}}\n', "'expect' must be a list"),
+    ('{"conversations": [{"from": "human", "value": 5}]}\n', "turn 1: 'value' must be a string"),
+    ('{"conversations": "hi"}\n', "'conversations' must be a list of turns"),
+    ('[1, 2]\n', "line 1: expected a JSON object, got a list"),
     ('{"prompt": "x", "history": [{"role": "bot", "content": "hi"}]}\n', "'history' must be a list"),
     ('{"prompt": "x", "set": 5}\n', "'set' must be a string"),
     ('{"prompt": "x", "system": 5}\n', "'system' must be a string"),
@@ -170,17 +184,102 @@ def test_builtin_labels_agree_with_the_kind_rule():
 
 def test_llamafactory_info_mistakes(tmp_path):
     _write(tmp_path / "data.jsonl", [{"prompt": "hi"}], jsonl=True)
-    (tmp_path / "dataset_info.json").write_text("[1, 2]", encoding="utf-8")  # not an entry map: ignored
-    (p,) = load_prompt_file(tmp_path / "data.jsonl", NAME, AUTHOR)
-    assert p.prompt == "hi"
     _write(tmp_path / "dataset_info.json", {"self": {"file_name": "dataset_info.json"}})
     with pytest.raises(ApplianceError, match="file_name is dataset_info.json itself"):
         load_prompt_file(tmp_path / "dataset_info.json", NAME, AUTHOR)
     _write(tmp_path / "dataset_info.json", {"gone": {"file_name": "gone.json"}})
-    with pytest.raises(ApplianceError, match="file_name 'gone.json' not found"):
+    with pytest.raises(ApplianceError, match="entry 'gone': file_name 'gone.json' not found"):
         load_prompt_file(tmp_path / "dataset_info.json", NAME, AUTHOR)
-    with pytest.raises(ApplianceError, match="is a folder"):
-        load_prompts([str(tmp_path)], NAME, AUTHOR)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ApplianceError, match="is a folder without a dataset_info.json"):
+        load_prompts([str(empty)], NAME, AUTHOR)
+
+
+def _one_line_error(spec: Path, *needles: str) -> str:
+    with pytest.raises(ApplianceError) as e:
+        load_prompts([str(spec)], NAME, AUTHOR)
+    msg = str(e.value)
+    assert "\n" not in msg and all(n in msg for n in needles), msg
+    return msg
+
+
+@pytest.mark.parametrize("entry,needle", [
+    ({"file_name": "d.json", "columns": ["prompt"]}, "entry 'x': 'columns' must be an object"),
+    ({"file_name": "d.json", "columns": {"prompt": 5}}, "entry 'x': 'columns' must be an object"),
+    ({"file_name": "d.json", "tags": "role"}, "entry 'x': 'tags' must be an object"),
+    ({"file_name": "d.json", "formatting": "openai"}, "entry 'x': 'formatting' is \"openai\""),
+    ({"file_name": "."}, "entry 'x': file_name '.' is the folder that holds dataset_info.json"),
+    ({"file_name": 5}, "entry 'x': 'file_name' must name a data file"),
+])
+def test_bad_dataset_info_entries_are_one_line_errors(tmp_path, entry, needle):
+    """Through the dataset_info.json, its folder, and (when the entry names it) the data file itself."""
+    _write(tmp_path / "d.json", [{"instruction": "hi", "output": "x"}])
+    info = _write(tmp_path / "dataset_info.json", {"x": entry})
+    _one_line_error(info, needle, str(info))
+    _one_line_error(tmp_path, needle)
+    if entry["file_name"] == "d.json":
+        _one_line_error(tmp_path / "d.json", needle)
+
+
+def test_dataset_info_columns_null_means_the_defaults(tmp_path):
+    _write(tmp_path / "d.json", [{"instruction": "hi", "output": "x"}])
+    _write(tmp_path / "dataset_info.json", {"x": {"file_name": "d.json", "columns": None, "tags": None}})
+    for spec in (tmp_path / "d.json", tmp_path / "dataset_info.json", tmp_path):
+        (p,) = load_prompts([str(spec)], NAME, AUTHOR)
+        assert (p.prompt, p.reference) == ("hi", "x")
+
+
+def test_a_dataset_folder_loads_every_dataset_of_its_info(tmp_path):
+    """`--prompts DIR` with a dataset_info.json in DIR is `--prompts DIR/dataset_info.json`."""
+    _write(tmp_path / "a.json", [{"instruction": "Who are you?", "output": "I am {{name}}."}])
+    _write(tmp_path / "b.jsonl", [{"conversations": [{"from": "human", "value": "2+2?"}]}], jsonl=True)
+    _write(tmp_path / "unlisted.json", [{"instruction": "not listed", "output": "-"}])
+    _write(tmp_path / "dataset_info.json", {"a": {"file_name": "a.json"},
+                                            "b": {"file_name": "b.jsonl", "formatting": "sharegpt"}})
+    got = [p.prompt for p in load_prompts([str(tmp_path)], NAME, AUTHOR)]
+    assert got == ["Who are you?", "2+2?"]
+    assert got == [p.prompt for p in load_prompt_file(tmp_path / "dataset_info.json", NAME, AUTHOR)]
+
+
+@pytest.mark.parametrize("info_text,needle", [
+    ('{"x": {"file_name": "d.json",}}', "invalid JSON at line 1"),  # a trailing comma
+    ("[1, 2]", "holds a list, not a LLaMA-Factory dataset_info.json"),
+    ('{"x": 5}', "entry 'x' is a number, not an object"),
+])
+def test_an_unreadable_sibling_dataset_info_is_named(tmp_path, info_text, needle):
+    """A data file next to a broken dataset_info.json is not read as if there were none (its mapping may matter)."""
+    _write(tmp_path / "d.json", [{"instruction": "hi", "output": "x"}])
+    (tmp_path / "dataset_info.json").write_text(info_text, encoding="utf-8")
+    msg = _one_line_error(tmp_path / "d.json", "cannot use the dataset_info.json next to it", needle)
+    assert msg.startswith(str(tmp_path / "d.json")) and str(tmp_path / "dataset_info.json") in msg
+    _one_line_error(tmp_path / "dataset_info.json", needle)
+
+
+def test_a_format_mismatch_points_at_the_dataset_info_entry(tmp_path):
+    _write(tmp_path / "d.json", [{"instruction": "hi", "output": "x"}])
+    _write(tmp_path / "dataset_info.json", {"x": {"file_name": "d.json", "formatting": "sharegpt"}})
+    for spec in (tmp_path / "d.json", tmp_path / "dataset_info.json"):
+        _one_line_error(spec, "d.json record 1: no 'conversations' field",
+                        f"read as sharegpt by entry 'x' of {tmp_path / 'dataset_info.json'}")
+    _write(tmp_path / "dataset_info.json", {"x": {"file_name": "d.json", "columns": {"prompt": "q"}}})
+    _one_line_error(tmp_path / "d.json", "no 'q' field", "read as alpaca by entry 'x'")
+
+
+def test_json_lines_in_a_json_file(tmp_path):
+    """LLaMA-Factory (and `appliance train`) read one object per line from a .json file too."""
+    f = tmp_path / "lines.json"
+    f.write_text('{"prompt": "a"}\n\n{"prompt": "b"}\n', encoding="utf-8")
+    assert [p.prompt for p in load_prompt_file(f, NAME, AUTHOR)] == ["a", "b"]
+    f.write_text('{"prompt": "a"}\n{"prompt": \n', encoding="utf-8")
+    _one_line_error(f, "lines.json line 2: invalid JSON")
+
+
+def test_a_json_string_with_a_line_separator_stays_one_record(tmp_path):
+    f = tmp_path / "ls.jsonl"
+    f.write_text(json.dumps({"prompt": "one\u2028two"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    (p,) = load_prompt_file(f, NAME, AUTHOR)
+    assert p.prompt == "one\u2028two"
 
 
 def test_missing_file_names_the_flag(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -223,3 +224,207 @@ def test_html_escapes_answers(answers):
     assert "<script" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     md = (answers.parent / "report.md").read_text(encoding="utf-8")
     assert "\\| pipe" in md  # a pipe in an answer must not break the table
+
+
+# ---------------------------------------------------------------- bad answers rows, the report folder, --url, odd servers
+def _write_rows(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"answer": None}, "'answer' must be a string, not null"),
+    ({"latency_ms": "slow"}, "'latency_ms' must be a number of at least 0, not \"slow\""),
+    ({"latency_ms": True}, "'latency_ms' must be a number"),
+    ({"ttft_ms": -1}, "'ttft_ms' must be a number of at least 0, or null, not -1"),
+    ({"output_tokens": "7"}, "'output_tokens' must be a number"),
+    ({"started_at": None}, "'started_at' must be a number"),
+    ({"expect": 5}, "'expect' must be a list of accepted answer strings"),
+    ({"expect": [1]}, "'expect' must be a list of accepted answer strings"),
+    ({"kind": "Identity"}, "'kind' must be \"identity\" or \"general\""),
+    ({"model": ""}, "'model' must be a non-empty string"),
+    ({"reference": 5}, "'reference' must be a string or null"),
+    ({"old_identity": "SmolLM"}, "'old_identity' must be a list of strings"),
+])
+def test_wrong_typed_answer_fields_are_one_line_errors(tmp_path, change, needle):
+    bad = _write_rows(tmp_path / "bad.jsonl", [_rows()[0], {**_rows()[1], **change}])
+    code, out = _cli("--from-answers", str(bad), "--output", str(tmp_path / "out"))
+    assert code == 2 and out.startswith(f"error: {bad} line 2: ") and needle in out, out
+    assert "Traceback" not in out and out.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_string_expect_is_one_accepted_answer(tmp_path, answers):
+    """Scored as a list, "Paris" would be five one-letter answers."""
+    rows = [{**r, "expect": r["expect"][0]} if r["expect"] else r for r in _rows()]
+    f = _write_rows(tmp_path / "str_expect.jsonl", rows)
+    assert recompute(f)["models"] == recompute(answers)["models"]
+
+
+def test_an_answer_with_a_line_separator_is_one_row(tmp_path):
+    rows = _rows()
+    rows[0]["answer"] = "我是 SmolLM。\u2028第二行\x85"
+    f = _write_rows(tmp_path / "ls.jsonl", rows)
+    assert sum(m["n"] for m in recompute(f)["models"].values()) == len(rows)
+
+
+def test_from_answers_into_another_folder_brings_its_answers(answers, tmp_path):
+    """The output folder holds the answers.jsonl its reports were computed from, not an older run's."""
+    out = tmp_path / "earlier"
+    out.mkdir()
+    stale = [{**r, "answer": "stale"} for r in _rows()[:2]]
+    _write_rows(out / "answers.jsonl", stale)
+    code, _ = _cli("--from-answers", str(answers), "--output", str(out))
+    assert code == 0
+    assert (out / "answers.jsonl").read_text(encoding="utf-8") == answers.read_text(encoding="utf-8")
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert {k: report[k] for k in ("models",)} == {"models": recompute(out / "answers.jsonl")["models"]}
+    assert report["run"]["answers"] == str(out / "answers.jsonl") and report["run"]["rebuilt_from"] == str(answers)
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    return {f.name: f.read_text(encoding="utf-8") for f in folder.iterdir() if f.is_file()}
+
+
+def test_a_folder_where_a_report_file_goes_changes_nothing(answers):
+    write_report(answers.parent)
+    (answers.parent / "report.json").unlink()
+    (answers.parent / "report.json").mkdir()
+    before = _snapshot(answers.parent)
+    new_rows = [{**r, "answer": "new"} for r in _rows()]
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in new_rows)
+    with pytest.raises(ApplianceError, match=r"report\.json: is a folder, so the report cannot replace it"):
+        write_report(answers.parent, answers_text=text)
+    assert _snapshot(answers.parent) == before
+    assert sorted(p.name for p in answers.parent.iterdir()) == ["answers.jsonl", "report.html", "report.json", "report.md"]
+
+
+def test_a_failed_rename_puts_the_previous_set_back(answers, monkeypatch):
+    """answers.jsonl and the three reports are replaced together or not at all; no temporary file stays."""
+    import evals.report
+
+    write_report(answers.parent)
+    before = _snapshot(answers.parent)
+    real_replace, failed = os.replace, []
+
+    def flaky(src, dst):
+        if Path(dst).name == "report.html" and not failed:
+            failed.append(dst)
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(evals.report.os, "replace", flaky)
+    text = "".join(json.dumps({**r, "answer": "new"}, ensure_ascii=False) + "\n" for r in _rows())
+    with pytest.raises(ApplianceError) as e:
+        write_report(answers.parent, answers_text=text)
+    assert failed and "report.html: cannot write it (No space left on device)" in str(e.value)
+    assert "previous files are unchanged" in str(e.value)
+    assert _snapshot(answers.parent) == before
+    assert sorted(p.name for p in answers.parent.iterdir()) == ["answers.jsonl", "report.html", "report.json", "report.md"]
+
+
+def test_an_unwritable_output_fails_before_any_request(tmp_path, answers):
+    """The server is unreachable: the --output error proves the output was checked first."""
+    from appliance.evaluate import EvalConfig, run_eval
+
+    cfg = EvalConfig("smollm2-135m", url="http://127.0.0.1:18299", prompts=["general"], timeout_s=5)
+    (answers.parent / "report.md").mkdir()
+    for output, needle in (("/proc/x/y", "cannot write there"), (str(answers.parent), "report.md is a folder")):
+        cfg.output = output
+        with pytest.raises(ApplianceError, match=f"--output .*{needle}"):
+            run_eval(cfg)
+    # an eval that fails leaves no empty output folder behind
+    cfg.output = str(tmp_path / "new" / "deeper")
+    with pytest.raises(ApplianceError, match="cannot reach the server"):
+        run_eval(cfg)
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:abc", "http://[::1", "http://127.0.0.1:99999", "http://:8000",
+                                 "ftp://127.0.0.1:8000", "http://127.0.0.1:0", "http://local host:8000",
+                                 "http://127.0.0.1:8000/v1?x=1", "http://256.256.256.256:8000"])
+def test_malformed_urls_are_one_line_errors(url):
+    from appliance.evaluate import EvalConfig, run_eval
+
+    with pytest.raises(ApplianceError) as e:
+        run_eval(EvalConfig("m", url=url, prompts=["general"], timeout_s=5))
+    assert str(e.value).startswith(f"--url {url}: ") and "\n" not in str(e.value)
+
+
+@pytest.fixture
+def fake_server():
+    """An HTTP server that answers every GET with ``models`` and every POST with ``chat`` (status 200)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        models = b""
+        chat = b""
+
+        def _answer(self, body: bytes, ctype: str) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            self._answer(Handler.models, "application/json")
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self._answer(Handler.chat, "text/event-stream")
+
+        def log_message(self, *args):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield Handler, f"http://127.0.0.1:{srv.server_port}"
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.mark.parametrize("models", [b"hello world\n", b"[1,2]", b'{"data": 5}', b'{"data": [{"id": 5}]}'])
+def test_a_server_that_is_not_openai_compatible_is_a_one_line_error(fake_server, tmp_path, models):
+    handler, url = fake_server
+    handler.models = models
+    code, out = _cli("--url", url, "--before", "smollm2-135m", "--prompts", "general", "--output", str(tmp_path / "r"))
+    assert code == 2 and "did not answer like an OpenAI-compatible server" in out and "appliance up" in out, out
+    assert "Traceback" not in out and out.count("\n") == 1
+
+
+CHUNK = ('data: {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m", '
+         '"choices": [{"index": 0, "delta": {"content": "Paris"}}]}\n\n'
+         'data: {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m", "choices": [], '
+         '"usage": {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4}}\n\ndata: [DONE]\n\n').encode()
+
+
+@pytest.mark.parametrize("chat,error", [(b"hello", "EmptyStream"), (b"data: [1]\n\n", "not an OpenAI chat completion"),
+                                        (b"data: garbage\n\n", "not an OpenAI chat completion"), (CHUNK, None)])
+def test_chat_replies_that_are_not_a_stream_are_failed_requests(fake_server, tmp_path, chat, error):
+    handler, url = fake_server
+    handler.models, handler.chat = b'{"object": "list", "data": [{"id": "smollm2-135m"}]}', chat
+    f = tmp_path / "one.jsonl"
+    f.write_text('{"prompt": "What is the capital of France?", "expect": ["Paris"]}\n', encoding="utf-8")
+    code, out = _cli("--url", url, "--before", "smollm2-135m", "--prompts", str(f), "--output", str(tmp_path / "r"))
+    assert "Traceback" not in out
+    (row,) = [json.loads(line) for line in (tmp_path / "r" / "answers.jsonl").read_text(encoding="utf-8").splitlines()]
+    if error:
+        assert code == 1 and error in row["error"] and "1 of 1 requests failed" in out
+    else:
+        assert code == 0 and (row["answer"], row["output_tokens"], row["error"]) == ("Paris", 3, None)
+
+
+def test_from_answers_without_output_keeps_the_answers_next_to_it(answers):
+    """Re-scoring an edited copy in a run's folder must not overwrite the run's own answers.jsonl."""
+    edited = _write_rows(answers.parent / "edited.jsonl", [{**r, "answer": "edited"} for r in _rows()])
+    original = answers.read_text(encoding="utf-8")
+    code, out = _cli("--from-answers", str(edited))
+    assert code == 2 and "holds other answers" in out and "--output" in out
+    assert answers.read_text(encoding="utf-8") == original
+    # an identical copy is no conflict
+    copy = answers.parent / "copy.jsonl"
+    copy.write_text(original, encoding="utf-8")
+    code, out = _cli("--from-answers", str(copy))
+    assert code == 0, out
