@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -47,6 +48,8 @@ class _Format:
     columns: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     auto: bool = False  # detected from a file's first record rather than declared in a registry
+    kind: tuple[str, str | None] = ("", None)  # auto only: what _kind() said of the first record
+    origin: str = ""  # declared: "entry 'x' of dir/dataset_info.json"; auto: the file, for _direct_hint()
 
 
 def fill_placeholders(text: str, name: str, author: str) -> str:
@@ -57,10 +60,14 @@ def fill_placeholders(text: str, name: str, author: str) -> str:
 def fingerprint(examples: list[Example]) -> str:
     """``sha256:<hex>`` of the canonical JSON of all messages, in order; sources do not count."""
     blob = json.dumps([ex.messages for ex in examples], ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-    return "sha256:" + hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    # Loading refuses lone surrogates; surrogatepass keeps this total for anything else (retention answers,
+    # hand-built examples) while hashing valid text exactly as plain UTF-8 would.
+    return "sha256:" + hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _fail(msg: str) -> NoReturn:
+    # A lone surrogate (from the data, or a file name that is not UTF-8) would make printing the message crash.
+    msg = msg.encode("utf-8", "backslashreplace").decode("utf-8")
     raise ApplianceError(" ".join(msg.splitlines()))
 
 
@@ -77,28 +84,64 @@ def _short(value: Any) -> str:
     return s if len(s) <= 40 else s[:37] + "..."
 
 
-# ---------------------------------------------------------------- registry
-def _read_json_file(path: Path) -> Any:
+# ---------------------------------------------------------------- reading JSON
+def _read_text(path: Path) -> str:
+    shown = _show(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        return path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not an error
     except FileNotFoundError:
-        _fail(f"{_show(path)}: file not found; check the path")
+        _fail(f"{shown}: file not found; check the path")
+    except PermissionError:
+        _fail(f"{shown}: permission denied reading the file; make it readable (chmod a+r {shown})")
     except UnicodeDecodeError as e:
-        _fail(f"{_show(path)}: not UTF-8 text (byte {e.start}); re-save the file as UTF-8")
-    if not text.strip():
-        _fail(f"{_show(path)}: the file is empty; put a JSON list of records in it")
+        _fail(f"{shown}: not UTF-8 text (byte {e.start}); re-save the file as UTF-8")
+    except OSError as e:
+        _fail(f"{shown}: cannot read the file ({e.strerror or e}); check that it is a readable regular file")
+
+
+def _parse(text: str, where: str) -> Any:
+    """``json.loads``, with JSON that is valid but beyond what Python reads turned into a one-line error.
+
+    Syntax errors (JSONDecodeError) are left to the caller, which knows how to point at them.
+    """
     try:
         return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        _fail(f"{where}: JSON nested too deeply to read (lists or objects over about 1000 levels inside each "
+              "other); records must be flat objects of text fields")
+    except ValueError as e:
+        if "integer string conversion" in str(e):
+            _fail(f"{where}: holds a number with more than {sys.get_int_max_str_digits()} digits, which cannot be "
+                  "read; write it as a string (in quotes) or remove it")
+        _fail(f"{where}: cannot read the JSON ({e}); fix the value it names")
+
+
+def _syntax_error(shown: str, e: json.JSONDecodeError) -> NoReturn:
+    _fail(f"{shown}: line {e.lineno} column {e.colno}: invalid JSON ({e.msg}); fix the syntax "
+          f"(python -m json.tool {shown} shows where)")
+
+
+def _read_json_file(path: Path, empty_fix: str) -> Any:
+    text = _read_text(path)
+    if not text.strip():
+        _fail(f"{_show(path)}: the file is empty; {empty_fix}")
+    try:
+        return _parse(text, _show(path))
     except json.JSONDecodeError as e:
-        _fail(f"{_show(path)}: line {e.lineno} column {e.colno}: invalid JSON ({e.msg}); fix the syntax "
-              f"(python -m json.tool {_show(path)} shows where)")
+        _syntax_error(_show(path), e)
+
+
+# ---------------------------------------------------------------- registry
+_REGISTRY_EXAMPLE = '{"identity": {"file_name": "identity.json"}}'
 
 
 def _read_registry(path: Path) -> dict[str, dict]:
-    reg = _read_json_file(path)
+    reg = _read_json_file(path, f"a {REGISTRY_FILE} must be a JSON object mapping dataset names to entries, "
+                                f"like {_REGISTRY_EXAMPLE} ({{}} for none)")
     if not isinstance(reg, dict):
-        _fail(f"{_show(path)}: must be a JSON object mapping dataset names to entries like "
-              '{"identity": {"file_name": "identity.json"}}')
+        _fail(f"{_show(path)}: must be a JSON object mapping dataset names to entries like {_REGISTRY_EXAMPLE}")
     for name, entry in reg.items():
         if not isinstance(entry, dict):
             _fail(f"{_show(path)}: entry '{name}' is {_short(entry)}, not an object; write it as "
@@ -125,12 +168,21 @@ def dataset_registry(dataset_dir: str | None = None) -> dict[str, dict]:
     return out
 
 
+# Mappings the converters cannot do without; any other column or tag may be null, meaning "not used".
+_REQUIRED = {"alpaca": {"prompt", "response"}, "sharegpt": {"messages"},
+             "tags": {"role_tag", "content_tag", "user_tag", "assistant_tag"}}
+
+
 def _entry_source(name: str, entry: dict) -> tuple[Path, _Format]:
-    where = f"dataset '{name}' ({_show(Path(entry['_dir']) / REGISTRY_FILE)})"
+    info = _show(Path(entry["_dir"]) / REGISTRY_FILE)
+    where = f"{info}: entry '{name}'"
     if entry.get("ranking"):
         _fail(f"{where}: ranking (preference) datasets are not supported; use an SFT dataset")
     file_name = entry.get("file_name")
-    if not isinstance(file_name, str) or not file_name:
+    if file_name is not None and not isinstance(file_name, str):
+        _fail(f"{where}: 'file_name' is {_short(file_name)}; it must be a string naming a .json/.jsonl file "
+              "or a folder")
+    if not file_name:
         hub = entry.get("hf_hub_url") or entry.get("ms_hub_url") or entry.get("om_hub_url") or entry.get("script_url")
         why = f"it points to '{hub}', which is never downloaded; " if hub else ""
         _fail(f"{where}: has no 'file_name'; {why}put the data in a local .json/.jsonl file and set 'file_name'")
@@ -140,11 +192,19 @@ def _entry_source(name: str, entry: dict) -> tuple[Path, _Format]:
     for key in ("columns", "tags"):
         if not isinstance(entry.get(key) or {}, dict):
             _fail(f"{where}: '{key}' must be an object like {{\"prompt\": \"instruction\"}}")
+    checked = [("columns", _REQUIRED[formatting])] + ([("tags", _REQUIRED["tags"])] if formatting == "sharegpt" else [])
+    for key, required in checked:
+        for k, v in (entry.get(key) or {}).items():
+            if (isinstance(v, str) and v) or (v is None and k not in required):
+                continue
+            what = "a column name" if key == "columns" else "a tag"
+            _fail(f"{where}: {key}.{k} must be {what} (a string), not {_short(v)}")
+    origin = f"entry '{name}' of {info}"
     if formatting == "alpaca":
-        fmt = _Format("alpaca", {**ALPACA_COLUMNS, **(entry.get("columns") or {})})
+        fmt = _Format("alpaca", {**ALPACA_COLUMNS, **(entry.get("columns") or {})}, origin=origin)
     else:
         fmt = _Format("sharegpt", {**SHAREGPT_COLUMNS, **(entry.get("columns") or {})},
-                      {**SHAREGPT_TAGS, **(entry.get("tags") or {})})
+                      {**SHAREGPT_TAGS, **(entry.get("tags") or {})}, origin=origin)
     path = Path(entry["_dir"]) / file_name
     if not path.exists():
         _fail(f"{where}: file {_show(path)} not found; fix 'file_name' or put the file there")
@@ -153,21 +213,17 @@ def _entry_source(name: str, entry: dict) -> tuple[Path, _Format]:
 
 # ---------------------------------------------------------------- reading files
 def _records(path: Path) -> list[tuple[str, str, Any]]:
-    """``(where, source, record)`` for each record; ``where`` prefixes error messages."""
+    """``(label, source, record)`` for each record; ``label`` (``line N`` / ``record #N``) goes in error messages."""
     shown = _show(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        _fail(f"{shown}: not UTF-8 text (byte {e.start}); re-save the file as UTF-8")
-    as_lines = path.suffix == ".jsonl" or not text.strip()  # an empty file: "no records", below
+    text = _read_text(path)
+    as_lines = path.suffix.lower() == ".jsonl" or not text.strip()  # an empty file: "no records", below
     if not as_lines and text.lstrip().startswith("{"):
         # datasets' json loader (hence LLaMA-Factory) reads JSON lines from a .json file too.
         try:
-            json.loads(text)
+            _parse(text, shown)
         except json.JSONDecodeError as e:
             if e.msg != "Extra data":  # one broken object, not several lines: report where it breaks
-                _fail(f"{shown}: line {e.lineno} column {e.colno}: invalid JSON ({e.msg}); fix the syntax "
-                      f"(python -m json.tool {shown} shows where)")
+                _syntax_error(shown, e)
             as_lines = True
         else:
             _fail(f"{shown}: holds one JSON object; a .json dataset must be a list of records "
@@ -178,48 +234,119 @@ def _records(path: Path) -> list[tuple[str, str, Any]]:
             if not line.strip():
                 continue
             try:
-                out.append((f"{shown}: line {n}", f"{shown}:{n}", json.loads(line)))
+                out.append((f"line {n}", f"{shown}:{n}", _parse(line, f"{shown}: line {n}")))
             except json.JSONDecodeError as e:
                 _fail(f"{shown}: line {n}: invalid JSON ({e.msg} at column {e.colno}); "
                       "each line must hold one complete JSON object")
     else:
         try:
-            obj = json.loads(text)
+            obj = _parse(text, shown)
         except json.JSONDecodeError as e:
-            _fail(f"{shown}: line {e.lineno} column {e.colno}: invalid JSON ({e.msg}); fix the syntax "
-                  f"(python -m json.tool {shown} shows where)")
+            _syntax_error(shown, e)
         if not isinstance(obj, list):
             _fail(f"{shown}: top level is {type(obj).__name__}; a .json dataset must be a list of records ([{{...}}, ...])")
-        out = [(f"{shown}: record #{i}", f"{shown}#{i}", rec) for i, rec in enumerate(obj)]
+        out = [(f"record #{i}", f"{shown}#{i}", rec) for i, rec in enumerate(obj)]
     if not out:
         _fail(f"{shown}: no records (the dataset is empty); add at least one conversation")
     return out
 
 
-def _detect(where: str, rec: dict) -> _Format:
-    if "messages" in rec:
-        return _Format("sharegpt", {**SHAREGPT_COLUMNS, "messages": "messages"}, _detect_tags(rec["messages"]), True)
-    if "conversations" in rec:
-        return _Format("sharegpt", dict(SHAREGPT_COLUMNS), _detect_tags(rec["conversations"]), True)
+def _kind(rec: dict) -> tuple[str, str | None] | None:
+    """What auto-detection makes of a record: its column ("alpaca" for alpaca) and role tag when the first
+    turn shows one; None when it cannot tell."""
+    for column in ("messages", "conversations"):
+        if column in rec:
+            turns = rec[column]
+            first = turns[0] if isinstance(turns, list) and turns and isinstance(turns[0], dict) else {}
+            return column, "from" if "from" in first else "role" if "role" in first else None
     if "instruction" in rec or "output" in rec:
-        return _Format("alpaca", dict(ALPACA_COLUMNS), auto=True)
-    _fail(f"{where}: cannot tell the format from keys {sorted(rec)}; records need 'messages' (OpenAI), "
-          "'conversations' (sharegpt) or 'instruction' + 'output' (alpaca)")
+        return "alpaca", None
+    return None
 
 
-def _detect_tags(turns: Any) -> dict[str, str]:
-    first = turns[0] if isinstance(turns, list) and turns and isinstance(turns[0], dict) else {}
-    return dict(SHAREGPT_TAGS) if "from" in first else dict(OPENAI_TAGS)
+def _describe(kind: tuple[str, str | None]) -> str:
+    return {("alpaca", None): "alpaca (instruction/output)", ("messages", "from"): "'messages' with from/value turns",
+            ("conversations", "role"): "sharegpt with role/content turns",
+            ("conversations", "from"): "sharegpt (from/value turns)"}.get(kind) or \
+        ("OpenAI messages" if kind[0] == "messages" else "sharegpt")
+
+
+def _detect(where: str, rec: dict, path: Path) -> _Format:
+    kind = _kind(rec)
+    if kind is None:
+        _fail(f"{where}: cannot tell the format from keys {sorted(rec)}; records need 'messages' (OpenAI), "
+              f"'conversations' (sharegpt) or 'instruction' + 'output' (alpaca); {_direct_hint(str(path))}")
+    column, role_tag = kind
+    if column == "alpaca":
+        return _Format("alpaca", dict(ALPACA_COLUMNS), auto=True, kind=kind, origin=str(path))
+    tags = dict(SHAREGPT_TAGS) if role_tag == "from" else dict(OPENAI_TAGS)
+    return _Format("sharegpt", {**SHAREGPT_COLUMNS, "messages": column}, tags, True, kind, str(path))
+
+
+def _same_format(where: str, rec: dict, fmt: _Format, first: str) -> None:
+    """Refuse a record of another format than the file's first one, which decided how the whole file is read."""
+    kind = _kind(rec)
+    if kind is None:  # nothing recognisable: the converter says which field is missing
+        return
+    if kind[0] != fmt.kind[0] or (None not in (kind[1], fmt.kind[1]) and kind[1] != fmt.kind[1]):
+        _fail(f"{where}: looks like {_describe(kind)}, but the format was detected from the first record ({first}) "
+              f"as {_describe(fmt.kind)}; all records of a file must share one format: convert this record "
+              "or move it to a file of its own")
+
+
+def _direct_hint(file: str) -> str:
+    """How to read a file passed directly whose keys or role names differ from the usual ones.
+
+    It points at the dataset_info.json beside the file when there is one, naming the entries for the file.
+    """
+    path = Path(file)
+    info = path.parent / REGISTRY_FILE
+    if not info.is_file():
+        return (f"for other names, describe them in a {REGISTRY_FILE} (see data/README.md) and pass "
+                "--dataset-dir with the dataset's name")
+    folder = _show(path.parent)
+    try:
+        reg = _read_registry(info)
+    except ApplianceError:
+        reg = {}
+    names = [n for n, e in reg.items() if isinstance(e.get("file_name"), str) and e["file_name"]
+             and (path.parent / e["file_name"]).resolve() == path.resolve()]
+    if names:
+        return (f"{_show(info)} describes this file as {', '.join(repr(n) for n in names)}: pass --dataset-dir {folder} "
+                f"--dataset {names[0]} instead of the path, so its columns and tags apply")
+    return f"for other names, describe the file in {_show(info)} and pass --dataset-dir {folder} with the dataset's name"
+
+
+def _fix_names(fmt: _Format, what: str) -> str:
+    """The fix for keys or role names that do not match: the declaring registry entry, or a hint."""
+    return f"set {what} of {fmt.origin} if your turns use other names" if not fmt.auto else _direct_hint(fmt.origin)
+
+
+def _registry_folder(path: Path) -> NoReturn:
+    """Refuse a LLaMA-Factory data folder given as a dataset: its dataset_info.json is a registry, not data."""
+    shown = _show(path)
+    try:
+        names = list(_read_registry(path / REGISTRY_FILE))
+    except ApplianceError:
+        names = []
+    listed = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+    _fail(f"{shown}: the folder holds a {REGISTRY_FILE} (a LLaMA-Factory registry), so it is not read as data; "
+          f"pass --dataset-dir {shown} --dataset NAME instead" + (f" (its datasets: {listed})" if names else ""))
 
 
 def _expand(path: Path) -> list[Path]:
     """A file, or every .json/.jsonl file directly inside a folder (LLaMA-Factory allows folders)."""
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in SUFFIXES)
+        if (path / REGISTRY_FILE).is_file():
+            _registry_folder(path)
+        try:
+            files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+        except OSError as e:
+            _fail(f"{_show(path)}: cannot list the folder ({e.strerror or e}); check its permissions")
         if not files:
             _fail(f"{_show(path)}: folder has no .json or .jsonl files; put the dataset files there")
         return files
-    if path.suffix not in SUFFIXES:
+    if path.suffix.lower() not in SUFFIXES:
         _fail(f"{_show(path)}: unsupported file type '{path.suffix}'; convert it to .json (a list of records) "
               "or .jsonl (one record per line)")
     return [path]
@@ -235,17 +362,35 @@ def _text(rec: dict, key: str, where: str, required: bool, fix: str = "", label:
         return ""
     if not isinstance(value, str):
         _fail(f"{where}: field '{label}' is {type(value).__name__} {_short(value)}; it must be a string")
+    if (bad := _bad_char(value)) is not None:
+        _fail(f"{where}: field '{label}' holds {bad}")
     if required and not value.strip():
         _fail(f"{where}: field '{label}' is empty; {fix}")
     return value
 
 
+def _bad_char(value: str) -> str | None:
+    """What is wrong with text that is not valid Unicode (a lone surrogate, written as \\udXXX in JSON, or from
+    a command-line argument that is not UTF-8), else None. No tokenizer or UTF-8 file can hold such a character,
+    so it would fail later, mid-training."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return (f"an invalid character (an unpaired surrogate, \\u{ord(value[e.start]):04x} at position {e.start}); "
+                "remove it or write the character it was meant to be")
+    return None
+
+
 def _alpaca(rec: dict, where: str, fmt: _Format) -> list[dict[str, str]]:
     c = fmt.columns
     prompt, query = c["prompt"], c.get("query")
-    instruction = _text(rec, prompt, where, required=True)
-    extra = _text(rec, query, where, required=False) if query else ""
-    user = f"{instruction}\n{extra}" if extra else instruction
+    # As LLaMA-Factory: the user turn joins whichever of instruction and input are filled in.
+    parts = [_text(rec, prompt, where, required=False)] + ([_text(rec, query, where, required=False)] if query else [])
+    if not any(p.strip() for p in parts):
+        both = f"fields '{prompt}' and '{query}' are" if query else f"field '{prompt}' is"
+        _fail(f"{where}: {both} missing or empty; every record needs a prompt in '{prompt}'"
+              + (f" (or '{query}')" if query else ""))
+    user = "\n".join(p for p in parts if p.strip())
     output = rec.get(c["response"])
     if isinstance(output, list):
         _fail(f"{where}: field '{c['response']}' is a list (a ranking dataset?); it must be one string")
@@ -266,6 +411,9 @@ def _alpaca(rec: dict, where: str, fmt: _Format) -> list[dict[str, str]]:
                       '["user text", "assistant text"]')
             if not pair[0].strip() or not pair[1].strip():
                 _fail(f"{where}: field '{hk}[{i}]' has an empty turn; fill in both texts or drop the pair")
+            for j, text in enumerate(pair):
+                if (bad := _bad_char(text)) is not None:
+                    _fail(f"{where}: field '{hk}[{i}][{j}]' holds {bad}")
             messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
     return messages + [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
 
@@ -299,14 +447,16 @@ def _sharegpt(rec: dict, where: str, fmt: _Format) -> list[dict[str, str]]:
         if not isinstance(turn, dict):
             _fail(f"{where}: field '{f}' is {_short(turn)}; each turn must be an object with '{role_tag}' and '{content_tag}'")
         if role_tag not in turn:
+            need = f"every turn of the file needs '{role_tag}' and '{content_tag}' (as its first record has); " \
+                if fmt.auto else ""
             _fail(f"{where}: field '{f}.{role_tag}' is missing (turn keys: {sorted(turn)}); "
-                  "set tags.role_tag/content_tag in dataset_info.json if your turns use other keys")
+                  f"{need}{_fix_names(fmt, 'tags.role_tag/content_tag')}")
         role = _role(turn[role_tag], fmt)
         if role is None:
             known = sorted(_ALIASES["user"] | _ALIASES["assistant"] | {"system"}) if fmt.auto else \
-                [t["user_tag"], t["assistant_tag"], t["system_tag"]]
-            _fail(f"{where}: field '{f}.{role_tag}' is {_short(turn[role_tag])}; expected one of {known} "
-                  "(set tags.user_tag/assistant_tag in dataset_info.json for other names)")
+                [tag for tag in (t["user_tag"], t["assistant_tag"], t.get("system_tag")) if tag]
+            _fail(f"{where}: field '{f}.{role_tag}' is {_short(turn[role_tag])}; expected one of {known}; "
+                  f"{_fix_names(fmt, 'tags.user_tag/assistant_tag')}")
         if role == "tool" or turn.get("tool_calls") or turn.get("function_call"):
             _fail(f"{where}: field '{f}' is a tool call or tool result; function-call/observation turns are not "
                   "supported, remove tool turns from this record")
@@ -345,21 +495,24 @@ def _sharegpt(rec: dict, where: str, fmt: _Format) -> list[dict[str, str]]:
 
 
 def _load_file(path: Path, fmt: _Format | None) -> list[Example]:
-    recs = _records(path)
+    shown, first = _show(path), ""
     out: list[Example] = []
-    for where, source, rec in recs:
+    for label, source, rec in _records(path):
+        where = f"{shown}: {label}"
         if not isinstance(rec, dict):
             _fail(f"{where}: record is {type(rec).__name__} {_short(rec)}, not an object; "
                   'each record must be a JSON object like {"instruction": ..., "output": ...}')
         if fmt is None:
-            fmt = _detect(where, rec)
+            fmt, first = _detect(where, rec, path), label
+        elif fmt.auto:
+            _same_format(where, rec, fmt, first)
         convert = _alpaca if fmt.formatting == "alpaca" else _sharegpt
         out.append(Example(convert(rec, where, fmt), source))
     return out
 
 
 def _looks_like_path(item: str) -> bool:
-    return item.endswith(SUFFIXES) or "/" in item or os.sep in item
+    return item.lower().endswith(SUFFIXES) or "/" in item or os.sep in item
 
 
 def load_examples(datasets: list[str], dataset_dir: str | None = None, name: str = "Archer", author: str = "意琦行",
@@ -372,6 +525,9 @@ def load_examples(datasets: list[str], dataset_dir: str | None = None, name: str
     """
     if not name.strip() or not author.strip():
         _fail("--name and --author must not be empty; e.g. --name Archer --author 意琦行")
+    for flag, value in (("--name", name), ("--author", author)):
+        if (bad := _bad_char(value)) is not None:  # it would be filled into every turn
+            _fail(f"{flag} holds {bad}")
     if max_samples is not None and max_samples < 1:
         _fail(f"--max-samples is {max_samples}; it must be at least 1 (or left out for all)")
     items = [part.strip() for ds in datasets for part in
@@ -402,7 +558,7 @@ def load_examples(datasets: list[str], dataset_dir: str | None = None, name: str
 def load_prompts(path: str | None = None) -> list[str]:
     """A JSON list of non-empty prompt strings; default: the built-in data/retention_prompts.json."""
     p = paths.resolve_user_path(path) if path else paths.resource_dir("data") / "retention_prompts.json"
-    prompts = _read_json_file(p)
+    prompts = _read_json_file(p, "put a JSON list of prompt strings in it")
     if not isinstance(prompts, list) or not prompts:
         _fail(f"{_show(p)}: must be a non-empty JSON list of prompt strings")
     for i, s in enumerate(prompts):

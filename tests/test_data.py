@@ -252,8 +252,8 @@ TURN_U, TURN_A = {"from": "human", "value": "u"}, {"from": "gpt", "value": "a"}
 
 BAD_RECORDS = [  # (records, where, expected message parts)
     ([ALPACA_OK, "just text"], 1, ["not an object"]),
-    ([ALPACA_OK, {"input": "x", "output": "a"}], 1, ["field 'instruction'", "missing"]),
-    ([{"instruction": " ", "output": "a"}], 0, ["field 'instruction'", "empty"]),
+    ([ALPACA_OK, {"input": "", "output": "a"}], 1, ["fields 'instruction' and 'input' are missing or empty"]),
+    ([{"instruction": " ", "output": "a"}], 0, ["fields 'instruction' and 'input'", "empty", "prompt in 'instruction'"]),
     ([ALPACA_OK, ALPACA_OK, {"instruction": "q", "output": ""}], 2, ["field 'output' is empty", "non-empty 'output'"]),
     ([{"instruction": "q", "output": 5}], 0, ["field 'output'", "must be a string"]),
     ([{"instruction": "q", "output": ["a", "b"]}], 0, ["field 'output'", "list"]),
@@ -333,7 +333,8 @@ def test_unsupported_suffix_and_bad_registry(tmp_path):
     msg = error_of(["x"], dataset_dir=str(d))
     assert "dataset_info.json: line 1 column" in msg and "invalid JSON" in msg
     write(d / "dataset_info.json", {"x": {"file_name": "missing.json"}, "y": {"file_name": "y.json", "formatting": "csv"}})
-    assert "dataset 'x'" in error_of(["x"], dataset_dir=str(d)) and "missing.json not found" in error_of(["x"], dataset_dir=str(d))
+    msg = error_of(["x"], dataset_dir=str(d))
+    assert f"{d / 'dataset_info.json'}: entry 'x'" in msg and "missing.json not found" in msg
     write(d / "y.json", [ALPACA_OK])
     assert "'formatting' is \"csv\"" in error_of(["y"], dataset_dir=str(d))
     assert "no such folder" in error_of(["identity"], dataset_dir=str(tmp_path / "nodir"))
@@ -365,3 +366,204 @@ def test_cli_data_check_ok():
     result = CliRunner().invoke(main, ["data", "check", "identity", "identity_messages"])
     assert result.exit_code == 0, result.output
     assert "identity: 181 conversations, ok" in result.output
+
+
+# ---------------------------------------------------------------- valid JSON that is still bad input
+def test_lone_surrogate_is_refused_at_load(tmp_path):
+    r"""A "\ud800" escape with no partner is valid JSON but not text: it passed `data check` and then crashed
+    `train` in fingerprint(). A proper pair (an emoji written as two escapes) is fine."""
+    cases = [("a.json", r'[{"instruction": "hi \ud800 there", "output": "ok"}]', "record #0: field 'instruction'"),
+             ("h.json", r'[{"instruction": "q", "output": "a", "history": [["u", "x\udfff"]]}]',
+              "record #0: field 'history[0][1]'"),
+             ("m.jsonl", r'{"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "\udc80"}]}',
+              "line 1: field 'messages[1].content'")]
+    for name, text, where in cases:
+        f = write(tmp_path / name, text)
+        msg = error_of([str(f)])
+        assert msg.startswith(f"{f}: {where} holds an invalid character (an unpaired surrogate"), msg
+        msg.encode("utf-8")  # printable: the CLI must not crash writing it
+    ok = write(tmp_path / "pair.json", r'[{"instruction": "\ud83d\ude00", "output": "ok"}]')
+    assert load_examples([str(ok)])[0].messages[0]["content"] == "\U0001F600"
+    assert "--name holds an invalid character" in error_of(["identity"], name="bad\udcff")
+
+    result = CliRunner().invoke(main, ["data", "check", str(tmp_path / "a.json")])
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and "\\ud800" in result.output, result.output
+
+
+def test_fingerprint_never_raises():
+    """Whatever reaches it (retention answers, hand-built examples), fingerprint() gives a hash."""
+    odd = [Example([{"role": "user", "content": "\ud800"}, {"role": "assistant", "content": "a"}], "x#0")]
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", fingerprint(odd))
+    plain = [Example([{"role": "user", "content": "é"}], "x#0")]
+    blob = json.dumps([plain[0].messages], ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    assert fingerprint(plain) == "sha256:" + __import__("hashlib").sha256(blob).hexdigest()  # unchanged for valid text
+
+
+DEEP = "[" * 5000 + "]" * 5000
+BIG = "9" * 5001
+
+
+@pytest.mark.parametrize("name,text,start", [
+    ("deep.json", DEEP, "deep.json: JSON nested too deeply"),
+    ("deep.jsonl", json.dumps(ALPACA_OK) + '\n{"instruction": ' + DEEP + "}\n", "deep.jsonl: line 2: JSON nested too deeply"),
+    ("deeplines.json", '{"instruction": ' + DEEP + "}\n", "deeplines.json: JSON nested too deeply"),
+    ("big.json", f'[{{"instruction": "q", "output": {BIG}}}]', "big.json: holds a number with more than 4300 digits"),
+    ("big.jsonl", f'{{"instruction": "q", "output": {BIG}}}\n', "big.jsonl: line 1: holds a number with more than"),
+])
+def test_json_beyond_what_python_reads_is_one_line(tmp_path, name, text, start):
+    write(tmp_path / name, text)
+    assert error_of([str(tmp_path / name)]).startswith(f"{tmp_path}/{start}")
+
+
+def test_unreadable_files_are_one_line(tmp_path, monkeypatch):
+    d = tmp_path / "reg"
+    d.mkdir()
+    write(d / "dataset_info.json", DEEP)
+    assert "dataset_info.json: JSON nested too deeply" in error_of(["identity"], dataset_dir=str(d))
+    with pytest.raises(ApplianceError, match=r"p\.json: holds a number with more than 4300 digits"):
+        load_prompts(str(write(tmp_path / "p.json", f"[{BIG}]")))
+    with pytest.raises(ApplianceError, match=r"cannot read the file \(Is a directory\)"):
+        load_prompts(str(tmp_path))
+    f = write(tmp_path / "locked.json", [ALPACA_OK])
+
+    read_text = Path.read_text
+
+    def denied(self: Path, *args, **kwargs) -> str:
+        if self.name == "locked.json":
+            raise PermissionError(13, "Permission denied", str(self))
+        return read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", denied)  # tests may run as root, where chmod 000 still reads
+    assert error_of([str(f)]) == f"{f}: permission denied reading the file; make it readable (chmod a+r {f})"
+
+
+# ---------------------------------------------------------------- LLaMA-Factory registries and folders
+@pytest.mark.parametrize("entry,needle", [
+    ({"columns": {"prompt": ["q"], "response": "a"}}, "columns.prompt must be a column name (a string), not [\"q\"]"),
+    ({"columns": {"prompt": None, "response": "a"}}, "columns.prompt must be a column name (a string), not null"),
+    ({"columns": {"prompt": "q", "response": "a", "query": {"x": 1}}}, "columns.query must be a column name (a string), not {\"x\": 1}"),
+    ({"formatting": "sharegpt", "columns": {"messages": ""}}, "columns.messages must be a column name (a string), not \"\""),
+    ({"formatting": "sharegpt", "tags": {"role_tag": 5}}, "tags.role_tag must be a tag (a string), not 5"),
+    ({"formatting": "sharegpt", "tags": {"user_tag": None}}, "tags.user_tag must be a tag (a string), not null"),
+])
+def test_registry_columns_and_tags_must_be_strings(tmp_path, entry, needle):
+    write(tmp_path / "d.json", [{"q": "question", "a": "answer"}])
+    write(tmp_path / "dataset_info.json", {"c": {"file_name": "d.json", **entry}})
+    msg = error_of(["c"], dataset_dir=str(tmp_path))
+    assert msg == f"{tmp_path / 'dataset_info.json'}: entry 'c': {needle}", msg
+
+
+def test_registry_null_optional_column_means_unused(tmp_path):
+    """As in LLaMA-Factory, an optional column mapped to null is not read."""
+    write(tmp_path / "d.json", [{"q": "question", "input": "ignored", "a": "answer", "system": "ignored too"}])
+    write(tmp_path / "dataset_info.json",
+          {"c": {"file_name": "d.json", "columns": {"prompt": "q", "query": None, "response": "a", "system": None}}})
+    (ex,) = load_examples(["c"], dataset_dir=str(tmp_path))
+    assert ex.messages == [{"role": "user", "content": "question"}, {"role": "assistant", "content": "answer"}]
+
+
+def _lf_folder(tmp_path: Path) -> Path:
+    d = tmp_path / "lf"
+    d.mkdir(parents=True)
+    write(d / "qa.json", [{"q": "question", "a": "answer"}])
+    write(d / "chat.json", [{"conversations": [{"from": "me", "value": "hi"}, {"from": "bot", "value": "yo"}]}])
+    write(d / "dataset_info.json", {"qa": {"file_name": "qa.json", "columns": {"prompt": "q", "response": "a"}},
+                                    "chat": {"file_name": "chat.json", "formatting": "sharegpt",
+                                             "tags": {"user_tag": "me", "assistant_tag": "bot"}}})
+    return d
+
+
+def test_llamafactory_folder_given_as_a_dataset(tmp_path):
+    """Its dataset_info.json is a registry, never data: the error says to pass it as --dataset-dir."""
+    d = _lf_folder(tmp_path)
+    msg = error_of([str(d)])
+    assert msg == (f"{d}: the folder holds a dataset_info.json (a LLaMA-Factory registry), so it is not read as data; "
+                   f"pass --dataset-dir {d} --dataset NAME instead (its datasets: qa, chat)")
+    assert "--dataset-dir" in error_of([str(d)], dataset_dir=str(d))
+    result = CliRunner().invoke(main, ["data", "check", str(d)])
+    assert result.exit_code == 2 and result.output.startswith("error: ") and result.output.count("\n") == 1
+    # a registry entry naming that folder (".") would read dataset_info.json as data too
+    write(d / "dataset_info.json", {"all": {"file_name": "."}})
+    assert "is not read as data" in error_of(["all"], dataset_dir=str(d))
+    assert len(load_examples(["qa"], dataset_dir=str(_lf_folder(tmp_path / "again")))) == 1
+
+
+def test_file_beside_a_registry_points_at_its_entry(tmp_path):
+    """A file with custom columns or tags, passed directly, is read by its format's usual names; the error
+    names the dataset_info.json entry beside it and --dataset-dir."""
+    d = _lf_folder(tmp_path)
+    msg = error_of([str(d / "qa.json")])
+    assert "cannot tell the format" in msg
+    assert msg.endswith(f"{d / 'dataset_info.json'} describes this file as 'qa': pass --dataset-dir {d} --dataset qa "
+                        "instead of the path, so its columns and tags apply")
+    msg = error_of([str(d / "chat.json")])
+    assert "field 'conversations[0].from' is \"me\"" in msg and f"--dataset-dir {d} --dataset chat" in msg
+
+
+def test_file_without_a_registry_is_not_told_to_edit_one(tmp_path):
+    f = write(tmp_path / "t.json", [{"conversations": [{"speaker": "human", "text": "hi"}, {"speaker": "gpt", "text": "yo"}]}])
+    msg = error_of([str(f)])
+    assert "field 'conversations[0].role' is missing" in msg and "in dataset_info.json" not in msg, msg
+    assert "describe them in a dataset_info.json (see data/README.md) and pass --dataset-dir" in msg
+    f = write(tmp_path / "r.json", [{"conversations": [{"from": "human", "value": "hi"}, {"from": "bot", "value": "yo"}]}])
+    msg = error_of([str(f)])
+    assert "expected one of" in msg and "in dataset_info.json" not in msg and "--dataset-dir" in msg, msg
+
+
+def test_empty_registry_says_it_must_be_an_object(tmp_path):
+    write(tmp_path / "dataset_info.json", "")
+    msg = error_of(["identity"], dataset_dir=str(tmp_path))
+    assert msg.startswith(f"{tmp_path / 'dataset_info.json'}: the file is empty; a dataset_info.json must be a JSON object")
+    assert "list of records" not in msg
+    write(tmp_path / "dataset_info.json", "{}")
+    assert len(load_examples(["identity"], dataset_dir=str(tmp_path))) == 181
+
+
+def test_suffixes_are_case_insensitive(tmp_path):
+    upper = write(tmp_path / "UPPER.JSON", [ALPACA_OK])
+    lines = jsonl(tmp_path / "LINES.JSONL", [ALPACA_OK, ALPACA_OK])
+    assert len(load_examples([str(upper)])) == 1 and len(load_examples([str(lines)])) == 2
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    write(folder / "a.Json", [ALPACA_OK])
+    jsonl(folder / "b.JSONL", [ALPACA_OK])
+    assert len(load_examples([str(folder)])) == 2
+    assert "file not found" in error_of(["NOPE.JSONL"])  # a path, not an unknown registry name
+
+
+# ---------------------------------------------------------------- LLaMA-Factory alpaca, mixed formats
+def test_alpaca_prompt_from_instruction_or_input(tmp_path):
+    """LLaMA-Factory joins whichever of instruction and input are non-empty."""
+    f = write(tmp_path / "a.json", [{"instruction": "", "input": "What is 2+2?", "output": "4"},
+                                    {"input": "only input", "output": "ok"},
+                                    {"instruction": "q", "input": " ", "output": "a"},
+                                    {"instruction": "q", "input": "ctx", "output": "a"}])
+    assert [e.messages[0]["content"] for e in load_examples([str(f)])] == ["What is 2+2?", "only input", "q", "q\nctx"]
+    write(tmp_path / "c.json", [{"q": "", "ctx": None, "a": "x"}])
+    write(tmp_path / "dataset_info.json", {"c": {"file_name": "c.json", "columns": {"prompt": "q", "query": "ctx", "response": "a"}},
+                                           "n": {"file_name": "c.json", "columns": {"prompt": "q", "query": None, "response": "a"}}})
+    assert error_of(["c"], dataset_dir=str(tmp_path)).endswith(
+        "record #0: fields 'q' and 'ctx' are missing or empty; every record needs a prompt in 'q' (or 'ctx')")
+    assert error_of(["n"], dataset_dir=str(tmp_path)).endswith(
+        "record #0: field 'q' is missing or empty; every record needs a prompt in 'q'")
+
+
+MSG = {"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]}
+CONV = {"conversations": [TURN_U, TURN_A]}
+CONV_ROLES = {"conversations": MSG["messages"]}
+
+
+@pytest.mark.parametrize("records,index,looks,detected", [
+    ([ALPACA_OK, MSG], 1, "OpenAI messages", "alpaca (instruction/output)"),
+    ([CONV, CONV, CONV_ROLES], 2, "sharegpt with role/content turns", "sharegpt (from/value turns)"),
+    ([MSG, ALPACA_OK], 1, "alpaca (instruction/output)", "OpenAI messages"),
+    ([MSG, CONV], 1, "sharegpt (from/value turns)", "OpenAI messages"),
+])
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_mixed_formats_in_one_file(tmp_path, suffix, records, index, looks, detected):
+    f = tmp_path / f"mix{suffix}"
+    jsonl(f, records) if suffix == ".jsonl" else write(f, records)
+    where, first = (f"line {index + 1}", "line 1") if suffix == ".jsonl" else (f"record #{index}", "record #0")
+    assert error_of([str(f)]) == (f"{f}: {where}: looks like {looks}, but the format was detected from the first "
+                                  f"record ({first}) as {detected}; all records of a file must share one format: "
+                                  "convert this record or move it to a file of its own")
