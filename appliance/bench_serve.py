@@ -66,6 +66,8 @@ class ServeBenchConfig:
         c.concurrency = c.concurrency or (GPU_SWEEP if cuda else CPU_SWEEP)
         c.num_prompts = c.num_prompts or (None if cuda else 8)
         check_shape(c.shape)
+        if not 1 <= c.port <= 65535:  # checked here, before the model loads and the adapters are written
+            raise ApplianceError(f"--port {c.port}: out of range; use 1-65535")
         bad = [s for s in c.scenarios if s not in ("base", "adapter", "adapters")]
         if bad or min(c.concurrency) < 1 or c.input_len < 1 or c.output_len < 1 or c.n_adapters < 1:
             raise ApplianceError(f"bench serve: invalid settings (scenarios {bad or c.scenarios}, concurrency {c.concurrency}, "

@@ -99,6 +99,14 @@ def chat(cfg: ChatConfig, prompt: str | None = None, stdin: TextIO | None = None
     """
     from appliance.adapters import list_served
 
+    import math
+
+    if cfg.max_tokens < 1:
+        raise ApplianceError(f"--max-tokens {cfg.max_tokens}: must be at least 1")
+    if cfg.temperature is not None and not (math.isfinite(cfg.temperature) and 0 <= cfg.temperature <= 2):
+        raise ApplianceError(f"--temperature {cfg.temperature}: must be 0-2 (0: always the likeliest token)")
+    if prompt is not None and not prompt.strip():
+        raise ApplianceError("-p: the prompt is empty; give the message to send, or leave -p out to chat interactively")
     out = out or sys.stdout
     stdin = stdin or sys.stdin
     if not cfg.model:

@@ -96,8 +96,22 @@ def file_sha256(path: Path) -> str:
 def _adapter_weights(adapter: Path) -> Path:
     for name in ("adapter_model.safetensors", "adapter_model.bin"):
         if (adapter / name).is_file():
+            if name.endswith(".safetensors"):
+                _check_header(adapter / name)
             return adapter / name
     raise ApplianceError(f"{adapter}: no adapter_model.safetensors; pass the --output directory of `appliance train`")
+
+
+def _check_header(weights: Path) -> None:
+    """A truncated or corrupt weights file is named as such now, not as a mismatch after the base loads."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as st:
+            st.keys()
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error type, an OSError or a ValueError
+        raise ApplianceError(f"{weights}: unreadable adapter weights ({' '.join(str(e).split())[:120]}); the file is "
+                             "corrupt or cut short: copy it again or re-run `appliance train`") from None
 
 
 def _resolve_base(adapter: Path, meta: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
@@ -108,7 +122,12 @@ def _resolve_base(adapter: Path, meta: dict[str, Any]) -> tuple[Path, dict[str, 
     if base.get("path") and (Path(base["path"]) / "config.json").is_file():
         return Path(base["path"]), base
     if base.get("name"):
-        ref = resolve(base["name"])
+        try:
+            ref = resolve(base["name"])
+        except ApplianceError as e:  # resolve speaks of --model, a flag merge does not have
+            why = str(e).split(": ", 1)[-1] if str(e).startswith("--model") else str(e)
+            raise ApplianceError(f"{adapter}/appliance.json: base model '{base['name']}' is not available here "
+                                 f"({why.rstrip('.')}); pull it or set base_model.path to the base model directory") from None
         if not ref.local:
             raise ApplianceError(f"{adapter}: base model '{base['name']}' is not on this machine; pull it or download it and fix base_model.path in appliance.json")
         base.setdefault("identity_markers", ref.identity_markers)
@@ -167,6 +186,7 @@ def merge(cfg: MergeConfig) -> MergeResult:
     dtype = (cfg.dtype or "").lower()
     if dtype not in DTYPES:
         raise ApplianceError(f"--dtype {cfg.dtype}: unknown dtype; use one of {', '.join(DTYPES)}")
+    _check_shard_size(cfg.max_shard_size)
     adapter = paths.resolve_user_path(cfg.adapter)
     if not adapter.is_dir():
         raise ApplianceError(f"--adapter {cfg.adapter}: directory not found; pass the --output directory of `appliance train` (e.g. saves/archer)")
@@ -186,13 +206,20 @@ def merge(cfg: MergeConfig) -> MergeResult:
         return MergeResult(out, read_meta(out).get("verification"), already_merged=True, meta=read_meta(out))
     if state == "other" and not cfg.overwrite:
         raise ApplianceError(f"--output {out}: already exists and is not this adapter merged as {dtype}; pass --overwrite to replace it or choose another --output")
+    if state == "other":
+        _refuse_foreign(out)
 
     _refuse_quantized(base_path)
     paths.refuse_file_on_path(out.parent, "--output")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _sweep_dead_tmp(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    try:  # before the models load: an unwritable --output is found in a second, not after the merge
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _sweep_dead_tmp(out)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as e:
+        raise ApplianceError(f"--output {cfg.output or out}: cannot write in {out.parent} ({e.strerror or e}); "
+                             "choose a --output in a folder you can write") from None
     try:
         verification = _merge_into(tmp, base_path, adapter, dtype, cfg)
         if verification is not None and not verification["passed"]:
@@ -203,6 +230,27 @@ def merge(cfg: MergeConfig) -> MergeResult:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return MergeResult(out, verification, meta=result_meta)
+
+
+def _refuse_foreign(out: Path) -> None:
+    """--overwrite replaces an earlier merge (or an empty folder), never a file or a folder of other things."""
+    if out.is_dir() and not any(out.iterdir()):
+        return
+    try:
+        if out.is_dir() and read_meta(out).get("kind") == "merged-model":
+            return
+    except ApplianceError:
+        pass
+    what = "a file" if not out.is_dir() else "not a merged model (no appliance.json of `appliance merge`)"
+    raise ApplianceError(f"--output {out}: is {what}, so --overwrite will not delete it; choose a new --output")
+
+
+def _check_shard_size(size: str) -> None:
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B)?\s*", str(size), re.IGNORECASE)
+    if not m or float(m.group(1)) <= 0 or (m.group(2) is None and not m.group(1).isdigit()):
+        raise ApplianceError(f"--max-shard-size {size}: not a size; give a positive size such as 200MB, 2GB or 500MiB")
 
 
 def _refuse_overlap(out: Path, adapter: Path, base: Path) -> None:
@@ -264,7 +312,7 @@ def _merge_into(tmp: Path, base_path: Path, adapter: Path, dtype: str, cfg: Merg
     merged = _merge_and_unload(model)
     merged = merged.to(getattr(torch, DTYPES[dtype]))
     merged.config.dtype = getattr(torch, DTYPES[dtype])
-    tmp.mkdir(parents=True)
+    tmp.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(str(tmp), max_shard_size=cfg.max_shard_size)
     del merged, model, base
     _copy_tokenizer(base_path, tmp, tok)

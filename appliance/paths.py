@@ -54,12 +54,17 @@ def resource_dir(name: str) -> Path:
 
 def resolve_user_path(path: str | os.PathLike) -> Path:
     """A user-given path: absolute, or relative to the current directory if it exists there, else to the home."""
+    from appliance.errors import ApplianceError
+
     p = Path(path).expanduser()
     if p.is_absolute():
         return p
-    if p.exists():
-        return p.resolve()
-    return (home() / p).resolve() if (home() / p).exists() else p.resolve()
+    try:
+        if p.exists():
+            return p.resolve()
+        return (home() / p).resolve() if (home() / p).exists() else p.resolve()
+    except (RuntimeError, OSError) as e:  # Python < 3.13 raises RuntimeError on a symlink loop
+        raise ApplianceError(f"{path}: cannot resolve the path ({e}); fix the symbolic link or give another path") from None
 
 
 def refuse_file_on_path(out: Path, flag: str) -> None:

@@ -59,6 +59,7 @@ def pipeline(cfg: PipelineConfig, echo: Echo = print) -> dict[str, Any]:
     from appliance.train import staging_dir, train
     from appliance.train_config import TrainConfig
 
+    _preflight(cfg)
     run_dir, merged_dir, report_dir = cfg.dirs()
     slug = run_dir.name
     timings: dict[str, float] = {}
@@ -102,6 +103,31 @@ def pipeline(cfg: PipelineConfig, echo: Echo = print) -> dict[str, Any]:
     _show_examples(report_dir, base, echo)
     echo(f"\nreport: {report_dir / 'report.md'}  (also report.html, report.json, answers.jsonl)")
     return {"report": report, "timings": timings}
+
+
+def _preflight(cfg: PipelineConfig) -> None:
+    """Every flag, the train config, the gates and the prompt files, checked before minutes of training."""
+    from appliance.train_config import TrainConfig
+    from evals.prompts import load_prompts
+    from evals.report import parse_rules
+
+    slug = cfg.name.lower().replace(" ", "-")
+    if not cfg.name.strip() or not cfg.author.strip():
+        raise ApplianceError("--name/--author: must not be empty")
+    if "/" in slug or "\\" in slug or slug.startswith("."):
+        raise ApplianceError(f"--name {cfg.name}: names the run's folders (saves/<name>, reports/<name>), so it cannot "
+                             "hold / or \\ or start with a dot; use a plain name such as Archer")
+    for flag, port in (("--port", cfg.port), ("--merged-port", cfg.merged_port)):
+        if not 1 <= port <= 65535:
+            raise ApplianceError(f"{flag} {port}: out of range; use 1-65535")
+    if cfg.port == cfg.merged_port:
+        raise ApplianceError(f"--merged-port {cfg.merged_port}: the same as --port; the two servers need two ports")
+    for flag, value in (("--concurrency", cfg.concurrency), ("--max-tokens", cfg.max_tokens)):
+        if value < 1:
+            raise ApplianceError(f"{flag} {value}: must be at least 1")
+    TrainConfig.from_sources(cfg.train_config, model=cfg.model, name=cfg.name, author=cfg.author).validate()
+    parse_rules(fail_under=tuple(cfg.gates))
+    load_prompts(cfg.prompts, cfg.name, cfg.author)
 
 
 class _Servers:

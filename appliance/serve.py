@@ -98,6 +98,10 @@ def preflight(cfg: UpConfig) -> Plan:
     """Check adapters, base model, rank and port; fail fast with a one-line :class:`ApplianceError`."""
     from appliance import models
 
+    if cfg.extra_args and not cfg.extra_args[0].startswith("-"):
+        # vLLM would read a stray word as its model (`appliance up saves/archer` serves the base, not the adapter)
+        raise ApplianceError(f"unexpected argument '{cfg.extra_args[0]}': give adapters with --adapter (e.g. "
+                             "`appliance up --adapter saves/archer`); vLLM's own flags go after `--`")
     for ok, flag, value, fix in (
             (1 <= cfg.port <= 65535, "--port", cfg.port, "use 1-65535"),
             (cfg.gpu_memory_utilization is None or 0 < cfg.gpu_memory_utilization <= 1, "--gpu-memory-utilization",

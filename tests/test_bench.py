@@ -96,7 +96,8 @@ def test_build_shape_writes_a_loadable_model_with_the_embedded_tokenizer(real_mo
 def test_bad_inputs_are_one_line_errors(tiny_model_dir):
     for args, needle in ((["bench", "train", "--method", "full"], "--method full"),
                          (["bench", "train", "--shape", "gpt-5"], "--shape gpt-5"),
-                         (["bench", "serve", "--concurrency", "1,x"], "--concurrency 1,x")):
+                         (["bench", "serve", "--concurrency", "1,x"], "--concurrency 1,x"),
+                         (["bench", "serve", "--port", "0"], "--port 0: out of range")):  # before the model loads
         res = CliRunner().invoke(main, args)
         assert res.exit_code == 2, res.output
         lines = [ln for ln in res.output.splitlines() if ln.strip()]

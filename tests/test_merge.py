@@ -113,8 +113,51 @@ def test_refuses_unrelated_output_unless_overwrite(adapter_dir, tmp_path):
     with pytest.raises(ApplianceError, match="--overwrite"):
         merge(_cfg(adapter_dir, out, dtype="fp32"))
     assert (out / "precious.txt").read_text() == "keep me"
-    merge(_cfg(adapter_dir, out, dtype="fp32", overwrite=True))
-    assert not (out / "precious.txt").exists() and (out / "appliance.json").is_file()
+    # --overwrite replaces an earlier merge, never a folder of other things or a file (README)
+    with pytest.raises(ApplianceError, match="is not a merged model .*so --overwrite will not delete it"):
+        merge(_cfg(adapter_dir, out, dtype="fp32", overwrite=True))
+    assert (out / "precious.txt").read_text() == "keep me"
+    afile = tmp_path / "afile"
+    afile.write_text("keep me too")
+    with pytest.raises(ApplianceError, match="is a file, so --overwrite will not delete it"):
+        merge(_cfg(adapter_dir, afile, dtype="fp32", overwrite=True))
+    assert afile.read_text() == "keep me too"
+    merge(_cfg(adapter_dir, tmp_path / "m", dtype="fp32"))
+    merge(_cfg(adapter_dir, tmp_path / "m", dtype="bf16", overwrite=True))  # an earlier merge is replaced
+    assert json.loads((tmp_path / "m" / "appliance.json").read_text())["dtype"] == "bf16"
+
+
+@pytest.mark.parametrize("size", ["bogus", "0", "-5MB", "1.5"])
+def test_a_bad_shard_size_is_refused_before_the_models_load(adapter_dir, tmp_path, size):
+    with pytest.raises(ApplianceError, match=f"--max-shard-size {size}: not a size"):
+        merge(_cfg(adapter_dir, tmp_path / "m", dtype="fp32", max_shard_size=size))
+    assert not (tmp_path / "m").exists()
+
+
+def test_corrupt_weights_and_an_unavailable_base_are_named_before_loading(adapter_dir, tmp_path):
+    import shutil
+
+    cut = tmp_path / "cut"
+    shutil.copytree(adapter_dir, cut)
+    w = cut / "adapter_model.safetensors"
+    w.write_bytes(w.read_bytes()[:1000])
+    with pytest.raises(ApplianceError, match="unreadable adapter weights .*corrupt or cut short"):
+        merge(_cfg(cut, tmp_path / "m1", dtype="fp32"))
+    ghost = tmp_path / "ghost"
+    shutil.copytree(adapter_dir, ghost)
+    meta = json.loads((ghost / "appliance.json").read_text())
+    meta["base_model"] = {"name": "ghost-model", "path": "/nonexistent/ghost"}
+    (ghost / "appliance.json").write_text(json.dumps(meta))
+    with pytest.raises(ApplianceError, match=r"ghost/appliance.json: base model 'ghost-model' is not available here"):
+        merge(_cfg(ghost, tmp_path / "m2", dtype="fp32"))
+
+
+def test_an_unwritable_output_is_found_before_the_merge(adapter_dir, tmp_path, monkeypatch):
+    import appliance.merge as merge_mod
+
+    monkeypatch.setattr(merge_mod, "_merge_into", lambda *a, **k: pytest.fail("merged into an unwritable folder"))
+    with pytest.raises(ApplianceError, match="--output /proc/x: cannot write in /proc"):
+        merge(_cfg(adapter_dir, "/proc/x", dtype="fp32"))
 
 
 def test_same_adapter_other_dtype_is_not_already_merged(adapter_dir, tmp_path):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import time
 
 import pytest
 
 from appliance import pipeline as pl
+from appliance.errors import ApplianceError
 
 
 def _run_dir(path, name="Archer", author="意琦行"):
@@ -215,3 +217,28 @@ def test_a_server_that_fails_to_start_is_reported_and_the_other_is_still_stopped
             servers.stop()
     # the failed start is not stopped (nothing runs), the merged server is
     assert ("down", 8124) in log and ("down", 8123) not in log
+
+
+@pytest.mark.parametrize("kw, needle", [
+    ({"port": 70000}, "--port 70000: out of range"), ({"merged_port": 0}, "--merged-port 0: out of range"),
+    ({"port": 8100, "merged_port": 8100}, "--merged-port 8100: the same as --port"),
+    ({"concurrency": 0}, "--concurrency 0: must be at least 1"), ({"max_tokens": -1}, "--max-tokens -1"),
+    ({"name": "../../escape"}, "--name ../../escape: names the run's folders"), ({"name": " "}, "--name/--author"),
+    ({"gates": ["bogus=1"]}, "bogus"), ({"prompts": ["/nonexistent/p.jsonl"]}, "/nonexistent/p.jsonl"),
+])
+def test_pipeline_checks_its_flags_before_pulling_or_training(kw, needle, monkeypatch, appliance_home):
+    from appliance import models
+
+    monkeypatch.setattr(models, "resolve_pullable", lambda *a, **k: pytest.fail("pulled before checking the flags"))
+    with pytest.raises(ApplianceError, match=re.escape(needle)):
+        pl.pipeline(pl.PipelineConfig(**kw), echo=lambda s: None)
+
+
+def test_pipeline_checks_the_train_config_before_pulling(tmp_path, monkeypatch, appliance_home):
+    from appliance import models
+
+    monkeypatch.setattr(models, "resolve_pullable", lambda *a, **k: pytest.fail("pulled before checking the config"))
+    bad = tmp_path / "run.yaml"
+    bad.write_text("max_steps: 0\n", encoding="utf-8")
+    with pytest.raises(ApplianceError, match="--max-steps must be -1"):
+        pl.pipeline(pl.PipelineConfig(train_config=str(bad)), echo=lambda s: None)

@@ -4,6 +4,7 @@ process-group handling, the CLI's refusals and compose.yaml. No vLLM server is s
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import socket
@@ -174,6 +175,13 @@ def test_preflight_refuses_missing_model_busy_port_and_name_clash(adapters, tiny
 def test_preflight_refuses_out_of_range_flags_before_vllm_starts(tiny_model_dir, flag, kw):
     with pytest.raises(ApplianceError, match=f"^{flag} .*: out of range; "):
         preflight(UpConfig(model=str(tiny_model_dir), device="cpu", **({"port": _free_port()} | kw)))
+
+
+def test_a_stray_word_is_not_passed_to_vllm_as_its_model(tiny_model_dir):
+    with pytest.raises(ApplianceError, match="^unexpected argument 'saves/archer': give adapters with --adapter"):
+        preflight(UpConfig(model=str(tiny_model_dir), port=_free_port(), device="cpu", extra_args=["saves/archer"]))
+    plan = preflight(UpConfig(model=str(tiny_model_dir), port=_free_port(), device="cpu", extra_args=["--max-num-seqs", "8"]))
+    assert plan.extra_args == ["--max-num-seqs", "8"]
 
 
 def test_an_adapters_unavailable_base_is_blamed_on_the_adapter_not_on_model(adapters, tmp_path, appliance_home):
@@ -705,3 +713,16 @@ def test_default_url_skips_records_of_servers_that_exited(appliance_home):
     finally:
         live.kill()
         live.wait()
+
+
+@pytest.mark.parametrize("kw, prompt, needle", [
+    ({"max_tokens": 0}, "hi", "--max-tokens 0"), ({"temperature": float("nan")}, "hi", "--temperature nan"),
+    ({"temperature": float("inf")}, "hi", "--temperature inf"), ({"temperature": -5.0}, "hi", "--temperature -5.0"),
+    ({}, "  ", "-p: the prompt is empty"),
+])
+def test_chat_refuses_bad_options_before_any_request(kw, prompt, needle):
+    from appliance.chat import ChatConfig, chat
+
+    # nothing listens on this URL: the options must be refused before any connection is tried
+    with pytest.raises(ApplianceError, match=re.escape(needle)):
+        chat(ChatConfig(url="http://127.0.0.1:9", model="m", **kw), prompt=prompt)
