@@ -58,8 +58,8 @@ class TrainConfig:
     def from_sources(cls, config_file: str | None = None, **flags: Any) -> "TrainConfig":
         """Defaults, then the YAML file, then every flag that was actually given (not None)."""
         values: dict[str, Any] = {}
-        if config_file:
-            values.update(_read_yaml(config_file))
+        from_file = _read_yaml(config_file) if config_file else {}
+        values.update(from_file)
         values.update({k: v for k, v in flags.items() if v is not None})
         known = {f.name for f in fields(cls)}
         where = f"--config {config_file}: " if config_file else ""
@@ -67,7 +67,10 @@ class TrainConfig:
         if unknown:
             raise ApplianceError(f"{where}unknown option(s) {', '.join(unknown)}; valid keys are {', '.join(sorted(known))}")
         defaults = cls()
-        return cls(**{k: _coerce(k, v, getattr(defaults, k), where) for k, v in values.items()})
+        cfg = cls(**{k: _coerce(k, v, getattr(defaults, k), where) for k, v in values.items()})
+        # options the file set and no flag overrode: their errors name the file, not a flag never typed
+        cfg._from_file = (config_file, set(from_file) - {k for k, v in flags.items() if v is not None})
+        return cfg
 
     def validate(self) -> None:
         """Out-of-range values fail with the flag's name and the accepted range."""
@@ -97,8 +100,13 @@ class TrainConfig:
             (bool(self.datasets), "--dataset", "give at least one dataset name or file"),
             (bool(self.name.strip()) and bool(self.author.strip()), "--name/--author", "must not be empty"),
         ]
+        file, keys = getattr(self, "_from_file", (None, set()))
         for ok, flag, why in checks:
             if not ok:
+                key = flag.lstrip("-").split("/")[0].replace("-", "_")
+                key = "datasets" if key == "dataset" else key
+                if key in keys:
+                    raise ApplianceError(f"--config {file}: {key} {why} (got {self._value_of(flag)})")
                 raise ApplianceError(f"{flag} {why} (got {self._value_of(flag)})")
 
     def adapted_layers(self, n_layers: int) -> list[int] | None:

@@ -255,6 +255,9 @@ def test_yaml_values_take_the_options_types(tmp_path, yaml_text, expected):
     ("datasets: [a.json, 5]\n", "datasets must be a list"), ("overwrite: maybe\n", "overwrite must be true or false"),
     ("1: 2\n", "option names must be words"), ("scheduler: bogus\n", "scheduler must be one of"),
     ("warmup_steps: -5\n", "warmup_steps must be >= 0"),
+    # a value set in the file is named as the file's key, not as a flag that was never typed
+    ("epochs: .inf\n", "c.yaml: epochs must be a number > 0"), ("seed: -5\n", "c.yaml: seed must be 0 to"),
+    ("max_length: 3\n", "c.yaml: max_length must be >= 16"), ("lora_layers: 2.5\n", "c.yaml: lora_layers must be"),
 ])
 def test_bad_yaml_values_are_one_line_errors(tmp_path, yaml_text, needle):
     f = tmp_path / "c.yaml"
