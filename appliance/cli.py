@@ -125,7 +125,7 @@ def data_check(datasets: tuple[str, ...], dataset_dir: str | None, name: str, au
 
     for ds in datasets:
         ex = load_examples([ds], dataset_dir=dataset_dir, name=name, author=author)
-        click.echo(f"{ds}: {len(ex)} conversations, ok")
+        click.echo(f"{ds}: {len(ex)} conversation{'' if len(ex) == 1 else 's'}, ok")
 
 
 # ---------------------------------------------------------------- train  (owner: train)

@@ -8,9 +8,12 @@ See data/README.md for the formats.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shlex
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,15 +76,56 @@ def _fail(msg: str) -> NoReturn:
 
 def _show(path: Path) -> str:
     """A path as the user would type it: relative to the current directory when inside it."""
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
+    try:  # realpath, unlike Path.resolve(), does not raise on a symlink loop
+        return str(Path(os.path.realpath(path)).relative_to(os.path.realpath(os.getcwd())))
+    except (ValueError, OSError):
         return str(path)
 
 
 def _short(value: Any) -> str:
     s = json.dumps(value, ensure_ascii=False)
     return s if len(s) <= 40 else s[:37] + "..."
+
+
+def _a(value: Any) -> str:
+    """A value with its JSON type ("a number 5"; null and true/false alone), never Python's type (NoneType, dict)."""
+    kinds = {str: "a string ", list: "a list ", dict: "an object ", int: "a number ", float: "a number "}
+    return kinds.get(type(value), "") + _short(value)
+
+
+# ---------------------------------------------------------------- the filesystem
+def _os_error(shown: str, e: OSError, doing: str) -> NoReturn:
+    if e.errno == errno.ELOOP:
+        _fail(f"{shown}: a symbolic link loop (a link that points back to itself, directly or through other "
+              "links); fix or remove the link")
+    _fail(f"{shown}: cannot {doing} ({e.strerror or e}); check that it is a readable regular file")
+
+
+def _probe(path: Path, shown: str) -> str:
+    """"file", "dir", "other" or "missing". Path.exists()/is_file() would call a symlink loop missing and raise on
+    other errors (EACCES, a name too long); here a path that is there but cannot be reached fails naming it."""
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return "missing"
+    except OSError as e:
+        _os_error(shown, e, "reach it")
+    except ValueError:  # a NUL character, which only a config file can pass
+        _fail(f"{shown!r}: not a usable path (it holds a NUL character); check the path")
+    return "dir" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else "other"
+
+
+def _user_path(item: str) -> Path:
+    try:  # paths names a symlink loop itself; a NUL character (only a config file can pass one) raises ValueError
+        return paths.resolve_user_path(item)
+    except ValueError:
+        _fail(f"{item!r}: not a usable path (it holds a NUL character); check the path")
+
+
+def _use_name(folder: str, name: str) -> str:
+    """How to load a registered dataset. Both `data check` and `train` call this module, so both forms."""
+    d = shlex.quote(folder)
+    return f"`appliance data check {name} --dataset-dir {d}` (train: `--dataset {name} --dataset-dir {d}`)"
 
 
 # ---------------------------------------------------------------- reading JSON
@@ -96,7 +140,7 @@ def _read_text(path: Path) -> str:
     except UnicodeDecodeError as e:
         _fail(f"{shown}: not UTF-8 text (byte {e.start}); re-save the file as UTF-8")
     except OSError as e:
-        _fail(f"{shown}: cannot read the file ({e.strerror or e}); check that it is a readable regular file")
+        _os_error(shown, e, "read the file")
 
 
 def _parse(text: str, where: str) -> Any:
@@ -118,9 +162,13 @@ def _parse(text: str, where: str) -> Any:
         _fail(f"{where}: cannot read the JSON ({e}); fix the value it names")
 
 
-def _syntax_error(shown: str, e: json.JSONDecodeError) -> NoReturn:
-    _fail(f"{shown}: line {e.lineno} column {e.colno}: invalid JSON ({e.msg}); fix the syntax "
-          f"(python -m json.tool {shown} shows where)")
+def _syntax_error(shown: str, e: json.JSONDecodeError, line: int | None = None, fix: str = "") -> NoReturn:
+    """``file: line N column M: invalid JSON (what)``; ``line``: the line of a JSON-lines file that was parsed."""
+    what = e.msg[:1].lower() + e.msg[1:]
+    # Some of json's messages end in "at", expecting the position after them ("Unterminated string starting at").
+    what = what[:-3] + " here" if what.endswith(" at") else what
+    _fail(f"{shown}: line {line or e.lineno} column {e.colno}: invalid JSON ({what}); "
+          + (fix or f"fix the syntax (python -m json.tool {shown} shows where)"))
 
 
 def _read_json_file(path: Path, empty_fix: str) -> Any:
@@ -157,11 +205,15 @@ def dataset_registry(dataset_dir: str | None = None) -> dict[str, dict]:
     builtin = paths.resource_dir("data")
     out = {name: {**entry, "_dir": str(builtin)} for name, entry in _read_registry(builtin / REGISTRY_FILE).items()}
     if dataset_dir:
-        d = paths.resolve_user_path(dataset_dir)
-        if not d.is_dir():
-            _fail(f"--dataset-dir {dataset_dir}: no such folder; pass the folder that holds your {REGISTRY_FILE}")
+        d, flag = _user_path(dataset_dir), f"--dataset-dir {dataset_dir}"
+        kind = _probe(d, flag)
+        if kind == "file":
+            _fail(f"{flag}: is a file, not a folder; --dataset-dir takes the folder that holds {REGISTRY_FILE} "
+                  f"(pass a data file itself as the dataset)")
+        if kind != "dir":
+            _fail(f"{flag}: no such folder; pass the folder that holds your {REGISTRY_FILE}")
         info = d / REGISTRY_FILE
-        if not info.is_file():
+        if _probe(info, _show(info)) != "file":
             _fail(f"--dataset-dir {dataset_dir}: has no {REGISTRY_FILE}; add one (LLaMA-Factory format) "
                   "or pass your .json/.jsonl files directly")
         out.update({name: {**entry, "_dir": str(d)} for name, entry in _read_registry(info).items()})
@@ -206,7 +258,7 @@ def _entry_source(name: str, entry: dict) -> tuple[Path, _Format]:
         fmt = _Format("sharegpt", {**SHAREGPT_COLUMNS, **(entry.get("columns") or {})},
                       {**SHAREGPT_TAGS, **(entry.get("tags") or {})}, origin=origin)
     path = Path(entry["_dir"]) / file_name
-    if not path.exists():
+    if _probe(path, f"{where}: {_show(path)}") == "missing":
         _fail(f"{where}: file {_show(path)} not found; fix 'file_name' or put the file there")
     return path, fmt
 
@@ -217,6 +269,7 @@ def _records(path: Path) -> list[tuple[str, str, Any]]:
     shown = _show(path)
     text = _read_text(path)
     as_lines = path.suffix.lower() == ".jsonl" or not text.strip()  # an empty file: "no records", below
+    lines_in_json = False
     if not as_lines and text.lstrip().startswith("{"):
         # datasets' json loader (hence LLaMA-Factory) reads JSON lines from a .json file too.
         try:
@@ -224,7 +277,7 @@ def _records(path: Path) -> list[tuple[str, str, Any]]:
         except json.JSONDecodeError as e:
             if e.msg != "Extra data":  # one broken object, not several lines: report where it breaks
                 _syntax_error(shown, e)
-            as_lines = True
+            as_lines = lines_in_json = True
         else:
             _fail(f"{shown}: holds one JSON object; a .json dataset must be a list of records "
                   "([{...}, {...}]), or one object per line in a .jsonl file")
@@ -236,15 +289,18 @@ def _records(path: Path) -> list[tuple[str, str, Any]]:
             try:
                 out.append((f"line {n}", f"{shown}:{n}", _parse(line, f"{shown}: line {n}")))
             except json.JSONDecodeError as e:
-                _fail(f"{shown}: line {n}: invalid JSON ({e.msg} at column {e.colno}); "
-                      "each line must hold one complete JSON object")
+                # A .json file with several values may be pretty-printed objects, not JSON lines: name both forms.
+                fix = ("the file is neither a JSON list nor JSON lines; a .json dataset must be a JSON list "
+                       "[{...}, {...}] (or one complete object per line)") if lines_in_json else \
+                    "each line must hold one complete JSON object"
+                _syntax_error(shown, e, n, fix)
     else:
         try:
             obj = _parse(text, shown)
         except json.JSONDecodeError as e:
             _syntax_error(shown, e)
         if not isinstance(obj, list):
-            _fail(f"{shown}: top level is {type(obj).__name__}; a .json dataset must be a list of records ([{{...}}, ...])")
+            _fail(f"{shown}: top level is {_a(obj)}; a .json dataset must be a list of records ([{{...}}, ...])")
         out = [(f"record #{i}", f"{shown}#{i}", rec) for i, rec in enumerate(obj)]
     if not out:
         _fail(f"{shown}: no records (the dataset is empty); add at least one conversation")
@@ -295,13 +351,10 @@ def _same_format(where: str, rec: dict, fmt: _Format, first: str) -> None:
 
 
 def _direct_hint(file: str) -> str:
-    """How to read a file passed directly whose keys or role names differ from the usual ones.
-
-    It points at the dataset_info.json beside the file when there is one, naming the entries for the file.
-    """
+    """How to read a file passed directly whose keys or role names differ: its entry beside it, if there is one."""
     path = Path(file)
     info = path.parent / REGISTRY_FILE
-    if not info.is_file():
+    if not os.path.isfile(info):  # a hint: whatever is wrong with the file was reported by the caller
         return (f"for other names, describe them in a {REGISTRY_FILE} (see data/README.md) and pass "
                 "--dataset-dir with the dataset's name")
     folder = _show(path.parent)
@@ -310,10 +363,10 @@ def _direct_hint(file: str) -> str:
     except ApplianceError:
         reg = {}
     names = [n for n, e in reg.items() if isinstance(e.get("file_name"), str) and e["file_name"]
-             and (path.parent / e["file_name"]).resolve() == path.resolve()]
+             and os.path.realpath(path.parent / e["file_name"]) == os.path.realpath(path)]
     if names:
-        return (f"{_show(info)} describes this file as {', '.join(repr(n) for n in names)}: pass --dataset-dir {folder} "
-                f"--dataset {names[0]} instead of the path, so its columns and tags apply")
+        return (f"{_show(info)} describes this file as {', '.join(repr(n) for n in names)}: use that name with "
+                f"--dataset-dir instead of the path, so its columns and tags apply: {_use_name(folder, names[0])}")
     return f"for other names, describe the file in {_show(info)} and pass --dataset-dir {folder} with the dataset's name"
 
 
@@ -331,16 +384,17 @@ def _registry_folder(path: Path) -> NoReturn:
         names = []
     listed = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
     _fail(f"{shown}: the folder holds a {REGISTRY_FILE} (a LLaMA-Factory registry), so it is not read as data; "
-          f"pass --dataset-dir {shown} --dataset NAME instead" + (f" (its datasets: {listed})" if names else ""))
+          f"use it as --dataset-dir with a dataset's name: {_use_name(shown, names[0] if names else 'NAME')}"
+          + (f" (its datasets: {listed})" if names else ""))
 
 
 def _expand(path: Path) -> list[Path]:
     """A file, or every .json/.jsonl file directly inside a folder (LLaMA-Factory allows folders)."""
-    if path.is_dir():
-        if (path / REGISTRY_FILE).is_file():
+    if _probe(path, _show(path)) == "dir":
+        if _probe(path / REGISTRY_FILE, _show(path / REGISTRY_FILE)) == "file":
             _registry_folder(path)
-        try:
-            files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+        try:  # probing each file: a broken link among them is an error, not silently skipped
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIXES and _probe(p, _show(p)) == "file")
         except OSError as e:
             _fail(f"{_show(path)}: cannot list the folder ({e.strerror or e}); check its permissions")
         if not files:
@@ -361,7 +415,7 @@ def _text(rec: dict, key: str, where: str, required: bool, fix: str = "", label:
             _fail(f"{where}: field '{label}' is missing; {fix}")
         return ""
     if not isinstance(value, str):
-        _fail(f"{where}: field '{label}' is {type(value).__name__} {_short(value)}; it must be a string")
+        _fail(f"{where}: field '{label}' is {_a(value)}; it must be a string")
     if (bad := _bad_char(value)) is not None:
         _fail(f"{where}: field '{label}' holds {bad}")
     if required and not value.strip():
@@ -403,7 +457,7 @@ def _alpaca(rec: dict, where: str, fmt: _Format) -> list[dict[str, str]]:
     if history is not None:
         hk = c["history"]
         if not isinstance(history, list):
-            _fail(f"{where}: field '{hk}' is {type(history).__name__}; it must be a list of [user, assistant] pairs")
+            _fail(f"{where}: field '{hk}' is {_a(history)}; it must be a list of [user, assistant] pairs")
         for i, pair in enumerate(history):
             ok = isinstance(pair, list) and len(pair) == 2 and all(isinstance(t, str) for t in pair)
             if not ok:
@@ -437,7 +491,7 @@ def _sharegpt(rec: dict, where: str, fmt: _Format) -> list[dict[str, str]]:
         _fail(f"{where}: field '{key}' is missing; every record needs a '{key}' list of "
               f"{{{role_tag!r}: ..., {content_tag!r}: ...}} turns")
     if not isinstance(turns, list):
-        _fail(f"{where}: field '{key}' is {type(turns).__name__}; it must be a list of turns")
+        _fail(f"{where}: field '{key}' is {_a(turns)}; it must be a list of turns")
     if not turns:
         _fail(f"{where}: field '{key}' is empty (an empty conversation); add user and assistant turns")
     system = ""
@@ -500,7 +554,7 @@ def _load_file(path: Path, fmt: _Format | None) -> list[Example]:
     for label, source, rec in _records(path):
         where = f"{shown}: {label}"
         if not isinstance(rec, dict):
-            _fail(f"{where}: record is {type(rec).__name__} {_short(rec)}, not an object; "
+            _fail(f"{where}: record is {_a(rec)}, not an object; "
                   'each record must be a JSON object like {"instruction": ..., "output": ...}')
         if fmt is None:
             fmt, first = _detect(where, rec, path), label
@@ -531,7 +585,7 @@ def load_examples(datasets: list[str], dataset_dir: str | None = None, name: str
     if max_samples is not None and max_samples < 1:
         _fail(f"--max-samples is {max_samples}; it must be at least 1 (or left out for all)")
     items = [part.strip() for ds in datasets for part in
-             ([ds] if paths.resolve_user_path(ds).exists() else ds.split(",")) if part.strip()]
+             ([ds] if _probe(_user_path(ds), ds) != "missing" else ds.split(",")) if part.strip()]
     if not items:
         _fail("no dataset given; pass a registry name (e.g. identity) or a .json/.jsonl file")
     registry = dataset_registry(dataset_dir)
@@ -540,14 +594,15 @@ def load_examples(datasets: list[str], dataset_dir: str | None = None, name: str
         if item in registry:
             path, fmt = _entry_source(item, registry[item])
         else:
-            path, fmt = paths.resolve_user_path(item), None
-            if not path.exists():
+            path, fmt = _user_path(item), None
+            if _probe(path, item) == "missing":
                 if _looks_like_path(item):
                     dirs = dict.fromkeys([str(Path.cwd()), str(paths.home())])
                     _fail(f"{item}: file not found (looked in {' and '.join(dirs)}); check the path")
                 known = ", ".join(sorted(registry))
-                _fail(f"unknown dataset '{item}' (known: {known}); pass a .json/.jsonl path or register it "
-                      f"in <--dataset-dir>/{REGISTRY_FILE}")
+                where = _show(_user_path(dataset_dir) / REGISTRY_FILE) if dataset_dir else \
+                    f"a {REGISTRY_FILE} in a folder you pass as --dataset-dir"
+                _fail(f"unknown dataset '{item}' (known: {known}); pass a .json/.jsonl path or register it in {where}")
         examples = [ex for f in _expand(path) for ex in _load_file(f, fmt)]
         out += examples[:max_samples] if max_samples else examples
     for ex in out:
@@ -557,7 +612,7 @@ def load_examples(datasets: list[str], dataset_dir: str | None = None, name: str
 
 def load_prompts(path: str | None = None) -> list[str]:
     """A JSON list of non-empty prompt strings; default: the built-in data/retention_prompts.json."""
-    p = paths.resolve_user_path(path) if path else paths.resource_dir("data") / "retention_prompts.json"
+    p = _user_path(path) if path else paths.resource_dir("data") / "retention_prompts.json"
     prompts = _read_json_file(p, "put a JSON list of prompt strings in it")
     if not isinstance(prompts, list) or not prompts:
         _fail(f"{_show(p)}: must be a non-empty JSON list of prompt strings")

@@ -118,7 +118,9 @@ class TrainConfig:
         else:
             k = int(self.lora_layers)
             if k > n_layers:
-                raise ApplianceError(f"--lora-layers {k}: the model has {n_layers} decoder layers; use at most {n_layers}, "
+                file, keys = getattr(self, "_from_file", (None, set()))
+                where = f"--config {file}: lora_layers" if "lora_layers" in keys else "--lora-layers"
+                raise ApplianceError(f"{where} {k}: the model has {n_layers} decoder layers; use at most {n_layers}, "
                                      "a share below 1 (e.g. 0.75) or 0 for all")
         return None if k >= n_layers else list(range(n_layers - k, n_layers))
 

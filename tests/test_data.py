@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -302,8 +303,28 @@ def test_malformed_single_object_json_reports_line_and_column(tmp_path):
 
 def test_malformed_jsonl_reports_line(tmp_path):
     f = write(tmp_path / "broken.jsonl", '{"instruction": "q", "output": "a"}\n\n{"instruction": "q", "output": \n')
-    msg = error_of([str(f)])
-    assert msg.startswith(f"{f}: line 3: invalid JSON") and "one complete JSON object" in msg
+    assert error_of([str(f)]) == (f"{f}: line 3 column 32: invalid JSON (expecting value); "
+                                  "each line must hold one complete JSON object")
+
+
+@pytest.mark.parametrize("name,text,where", [("cut.json", '[{"instruction": "q", "output": "a', "line 1 column 33"),
+                                             ("cut.jsonl", json.dumps(ALPACA_OK) + '\n{"instruction": "q\n', "line 2 column 17")])
+def test_json_error_reads_as_a_sentence(tmp_path, name, text, where):
+    """json's "Unterminated string starting at" expects a position after it: it was printed as "(... starting at)"
+    and "starting at at column 43"."""
+    msg = error_of([str(write(tmp_path / name, text))])
+    assert msg.startswith(f"{tmp_path / name}: {where}: invalid JSON (unterminated string starting here); "), msg
+
+
+def test_pretty_printed_objects_in_a_json_file(tmp_path):
+    """Two pretty-printed objects one after the other are neither a JSON list nor JSON lines: the error says what
+    a .json dataset must be, not that each line must be one object (the file was never meant as JSON lines)."""
+    f = write(tmp_path / "two.json", json.dumps(ALPACA_OK, indent=2) + "\n" + json.dumps(ALPACA_OK, indent=2) + "\n")
+    assert error_of([str(f)]) == (
+        f"{f}: line 1 column 2: invalid JSON (expecting property name enclosed in double quotes); the file is neither "
+        "a JSON list nor JSON lines; a .json dataset must be a JSON list [{...}, {...}] (or one complete object per line)")
+    write(f, json.dumps(ALPACA_OK) + "\n{oops}\n")  # JSON lines with a broken line: the same advice fits
+    assert error_of([str(f)]).startswith(f"{f}: line 2 column 2: invalid JSON (")
 
 
 @pytest.mark.parametrize("name,content", [("empty.json", "[]"), ("empty.jsonl", "\n\n"), ("zero.jsonl", "")])
@@ -315,6 +336,18 @@ def test_empty_dataset(tmp_path, name, content):
 def test_json_object_instead_of_list(tmp_path):
     f = write(tmp_path / "obj.json", '{\n  "data": [\n    {"instruction": "q", "output": "a"}\n  ]\n}\n')
     assert "must be a list of records" in error_of([str(f)])
+
+
+@pytest.mark.parametrize("text,what", [("null", "null"), ('"hi"', 'a string "hi"'), ("3", "a number 3")])
+def test_values_are_named_by_json_type(tmp_path, text, what):
+    """Python's type names (NoneType, str, int) mean nothing to someone writing JSON."""
+    f = write(tmp_path / "top.json", text)
+    assert error_of([str(f)]) == f"{f}: top level is {what}; a .json dataset must be a list of records ([{{...}}, ...])"
+    write(f, f"[{text}]")
+    assert error_of([str(f)]).startswith(f"{f}: record #0: record is {what}, not an object; ")
+    write(f, f'[{{"instruction": "q", "output": "a", "system": {text}}}]')
+    if text == "3":  # a string is a good system prompt, null means none
+        assert error_of([str(f)]) == f"{f}: record #0: field 'system' is {what}; it must be a string"
 
 
 def test_file_not_found_and_unknown_name(tmp_path):
@@ -338,6 +371,18 @@ def test_unsupported_suffix_and_bad_registry(tmp_path):
     write(d / "y.json", [ALPACA_OK])
     assert "'formatting' is \"csv\"" in error_of(["y"], dataset_dir=str(d))
     assert "no such folder" in error_of(["identity"], dataset_dir=str(tmp_path / "nodir"))
+
+
+def test_dataset_dir_errors_name_the_folder(tmp_path, monkeypatch):
+    """An unknown name said "register it in <--dataset-dir>/dataset_info.json", a placeholder, and a data file given
+    as --dataset-dir was "no such folder"."""
+    d = _lf_folder(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert error_of(["mine"], dataset_dir="lf").endswith("register it in lf/dataset_info.json")
+    assert error_of(["mine"]).endswith("register it in a dataset_info.json in a folder you pass as --dataset-dir")
+    assert error_of(["identity"], dataset_dir=str(d / "qa.json")) == (
+        f"--dataset-dir {d / 'qa.json'}: is a file, not a folder; --dataset-dir takes the folder that holds "
+        "dataset_info.json (pass a data file itself as the dataset)")
 
 
 def test_registry_entry_tags_are_strict(tmp_path):
@@ -366,6 +411,17 @@ def test_cli_data_check_ok():
     result = CliRunner().invoke(main, ["data", "check", "identity", "identity_messages"])
     assert result.exit_code == 0, result.output
     assert "identity: 181 conversations, ok" in result.output
+
+
+def test_cli_data_check_good_then_bad_file(tmp_path, monkeypatch):
+    """Each line names its file: the good one is reported ok (with its count), the bad one as the error, exit 2."""
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "good.json", [ALPACA_OK, ALPACA_OK])
+    write(tmp_path / "bad.json", "null")
+    result = CliRunner().invoke(main, ["data", "check", "good.json", "bad.json"])
+    assert result.exit_code == 2
+    assert result.stdout == "good.json: 2 conversations, ok\n"
+    assert result.stderr.startswith("error: bad.json: top level is null;") and result.stderr.count("\n") == 1
 
 
 # ---------------------------------------------------------------- valid JSON that is still bad input
@@ -478,7 +534,8 @@ def test_llamafactory_folder_given_as_a_dataset(tmp_path):
     d = _lf_folder(tmp_path)
     msg = error_of([str(d)])
     assert msg == (f"{d}: the folder holds a dataset_info.json (a LLaMA-Factory registry), so it is not read as data; "
-                   f"pass --dataset-dir {d} --dataset NAME instead (its datasets: qa, chat)")
+                   f"use it as --dataset-dir with a dataset's name: `appliance data check qa --dataset-dir {d}` "
+                   f"(train: `--dataset qa --dataset-dir {d}`) (its datasets: qa, chat)")
     assert "--dataset-dir" in error_of([str(d)], dataset_dir=str(d))
     result = CliRunner().invoke(main, ["data", "check", str(d)])
     assert result.exit_code == 2 and result.output.startswith("error: ") and result.output.count("\n") == 1
@@ -494,10 +551,24 @@ def test_file_beside_a_registry_points_at_its_entry(tmp_path):
     d = _lf_folder(tmp_path)
     msg = error_of([str(d / "qa.json")])
     assert "cannot tell the format" in msg
-    assert msg.endswith(f"{d / 'dataset_info.json'} describes this file as 'qa': pass --dataset-dir {d} --dataset qa "
-                        "instead of the path, so its columns and tags apply")
+    assert msg.endswith(f"{d / 'dataset_info.json'} describes this file as 'qa': use that name with --dataset-dir "
+                        "instead of the path, so its columns and tags apply: "
+                        f"`appliance data check qa --dataset-dir {d}` (train: `--dataset qa --dataset-dir {d}`)")
     msg = error_of([str(d / "chat.json")])
-    assert "field 'conversations[0].from' is \"me\"" in msg and f"--dataset-dir {d} --dataset chat" in msg
+    assert "field 'conversations[0].from' is \"me\"" in msg and f"--dataset chat --dataset-dir {d}`" in msg
+
+
+def test_hints_give_commands_that_exist(tmp_path, monkeypatch):
+    """`data check` has no --dataset flag: the hints said "pass --dataset-dir lf --dataset NAME" to it. Each
+    command the hints show must parse, and a folder name that needs quoting is quoted."""
+    d = _lf_folder(tmp_path / "my data")
+    for msg in (error_of([str(d)]), error_of([str(d / "qa.json")])):
+        check = re.search(r"`appliance (data check [^`]+)`", msg).group(1)
+        assert check == f"data check qa --dataset-dir '{d}'"
+        result = CliRunner().invoke(main, shlex.split(check))
+        assert result.exit_code == 0 and result.output == "qa: 1 conversation, ok\n", result.output
+        train = re.search(r"\(train: `([^`]+)`\)", msg).group(1)
+        assert shlex.split(train) == ["--dataset", "qa", "--dataset-dir", str(d)]
 
 
 def test_file_without_a_registry_is_not_told_to_edit_one(tmp_path):
@@ -567,3 +638,35 @@ def test_mixed_formats_in_one_file(tmp_path, suffix, records, index, looks, dete
     assert error_of([str(f)]) == (f"{f}: {where}: looks like {looks}, but the format was detected from the first "
                                   f"record ({first}) as {detected}; all records of a file must share one format: "
                                   "convert this record or move it to a file of its own")
+
+
+# ---------------------------------------------------------------- filesystem checks
+def test_symlink_loops_are_one_line(tmp_path, monkeypatch):
+    """`ln -s loop.json loop.json`: Path.resolve() raised a traceback (Errno 40 / "Symlink loop"), Path.exists()
+    called it "file not found" and a loop inside a data folder was silently skipped. Each now names the path."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "loop.json").symlink_to("loop.json")
+    assert "loop.json" in error_of(["loop.json"]) and "symbolic link" in error_of(["loop.json"])
+    loop = "a symbolic link loop (a link that points back to itself, directly or through other links); fix or remove the link"
+    assert error_of([str(tmp_path / "loop.json")]) == f"{tmp_path / 'loop.json'}: {loop}"
+    assert error_of(["identity"], dataset_dir=str(tmp_path / "loop.json")) == f"--dataset-dir {tmp_path / 'loop.json'}: {loop}"
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    write(folder / "a.json", [ALPACA_OK])
+    (folder / "b.json").symlink_to("b.json")
+    assert error_of([str(folder)]) == f"parts/b.json: {loop}"
+    write(tmp_path / "dataset_info.json", {"x": {"file_name": "loop.json"}})
+    assert error_of(["x"], dataset_dir=str(tmp_path)) == f"dataset_info.json: entry 'x': loop.json: {loop}"
+    with pytest.raises(ApplianceError, match="symbolic link loop"):
+        load_prompts(str(tmp_path / "loop.json"))
+    result = CliRunner().invoke(main, ["data", "check", str(tmp_path / "loop.json")])
+    assert result.exit_code == 2 and result.output == f"error: {tmp_path / 'loop.json'}: {loop}\n"
+
+
+def test_paths_the_os_refuses_are_one_line(tmp_path):
+    """A name too long for the OS raised from Path.exists(); a NUL character (a config file can hold one) too."""
+    long = str(tmp_path / ("x" * 300 + ".json"))
+    assert error_of([long]) == f"{long}: cannot reach it (File name too long); check that it is a readable regular file"
+    assert error_of(["a\0b.json"]) == "'a\\x00b.json': not a usable path (it holds a NUL character); check the path"
+    write(tmp_path / "dataset_info.json", {"x": {"file_name": "a\u0000.json"}})
+    assert "not a usable path" in error_of(["x"], dataset_dir=str(tmp_path))
