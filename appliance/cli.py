@@ -334,7 +334,7 @@ def eval_cmd(url, before, after, prompts, name, author, output, concurrency, max
     from evals.report import parse_rules
 
     rules = parse_rules(fail_under, fail_over, max_drop, max_rise)
-    if from_answers:
+    if from_answers is not None:  # --from-answers "" is refused there, not taken as absent
         report = report_from_answers(from_answers, output, rules)
     elif not before:
         raise ApplianceError("--before is required (the served base model), unless you pass --from-answers")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -19,11 +20,14 @@ from urllib.parse import urlsplit
 
 from appliance import paths
 from appliance.errors import ApplianceError
-from evals.prompts import Prompt, load_prompts
-from evals.report import REPORT_FILES, Rule, write_report
+from evals.prompts import Prompt, bad_char, load_prompts
+from evals.report import REPORT_FILES, Rule, answers_file, load_answers, write_report
 
 DEFAULT_URL = "http://127.0.0.1:8000/v1"
 URL_FIX = f"expected http://HOST:PORT, e.g. {DEFAULT_URL} (the address `appliance up` printed)"
+# endpoint URLs copied from a curl example or a client's docs: their /v1 base is meant
+_ENDPOINTS = ("/chat/completions", "/completions", "/models")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass
@@ -46,7 +50,8 @@ class EvalConfig:
 
 
 def base_url(url: str) -> str:
-    """``http://host:port`` or ``.../v1`` -> the OpenAI base URL ending in ``/v1``; a malformed URL is a one-line error."""
+    """``http://host:port``, ``.../v1`` or an endpoint URL (``.../v1/chat/completions``) -> the OpenAI base URL
+    ending in ``/v1``; a malformed URL, or one with another path, is a one-line error."""
     u = url.strip().rstrip("/")
     try:
         parts = urlsplit(u)
@@ -59,15 +64,37 @@ def base_url(url: str) -> str:
         raise ApplianceError(f"--url {url}: port 0 is not a server's port; {URL_FIX}")
     if parts.query or parts.fragment or any(c.isspace() for c in u):
         raise ApplianceError(f"--url {url}: no spaces, '?' or '#' in it; {URL_FIX}")
-    return u if u.endswith("/v1") else u + "/v1"
+    if (bad := bad_char(u)) is not None:
+        raise ApplianceError(f"--url {url!a}: holds {bad}; {URL_FIX}")
+    root, path = u[: len(u) - len(parts.path)], parts.path
+    endpoint = next((e for e in _ENDPOINTS if path.endswith("/v1" + e)), "")
+    path = path[: len(path) - len(endpoint)]
+    if path and not path.endswith("/v1"):
+        # adding /v1 to any path (.../chat/completions/v1) would only fail later, as a server that is not OpenAI's
+        raise ApplianceError(f"--url {url}: {parts.path} is not an OpenAI API base; give the server's address "
+                             f"(--url {root}) or a base URL ending in /v1 (--url {root}/v1)")
+    return root + (path or "/v1")
 
 
 def output_dir(cfg: EvalConfig) -> Path:
-    """Where the report goes: ``--output`` (relative paths under $APPLIANCE_HOME) or reports/<name>."""
-    if not cfg.output:
+    """Where the report goes: ``--output`` (see :func:`user_output`) or reports/<name>."""
+    if cfg.output is None:
         return paths.reports_dir() / cfg.name.lower()
-    p = Path(cfg.output).expanduser()
-    return p if p.is_absolute() else paths.home() / p
+    return user_output(cfg.output)
+
+
+def user_output(output: str) -> Path:
+    """A ``--output`` folder. A relative one is found where a relative ``--prompts``/``--from-answers`` is
+    read from (paths.resolve_user_path): the current directory when it exists there, else $APPLIANCE_HOME,
+    where a new one is created. So ``--from-answers out/r/answers.jsonl --output out/r`` names one folder."""
+    if not output.strip():
+        # an empty value would silently mean the default folder, or the current directory
+        raise ApplianceError("--output is empty; give a report folder, or leave --output out for the default")
+    p = Path(output).expanduser()
+    if p.is_absolute():
+        return p
+    here = Path.cwd() / p
+    return here if os.path.lexists(here) else paths.home() / p
 
 
 def roles(cfg: EvalConfig) -> list[tuple[str, str]]:
@@ -76,13 +103,34 @@ def roles(cfg: EvalConfig) -> list[tuple[str, str]]:
     return [("before", cfg.before)] + afters
 
 
+def given_markers(cfg: EvalConfig) -> list[str]:
+    """The ``--old-identity`` markers (comma-separated, repeatable); none given: [] (the registry's are used)."""
+    markers = [m.strip() for item in cfg.old_identity for m in item.split(",") if m.strip()]
+    if cfg.old_identity and not markers:
+        # ",,," would leave the leak rate unmeasured while looking like a choice of markers
+        raise ApplianceError(f"--old-identity {','.join(cfg.old_identity)!r}: no marker in it; give the names the "
+                             "old model used for itself, comma-separated (e.g. --old-identity SmolLM,HuggingFace), "
+                             "or leave it out for the model registry's markers")
+    return markers
+
+
 def _markers(cfg: EvalConfig, served: dict[str, str]) -> list[str]:
     from appliance.models import markers_for
 
     if cfg.old_identity:
-        return [m.strip() for item in cfg.old_identity for m in item.split(",") if m.strip()]
+        return given_markers(cfg)
     # the served name first, then the directory vLLM loaded it from (its appliance.json)
     return markers_for(cfg.before) or markers_for(served.get(cfg.before) or "")
+
+
+def _check_text_flags(cfg: EvalConfig) -> None:
+    """Flags that end up in answers.jsonl must be valid text (an argument that is not UTF-8 holds a lone
+    surrogate): found only when the report is written, they would cost every request of the eval."""
+    flags = [("--before", cfg.before), *(("--after", a) for a in cfg.after), ("--name", cfg.name),
+             ("--author", cfg.author), *(("--old-identity", m) for m in cfg.old_identity)]
+    for flag, value in flags:
+        if (bad := bad_char(value)) is not None:
+            raise ApplianceError(f"{flag} {value!a}: holds {bad}; pass it as UTF-8 text")
 
 
 def _one_line(e: BaseException, limit: int = 200) -> str:
@@ -139,6 +187,10 @@ async def _ask(client, sem: asyncio.Semaphore, model: str, p: Prompt, max_tokens
                         content = choice.delta.content if choice.delta else None
                         if content is not None and not isinstance(content, str):
                             raise TypeError(f"delta content is {type(content).__name__}, not text")
+                        if content and bad_char(content) is not None:
+                            # a lone surrogate escaped in the server's JSON: kept as is, answers.jsonl
+                            # could not be written, and every answer of the eval would be lost
+                            content = _SURROGATE.sub("\ufffd", content)
                         if content:
                             if ttft is None:
                                 ttft = (time.perf_counter() - t0) * 1000.0
@@ -234,9 +286,12 @@ def run_eval(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
         raise ApplianceError(f"--timeout {cfg.timeout_s:g}: must be more than 0 seconds")
     if not cfg.name.strip() or not cfg.author.strip():
         raise ApplianceError("--name and --author must not be empty: the identity hit rate looks for both")
+    # every input is checked here, before the first request: a mistake found later costs the whole eval
+    _check_text_flags(cfg)
+    given_markers(cfg)
     url = base_url(cfg.url)
-    prompts = load_prompts(cfg.prompts, cfg.name, cfg.author)
     out = output_dir(cfg)
+    prompts = load_prompts(cfg.prompts, cfg.name, cfg.author)
     created = _prepare_output(out)
     try:
         rows, _ = asyncio.run(_run(cfg, prompts, progress or (lambda msg: None)))
@@ -250,22 +305,35 @@ def run_eval(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
 
 
 def report_from_answers(answers: str | Path, output: str | None = None, rules: list[Rule] = ()) -> dict:
-    """Rebuild the report (and apply the gate) offline from an existing answers.jsonl.
+    """Rebuild the report (and apply the gate) offline from an existing answers.jsonl (or a report folder).
 
     With ``output`` elsewhere, the answers are copied there too: a report folder always holds the
-    answers.jsonl its reports were computed from.
+    answers.jsonl its reports were computed from. Relative paths resolve as :func:`user_output` says.
     """
-    src = paths.resolve_user_path(answers)
-    out = Path(output).expanduser() if output else src.parent
-    if output and not out.is_absolute():
-        out = paths.home() / out
+    if not str(answers).strip():
+        raise ApplianceError("--from-answers is empty; pass the answers.jsonl written by `appliance eval`")
+    given = Path(answers).expanduser()
+    src = answers_file(paths.resolve_user_path(answers))
+    if not given.is_absolute() and not os.path.lexists(src):
+        dirs = " and ".join(dict.fromkeys([str(Path.cwd()), str(paths.home())]))
+        raise ApplianceError(f"--from-answers {answers}: answers file not found (looked in {dirs}); check the path")
+    out = user_output(output) if output is not None else src.parent
     paths.refuse_file_on_path(out, "--output")
+    load_answers(src)  # every row checked before the folder is looked at or anything is written
     own = out / "answers.jsonl"
-    if not output and src.is_file() and own.is_file() and not own.samefile(src) and own.read_bytes() != src.read_bytes():
+    if output is None and own.is_file() and not _same_answers(own, src):
         # only an explicit --output replaces a run's answers: they cost a server and minutes to take again
         raise ApplianceError(f"--from-answers {answers}: {own} next to it holds other answers, which its report "
                              f"would replace; pass --output DIR for the report of {src.name}")
     return write_report(out, rules, run={"rebuilt_from": str(src)}, answers_path=src)
+
+
+def _same_answers(a: Path, b: Path) -> bool:
+    """Whether two answers files are one file, or hold the same bytes (an unreadable one is not the same)."""
+    try:
+        return a.samefile(b) or a.read_bytes() == b.read_bytes()
+    except OSError:
+        return False
 
 
 SUMMARY = [("identity_hit_rate", 100), ("identity_zh_hit_rate", 100), ("identity_en_hit_rate", 100),

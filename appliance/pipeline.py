@@ -279,8 +279,9 @@ def _reusable_report(report_file: Path, cfg: PipelineConfig, *dirs: Path) -> dic
 
 
 def _rows(part_dir: Path) -> list[dict]:
-    lines = (part_dir / "answers.jsonl").read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
+    from evals.report import load_answers
+
+    return load_answers(part_dir / "answers.jsonl")  # split on newlines only: an answer may hold U+2028
 
 
 def _trained(run_dir: Path, cfg: PipelineConfig) -> bool:

@@ -9,7 +9,10 @@ itself); else a general prompt. docs/eval.md documents the rule.
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -104,13 +107,105 @@ class _Mapping:
                 "formatting/columns/tags if they do not match the file")
 
 
-def _read_text(path: Path) -> str:
+# ---------------------------------------------------------------- reading input files
+# Shared with evals/report.py (--from-answers). The same failures read the same way as in `appliance train`'s
+# loader (appliance/data.py: _read_text, _parse, _bad_char), which evals does not import.
+BAD_CHAR_FIX = "remove it or write the character it was meant to be"
+
+
+def read_text(path: Path, fix: str, what: str = "file") -> str:
+    """A UTF-8 file's text (a byte-order mark is fine); anything that stops reading it is one line naming it.
+
+    ``fix`` ends the messages about the file itself (missing, a folder, a device); ``what`` names it
+    there ("answers file not found").
+    """
     try:
+        mode = path.stat().st_mode
+        if stat.S_ISDIR(mode):
+            raise ApplianceError(f"{path}: is a folder, not a {what}; {fix}")
+        if not stat.S_ISREG(mode):
+            # /dev/null reads as empty and a pipe reads only once: neither is a file of records
+            raise ApplianceError(f"{path}: not a regular file (a device, pipe or socket); {fix}")
         return path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not an error
-    except UnicodeDecodeError:
-        raise ApplianceError(f"{path}: not UTF-8 text; save the file as UTF-8") from None
-    except OSError as e:
-        raise ApplianceError(f"{path}: cannot read it ({e.strerror}); check the path and its permissions") from None
+    except FileNotFoundError:
+        link = " (a symbolic link to a missing file)" if path.is_symlink() else ""
+        raise ApplianceError(f"{path}: {what} not found{link}; {fix}") from None
+    except PermissionError:
+        raise ApplianceError(f"{path}: permission denied reading it; make it readable (chmod a+r {path})") from None
+    except UnicodeDecodeError as e:
+        raise ApplianceError(f"{path}: not UTF-8 text (byte {e.start}); re-save the file as UTF-8") from None
+    except OSError as e:  # a symbolic link loop (ELOOP), a name too long, an I/O error ...
+        raise ApplianceError(f"{path}: cannot read it ({e.strerror or e}); check that it is a readable regular "
+                             "file") from None
+
+
+def parse_json(text: str, where: str, fix: str = "records must be flat objects of text fields") -> object:
+    """``json.loads``, with JSON that is valid but beyond what Python reads turned into a one-line error.
+
+    Syntax errors (JSONDecodeError) are left to the caller, which knows how to point at them.
+    """
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise ApplianceError(f"{where}: JSON nested too deeply to read (lists or objects over about 1000 levels "
+                             f"inside each other); {fix}") from None
+    except ValueError as e:
+        if "integer string conversion" in str(e):
+            raise ApplianceError(f"{where}: holds a number with more than {sys.get_int_max_str_digits()} digits, "
+                                 "which cannot be read; write it as a string (in quotes) or remove it") from None
+        raise ApplianceError(f"{where}: cannot read the JSON ({e}); fix the value it names") from None
+
+
+def bad_char(value: str) -> str | None:
+    """What is wrong with text that is not valid Unicode, else None.
+
+    A lone surrogate (``\\ud800`` written in JSON, or a command-line argument that is not UTF-8) cannot be
+    sent as UTF-8 nor written to answers.jsonl: found only when the report is written, it would cost the
+    whole eval's requests.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"an invalid character (an unpaired surrogate, \\u{ord(value[e.start]):04x} at position {e.start})"
+    return None
+
+
+def _child(field_path: str, key: str | int) -> str:
+    """The name of a field inside ``field_path``: ``history[1]``, ``history[1].content``."""
+    if isinstance(key, int):
+        return f"{field_path}[{key}]"
+    return f"{field_path}.{key}" if field_path else key
+
+
+def refuse_bad_text(value: object, where: str, fix: str = BAD_CHAR_FIX) -> None:
+    """Fail on the first text in a parsed JSON value (object keys included) that is not valid Unicode,
+    naming its field (``history[1].content``) after ``where``."""
+    stack: list[tuple[str, object]] = [("", value)]
+    while stack:  # not recursive: the JSON may be nested almost as deep as Python can parse
+        field_path, v = stack.pop()
+        if isinstance(v, str):
+            if (bad := bad_char(v)) is not None:
+                at = f"field '{field_path}'" if field_path else "the record"
+                raise ApplianceError(f"{where}: {at} holds {bad}; {fix}")
+            continue
+        if isinstance(v, dict):
+            items: list[tuple[str | int, object]] = list(v.items())
+            for key in v:
+                if (bad := bad_char(key)) is not None:
+                    at = f"a key in field '{field_path}'" if field_path else "a key"
+                    raise ApplianceError(f"{where}: {at} holds {bad}; {fix}")
+        elif isinstance(v, list):
+            items = list(enumerate(v))
+        else:
+            continue
+        # reversed onto the stack, so the first bad text in file order is the one reported
+        stack += [(_child(field_path, key), item) for key, item in reversed(items)]
+
+
+def _read_text(path: Path) -> str:
+    return read_text(path, "give a JSONL/JSON file of prompts")
 
 
 def _json_lines(path: Path, text: str) -> list[tuple[str, object]]:
@@ -118,19 +213,20 @@ def _json_lines(path: Path, text: str) -> list[tuple[str, object]]:
     for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): a JSON string may hold U+2028
         if line.strip():
             try:
-                rows.append((f"{path} line {n}", json.loads(line)))
+                rows.append((f"{path} line {n}", parse_json(line, f"{path} line {n}")))
             except json.JSONDecodeError as e:
-                raise ApplianceError(f"{path} line {n}: invalid JSON ({e.msg}); one JSON object per line") from None
+                raise ApplianceError(f"{path} line {n}: invalid JSON at column {e.colno} ({e.msg}); "
+                                     "each line must hold one complete JSON object") from None
     return rows
 
 
 def _read_records(path: Path) -> dict | list[tuple[str, object]]:
     """A data file's ``(where, record)`` pairs, or the object a .json file holds (one record, or a dataset_info)."""
     text = _read_text(path)
-    if path.suffix == ".jsonl":
+    if path.suffix.lower() == ".jsonl":
         return _json_lines(path, text)
     try:
-        data = json.loads(text)
+        data = parse_json(text, str(path))
     except json.JSONDecodeError as e:
         if e.msg == "Extra data" and text.lstrip().startswith("{"):
             # one object per line in a .json file: LLaMA-Factory and `appliance train` read it, so do we
@@ -264,6 +360,8 @@ def _check_info(info: Path, data: object) -> dict[str, dict]:
     if not isinstance(data, dict):
         raise ApplianceError(f"{info}: holds {_json_type(data)}, not a LLaMA-Factory {_INFO}; it must map dataset "
                              'names to entries like {"mine": {"file_name": "mine.json"}}')
+    # a file_name holding one cannot even be looked up (the file system refuses it)
+    refuse_bad_text(data, str(info))
     for key, entry in data.items():
         if not isinstance(entry, dict):
             raise ApplianceError(f"{info}: entry '{key}' is {_json_type(entry)}, not an object; write it as "
@@ -273,7 +371,7 @@ def _check_info(info: Path, data: object) -> dict[str, dict]:
 
 def _read_info(info: Path) -> dict[str, dict]:
     try:
-        data = json.loads(_read_text(info))
+        data = parse_json(_read_text(info), str(info))
     except json.JSONDecodeError as e:
         raise ApplianceError(f"{info}: invalid JSON at line {e.lineno} ({e.msg}); fix the syntax "
                              f"(python -m json.tool {info} shows where)") from None
@@ -312,7 +410,7 @@ def _entry_files(info: Path, key: str, entry: dict) -> list[Path]:
     target = info.parent / file_name
     if not target.exists():
         raise ApplianceError(f"{where}: file_name '{file_name}' not found in {info.parent}; fix the entry or add the file")
-    if target.resolve() == info.resolve():
+    if _same_file(target, info):
         raise ApplianceError(f"{where}: file_name is {info.name} itself; point it at the data file")
     if target.is_dir():
         if info.resolve().is_relative_to(target.resolve()):
@@ -328,6 +426,13 @@ def _entry_files(info: Path, key: str, entry: dict) -> list[Path]:
     return [target]
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:  # missing, or a symbolic link loop (which resolve() raises on): not the file in question
+        return False
+
+
 def _sibling_mapping(path: Path) -> _Mapping | None:
     """The mapping of the dataset_info.json entry next to ``path`` that names it, if there is one."""
     info = path.parent / _INFO
@@ -340,7 +445,7 @@ def _sibling_mapping(path: Path) -> _Mapping | None:
         raise ApplianceError(f"{path}: cannot use the {_INFO} next to it, which may say how to read this file: {e}") from None
     for key, entry in entries.items():
         file_name = entry.get("file_name")
-        if isinstance(file_name, str) and file_name.strip() and (info.parent / file_name).resolve() == path.resolve():
+        if isinstance(file_name, str) and file_name.strip() and _same_file(info.parent / file_name, path):
             return _mapping(info, key, entry)
     return None
 
@@ -372,14 +477,17 @@ def _load_data(path: Path, data: dict | list[tuple[str, object]], mapping: _Mapp
         raise ApplianceError(f"{path}: no records; expected a JSON list or one JSON object per line")
     cols, formatting = (mapping.cols, mapping.formatting) if mapping else ({}, None)
     out = []
+    # the stem becomes each row's "source" in answers.jsonl: a file name that is not UTF-8 must not stop writing it
+    source = path.stem.encode("utf-8", "backslashreplace").decode("utf-8")
     for where, raw in rows:
+        refuse_bad_text(raw, where)  # before any request: found when writing the report, it loses the eval
         try:
             rec = _record(raw, where, cols, formatting)
         except ApplianceError as e:
             if mapping is None:
                 raise
             raise ApplianceError(f"{e}; {mapping.hint()}") from None
-        out.append(_to_prompt(rec, where, name, author, path.stem))
+        out.append(_to_prompt(rec, where, name, author, source))
     return out
 
 
@@ -392,8 +500,9 @@ def load_prompt_file(path: str | Path, name: str, author: str) -> list[Prompt]:
             raise ApplianceError(f"--prompts {path}: is a folder without a {_INFO}; give a file in it, or add a "
                                  f"{_INFO} (LLaMA-Factory format) that lists its datasets")
         p = p / _INFO
-    if not p.is_file():
+    if not os.path.lexists(p):
         raise ApplianceError(f"--prompts {path}: file not found; give a JSONL/JSON file or one of {', '.join(BUILTIN_SETS + EXTRA_SETS)}")
+    # anything else that is not a readable file (a symbolic link loop, a device) is named when it is read
     if p.name == _INFO:
         return _load_info(p, _read_info(p), name, author)
     data = _read_records(p)
@@ -408,6 +517,10 @@ def load_prompts(specs: list[str] | tuple[str, ...] | None, name: str, author: s
 
     out: list[Prompt] = []
     for spec in specs or BUILTIN_SETS:
+        if not spec.strip():
+            # Path("") is the current directory: an empty value would read as "a folder without a dataset_info.json"
+            raise ApplianceError("--prompts is empty; give a JSONL/JSON file or one of "
+                                 f"{', '.join(BUILTIN_SETS + EXTRA_SETS)}")
         if spec in BUILTIN_SETS + EXTRA_SETS:
             out += load_prompt_file(PROMPTS_DIR / f"{spec}.jsonl", name, author)
         else:

@@ -10,6 +10,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from appliance.errors import ApplianceError
 from evals import metrics as M
+from evals.prompts import parse_json, read_text, refuse_bad_text
 
 # Per-model keys of report.json (sets are under "sets"); the gate accepts these and SET.KEY.
 MODEL_KEYS = ("n", "errors", "bleu4", "rouge1", "rouge2", "rougeL", "identity_hit_rate", "identity_zh_hit_rate",
@@ -27,6 +29,16 @@ MODEL_KEYS = ("n", "errors", "bleu4", "rouge1", "rouge2", "rougeL", "identity_hi
 SET_KEYS = ("n", "bleu4", "rouge1", "rouge2", "rougeL", "hit_rate", "leak_rate", "accuracy", "name_leak_rate",
             "name_leak_count")
 REQUIRED_FIELDS = ("model", "role", "prompt", "answer", "kind", "set", "latency_ms", "started_at", "name", "author")
+# The roles `appliance eval` writes (appliance.evaluate.roles): before, after, or after1, after2 ... with several
+# --after models (the pipeline's one report uses before, after1, after2). Any other role would be one more model.
+ROLE = re.compile(r"before|after|after[1-9][0-9]*")
+# Metrics that are fractions (0.95 is 95%; report.md and the summary table show them x100).
+RATE_KEYS = ("identity_hit_rate", "identity_zh_hit_rate", "identity_en_hit_rate", "identity_leak_rate",
+             "general_accuracy", "name_leak_rate")
+SET_RATE_KEYS = ("hit_rate", "leak_rate", "accuracy", "name_leak_rate")
+ANSWERS_FIX = "pass the answers.jsonl written by `appliance eval` (or the report folder that holds it)"
+ROW_FIX = ("each line must be one complete JSON object as `appliance eval` writes it; "
+           "re-run the eval to write the file again")
 # what a report folder holds; all four are replaced together
 REPORT_FILES = ("answers.jsonl", "report.json", "report.md", "report.html")
 
@@ -55,6 +67,8 @@ def _check_row(row: dict, where: str) -> dict:
     for key in ("prompt", "answer"):
         if not isinstance(row[key], str):
             raise wrong(key, "a string")
+    if not ROLE.fullmatch(row["role"]):
+        raise wrong("role", '"before", "after" or "after1", "after2", ... (the roles `appliance eval` writes)')
     if row["kind"] not in ("identity", "general"):
         raise wrong("kind", '"identity" or "general"')
     for key in ("reference", "lang", "error"):
@@ -86,35 +100,42 @@ def parse_answers(text: str, source: str | Path) -> list[dict]:
             continue
         where = f"{source} line {n}"
         try:
-            row = json.loads(line)
+            row = parse_json(line, where, ROW_FIX)
         except json.JSONDecodeError as e:
-            raise ApplianceError(f"{where}: invalid JSON ({e.msg})") from None
+            # a file cut off mid-write, or not text at all: say what a line must be, not only where parsing stopped
+            raise ApplianceError(f"{where}: invalid JSON at column {e.colno} ({e.msg}); {ROW_FIX}") from None
         if not isinstance(row, dict):
             raise ApplianceError(f"{where}: expected a JSON object per line; it was not written by `appliance eval`")
+        # checked before anything is scored: the report could not be written with it (no UTF-8 file holds one)
+        refuse_bad_text(row, where, "remove it or re-run `appliance eval` to write the file again")
         missing = [f for f in REQUIRED_FIELDS if f not in row]
         if missing:
             raise ApplianceError(f"{where}: missing {', '.join(missing)}; it was not written by `appliance eval`")
         rows.append(_check_row(row, where))
     if not rows:
-        raise ApplianceError(f"{source}: no answers in it")
+        raise ApplianceError(f"{source}: no answers in it (the file is empty); {ANSWERS_FIX}")
     return rows
 
 
-def _read_answers(p: Path) -> str:
-    if not p.is_file():
-        raise ApplianceError(f"{p}: answers file not found; pass the answers.jsonl written by `appliance eval`")
-    try:
-        return p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ApplianceError(f"{p}: not UTF-8 text; pass the answers.jsonl written by `appliance eval`") from None
-    except OSError as e:
-        raise ApplianceError(f"{p}: cannot read it ({e.strerror})") from None
+def answers_file(path: Path) -> Path:
+    """``path``, or the answers.jsonl in it when it is a folder (``--from-answers reports/archer``)."""
+    if not path.is_dir():
+        return path
+    own = path / "answers.jsonl"
+    if not os.path.lexists(own):
+        raise ApplianceError(f"{path}: is a folder without an answers.jsonl; {ANSWERS_FIX}")
+    return own
+
+
+def read_answers(p: Path) -> str:
+    """An answers file's text; a missing or unreadable one is a one-line error naming it."""
+    return read_text(p, ANSWERS_FIX, what="answers file")
 
 
 def load_answers(path: str | Path) -> list[dict]:
-    """Rows of an answers.jsonl, checked for the fields the report needs."""
-    p = Path(path)
-    return parse_answers(_read_answers(p), p)
+    """Rows of an answers.jsonl (or of the one in a report folder), checked for the fields the report needs."""
+    p = answers_file(Path(path))
+    return parse_answers(read_answers(p), p)
 
 
 def _r(x: float | None) -> float | None:
@@ -224,8 +245,21 @@ def parse_rules(fail_under=(), fail_over=(), max_drop=(), max_rise=()) -> list[R
             if metric not in (SET_KEYS if "." in key else MODEL_KEYS):
                 known = ", ".join(SET_KEYS if "." in key else MODEL_KEYS)
                 raise ApplianceError(f"{flag} {spec}: unknown metric '{metric}'; use one of {known} (or SET.KEY)")
+            _check_reachable(flag, spec, op, metric in (SET_RATE_KEYS if "." in key else RATE_KEYS), value)
             rules.append(Rule(op, key, value))
     return rules
+
+
+def _check_reachable(flag: str, spec: str, op: str, is_rate: bool, value: float) -> None:
+    """Refuse a threshold that can never decide anything: the gate would pass or fail whatever the models answer."""
+    if op in ("max_drop", "max_rise") and value < 0:
+        change = "drop" if op == "max_drop" else "rise"
+        raise ApplianceError(f"{flag} {spec}: a negative {change} is not a limit; give how much it may {change} "
+                             "(0 for not at all)")
+    if is_rate and not 0 <= value <= 1:
+        # the summary table and report.md show rates in %, so 95 is the natural mistake for 0.95
+        example = f"write {value / 100:g} for {value:g}%" if 1 < value <= 100 else "write 0.95 for 95%"
+        raise ApplianceError(f"{flag} {spec}: rates are 0-1: {example}")
 
 
 def metric_value(model: dict, key: str) -> float | None:
@@ -265,6 +299,22 @@ def apply_gate(report: dict, rules: list[Rule]) -> dict:
             elif rule.op == "fail_over" and v > rule.value:
                 failures.append(f"{where} = {v:.4g}, over {rule.value:g}")
     return {"passed": not failures, "failures": failures, "rules": [str(r) for r in rules]}
+
+
+def _utf8(value: object) -> object:
+    """``value`` with every string made writable as UTF-8.
+
+    ``run`` holds paths and flags as given: a file or folder name in another encoding than UTF-8 reads
+    as lone surrogates, which would stop report.json from being written after the whole eval; it is
+    written escaped (``\\udcff``) instead.
+    """
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_utf8(k): _utf8(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_utf8(v) for v in value]
+    return value
 
 
 def _publish(out: Path, texts: dict[str, str]) -> None:
@@ -339,11 +389,11 @@ def write_report(out_dir: str | Path, rules: list[Rule] = (), run: dict | None =
     src = Path(answers_path) if answers_path else own
     fresh = answers_text is not None
     if answers_text is None:
-        answers_text = _read_answers(src)
+        answers_text = read_answers(src)
     rows = parse_answers(answers_text, own if fresh else src)
     report = compute(rows)
     report["gate"] = apply_gate(report, list(rules))
-    report["run"] = {**(run or {}), "answers": str(own), "report_dir": str(out)}
+    report["run"] = _utf8({**(run or {}), "answers": str(own), "report_dir": str(out)})
     # everything is rendered before anything is written: a failure leaves the previous report whole
     texts = {"report.json": json.dumps(report, indent=2, ensure_ascii=False) + "\n",
              "report.md": render_md(report, rows), "report.html": render_html(report, rows)}

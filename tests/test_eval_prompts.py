@@ -360,3 +360,72 @@ def test_eval_code_imports_no_training_libraries(tmp_path):
             "assert not bad, bad\n")
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+
+
+# ---------------------------------------------------------------- input that cannot be read or sent
+@pytest.mark.parametrize("name,text,needle", [
+    ("ours.jsonl", '{"prompt": "ok"}\n{"prompt": "hi \\ud800 there"}\n', "line 2: field 'prompt' holds"),
+    ("ref.jsonl", '{"prompt": "hi", "reference": "x\\udfff"}\n', "line 1: field 'reference' holds"),
+    ("expect.jsonl", '{"prompt": "hi", "expect": ["a", "\\ud800"]}\n', "line 1: field 'expect[1]' holds"),
+    ("hist.jsonl", '{"prompt": "hi", "history": [{"role": "user", "content": "\\udc00"}]}\n',
+     "line 1: field 'history[0].content' holds"),
+    ("alpaca.json", '[{"instruction": "a", "output": "b"}, {"instruction": "\\ud83d", "output": "b"}]',
+     "record 2: field 'instruction' holds"),
+    ("sg.json", '[{"conversations": [{"from": "human", "value": "x\\ud800"}]}]', "record 1: field 'conversations[0].value' holds"),
+    ("list.json", '["fine", "bad \\ud800"]', "record 2: the record holds"),
+    ("key.jsonl", '{"prompt": "hi", "\\ud800": 1}\n', "line 1: a key holds"),
+])
+def test_unpaired_surrogates_are_refused_when_loading(tmp_path, name, text, needle):
+    """Found only when answers.jsonl was written, they cost every request of the eval (and left an empty folder)."""
+    f = tmp_path / name
+    f.write_text(text, encoding="utf-8")
+    msg = _one_line_error(f, f"{f} ", needle, "an unpaired surrogate", "remove it")
+    assert msg.encode("utf-8")  # printable: the character is shown escaped, not raw
+
+
+def test_a_surrogate_in_a_dataset_info_entry_is_named(tmp_path):
+    (tmp_path / "dataset_info.json").write_text('{"x": {"file_name": "d\\ud800.json"}}', encoding="utf-8")
+    _one_line_error(tmp_path, "dataset_info.json: field 'x.file_name' holds an invalid character")
+
+
+@pytest.mark.parametrize("name,text,needle", [
+    ("deep.json", "[" * 5000, "deep.json: JSON nested too deeply"),
+    ("deep.jsonl", '{"prompt": "ok"}\n' + "[" * 5000 + "\n", "deep.jsonl line 2: JSON nested too deeply"),
+    ("big.json", '[{"prompt": "x", "n": ' + "9" * 5000 + "}]", "big.json: holds a number with more than"),
+    ("big.jsonl", '{"prompt": "x", "n": ' + "9" * 5000 + "}\n", "big.jsonl line 1: holds a number with more than"),
+])
+def test_json_python_cannot_read_is_a_one_line_error(tmp_path, name, text, needle):
+    f = tmp_path / name
+    f.write_text(text, encoding="utf-8")
+    _one_line_error(f, needle)
+
+
+def test_unreadable_prompt_files_are_named(tmp_path):
+    loop = tmp_path / "loop.json"
+    loop.symlink_to(loop.name)  # ln -s loop.json loop.json
+    _one_line_error(loop, f"{loop}: cannot read it (Too many levels of symbolic links)")
+    dangling = tmp_path / "gone.jsonl"
+    dangling.symlink_to(tmp_path / "missing.jsonl")
+    _one_line_error(dangling, f"{dangling}: file not found (a symbolic link to a missing file)")
+    _one_line_error(Path("/dev/null"), "/dev/null: not a regular file")
+    with pytest.raises(ApplianceError, match="--prompts is empty"):
+        load_prompts([""], NAME, AUTHOR)
+
+
+def test_a_jsonl_syntax_error_says_where_and_what_a_line_must_be(tmp_path):
+    f = tmp_path / "cut.jsonl"
+    f.write_text('{"prompt": "a"}\n{"prompt": "unterminated\n', encoding="utf-8")
+    _one_line_error(f, "cut.jsonl line 2: invalid JSON at column 12 (Unterminated string starting at)",
+                    "each line must hold one complete JSON object")
+
+
+def test_a_string_expect_is_one_accepted_answer_in_prompt_files_as_in_answers(tmp_path):
+    """--prompts and --from-answers read `"expect": "Paris"` alike: one accepted answer, not five letters."""
+    from evals.report import parse_answers
+
+    f = _write(tmp_path / "e.jsonl", [{"prompt": "What is the capital of France?", "expect": "Paris"}], jsonl=True)
+    (p,) = load_prompt_file(f, NAME, AUTHOR)
+    assert (p.expect, p.kind, p.set) == (["Paris"], "general", "general")
+    row = {"model": "m", "role": "before", "prompt": p.prompt, "answer": "Paris.", "kind": "general", "set": "general",
+           "latency_ms": 1.0, "started_at": 0.0, "name": NAME, "author": AUTHOR, "expect": "Paris"}
+    assert parse_answers(json.dumps(row), "a.jsonl")[0]["expect"] == p.expect

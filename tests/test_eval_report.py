@@ -360,6 +360,8 @@ def fake_server():
     class Handler(BaseHTTPRequestHandler):
         models = b""
         chat = b""
+        seen: list[str] = []  # "GET /v1/models", "POST /v1/chat/completions": what reached the server
+
 
         def _answer(self, body: bytes, ctype: str) -> None:
             self.send_response(200)
@@ -369,9 +371,11 @@ def fake_server():
             self.wfile.write(body)
 
         def do_GET(self):
+            Handler.seen.append(f"GET {self.path}")
             self._answer(Handler.models, "application/json")
 
         def do_POST(self):
+            Handler.seen.append(f"POST {self.path}")
             self.rfile.read(int(self.headers.get("Content-Length", 0)))
             self._answer(Handler.chat, "text/event-stream")
 
@@ -428,3 +432,198 @@ def test_from_answers_without_output_keeps_the_answers_next_to_it(answers):
     copy.write_text(original, encoding="utf-8")
     code, out = _cli("--from-answers", str(copy))
     assert code == 0, out
+
+
+# ---------------------------------------------------------------- input found bad before any request is sent
+SERVED = b'{"object": "list", "data": [{"id": "smollm2-135m"}, {"id": "archer"}]}'
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--prompts", "{surrogate}"], "line 1: field 'prompt' holds an invalid character (an unpaired surrogate, \\ud800"),
+    (["--prompts", "{deep}"], "line 1: JSON nested too deeply"),
+    (["--prompts", "{loop}"], "cannot read it (Too many levels of symbolic links)"),
+    (["--old-identity", ",,,"], "--old-identity ',,,': no marker in it"),
+    (["--old-identity", " , "], "--old-identity ' , ': no marker in it"),
+    (["--after", "\udcff"], "--after '\\udcff': holds an invalid character"),
+    (["--name", "Arch\udcffer"], "--name 'Arch\\udcffer': holds an invalid character"),
+    (["--output", ""], "--output is empty"),
+    (["--url", "{url}/api"], "/api is not an OpenAI API base"),
+])
+def test_bad_input_is_refused_before_any_request(fake_server, tmp_path, args, needle):
+    """One line, exit 2, no request reached the server and no output folder was left behind."""
+    handler, url = fake_server
+    handler.models, handler.chat, handler.seen = SERVED, CHUNK, []
+    (tmp_path / "surrogate.jsonl").write_text('{"prompt": "hi \\ud800 there"}\n', encoding="utf-8")
+    (tmp_path / "deep.jsonl").write_text("[" * 5000 + "\n", encoding="utf-8")
+    (tmp_path / "loop.json").symlink_to("loop.json")
+    args = [a.format(surrogate=tmp_path / "surrogate.jsonl", deep=tmp_path / "deep.jsonl", loop=tmp_path / "loop.json",
+                     url=url) for a in args]
+    base = ["--url", url, "--before", "smollm2-135m", "--prompts", "general", "--output", str(tmp_path / "r")]
+    code, out = _cli(*base, *args)
+    assert code == 2 and out.startswith("error: ") and needle in out, out
+    assert "Traceback" not in out and out.count("\n") == 1
+    assert handler.seen == [] and not (tmp_path / "r").exists()
+
+
+def test_a_lone_surrogate_in_a_server_answer_does_not_lose_the_eval(fake_server, tmp_path):
+    """The server's text is not input to refuse: written as U+FFFD, the report is still written."""
+    handler, url = fake_server
+    handler.models, handler.chat = SERVED, CHUNK.replace(b'"Paris"', rb'"Paris \ud800"')
+    code, out = _cli("--url", url, "--before", "smollm2-135m", "--prompts", "general", "--output", str(tmp_path / "r"))
+    assert "Traceback" not in out and code in (0, 1), out
+    rows = [json.loads(line) for line in (tmp_path / "r" / "answers.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert rows and all(r["answer"] == "Paris \ufffd" for r in rows)
+
+
+@pytest.mark.parametrize("url,base", [
+    ("http://127.0.0.1:8399", "http://127.0.0.1:8399/v1"),
+    ("http://127.0.0.1:8399/v1/", "http://127.0.0.1:8399/v1"),
+    ("http://127.0.0.1:8399/v1/chat/completions", "http://127.0.0.1:8399/v1"),
+    ("http://127.0.0.1:8399/v1/completions/", "http://127.0.0.1:8399/v1"),
+    ("https://example.org/v1/models", "https://example.org/v1"),
+    ("http://gateway:8080/vllm/v1/chat/completions", "http://gateway:8080/vllm/v1"),
+])
+def test_endpoint_urls_are_cut_back_to_v1(url, base):
+    from appliance.evaluate import base_url
+
+    assert base_url(url) == base
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8399/chat/completions", "http://127.0.0.1:8399/api",
+                                 "http://127.0.0.1:8399/v1/embeddings", "http://127.0.0.1:8399/v2"])
+def test_other_url_paths_are_refused_with_the_forms_that_work(url):
+    from appliance.evaluate import base_url
+
+    with pytest.raises(ApplianceError) as e:
+        base_url(url)
+    msg = str(e.value)
+    assert msg.startswith(f"--url {url}: ") and "is not an OpenAI API base" in msg
+    assert "--url http://127.0.0.1:8399)" in msg and "--url http://127.0.0.1:8399/v1)" in msg
+
+
+# ---------------------------------------------------------------- answers rows that cannot be read
+@pytest.mark.parametrize("change,field", [
+    ({"prompt": "hi \ud800 there"}, "prompt"), ({"reference": "x\udfff"}, "reference"),
+    ({"expect": ["\ud800"]}, "expect[0]"), ({"answer": "\udc80"}, "answer"),
+])
+def test_a_surrogate_in_an_answers_row_is_refused_before_writing(tmp_path, change, field):
+    rows = [_rows()[0], {**_rows()[1], **change}]
+    bad = tmp_path / "bad.jsonl"
+    # json.dumps escapes the lone surrogate (\ud800), as the tester wrote it
+    bad.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    code, out = _cli("--from-answers", str(bad), "--output", str(tmp_path / "out"))
+    assert code == 2 and out.startswith(f"error: {bad} line 2: field '{field}' holds an invalid character"), out
+    assert "Traceback" not in out and out.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("line,needle", [
+    ("[" * 5000, "line 2: JSON nested too deeply"),
+    ('{"model": ' + "9" * 5000 + "}", "line 2: holds a number with more than"),
+])
+def test_answers_json_python_cannot_read_is_a_one_line_error(tmp_path, line, needle):
+    f = tmp_path / "a.jsonl"
+    f.write_text(json.dumps(_rows()[0]) + "\n" + line + "\n", encoding="utf-8")
+    code, out = _cli("--from-answers", str(f), "--output", str(tmp_path / "out"))
+    assert code == 2 and f"{f} {needle}" in out and "Traceback" not in out and out.count("\n") == 1, out
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("content", [b'{"model": "m", "role": "bef', b"\x00\x01\x02binary\n"])
+def test_a_cut_off_or_binary_answers_file_says_how_to_fix_it(tmp_path, content):
+    f = tmp_path / "cut.jsonl"
+    f.write_bytes(json.dumps(_rows()[0]).encode() + b"\n" + content)
+    code, out = _cli("--from-answers", str(f), "--output", str(tmp_path / "out"))
+    assert code == 2 and f"{f} line 2: invalid JSON at column" in out, out
+    assert "each line must be one complete JSON object as `appliance eval` writes it; re-run the eval" in out
+
+
+@pytest.mark.parametrize("role", ["middle", "after0", "After", "after01", "before1"])
+def test_a_role_eval_never_writes_is_refused(tmp_path, role):
+    """It would show as one more model column in the report."""
+    bad = _write_rows(tmp_path / "bad.jsonl", [_rows()[0], {**_rows()[1], "role": role}])
+    code, out = _cli("--from-answers", str(bad), "--output", str(tmp_path / "out"))
+    assert code == 2 and f"line 2: 'role' must be \"before\", \"after\" or \"after1\", \"after2\"" in out, out
+
+
+def test_the_roles_of_several_afters_and_of_the_pipeline_are_read(tmp_path):
+    rows = _rows() + [{**r, "role": "after2", "model": "merged"} for r in _rows() if r["role"] == "after"]
+    rows = [{**r, "role": "after1"} if r["role"] == "after" else r for r in rows]
+    f = _write_rows(tmp_path / "three.jsonl", rows)
+    assert list(recompute(f)["models"]) == ["before", "after1", "after2"]
+
+
+def test_from_answers_takes_a_report_folder_and_refuses_what_is_not_an_answers_file(tmp_path, answers):
+    out = tmp_path / "out"
+    code, output = _cli("--from-answers", str(answers.parent), "--output", str(out))
+    assert code == 0 and (out / "answers.jsonl").read_text(encoding="utf-8") == answers.read_text(encoding="utf-8")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    loop = tmp_path / "loop.jsonl"
+    loop.symlink_to(loop.name)
+    (tmp_path / "blank.jsonl").write_text("\n  \n", encoding="utf-8")
+    for arg, needle in ((empty, "is a folder without an answers.jsonl"), ("/dev/null", "not a regular file"),
+                        (loop, "cannot read it (Too many levels of symbolic links)"),
+                        (tmp_path / "blank.jsonl", "no answers in it (the file is empty)")):
+        code, output = _cli("--from-answers", str(arg), "--output", str(tmp_path / "never"))
+        assert code == 2 and output.startswith(f"error: {arg}: {needle}"), output
+        assert "Traceback" not in output and output.count("\n") == 1 and not (tmp_path / "never").exists()
+
+
+def test_relative_from_answers_and_output_name_the_same_folder(tmp_path, answers, appliance_home, monkeypatch):
+    """Both look in the current directory first, then under $APPLIANCE_HOME, where a new --output is made."""
+    cwd = tmp_path / "cwd"
+    (cwd / "out").mkdir(parents=True)
+    answers.parent.rename(cwd / "out" / "r")
+    monkeypatch.chdir(cwd)
+    code, out = _cli("--from-answers", "out/r/answers.jsonl", "--output", "out/r")
+    assert code == 0, out
+    assert (cwd / "out" / "r" / "report.json").is_file() and not (appliance_home / "out").exists()
+    # a new folder goes under $APPLIANCE_HOME, and is then found there from anywhere
+    code, out = _cli("--from-answers", "out/r", "--output", "out/new")
+    assert code == 0 and (appliance_home / "out" / "new" / "answers.jsonl").is_file(), out
+    monkeypatch.chdir(tmp_path)
+    code, out = _cli("--from-answers", "out/new/answers.jsonl", "--output", "out/new")
+    assert code == 0 and f"report: {appliance_home / 'out' / 'new'}/report.md" in out, out
+    code, out = _cli("--from-answers", "nope/answers.jsonl")
+    assert code == 2 and f"answers file not found (looked in {tmp_path} and {appliance_home})" in out
+
+
+def test_an_empty_output_is_refused(answers, tmp_path):
+    code, out = _cli("--from-answers", str(answers), "--output", "")
+    assert code == 2 and "--output is empty" in out and out.count("\n") == 1
+
+
+# ---------------------------------------------------------------- gate values that can never decide anything
+@pytest.mark.parametrize("args,needle", [
+    (["--fail-under", "identity_hit_rate=95"], "rates are 0-1: write 0.95 for 95%"),
+    (["--fail-over", "identity_leak_rate=5"], "rates are 0-1: write 0.05 for 5%"),
+    (["--fail-under", "identity_zh.hit_rate=-0.5"], "rates are 0-1"),
+    (["--fail-under", "general.accuracy=200"], "rates are 0-1"),
+    (["--max-drop", "general_accuracy=5"], "rates are 0-1: write 0.05 for 5%"),
+    (["--max-drop", "identity_hit_rate=-0.1"], "a negative drop is not a limit"),
+    (["--max-rise", "ttft_p50_ms=-10"], "a negative rise is not a limit"),
+    (["--max-drop", "general_correct=-1"], "a negative drop is not a limit"),
+])
+def test_gate_values_that_can_never_pass_or_fail_exit_2(answers, args, needle):
+    code, out = _cli("--from-answers", str(answers), *args)
+    assert code == 2 and out.startswith(f"error: {args[0]} {args[1]}: ") and needle in out, out
+
+
+@pytest.mark.parametrize("spec", ["identity.bleu4=86.1", "open.rougeL=100", "ttft_p95_ms=5000", "requests_per_s=0.1",
+                                  "identity_hit_rate=0", "identity_hit_rate=1", "name_leak_count=3"])
+def test_unbounded_metrics_and_rates_within_0_1_are_accepted(spec):
+    assert parse_rules(fail_under=[spec], max_drop=[spec])
+
+
+def test_a_prompt_file_name_that_is_not_utf8_does_not_lose_the_eval(fake_server, tmp_path):
+    """Its name reaches answers.jsonl (source) and report.json (config): both are written, escaped."""
+    handler, url = fake_server
+    handler.models, handler.chat = SERVED, CHUNK
+    odd = Path(os.fsdecode(bytes(tmp_path) + b"/\xff.jsonl"))  # the name Python gives a Latin-1 file name
+    odd.write_text('{"prompt": "What is the capital of France?", "expect": ["Paris"]}\n', encoding="utf-8")
+    code, out = _cli("--url", url, "--before", "smollm2-135m", "--prompts", str(odd), "--output", str(tmp_path / "r"))
+    assert code == 0 and "Traceback" not in out, out
+    (row,) = [json.loads(line) for line in (tmp_path / "r" / "answers.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert row["source"] == "\\udcff"
+    report = json.loads((tmp_path / "r" / "report.json").read_text(encoding="utf-8"))
+    assert report["run"]["config"]["prompts"] == [str(tmp_path) + "/\\udcff.jsonl"]

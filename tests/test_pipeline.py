@@ -240,5 +240,5 @@ def test_pipeline_checks_the_train_config_before_pulling(tmp_path, monkeypatch, 
     monkeypatch.setattr(models, "resolve_pullable", lambda *a, **k: pytest.fail("pulled before checking the config"))
     bad = tmp_path / "run.yaml"
     bad.write_text("max_steps: 0\n", encoding="utf-8")
-    with pytest.raises(ApplianceError, match="--max-steps must be -1"):
+    with pytest.raises(ApplianceError, match="run.yaml: max_steps must be -1"):
         pl.pipeline(pl.PipelineConfig(train_config=str(bad)), echo=lambda s: None)
