@@ -362,7 +362,7 @@ def eval_cmd(url, before, after, prompts, name, author, output, concurrency, max
               help="Gate on the adapter and merged model, METRIC=VALUE (repeatable).")
 @click.option("--prompts", "prompts", multiple=True, help="Eval prompt file or built-in set (repeatable) [default: all built-in sets].")
 @click.option("--max-tokens", type=int, default=64, show_default=True, help="Longest answer in the eval.")
-@click.option("--concurrency", type=int, default=None, help="Eval requests in flight per model [default: 128].")
+@click.option("--concurrency", type=int, default=None, help="Eval requests in flight per model [default: 64].")
 @click.option("--force", is_flag=True, help="Redo every stage, even those already done.")
 def pipeline(**kw) -> None:
     """The whole job: pull, train, merge, up, eval base vs adapter vs merged, report, down."""

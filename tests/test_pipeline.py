@@ -184,7 +184,7 @@ def test_cli_leaves_unset_options_to_the_config_defaults(monkeypatch):
     seen = []
     monkeypatch.setattr(pl, "pipeline", lambda cfg, echo=print: seen.append(cfg) or {"report": {}})
     assert CliRunner().invoke(main, ["pipeline"]).exit_code == 0
-    assert seen[0] == pl.PipelineConfig()  # e.g. concurrency 128, not a second default in the CLI
+    assert seen[0] == pl.PipelineConfig()  # e.g. concurrency 64, not a second default in the CLI
     assert CliRunner().invoke(main, ["pipeline", "--concurrency", "8"]).exit_code == 0
     assert seen[1].concurrency == 8
 
