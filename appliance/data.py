@@ -8,18 +8,17 @@ See data/README.md for the formats.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
 import shlex
-import stat
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
 from appliance import paths
+from appliance.datafiles import (_a, _fail, _parse, _probe, _read_json_file, _read_text, _short, _show, _syntax_error,
+                                 _user_path)
 from appliance.errors import ApplianceError
 
 SUFFIXES = (".json", ".jsonl")
@@ -68,117 +67,10 @@ def fingerprint(examples: list[Example]) -> str:
     return "sha256:" + hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _fail(msg: str) -> NoReturn:
-    # A lone surrogate (from the data, or a file name that is not UTF-8) would make printing the message crash.
-    msg = msg.encode("utf-8", "backslashreplace").decode("utf-8")
-    raise ApplianceError(" ".join(msg.splitlines()))
-
-
-def _show(path: Path) -> str:
-    """A path as the user would type it: relative to the current directory when inside it."""
-    try:  # realpath, unlike Path.resolve(), does not raise on a symlink loop
-        return str(Path(os.path.realpath(path)).relative_to(os.path.realpath(os.getcwd())))
-    except (ValueError, OSError):
-        return str(path)
-
-
-def _short(value: Any) -> str:
-    s = json.dumps(value, ensure_ascii=False)
-    return s if len(s) <= 40 else s[:37] + "..."
-
-
-def _a(value: Any) -> str:
-    """A value with its JSON type ("a number 5"; null and true/false alone), never Python's type (NoneType, dict)."""
-    kinds = {str: "a string ", list: "a list ", dict: "an object ", int: "a number ", float: "a number "}
-    return kinds.get(type(value), "") + _short(value)
-
-
-# ---------------------------------------------------------------- the filesystem
-def _os_error(shown: str, e: OSError, doing: str) -> NoReturn:
-    if e.errno == errno.ELOOP:
-        _fail(f"{shown}: a symbolic link loop (a link that points back to itself, directly or through other "
-              "links); fix or remove the link")
-    _fail(f"{shown}: cannot {doing} ({e.strerror or e}); check that it is a readable regular file")
-
-
-def _probe(path: Path, shown: str) -> str:
-    """"file", "dir", "other" or "missing". Path.exists()/is_file() would call a symlink loop missing and raise on
-    other errors (EACCES, a name too long); here a path that is there but cannot be reached fails naming it."""
-    try:
-        mode = path.stat().st_mode
-    except (FileNotFoundError, NotADirectoryError):
-        return "missing"
-    except OSError as e:
-        _os_error(shown, e, "reach it")
-    except ValueError:  # a NUL character, which only a config file can pass
-        _fail(f"{shown!r}: not a usable path (it holds a NUL character); check the path")
-    return "dir" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else "other"
-
-
-def _user_path(item: str) -> Path:
-    try:  # paths names a symlink loop itself; a NUL character (only a config file can pass one) raises ValueError
-        return paths.resolve_user_path(item)
-    except ValueError:
-        _fail(f"{item!r}: not a usable path (it holds a NUL character); check the path")
-
-
 def _use_name(folder: str, name: str) -> str:
     """How to load a registered dataset. Both `data check` and `train` call this module, so both forms."""
     d = shlex.quote(folder)
     return f"`appliance data check {name} --dataset-dir {d}` (train: `--dataset {name} --dataset-dir {d}`)"
-
-
-# ---------------------------------------------------------------- reading JSON
-def _read_text(path: Path) -> str:
-    shown = _show(path)
-    try:
-        return path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not an error
-    except FileNotFoundError:
-        _fail(f"{shown}: file not found; check the path")
-    except PermissionError:
-        _fail(f"{shown}: permission denied reading the file; make it readable (chmod a+r {shown})")
-    except UnicodeDecodeError as e:
-        _fail(f"{shown}: not UTF-8 text (byte {e.start}); re-save the file as UTF-8")
-    except OSError as e:
-        _os_error(shown, e, "read the file")
-
-
-def _parse(text: str, where: str) -> Any:
-    """``json.loads``, with JSON that is valid but beyond what Python reads turned into a one-line error.
-
-    Syntax errors (JSONDecodeError) are left to the caller, which knows how to point at them.
-    """
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        raise
-    except RecursionError:
-        _fail(f"{where}: JSON nested too deeply to read (lists or objects over about 1000 levels inside each "
-              "other); records must be flat objects of text fields")
-    except ValueError as e:
-        if "integer string conversion" in str(e):
-            _fail(f"{where}: holds a number with more than {sys.get_int_max_str_digits()} digits, which cannot be "
-                  "read; write it as a string (in quotes) or remove it")
-        _fail(f"{where}: cannot read the JSON ({e}); fix the value it names")
-
-
-def _syntax_error(shown: str, e: json.JSONDecodeError, line: int | None = None, fix: str = "") -> NoReturn:
-    """``file: line N column M: invalid JSON (what)``; ``line``: the line of a JSON-lines file that was parsed."""
-    what = e.msg[:1].lower() + e.msg[1:]
-    # Some of json's messages end in "at", expecting the position after them ("Unterminated string starting at").
-    what = what[:-3] + " here" if what.endswith(" at") else what
-    _fail(f"{shown}: line {line or e.lineno} column {e.colno}: invalid JSON ({what}); "
-          + (fix or f"fix the syntax (python -m json.tool {shown} shows where)"))
-
-
-def _read_json_file(path: Path, empty_fix: str) -> Any:
-    text = _read_text(path)
-    if not text.strip():
-        _fail(f"{_show(path)}: the file is empty; {empty_fix}")
-    try:
-        return _parse(text, _show(path))
-    except json.JSONDecodeError as e:
-        _syntax_error(_show(path), e)
 
 
 # ---------------------------------------------------------------- registry
