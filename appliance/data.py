@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from appliance import paths
-from appliance.datafiles import (_a, _fail, _parse, _probe, _read_json_file, _read_text, _short, _show, _syntax_error,
-                                 _user_path)
+from appliance.datafiles import (BAD_CHAR_FIX, _a, _fail, _probe, _read_json_file, _read_text, _short, _show,
+                                 _syntax_error, _user_path, bad_char)
+from appliance.datafiles import parse_json as _parse
 from appliance.errors import ApplianceError
 
 SUFFIXES = (".json", ".jsonl")
@@ -316,15 +317,9 @@ def _text(rec: dict, key: str, where: str, required: bool, fix: str = "", label:
 
 
 def _bad_char(value: str) -> str | None:
-    """What is wrong with text that is not valid Unicode (a lone surrogate, written as \\udXXX in JSON, or from
-    a command-line argument that is not UTF-8), else None. No tokenizer or UTF-8 file can hold such a character,
-    so it would fail later, mid-training."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as e:
-        return (f"an invalid character (an unpaired surrogate, \\u{ord(value[e.start]):04x} at position {e.start}); "
-                "remove it or write the character it was meant to be")
-    return None
+    """:func:`bad_char` with its fix, for the messages below."""
+    bad = bad_char(value)
+    return None if bad is None else f"{bad}; {BAD_CHAR_FIX}"
 
 
 def _alpaca(rec: dict, where: str, fmt: _Format) -> list[dict[str, str]]:

@@ -87,10 +87,11 @@ def _read_text(path: Path) -> str:
         _os_error(shown, e, "read the file")
 
 
-def _parse(text: str, where: str) -> Any:
+def parse_json(text: str, where: str, fix: str = "records must be flat objects of text fields") -> Any:
     """``json.loads``, with JSON that is valid but beyond what Python reads turned into a one-line error.
 
-    Syntax errors (JSONDecodeError) are left to the caller, which knows how to point at them.
+    Syntax errors (JSONDecodeError) are left to the caller, which knows how to point at them. Used by
+    both the training-data loader and the eval harness (evals/), so one file fails the same way in both.
     """
     try:
         return json.loads(text)
@@ -98,12 +99,29 @@ def _parse(text: str, where: str) -> Any:
         raise
     except RecursionError:
         _fail(f"{where}: JSON nested too deeply to read (lists or objects over about 1000 levels inside each "
-              "other); records must be flat objects of text fields")
+              f"other); {fix}")
     except ValueError as e:
         if "integer string conversion" in str(e):
             _fail(f"{where}: holds a number with more than {sys.get_int_max_str_digits()} digits, which cannot be "
                   "read; write it as a string (in quotes) or remove it")
         _fail(f"{where}: cannot read the JSON ({e}); fix the value it names")
+
+
+BAD_CHAR_FIX = "remove it or write the character it was meant to be"
+
+
+def bad_char(value: str) -> str | None:
+    """What is wrong with text that is not valid Unicode, else None.
+
+    A lone surrogate (``\\ud800`` written in JSON, or a command-line argument that is not UTF-8) can be
+    neither tokenized nor sent or written as UTF-8: found late, it would fail mid-training or after an
+    eval's requests.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"an invalid character (an unpaired surrogate, \\u{ord(value[e.start]):04x} at position {e.start})"
+    return None
 
 
 def _syntax_error(shown: str, e: json.JSONDecodeError, line: int | None = None, fix: str = "") -> NoReturn:
@@ -120,6 +138,6 @@ def _read_json_file(path: Path, empty_fix: str) -> Any:
     if not text.strip():
         _fail(f"{_show(path)}: the file is empty; {empty_fix}")
     try:
-        return _parse(text, _show(path))
+        return parse_json(text, _show(path))
     except json.JSONDecodeError as e:
         _syntax_error(_show(path), e)

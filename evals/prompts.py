@@ -12,10 +12,10 @@ import json
 import os
 import re
 import stat
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from appliance.datafiles import BAD_CHAR_FIX, bad_char, parse_json
 from appliance.errors import ApplianceError
 from evals.metrics import has_cjk
 
@@ -108,9 +108,8 @@ class _Mapping:
 
 
 # ---------------------------------------------------------------- reading input files
-# Shared with evals/report.py (--from-answers). The same failures read the same way as in `appliance train`'s
-# loader (appliance/data.py: _read_text, _parse, _bad_char), which evals does not import.
-BAD_CHAR_FIX = "remove it or write the character it was meant to be"
+# Shared with evals/report.py (--from-answers). JSON parsing and the character check are the training-data
+# loader's own (appliance/datafiles.py imports no training code); reading a file keeps eval's own messages.
 
 
 def read_text(path: Path, fix: str, what: str = "file") -> str:
@@ -137,39 +136,6 @@ def read_text(path: Path, fix: str, what: str = "file") -> str:
     except OSError as e:  # a symbolic link loop (ELOOP), a name too long, an I/O error ...
         raise ApplianceError(f"{path}: cannot read it ({e.strerror or e}); check that it is a readable regular "
                              "file") from None
-
-
-def parse_json(text: str, where: str, fix: str = "records must be flat objects of text fields") -> object:
-    """``json.loads``, with JSON that is valid but beyond what Python reads turned into a one-line error.
-
-    Syntax errors (JSONDecodeError) are left to the caller, which knows how to point at them.
-    """
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        raise
-    except RecursionError:
-        raise ApplianceError(f"{where}: JSON nested too deeply to read (lists or objects over about 1000 levels "
-                             f"inside each other); {fix}") from None
-    except ValueError as e:
-        if "integer string conversion" in str(e):
-            raise ApplianceError(f"{where}: holds a number with more than {sys.get_int_max_str_digits()} digits, "
-                                 "which cannot be read; write it as a string (in quotes) or remove it") from None
-        raise ApplianceError(f"{where}: cannot read the JSON ({e}); fix the value it names") from None
-
-
-def bad_char(value: str) -> str | None:
-    """What is wrong with text that is not valid Unicode, else None.
-
-    A lone surrogate (``\\ud800`` written in JSON, or a command-line argument that is not UTF-8) cannot be
-    sent as UTF-8 nor written to answers.jsonl: found only when the report is written, it would cost the
-    whole eval's requests.
-    """
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as e:
-        return f"an invalid character (an unpaired surrogate, \\u{ord(value[e.start]):04x} at position {e.start})"
-    return None
 
 
 def _child(field_path: str, key: str | int) -> str:

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from appliance.datafiles import parse_json
 from appliance.errors import ApplianceError
 from evals import metrics as M
-from evals.prompts import parse_json, read_text, refuse_bad_text
+from evals.prompts import read_text, refuse_bad_text
 
 # Per-model keys of report.json (sets are under "sets"); the gate accepts these and SET.KEY.
 MODEL_KEYS = ("n", "errors", "bleu4", "rouge1", "rouge2", "rougeL", "identity_hit_rate", "identity_zh_hit_rate",
