@@ -23,6 +23,7 @@ def _make_adapter(base: Path, out: Path, meta: dict | None) -> Path:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    torch.manual_seed(0)  # lora_A's random init: the same adapter whichever tests ran before in this process
     peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
     torch.manual_seed(1)
     with torch.no_grad():  # lora_B starts at zero; perturb it so the adapter changes the answers
