@@ -249,28 +249,15 @@ def _prepare_output(out: Path) -> list[Path]:
         if (out / name).is_dir() and not (out / name).is_symlink():
             raise ApplianceError(f"--output {out}: {out / name} is a folder, so the report cannot replace it; "
                                  "remove or rename it, or choose another --output")
-    created = []
-    for d in [out, *out.parents]:
-        if d.exists():
-            break
-        created.append(d)
+    created = [d for d in (out, *out.parents) if not d.exists()]  # for the error path: make_dirs may fail midway
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        created = paths.make_dirs(out)
         with tempfile.TemporaryFile(dir=out):
             pass
     except OSError as e:
-        _remove_empty(created)
+        paths.remove_empty_dirs(created)
         raise ApplianceError(f"--output {out}: cannot write there ({e.strerror}); choose a folder you can write to") from None
     return created
-
-
-def _remove_empty(dirs: list[Path]) -> None:
-    """Remove the folders an eval created (deepest first) while they are still empty."""
-    for d in dirs:
-        try:
-            d.rmdir()
-        except OSError:
-            return
 
 
 def run_eval(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> dict:
@@ -296,7 +283,7 @@ def run_eval(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
     try:
         rows, _ = asyncio.run(_run(cfg, prompts, progress or (lambda msg: None)))
     except BaseException:
-        _remove_empty(created)
+        paths.remove_empty_dirs(created)
         raise
     run = {"url": url, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
            "config": {k: v for k, v in asdict(cfg).items() if k not in ("api_key", "rules")}}

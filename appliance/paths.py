@@ -78,6 +78,25 @@ def refuse_file_on_path(out: Path, flag: str) -> None:
             return
 
 
+def make_dirs(d: Path) -> list[Path]:
+    """``mkdir -p d``; returns the folders it created, deepest first, for :func:`remove_empty_dirs` when the
+    stage that wanted them fails. An OSError (an unwritable parent) propagates for the caller to name its flag."""
+    created = [p for p in (d, *d.parents) if not p.exists()]
+    d.mkdir(parents=True, exist_ok=True)
+    return created
+
+
+def remove_empty_dirs(dirs: list[Path]) -> None:
+    """Remove folders (deepest first) that :func:`make_dirs` created, while they are empty."""
+    for d in dirs:
+        try:
+            d.rmdir()
+        except FileNotFoundError:  # already removed with its content
+            continue
+        except OSError:  # not empty: neither are its parents
+            return
+
+
 def read_json(path: Path, fix: str):
     """A JSON file's content; a file that is not UTF-8 JSON is a one-line error naming it, ending in ``fix``."""
     import json

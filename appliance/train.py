@@ -115,7 +115,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.retention and cfg.retention_samples and cfg.retention_prompts:
         data_mod.load_prompts(cfg.retention_prompts)  # checked now, not after the model has loaded
     ref = models.resolve(cfg.model)
-    _check_model_shape(cfg, ref.path)
+    _check_model_shape(cfg, ref.path, ref.name)
     fingerprint = data_mod.fingerprint(ident)
 
     from transformers import set_seed
@@ -131,24 +131,20 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     except BaseException:
         if not _last_checkpoint(stage / "checkpoints"):
             shutil.rmtree(stage, ignore_errors=True)  # nothing to resume: leave no empty staging folder behind
-            for d in made:  # nor the empty parents this run created for --output
-                if d.is_dir() and not any(d.iterdir()):
-                    d.rmdir()
+            paths.remove_empty_dirs(made)  # nor the empty parents this run created for --output
         raise
 
 
 def _make_dirs(stage: Path, output: str) -> list[Path]:
-    """Create the staging folder; returns the parents it created (deepest first), to remove on failure."""
-    missing = [d for d in (stage.parent, *stage.parent.parents) if not d.exists()]
+    """Create the staging folder; returns the folders it created, to remove on failure."""
     try:
-        stage.mkdir(parents=True, exist_ok=True)
+        return paths.make_dirs(stage)
     except OSError as e:
         raise ApplianceError(f"--output {output}: cannot create {stage.parent / Path(output).name} "
                              f"({e.strerror}); choose a --output in a folder you can write") from None
-    return missing
 
 
-def _check_model_shape(cfg: TrainConfig, path: str) -> None:
+def _check_model_shape(cfg: TrainConfig, path: str, name: str) -> None:
     """--lora-layers and --target-modules against the model's config, before its weights load."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -166,12 +162,21 @@ def _check_model_shape(cfg: TrainConfig, path: str) -> None:
             skeleton = AutoModelForCausalLM.from_config(mcfg)
     except Exception:  # an architecture transformers cannot build empty: the later check still runs
         return
-    names = {n.split(".")[-1] for n, m in skeleton.named_modules() if isinstance(m, torch.nn.Linear)}
-    wanted = [m.strip() for m in cfg.target_modules.split(",") if m.strip()]
+    _refuse_unknown_targets(cfg, skeleton, name)
+
+
+def _target_list(cfg: TrainConfig) -> list[str]:
+    return [m.strip() for m in cfg.target_modules.split(",") if m.strip()]
+
+
+def _refuse_unknown_targets(cfg: TrainConfig, model: Any, name: str) -> None:
+    """--target-modules must name linear layers of ``model`` (a meta-device skeleton or the loaded model)."""
+    names = {n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    wanted = _target_list(cfg)
     missing = [t for t in wanted if t not in names]
-    if missing:
-        raise ApplianceError(f"--target-modules {cfg.target_modules}: {', '.join(missing)} is not a linear layer of "
-                             f"{cfg.model}; use some of {', '.join(sorted(names))}, or all-linear")
+    if missing or not wanted:
+        raise ApplianceError(f"--target-modules {cfg.target_modules}: {', '.join(missing) or 'nothing'} is not a linear "
+                             f"layer of {name}; use some of {', '.join(sorted(names))}, or all-linear")
 
 
 # options a resumed run may change: how long it runs and how it is saved
@@ -243,15 +248,11 @@ def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any) -> d
                   f"{', '.join(srcs[:3])}{more}; raise --max-length to keep them whole", file=sys.stderr)
     prep_s = time.time() - t_data
 
-    targets = "all-linear" if cfg.target_modules in ("all", "all-linear") else [m.strip() for m in cfg.target_modules.split(",")]
+    targets = "all-linear" if cfg.target_modules in ("all", "all-linear") else _target_list(cfg)
     n_layers = int(model.config.num_hidden_layers)
     layers = cfg.adapted_layers(n_layers)
-    if isinstance(targets, list):
-        names = {n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-        missing = [t for t in targets if t not in names]
-        if missing or not targets:
-            raise ApplianceError(f"--target-modules {cfg.target_modules}: {', '.join(missing) or 'nothing'} is not a linear "
-                                 f"layer of {ref.name}; use some of {', '.join(sorted(names))}, or all-linear")
+    if isinstance(targets, list):  # checked before loading too, unless the skeleton could not be built
+        _refuse_unknown_targets(cfg, model, ref.name)
     if layers and isinstance(targets, str):
         # peft takes a layer subset only with module names: every linear layer's but the output head's
         head = model.get_output_embeddings()
