@@ -145,13 +145,16 @@ def _resolve_output(cfg: MergeConfig, adapter: Path) -> Path:
 
 
 def _existing_state(out: Path, adapter: Path, sha: str, dtype: str) -> str:
-    """'absent', 'same' (this adapter, these weights, this dtype) or 'other'."""
+    """'absent', 'same' (this adapter, these weights, this dtype), 'other' (another merge, or an empty
+    folder: --overwrite replaces it) or 'foreign' (a file, or a folder of other things: never replaced)."""
     if not out.exists():
         return "absent"
+    if out.is_dir() and not any(out.iterdir()):
+        return "other"
     try:
         m = read_meta(out, kind="merged-model")
     except ApplianceError:
-        return "other"
+        return "foreign"
     a = m.get("adapter") or {}
     same = a.get("path") == str(adapter) and a.get("sha256") == sha and m.get("dtype") == dtype
     complete = (out / "config.json").is_file() and _shards_complete(out)
@@ -204,10 +207,11 @@ def merge(cfg: MergeConfig) -> MergeResult:
     # resume relies on it); a missing or truncated shard makes the output "other", merged again
     if state == "same":
         return MergeResult(out, read_meta(out).get("verification"), already_merged=True, meta=read_meta(out))
-    if state == "other" and not cfg.overwrite:
+    if state == "foreign" and cfg.overwrite:
+        what = "a file" if not out.is_dir() else "not a merged model (no appliance.json of `appliance merge`)"
+        raise ApplianceError(f"--output {out}: is {what}, so --overwrite will not delete it; choose a new --output")
+    if state != "absent" and not cfg.overwrite:
         raise ApplianceError(f"--output {out}: already exists and is not this adapter merged as {dtype}; pass --overwrite to replace it or choose another --output")
-    if state == "other":
-        _refuse_foreign(out)
 
     _refuse_quantized(base_path)
     paths.refuse_file_on_path(out.parent, "--output")
@@ -230,19 +234,6 @@ def merge(cfg: MergeConfig) -> MergeResult:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return MergeResult(out, verification, meta=result_meta)
-
-
-def _refuse_foreign(out: Path) -> None:
-    """--overwrite replaces an earlier merge (or an empty folder), never a file or a folder of other things."""
-    if out.is_dir() and not any(out.iterdir()):
-        return
-    try:
-        if out.is_dir() and read_meta(out).get("kind") == "merged-model":
-            return
-    except ApplianceError:
-        pass
-    what = "a file" if not out.is_dir() else "not a merged model (no appliance.json of `appliance merge`)"
-    raise ApplianceError(f"--output {out}: is {what}, so --overwrite will not delete it; choose a new --output")
 
 
 def _check_shard_size(size: str) -> None:
