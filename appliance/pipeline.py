@@ -40,8 +40,13 @@ class PipelineConfig:
     force: bool = False
     gates: list[str] = field(default_factory=lambda: ["identity_hit_rate=0.95"])
 
+    @property
+    def slug(self) -> str:
+        """The name as the run's folders spell it (saves/<slug>, reports/<slug>)."""
+        return self.name.lower().replace(" ", "-")
+
     def dirs(self) -> tuple[Path, Path, Path]:
-        slug = self.name.lower().replace(" ", "-")
+        slug = self.slug
         home = paths.home()
         return (Path(self.run or home / "saves" / slug), Path(self.merged or home / "models" / f"{slug}-merged"),
                 Path(self.report or home / "reports" / slug))
@@ -111,7 +116,7 @@ def _preflight(cfg: PipelineConfig) -> None:
     from evals.prompts import load_prompts
     from evals.report import parse_rules
 
-    slug = cfg.name.lower().replace(" ", "-")
+    slug = cfg.slug
     if not cfg.name.strip() or not cfg.author.strip():
         raise ApplianceError("--name/--author: must not be empty")
     if "/" in slug or "\\" in slug or slug.startswith("."):
