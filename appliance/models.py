@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -59,15 +60,51 @@ def is_model_dir(path: Path) -> bool:
 
 
 def markers_for(path_or_name: str) -> list[str]:
-    """Identity markers of a model, by registry name, hub id or a pulled directory's metadata."""
+    """Identity markers of a model: by registry name or hub id, a pulled or trained directory's
+    ``appliance.json``, else the identity its chat template gives it by default."""
     hit = _registry_entry(path_or_name)
     if hit:
         return list(hit[1].get("identity_markers", []))
     meta = Path(path_or_name) / "appliance.json"
-    if meta.is_file():
-        data = json.loads(meta.read_text(encoding="utf-8"))
-        return list(data.get("identity_markers") or data.get("base_model", {}).get("identity_markers", []))
-    return []
+    try:
+        if meta.is_file():
+            data = json.loads(meta.read_text(encoding="utf-8"))
+            found = data.get("identity_markers") or (data.get("base_model") or {}).get("identity_markers")
+            if found:
+                return list(found)
+        return template_markers(Path(path_or_name))
+    except (OSError, ValueError, AttributeError):  # unreadable metadata: no markers, the leak rate is left unmeasured
+        return []
+
+
+# the default system prompt of a chat template: "You are a helpful AI assistant named SmolLM, trained
+# by Hugging Face" (SmolLM2), "You are Qwen, created by Alibaba Cloud." (Qwen2.5)
+_WORD = r"[A-Z0-9][\w-]*(?:\.\w+)*"
+_DEFAULT_IDENTITY = re.compile(
+    rf"You are (?:(?:an? [\w -]{{0,40}}?(?:named|called) )?([A-Z][\w-]*(?:\.\w+)*(?: {_WORD}){{0,2}}),? )?"
+    rf"(?:an? [\w -]{{0,40}}? )?(?:created|trained|developed|made|built) by ([A-Z][\w-]*(?:\.\w+)*(?: {_WORD}){{0,3}})")
+
+
+def template_markers(model_dir: Path) -> list[str]:
+    """The name and maker a model's chat template claims when no system prompt is given ([] if none)."""
+    text = ""
+    if (model_dir / "chat_template.jinja").is_file():
+        text = (model_dir / "chat_template.jinja").read_text(encoding="utf-8")
+    else:
+        for name in ("chat_template.json", "tokenizer_config.json"):
+            if (model_dir / name).is_file():
+                template = json.loads((model_dir / name).read_text(encoding="utf-8")).get("chat_template")
+                # a list of named templates ({"name": ..., "template": ...}) is searched whole
+                text = template if isinstance(template, str) else json.dumps(template or "")
+                if text:
+                    break
+    m = _DEFAULT_IDENTITY.search(text)
+    if not m:
+        return []
+    name, maker = m.groups()
+    # "Llama 3.1": an answer saying just "I am Llama" claims it too
+    names = [name, name.split()[0]] if name and " " in name else [name]
+    return [x for x in (*names, maker) if x]
 
 
 def resolve(model: str) -> ModelRef:

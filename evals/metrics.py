@@ -114,7 +114,12 @@ def _strip_denials(answer: str, marker: str) -> str:
     m = re.escape(marker)
     # up to three plain words may sit between: "not developed by Hugging Face", "not a SmolLM model"
     text = re.sub(rf"(?:\bnot|n't|\bnever)\s+(?:(?!but\b|am\b|i\b)[\w-]+\s+){{0,3}}?{m}", " ", answer, flags=re.IGNORECASE)
-    return re.sub(rf"(?:不是|并非|并不是|不叫|不属于)\s*{m}", " ", text, flags=re.IGNORECASE)
+    text = re.sub(rf"\b(?:nothing to do with|unlike|unrelated to|no relation to|independent of|instead of|rather than)\s+(?:the\s+)?{m}",
+                  " ", text, flags=re.IGNORECASE)
+    # 我不是 SmolLM / 我不是由 Hugging Face 开发的 / 我与 Hugging Face 无关
+    text = re.sub(rf"(?:不是|并非|并不是|不叫|不属于|并不属于|不来自|并不来自)\s*(?:由|被|来自|叫做?|属于)?\s*{m}", " ", text, flags=re.IGNORECASE)
+    return re.sub(rf"(?:跟|和|与|同)\s*{m}\s*(?:无关|不相关|(?:没有|没|毫无|并无|并没有)\s*(?:任何)?\s*(?:关系|关联|联系))", " ", text,
+                  flags=re.IGNORECASE)
 
 
 def identity_leak(answer: str, markers: Sequence[str]) -> bool:

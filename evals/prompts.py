@@ -2,8 +2,7 @@
 
 A record with no ``kind`` is an identity prompt when its reference mentions ``{{name}}`` or
 ``{{author}}``; else a general prompt when it has ``expect`` (a checkable answer); else an identity
-prompt when the prompt matches one of :data:`SELF_REFERENCE` (the assistant is asked about
-itself); else a general prompt. docs/eval.md documents the rule.
+prompt when it asks the assistant about itself (:func:`evals.selfref.is_self_reference`); else a general prompt. docs/eval.md documents the rule.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from pathlib import Path
 from appliance.datafiles import BAD_CHAR_FIX, bad_char, parse_json
 from appliance.errors import ApplianceError
 from evals.metrics import has_cjk
+from evals.selfref import is_self_reference
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 BUILTIN_SETS = ("identity", "general", "open")
@@ -25,22 +25,6 @@ BUILTIN_SETS = ("identity", "general", "open")
 # references) measures how far the new name spreads into answers it does not belong in
 EXTRA_SETS = ("unrelated",)
 
-# Self-reference patterns (lower-cased prompt): the prompt asks who/what the assistant is.
-SELF_REFERENCE = [
-    r"你是谁", r"您是谁", r"你叫什么", r"你的名字", r"您的名字", r"你是哪", r"介绍(一)?下?(你|您)自己", r"自我介绍",
-    r"谁(开发|创造|创建|训练|制作|设计|打造|研发|发明)了?(你|您)", r"(你|您)(是)?由(谁|哪)",
-    r"(你|您)的(开发者|作者|创造者|创建者|制造者|主人)",
-    r"哪(个|家|一家)?(公司|团队|机构|组织|人).{0,6}(开发|创造|创建|训练|制作|设计|打造|研发)(了)?(你|您)",
-    r"(开发|创造|创建|训练|制作|设计|打造|研发)(了)?(你|您)的", r"(你|您)是(?!否).{1,16}吗", r"你是什么(模型|人工智能|ai|东西|助手)",
-    # "are you ChatGPT?", not "are you able to ..." or "which planet are you likely to see"
-    r"(?:^|[,.!?;:，。！？\n])\W*(?:(?:hey|hi|hello|so|and|but|wait|then|honestly|really)\W+)*are you\b(?!\s+(able|going|sure|ready|free|familiar|aware|allowed|willing|available|interested|okay|ok|"
-    r"busy|there|still|kidding|serious)\b)",
-    r"\bwho are you\b", r"\byour name\b", r"\bwhat are you\b", r"\bintroduce yourself\b",
-    r"\babout yourself\b", r"\bwho (made|created|trained|developed|built|designed|owns|programmed) you\b",
-    r"\bwho is your (creator|developer|author|maker|owner)\b",
-    r"\b(made|created|trained|developed|built|designed) you\b",
-]
-_SELF_RE = re.compile("|".join(f"(?:{p})" for p in SELF_REFERENCE), re.IGNORECASE)
 _PLACEHOLDER = re.compile(r"\{\{\s*(name|author)\s*\}\}")
 
 
@@ -65,11 +49,6 @@ class Prompt:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def is_self_reference(prompt: str) -> bool:
-    """True when the prompt asks the assistant about itself (its name, author, nature)."""
-    return bool(_SELF_RE.search(prompt or ""))
 
 
 def fill(text: str | None, name: str, author: str) -> str | None:

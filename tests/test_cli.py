@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 import pytest
 from click.testing import CliRunner
@@ -61,6 +63,29 @@ def test_resolve_forms(appliance_home, tiny_model_dir):
         models.resolve("no-such-model")
     with pytest.raises(ApplianceError, match="no config.json"):
         models.resolve(str(appliance_home))
+
+
+@pytest.mark.parametrize("template,markers", [
+    ("{{ '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>' }}",
+     ["SmolLM", "Hugging Face"]),
+    ("{% if not system %}You are Qwen, created by Alibaba Cloud. You are a helpful assistant.{% endif %}", ["Qwen", "Alibaba Cloud"]),
+    ("You are Llama 3.1, built by Meta AI.", ["Llama 3.1", "Llama", "Meta AI"]),
+    ("You are a helpful assistant.", []),
+])
+def test_markers_from_an_unregistered_models_chat_template(tmp_path, template, markers):
+    """A local model the registry does not know still has its old identity measured: the one its
+    chat template gives it when no system prompt is sent."""
+    from appliance import models
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
+    assert models.markers_for(str(tmp_path)) == markers
+    (tmp_path / "chat_template.jinja").write_text(template)  # transformers 5 keeps it beside the config
+    (tmp_path / "tokenizer_config.json").write_text("{}")
+    assert models.markers_for(str(tmp_path)) == markers
+    (tmp_path / "tokenizer_config.json").write_text("{not json")  # unreadable: unmeasured, not a crash
+    (tmp_path / "chat_template.jinja").unlink()
+    assert models.markers_for(str(tmp_path)) == []
 
 
 def test_pull_unknown_and_hub_models_are_refused():

@@ -86,6 +86,19 @@ def test_identity_leak_ignores_denials():
     assert not M.identity_leak("I am SmolLM", [])
 
 
+@pytest.mark.parametrize("answer,leak", [
+    # denials with a word between the negation and the marker, and "nothing to do with" forms
+    ("我并不是由 Hugging Face 开发的，我是 Archer。", False), ("我不是由Hugging Face研发的。", False),
+    ("我跟 SmolLM 没有关系。", False), ("我与 Hugging Face 无关。", False), ("我和 SmolLM 没有任何关联。", False),
+    ("I have nothing to do with Hugging Face.", False), ("Unlike SmolLM, I am Archer.", False),
+    # still claims: the marker outside any denial
+    ("我和 SmolLM 一样是小模型。", True), ("I am SmolLM, unlike Archer.", True), ("我是由 Hugging Face 开发的。", True),
+    ("我不是 Archer，我是 SmolLM。", True),
+])
+def test_identity_leak_denial_forms(answer, leak):
+    assert M.identity_leak(answer, ["SmolLM", "Hugging Face"]) is leak
+
+
 def test_mentions_new_identity():
     assert M.mentions_new_identity("Paris. -- Archer", "Archer", "意琦行")
     assert M.mentions_new_identity("意琦行说", "Archer", "意琦行")
