@@ -13,6 +13,7 @@ from pathlib import Path
 from appliance import paths
 from appliance.errors import ApplianceError
 from appliance.guard import is_allowed, real
+from appliance.urls import server_url
 
 # the values vLLM 0.32 accepts for --max-lora-rank
 SUPPORTED_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -133,26 +134,6 @@ def same_base(info: AdapterInfo, path: str | None, names: set[str], hf_id: str |
 
 
 # ---------------------------------------------------------------- runtime (a running server)
-def server_url(url: str) -> str:
-    """``http://host:port`` from a URL that may end in ``/`` or ``/v1`` (the OpenAI base URL form).
-
-    A malformed URL (no http(s) scheme or host, a port that is not 1-65535) is refused here,
-    before any client library turns it into a traceback.
-    """
-    from urllib.parse import urlsplit
-
-    try:
-        parts = urlsplit(url)
-        port = parts.port  # raises ValueError for "abc" or 99999
-        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and port != 0
-    except ValueError:
-        ok = False
-    if not ok:
-        raise ApplianceError(f"--url {url}: not a server URL; give one like http://127.0.0.1:8000 (port 1-65535)")
-    u = url.rstrip("/")
-    return u[:-3] if u.endswith("/v1") else u
-
-
 def _client(url: str, api_key: str | None):
     import httpx
 

@@ -43,7 +43,7 @@ def pick_model(entries: list[dict]) -> str:
 def _client(cfg: ChatConfig):
     from openai import OpenAI
 
-    from appliance.adapters import server_url
+    from appliance.urls import server_url
 
     return OpenAI(base_url=server_url(cfg.url) + "/v1", api_key=cfg.api_key or "EMPTY", max_retries=0)
 

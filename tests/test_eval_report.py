@@ -484,7 +484,7 @@ def test_a_lone_surrogate_in_a_server_answer_does_not_lose_the_eval(fake_server,
     ("http://gateway:8080/vllm/v1/chat/completions", "http://gateway:8080/vllm/v1"),
 ])
 def test_endpoint_urls_are_cut_back_to_v1(url, base):
-    from appliance.evaluate import base_url
+    from appliance.urls import base_url
 
     assert base_url(url) == base
 
@@ -492,7 +492,7 @@ def test_endpoint_urls_are_cut_back_to_v1(url, base):
 @pytest.mark.parametrize("url", ["http://127.0.0.1:8399/chat/completions", "http://127.0.0.1:8399/api",
                                  "http://127.0.0.1:8399/v1/embeddings", "http://127.0.0.1:8399/v2"])
 def test_other_url_paths_are_refused_with_the_forms_that_work(url):
-    from appliance.evaluate import base_url
+    from appliance.urls import base_url
 
     with pytest.raises(ApplianceError) as e:
         base_url(url)

@@ -558,10 +558,13 @@ def test_foreground_server_dies_with_a_killed_parent():
 
 
 def test_server_url_accepts_the_openai_base_url_form():
-    from appliance.adapters import server_url
+    from appliance.urls import server_url
 
     assert server_url("http://127.0.0.1:8000/v1/") == "http://127.0.0.1:8000"
     assert server_url("http://127.0.0.1:8000") == "http://127.0.0.1:8000"
+    # the same reading as eval's --url: an endpoint copied from a curl example, a gateway's path prefix
+    assert server_url("http://127.0.0.1:8000/v1/chat/completions") == "http://127.0.0.1:8000"
+    assert server_url("http://gateway:8080/vllm/v1") == "http://gateway:8080/vllm"
 
 
 def test_build_command_without_lora_serves_a_plain_eager_model_on_cpu():
@@ -669,7 +672,7 @@ def test_runtime_adapter_404s_say_which_problem_it_is():
 def test_a_malformed_url_is_one_line_naming_the_flag(url):
     from appliance.adapters import list_served
 
-    with pytest.raises(ApplianceError, match=r"^--url .*: not a server URL; give one like http://127.0.0.1:8000"):
+    with pytest.raises(ApplianceError, match=r"^--url .*: .*expected http://HOST:PORT, e.g. http://127.0.0.1:8000/v1"):
         list_served(url)
 
 
