@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
@@ -76,11 +77,12 @@ def _is_word_char(c: str) -> bool:
 def contains_whole_word(text: str, needle: str) -> bool:
     """Case-insensitive match of ``needle`` as a whole word; CJK needles match as substrings.
 
-    "4" is found in "2+2 is 4." and "答案是4。" but not in "14" or "4th".
+    "4" is found in "2+2 is 4." and "答案是4。" but not in "14" or "4th"; full-width forms count as their
+    ASCII twins ("Ａｒｃｈｅｒ" is "Archer", "４" is "4"), as Chinese text often writes them.
     """
     if not needle:
         return False
-    hay, pat = (text or "").casefold(), needle.casefold()
+    hay, pat = unicodedata.normalize("NFKC", text or "").casefold(), unicodedata.normalize("NFKC", needle).casefold()
     if has_cjk(pat):
         return pat in hay
     start = hay.find(pat)
@@ -124,7 +126,8 @@ def _strip_denials(answer: str, marker: str) -> str:
 
 def identity_leak(answer: str, markers: Sequence[str]) -> bool:
     """The answer still claims an old identity marker (negated mentions such as "not SmolLM" excepted)."""
-    return any(contains_whole_word(_strip_denials(answer or "", mk), mk) for mk in markers if mk)
+    text = unicodedata.normalize("NFKC", answer or "")  # so a denial in full-width letters is seen as one
+    return any(contains_whole_word(_strip_denials(text, mk), mk) for mk in markers if mk)
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

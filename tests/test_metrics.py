@@ -86,6 +86,12 @@ def test_identity_leak_ignores_denials():
     assert not M.identity_leak("I am SmolLM", [])
 
 
+def test_full_width_forms_match_their_ascii_twins():
+    assert M.identity_hit("我是 Ａｒｃｈｅｒ，由 意琦行 研发。", "Archer", "意琦行")
+    assert M.is_correct("答案是４。", ["4"]) and not M.is_correct("答案是１４。", ["4"])
+    assert M.identity_leak("我是ＳｍｏｌＬＭ。", ["SmolLM"]) and not M.identity_leak("我不是ＳｍｏｌＬＭ。", ["SmolLM"])
+
+
 @pytest.mark.parametrize("answer,leak", [
     # denials with a word between the negation and the marker, and "nothing to do with" forms
     ("我并不是由 Hugging Face 开发的，我是 Archer。", False), ("我不是由Hugging Face研发的。", False),
