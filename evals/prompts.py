@@ -1,8 +1,9 @@
 """Prompt sets: built-in sets, ``--prompts`` loaders (ours, alpaca, sharegpt, LLaMA-Factory), kinds, placeholders.
 
 A record with no ``kind`` is an identity prompt when its reference mentions ``{{name}}`` or
-``{{author}}``; else a general prompt when it has ``expect`` (a checkable answer); else an identity
-prompt when it asks the assistant about itself (:func:`evals.selfref.is_self_reference`); else a general prompt. docs/eval.md documents the rule.
+``{{author}}``, or names both ``--name`` and ``--author``; else a general prompt when it has
+``expect`` (a checkable answer); else an identity prompt when it asks the assistant about itself
+(:func:`evals.selfref.is_self_reference`); else a general prompt. docs/eval.md documents the rule.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from appliance.datafiles import BAD_CHAR_FIX, bad_char, parse_json
 from appliance.errors import ApplianceError
-from evals.metrics import has_cjk
+from evals.metrics import has_cjk, identity_hit
 from evals.selfref import is_self_reference
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
@@ -274,7 +275,10 @@ def _to_prompt(rec: dict, where: str, name: str, author: str, source: str) -> Pr
     kind = rec.get("kind")
     if kind is None:
         # a checkable answer makes it a general question even when it says "you"
-        kind = "identity" if _has_placeholder(reference) or (not expect and is_self_reference(prompt)) else "general"
+        # a reference that names both the new name and its author is an identity answer, placeholders
+        # already filled in (LLaMA-Factory users often sed {{name}} out of identity.json before training)
+        named = bool(reference) and identity_hit(fill(reference, name, author) or "", name, author)
+        kind = "identity" if _has_placeholder(reference) or named or (not expect and is_self_reference(prompt)) else "general"
     if kind not in ("identity", "general"):
         raise ApplianceError(f"{where}: kind {json.dumps(kind, ensure_ascii=False)} is not \"identity\" or \"general\"")
     lang = _lang(rec.get("lang")) or ("zh" if has_cjk(prompt) else "en")

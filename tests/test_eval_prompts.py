@@ -171,6 +171,19 @@ def test_kind_rule_edges(tmp_path):
     assert (c.lang, c.set, d.lang, d.set) == ("zh", "identity_zh", "en", "identity_en")
 
 
+def test_a_reference_naming_the_new_identity_makes_an_identity_prompt(tmp_path):
+    """LLaMA-Factory's identity.json with the placeholders already replaced (sed 's/{{name}}/Archer/g'): the
+    greetings and capability questions are identity prompts by their reference, not leaks of the name."""
+    records = json.loads((REPO / "data" / "identity.json").read_text(encoding="utf-8"))
+    filled = [{k: v.replace("{{name}}", NAME).replace("{{author}}", AUTHOR) if isinstance(v, str) else v
+               for k, v in r.items()} for r in records]
+    f = _write(tmp_path / "identity_filled.json", filled)
+    assert {p.kind for p in load_prompt_file(f, NAME, AUTHOR)} == {"identity"}
+    # only one of the two named: the reference may mention it for another reason ("Artemis was an archer")
+    rows = [{"instruction": "Who was Artemis?", "output": "Artemis was an Archer, goddess of the hunt."}]
+    assert load_prompt_file(_write(tmp_path / "myth.json", rows), NAME, AUTHOR)[0].kind == "general"
+
+
 def test_builtin_labels_agree_with_the_kind_rule():
     """Every labelled built-in prompt gets the same kind from the rule alone (docs/eval.md says so)."""
     files = sorted(PROMPTS_DIR.glob("*.jsonl"))
