@@ -33,28 +33,39 @@ SELF_REFERENCE = [
     r"贵姓|尊姓大名|高姓大名|自我介绍", rf"(?:怎么|如何|该|可以|能)?称呼{_Y}", rf"叫{_Y}(?:什么|啥)",
     rf"(?:介绍|描述|说说|谈谈|讲讲|聊聊)(?:一)?下?{_Y}?自己",
     # 谁开发了你 / 你是由谁 / 开发你的团队 / 哪家公司训练了你 / 你是怎么被训练出来的
-    rf"谁{_MAKE}(?:出|成|好)?(?:了|的)?{_Y}", rf"{_Y}(?:是)?由(?:谁|哪)", rf"{_MAKE}(?:出|成)?(?:了)?{_Y}的", rf"{_Y}是(?:用|由|靠|被|基于)?(?:什么|哪|谁).{{0,8}}{_MAKE}(?:出来)?的",
+    rf"谁{_MAKE}(?:出|成|好)?(?:了|的)?{_Y}",
+    rf"{_Y}(?:是)?由(?:谁|哪)",
+    rf"{_MAKE}(?:出|成)?(?:了)?{_Y}的",
+    rf"{_Y}是(?:用|由|靠|被|基于)?(?:什么|哪|谁).{{0,8}}{_MAKE}(?:出来)?的",
     rf"哪(?:个|家|一家|位)?(?:公司|团队|机构|组织|人|实验室|企业|厂商).{{0,6}}{_MAKE}(?:了|出)?{_Y}",
     rf"{_Y}是?怎么(?:来|诞生|出生|产生|出来|被{_MAKE})",
     # 你来自哪里 / 你属于哪家公司 / 你从哪里来
     rf"{_Y}(?:来自|属于|隶属|归属|出自|诞生于|产自)", rf"{_Y}(?:是)?从哪(?:里|儿)?来",
     # 你是基于什么模型的 / 你用的是什么大模型 / 你和 GPT-4 有什么关系
-    rf"{_Y}(?:是)?(?:基于|依托|建立在)", rf"{_Y}(?:现在)?(?:是|用的是|使用的是|采用的是|运行的是|用了|基于)?(?:什么|哪个|哪种|哪一个|哪家|哪款|哪一款)的?(?:大)?(?:语言)?(?:模型|版本)",
+    rf"{_Y}(?:是)?(?:基于|依托|建立在)",
+    rf"{_Y}(?:现在)?(?:是|用的是|使用的是|采用的是|运行的是|用了|基于)?(?:什么|哪个|哪种|哪一个|哪家|哪款|哪一款)的?(?:大)?(?:语言)?(?:模型|版本)",
     rf"{_Y}.{{0,4}}(?:归|属于)(?:哪|谁)", rf"{_Y}(?:有|有没有)?(?:自我意识|意识|感情|情感|灵魂)", rf"{_Y}(?:有)?多少(?:个)?参数",
     rf"{_Y}(?:有)?(?:什么|哪些)(?:事情?)?(?:是)?(?:做不到|不能做|不会做|不会的)",
     rf"{_Y}(?:和|与|跟)[^，,。？?！!]{{1,20}}(?:关系|区别|不同|一样|同一个|一家|一回事|比)",
     # 你是 ChatGPT 吗 / 你是不是文心一言 / 你是 AI 还是真人 (not 你是否…吗, 你是不是觉得…)
-    rf"{_Y}(?:到底|究竟|其实|真的)?是(?!否).{{1,16}}[吗吧]", rf"{_Y}(?:到底|究竟|其实|真的|本来)?就?是\s*(?!否)[A-Za-z]", rf"{_Y}是不是(?!觉得|认为|想|忘|在|要|会|能|可以|应该|喜欢|知道|搞|弄|说|有|太|很|真的)",
+    rf"{_Y}(?:到底|究竟|其实|真的)?是(?!否).{{1,16}}[吗吧]",
+    rf"{_Y}(?:到底|究竟|其实|真的|本来)?就?是\s*(?!否)[A-Za-z]",
+    rf"{_Y}是不是(?!觉得|认为|想|忘|在|要|会|能|可以|应该|喜欢|知道|搞|弄|说|有|太|很|真的)",
     rf"{_Y}(?:到底|究竟|其实|真的)?是(?!否).{{1,12}}(?:还是|是)", rf"{_Y}是(?:什么|哪种|哪一种)(?:模型|人工智能|ai|东西|助手|程序|机器人)",
     # what the assistant can do is about itself too: 你能做什么 / 你有什么功能 / 你擅长什么 (not 你能给我什么建议)
     rf"{_Y}(?:都)?(?:能|可以|会)(?:为我|帮我|帮)?(?:做|干|提供|帮上|解决)?(?:些|点)?(?:什么|啥|哪些)(?!时候)",
     rf"{_Y}(?:有|的)(?:什么|哪些)?(?:功能|能力|特长|强项|用处|用途|本领|技能|本事)", rf"{_Y}(?:最)?擅长(?:做)?(?:什么|啥|哪些)",
-    r"我(?:在|正在)?(?:跟|和|与)谁(?:聊天|说话|对话|交流|讲话|聊)", r"(?:跟|和|与)我(?:聊天|说话|对话|交流)的是", rf"{_Y}.{{0,12}}(?:还有|有)(?:什么|别的|其他|哪些)(?:本事|功能|能力|技能|本领|特长)",
+    r"我(?:在|正在)?(?:跟|和|与)谁(?:聊天|说话|对话|交流|讲话|聊)",
+    r"(?:跟|和|与)我(?:聊天|说话|对话|交流)的是",
+    rf"{_Y}.{{0,12}}(?:还有|有)(?:什么|别的|其他|哪些)(?:本事|功能|能力|技能|本领|特长)",
     # -- English ------------------------------------------------------------------------------
     # "are you ChatGPT?" at the start of a sentence or line, not "are you able to ..." / "which planet are you likely to see"
     rf"(?:^|[,.!?;:，。！？\n])\W*(?:(?:hey|hi|hello|so|and|but|wait|then|honestly|really)\W+)*(?:are|r|were) {_YOU}\b(?!\s+(able|going|sure|ready|free|"
     r"familiar|aware|allowed|willing|available|interested|okay|ok|busy|there|still|kidding|serious)\b)",
-    rf"\bwho(?: (?:exactly|really|actually|else|then|now|the hell))? (?:are|r|were) {_YOU}\b", r"\b(?:you'?re|you are|ur|u r|u are) (?:not )?(?:really )?(?:chatgpt|gpt|claude|qwen|gemini|llama|smollm|an? (?:ai|bot|robot|human|language model|chatbot))\b", rf"\bwho {_YOU} (?:are|were|really are)\b", r"\b(?:your|ur|yr) (?:real |true |actual |full |official |original |own )?(?:name|identity|creators?|developers?|makers?|"
+    rf"\bwho(?: (?:exactly|really|actually|else|then|now|the hell))? (?:are|r|were) {_YOU}\b",
+    r"\b(?:you'?re|you are|ur|u r|u are) (?:not )?(?:really )?(?:chatgpt|gpt|claude|qwen|gemini|llama|smollm|an? (?:ai|bot|robot|human|language model|chatbot))\b",
+    rf"\bwho {_YOU} (?:are|were|really are)\b",
+    r"\b(?:your|ur|yr) (?:real |true |actual |full |official |original |own )?(?:name|identity|creators?|developers?|makers?|"
     r"authors?|owners?|origins?|background|parent company|company|team|base model|underlying model|architecture|builders?|designers?|programmers?)\b",
     r"\bwhat (?:exactly |really |actually )?(?:are|r) (?:you|u)\b(?!\s+(?:able|supposed|going|about|up to|afraid|interested|trying|planning|thinking|"
     r"doing|saying|talking|looking|working|reading|watching|waiting|feeling)\b)",
@@ -67,18 +78,26 @@ SELF_REFERENCE = [
     r"\b(?:real |actual )(?:person|human) (?:typing|behind|answering|replying|writing|reading)\b",
     rf"\bmakes? {_YOU} (?:different|special|unique)\b", rf"\bhow (?:are|do) {_YOU} (?:different|differ)\b",
     rf"\b(?:skills|abilities|capabilities|features|functions|talents|parameters|layers) do {_YOU} have\b",
-    rf"\b{_YOU}(?:'re| (?:were|are|was|got)) (?:\w+ )?{_MADE}\b", rf"\b(?:were|are|was) {_YOU} (?:\w+ )?{_MADE}\b", rf"\bwho is your (?:creator|developer|author|maker|owner)\b",
+    rf"\b{_YOU}(?:'re| (?:were|are|was|got)) (?:\w+ )?{_MADE}\b",
+    rf"\b(?:were|are|was) {_YOU} (?:\w+ )?{_MADE}\b",
+    rf"\bwho is your (?:creator|developer|author|maker|owner)\b",
     r"\bwho(?:'s| is) this\s*[?!.]*\s*$", rf"\bwho(?:'s| is) (?:this|that) {_AI}\b",
     rf"\b(?:who|which|what)(?: [\w-]+){{0,3}} am i (?:talking|speaking|chatting|writing) (?:to|with)\b",
     r"\b(?:what|how) (?:should|can|could|do|may|shall|would) (?:i|we) call (?:you|u)\b",
-    rf"\bwhere (?:do|did) {_YOU} come from\b", rf"\bwhere (?:are|were) {_YOU} (?:from|made|built|created|trained|developed|designed)\b",
+    rf"\bwhere (?:do|did) {_YOU} come from\b",
+    rf"\bwhere (?:are|were) {_YOU} (?:from|made|built|created|trained|developed|designed)\b",
     rf"\b(?:what|which) (?:kind of |sort of |type of )?(?:{_AI}|version|company|team|organi[sz]ation|lab)\b.{{0,24}}\b(?:(?:are|r) {_YOU}|"
     rf"powers {_YOU}|is behind {_YOU}|(?:is|are|r) {_YOU} (?:based|built|running|trained) on)\b",
-    rf"\b(?:who|which \w+|what \w+) do {_YOU} (?:belong to|work for|represent)\b", rf"\b(?:do|did) {_YOU} (?:work for|belong to|come from|represent)\b", rf"\bname of this (?:{_AI}|chat)\b", rf"\bare {_YOU} (?:from|made by|built by|based on|powered by)\b",
+    rf"\b(?:who|which \w+|what \w+) do {_YOU} (?:belong to|work for|represent)\b",
+    rf"\b(?:do|did) {_YOU} (?:work for|belong to|come from|represent)\b",
+    rf"\bname of this (?:{_AI}|chat)\b",
+    rf"\bare {_YOU} (?:from|made by|built by|based on|powered by)\b",
     r"\bis this (?:chatgpt|gpt|claude|qwen|gemini|llama|smollm|bard|copilot|an? (?:ai|bot|robot|human|real person|chatbot))\b",
     rf"\b(?:do|have) {_YOU} (?:have|got) a name\b",
     # "what can you do?", "your capabilities" (not "what can you do with leftover rice?")
-    rf"\bwhat (?:can(?:'t|not| not)?|could(?:n't| not)?) {_YOU} do\b(?!\s+(?:with|about|to|if|when|in|on)\b)", rf"\bwhat {_YOU}(?:'re| are) capable of\b", rf"\bwhat {_YOU} can(?:'t|not)? do\b(?!\s+(?:with|about|to|if|when|in|on)\b)",
+    rf"\bwhat (?:can(?:'t|not| not)?|could(?:n't| not)?) {_YOU} do\b(?!\s+(?:with|about|to|if|when|in|on)\b)",
+    rf"\bwhat {_YOU}(?:'re| are) capable of\b",
+    rf"\bwhat {_YOU} can(?:'t|not)? do\b(?!\s+(?:with|about|to|if|when|in|on)\b)",
     r"\byour (?:main |key |core |top |biggest )?(?:capabilities|abilities|strengths|features|skills|functions|limitations|limits|parameters|context window|knowledge cutoff|training data)\b",
     rf"\bhow (?:can|could|will|would) {_YOU} (?:help|assist) (?:me|us)\b(?!\s+(?:with|to|in|on|find|write|make|do)\b)",
     rf"\bin what ways? (?:can|could) {_YOU} (?:help|assist)\b", rf"\bwhat (?:services|help) do {_YOU} (?:offer|provide)\b",
