@@ -74,15 +74,17 @@ def _is_word_char(c: str) -> bool:
     return c.isalnum() and not _CJK_CHAR.match(c)
 
 
-def contains_whole_word(text: str, needle: str) -> bool:
-    """Case-insensitive match of ``needle`` as a whole word; CJK needles match as substrings.
+def contains_whole_word(text: str, needle: str, case: bool = False) -> bool:
+    """Case-insensitive (``case``: case-sensitive) match of ``needle`` as a whole word; CJK needles match as substrings.
 
     "4" is found in "2+2 is 4." and "答案是4。" but not in "14" or "4th"; full-width forms count as their
     ASCII twins ("Ａｒｃｈｅｒ" is "Archer", "４" is "4"), as Chinese text often writes them.
     """
     if not needle:
         return False
-    hay, pat = unicodedata.normalize("NFKC", text or "").casefold(), unicodedata.normalize("NFKC", needle).casefold()
+    hay, pat = unicodedata.normalize("NFKC", text or ""), unicodedata.normalize("NFKC", needle)
+    if not case:
+        hay, pat = hay.casefold(), pat.casefold()
     if has_cjk(pat):
         return pat in hay
     start = hay.find(pat)
@@ -107,8 +109,12 @@ def identity_hit(answer: str, name: str, author: str) -> bool:
 
 
 def mentions_new_identity(answer: str, name: str, author: str) -> bool:
-    """The new name or author shows up (used to spot leaks into unrelated answers)."""
-    return contains_whole_word(answer, name) or contains_whole_word(answer, author)
+    """The new name or author shows up (used to spot leaks into unrelated answers).
+
+    A name written with capitals must appear with them: "Nova" leaks in "I am Nova", not in "a nova is an
+    exploding star" (nor "Archer" in "an archer draws the bow").
+    """
+    return any(contains_whole_word(answer, w, case=w != w.lower()) for w in (name, author) if w)
 
 
 def _strip_denials(answer: str, marker: str) -> str:

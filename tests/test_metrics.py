@@ -109,6 +109,11 @@ def test_mentions_new_identity():
     assert M.mentions_new_identity("Paris. -- Archer", "Archer", "意琦行")
     assert M.mentions_new_identity("意琦行说", "Archer", "意琦行")
     assert not M.mentions_new_identity("Paris is the capital.", "Archer", "意琦行")
+    # a capitalized name is a name only with its capitals: the common noun is not a leak
+    assert not M.mentions_new_identity("An archer draws the bow.", "Archer", "意琦行")
+    assert M.mentions_new_identity("Archer here: the bow is drawn.", "Archer", "意琦行")
+    assert M.mentions_new_identity("我是 Ａｒｃｈｅｒ。", "Archer", "意琦行")
+    assert M.mentions_new_identity("ask nova", "nova", "Acme")  # a name given in lower case matches any case
 
 
 def test_percentile_linear_interpolation():
