@@ -313,8 +313,8 @@ def chat_cmd(model, url, api_key, prompt, system, max_tokens, temperature) -> No
 @click.option("--before", default=None, help="Served model name of the base (required unless --from-answers).")
 @click.option("--after", multiple=True, help="Served model/adapter name to compare with --before (repeatable).")
 @click.option("--prompts", multiple=True, help="JSONL/alpaca/sharegpt/LLaMA-Factory file, or identity|general|open|unrelated (repeatable; default: identity, general and open).")
-@click.option("--name", default="Archer", show_default=True, help="New assistant name (fills {{name}}).")
-@click.option("--author", default="意琦行", show_default=True, help="New author (fills {{author}}).")
+@click.option("--name", default=None, help="New assistant name (fills {{name}}) [default: the one the --after model was trained for, else Archer].")
+@click.option("--author", default=None, help="New author (fills {{author}}) [default: the --after model's, else 意琦行].")
 @click.option("--output", default=None, help="Report directory (default: reports/NAME).")
 @click.option("--concurrency", default=4, show_default=True, type=int)
 @click.option("--max-tokens", default=128, show_default=True, type=int)
@@ -335,6 +335,13 @@ def eval_cmd(url, before, after, prompts, name, author, output, concurrency, max
 
     rules = parse_rules(fail_under, fail_over, max_drop, max_rise)
     if from_answers is not None:  # --from-answers "" is refused there, not taken as absent
+        ignored = [flag for flag, value in (("--before", before), ("--after", after), ("--prompts", prompts), ("--name", name),
+                                            ("--author", author), ("--old-identity", old_identity)) if value]
+        if ignored:
+            # the answers hold what was asked, of which model, and the identity they were scored for
+            raise ApplianceError(f"{ignored[0]}: does not apply with --from-answers, which rebuilds the report from the "
+                                 "answers as they were taken (models, prompts, name and author recorded in them); "
+                                 "leave it out, or run the eval again against the server")
         report = report_from_answers(from_answers, output, rules)
     elif not before:
         raise ApplianceError("--before is required (the served base model), unless you pass --from-answers")

@@ -14,7 +14,7 @@ import re
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from appliance import paths
@@ -24,6 +24,7 @@ from evals.prompts import Prompt, bad_char, load_prompts
 from evals.report import REPORT_FILES, Rule, answers_file, load_answers, write_report
 
 DEFAULT_URL = "http://127.0.0.1:8000/v1"
+DEFAULT_NAME, DEFAULT_AUTHOR = "Archer", "意琦行"
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -35,8 +36,8 @@ class EvalConfig:
     after: list[str] = field(default_factory=list)
     url: str = DEFAULT_URL
     prompts: list[str] = field(default_factory=list)  # files or built-in set names; empty = all built-in sets
-    name: str = "Archer"
-    author: str = "意琦行"
+    name: str | None = None  # None: the identity the --after models were trained for, else DEFAULT_NAME
+    author: str | None = None
     output: str | None = None  # default: reports/<name>
     concurrency: int = 4
     max_tokens: int = 128
@@ -84,6 +85,51 @@ def given_markers(cfg: EvalConfig) -> list[str]:
     return markers
 
 
+def _served_roots(cfg: EvalConfig) -> dict[str, str]:
+    """``{served name: the folder vLLM loaded it from}`` by a plain GET /models; {} when that fails
+    (the eval itself then reports why the server cannot be used)."""
+    import httpx
+
+    key = cfg.api_key or os.environ.get("APPLIANCE_API_KEY") or os.environ.get("OPENAI_API_KEY")
+    try:
+        resp = httpx.get(base_url(cfg.url) + "/models", headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=10)
+        return {m["id"]: m.get("root") or m["id"] for m in resp.json()["data"]}
+    except Exception:  # noqa: BLE001 - any failure here is reported by the eval's own first request
+        return {}
+
+
+def recorded_identity(cfg: EvalConfig, roots: dict[str, str]) -> tuple[str, str] | None:
+    """The (name, author) the ``--after`` models were trained for, from the appliance.json of the
+    run or merged-model folder each was served from; None when none records one."""
+    found: dict[str, tuple[str, str]] = {}
+    for model in cfg.after:
+        meta = Path(roots.get(model) or model) / "appliance.json"
+        try:
+            ident = json.loads(meta.read_text(encoding="utf-8")).get("identity") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(ident.get("name"), str) and isinstance(ident.get("author"), str) and ident["name"] and ident["author"]:
+            found[model] = (ident["name"], ident["author"])
+    if len(set(found.values())) > 1:
+        seen = ", ".join(f"{m}: {n} / {a}" for m, (n, a) in found.items())
+        raise ApplianceError(f"--name/--author: the --after models were trained for different identities ({seen}); "
+                             "pass --name and --author, or evaluate them separately")
+    return next(iter(found.values()), None)
+
+
+def resolve_identity(cfg: EvalConfig, progress: Callable[[str], None]) -> EvalConfig:
+    """Fill a missing ``--name``/``--author`` from what the --after models were trained for, else the defaults."""
+    if cfg.name is not None and cfg.author is not None:
+        return cfg
+    found = recorded_identity(cfg, _served_roots(cfg)) if cfg.after else None
+    name, author = found or (DEFAULT_NAME, DEFAULT_AUTHOR)
+    name, author = cfg.name if cfg.name is not None else name, cfg.author if cfg.author is not None else author
+    if cfg.after:  # a lone --before is scored for the defaults without comment (its hit rate is the baseline)
+        where = "as the --after model was trained (its appliance.json)" if found else "the defaults: no --after model records one"
+        progress(f"identity: scoring for {name} / {author}, {where}; --name/--author choose another")
+    return replace(cfg, name=name, author=author)
+
+
 def _markers(cfg: EvalConfig, served: dict[str, str]) -> list[str]:
     from appliance.models import markers_for
 
@@ -99,7 +145,7 @@ def _check_text_flags(cfg: EvalConfig) -> None:
     flags = [("--before", cfg.before), *(("--after", a) for a in cfg.after), ("--name", cfg.name),
              ("--author", cfg.author), *(("--old-identity", m) for m in cfg.old_identity)]
     for flag, value in flags:
-        if (bad := bad_char(value)) is not None:
+        if value is not None and (bad := bad_char(value)) is not None:
             raise ApplianceError(f"{flag} {value!a}: holds {bad}; pass it as UTF-8 text")
 
 
@@ -241,17 +287,24 @@ def run_eval(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
         raise ApplianceError(f"--max-tokens {cfg.max_tokens}: must be at least 1")
     if not cfg.timeout_s > 0:
         raise ApplianceError(f"--timeout {cfg.timeout_s:g}: must be more than 0 seconds")
-    if not cfg.name.strip() or not cfg.author.strip():
+    progress = progress or (lambda msg: None)
+    if (cfg.name is not None and not cfg.name.strip()) or (cfg.author is not None and not cfg.author.strip()):
         raise ApplianceError("--name and --author must not be empty: the identity hit rate looks for both")
     # every input is checked here, before the first request: a mistake found later costs the whole eval
     _check_text_flags(cfg)
     given_markers(cfg)
     url = base_url(cfg.url)
+    if not cfg.after and any(r.op in ("max_drop", "max_rise") for r in cfg.rules):
+        rule = next(r for r in cfg.rules if r.op in ("max_drop", "max_rise"))
+        raise ApplianceError(f"--{rule.op.replace('_', '-')} {rule.key}={rule.value:g}: compares an --after model with "
+                             "--before, and there is no --after; add --after MODEL or use --fail-under/--fail-over")
+    load_prompts(cfg.prompts, cfg.name or DEFAULT_NAME, cfg.author or DEFAULT_AUTHOR)  # a bad file fails before the server is asked
+    cfg = resolve_identity(cfg, progress)
     out = output_dir(cfg)
     prompts = load_prompts(cfg.prompts, cfg.name, cfg.author)
     created = _prepare_output(out)
     try:
-        rows, _ = asyncio.run(_run(cfg, prompts, progress or (lambda msg: None)))
+        rows, _ = asyncio.run(_run(cfg, prompts, progress))
     except BaseException:
         paths.remove_empty_dirs(created)
         raise

@@ -627,3 +627,60 @@ def test_a_prompt_file_name_that_is_not_utf8_does_not_lose_the_eval(fake_server,
     assert row["source"] == "\\udcff"
     report = json.loads((tmp_path / "r" / "report.json").read_text(encoding="utf-8"))
     assert report["run"]["config"]["prompts"] == [str(tmp_path) + "/\\udcff.jsonl"]
+
+
+def _run_dir(path: Path, name: str, author: str) -> str:
+    path.mkdir(parents=True)
+    (path / "appliance.json").write_text(json.dumps({"kind": "lora-adapter", "identity": {"name": name, "author": author}}),
+                                         encoding="utf-8")
+    return str(path)
+
+
+def test_name_and_author_default_to_what_the_after_model_was_trained_for(fake_server, tmp_path):
+    """Without --name/--author the eval scores for the identity in the served adapter's appliance.json
+    (vLLM's /models gives the folder as `root`), not for the built-in defaults."""
+    handler, url = fake_server
+    nova = _run_dir(tmp_path / "saves" / "nova", "Nova", "Acme Labs")
+    handler.models = json.dumps({"object": "list", "data": [{"id": "smollm2-135m"}, {"id": "nova", "root": nova}]}).encode()
+    handler.chat = CHUNK.replace(b'"Paris"', b'"I am Nova, made by Acme Labs."')
+    f = tmp_path / "who.jsonl"
+    f.write_text('{"prompt": "Who are you?", "reference": "I am {{name}}, made by {{author}}."}\n', encoding="utf-8")
+    code, out = _cli("--url", url, "--before", "smollm2-135m", "--after", "nova", "--prompts", str(f),
+                     "--output", str(tmp_path / "r"), "--fail-under", "identity_hit_rate=1")
+    assert code == 0, out
+    assert "scoring for Nova / Acme Labs" in out
+    rows = [json.loads(line) for line in (tmp_path / "r" / "answers.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert {(r["name"], r["author"]) for r in rows} == {("Nova", "Acme Labs")}
+    assert rows[0]["reference"] == "I am Nova, made by Acme Labs."
+    # a flag still wins
+    code, out = _cli("--url", url, "--before", "smollm2-135m", "--after", "nova", "--prompts", str(f), "--name", "Archer",
+                     "--author", "意琦行", "--output", str(tmp_path / "r2"), "--fail-under", "identity_hit_rate=1")
+    assert code == 1 and "scoring for" not in out
+
+
+def test_after_models_trained_for_different_identities_need_the_flags(fake_server, tmp_path):
+    handler, url = fake_server
+    a = _run_dir(tmp_path / "a", "Nova", "Acme Labs")
+    b = _run_dir(tmp_path / "b", "Archer", "意琦行")
+    handler.models = json.dumps({"data": [{"id": "base"}, {"id": "a", "root": a}, {"id": "b", "root": b}]}).encode()
+    handler.seen.clear()
+    code, out = _cli("--url", url, "--before", "base", "--after", "a", "--after", "b", "--prompts", "general",
+                     "--output", str(tmp_path / "r"))
+    assert code == 2 and "different identities" in out and "Nova / Acme Labs" in out and "Traceback" not in out
+    assert not [s for s in handler.seen if s.startswith("POST")]  # refused before any chat request
+
+
+def test_a_comparison_rule_without_an_after_model_is_refused_before_any_request(fake_server, tmp_path):
+    handler, url = fake_server
+    handler.models, handler.chat = SERVED, CHUNK
+    handler.seen.clear()
+    code, out = _cli("--url", url, "--before", "smollm2-135m", "--prompts", "general", "--output", str(tmp_path / "r"),
+                     "--max-drop", "general_accuracy=0.1")
+    assert code == 2 and out.startswith("error: --max-drop general_accuracy=0.1: ") and "--after" in out
+    assert handler.seen == [] and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("flag", [["--name", "Nova"], ["--author", "Acme"], ["--before", "m"], ["--prompts", "general"]])
+def test_flags_that_from_answers_cannot_honour_are_refused(answers, flag):
+    code, out = _cli("--from-answers", str(answers), *flag)
+    assert code == 2 and out.startswith(f"error: {flag[0]}: does not apply with --from-answers") and "\n" == out[-1]
