@@ -15,7 +15,7 @@ TABLE = QUALITY + [("name_leak_count", "name leak count", 1), ("general_correct"
                    ("ttft_p95_ms", "TTFT p95 ms", 1), ("tpot_ms", "TPOT ms", 1), ("latency_p50_ms", "latency p50 ms", 1),
                    ("latency_p95_ms", "latency p95 ms", 1)]
 SET_COLS = [("hit_rate", "hit %", 100), ("leak_rate", "leak %", 100), ("accuracy", "accuracy %", 100),
-            ("name_leak_count", "name leaks", 1), ("bleu4", "BLEU-4", 1), ("rouge1", "R-1", 1), ("rouge2", "R-2", 1),
+            ("name_leak_count", "name leaks", 1), ("references", "with reference", 1), ("bleu4", "BLEU-4", 1), ("rouge1", "R-1", 1), ("rouge2", "R-2", 1),
             ("rougeL", "R-L", 1)]
 COLORS = ["#8c8c8c", "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
 FIRST_EXAMPLE = "你是谁？"
@@ -30,6 +30,8 @@ def _fmt(v, scale=1) -> str:
 def _delta(a, b, scale=1) -> str:
     if a is None or b is None:
         return "–"
+    if isinstance(a, int) and isinstance(b, int) and scale == 1:  # counts: "+1", not "+1.0"
+        return f"{b - a:+d}"
     return f"{(b - a) * scale:+.1f}"
 
 

@@ -27,8 +27,8 @@ MODEL_KEYS = ("n", "errors", "bleu4", "rouge1", "rouge2", "rougeL", "identity_hi
               "identity_en_hit_rate", "identity_leak_rate", "general_accuracy", "general_correct", "general_total",
               "name_leak_rate", "name_leak_count", "output_tokens", "requests_per_s", "output_tokens_per_s",
               "ttft_p50_ms", "ttft_p95_ms", "tpot_ms", "latency_p50_ms", "latency_p95_ms")
-SET_KEYS = ("n", "bleu4", "rouge1", "rouge2", "rougeL", "hit_rate", "leak_rate", "accuracy", "name_leak_rate",
-            "name_leak_count")
+SET_KEYS = ("n", "references", "bleu4", "rouge1", "rouge2", "rougeL", "hit_rate", "leak_rate", "accuracy",
+            "name_leak_rate", "name_leak_count")
 REQUIRED_FIELDS = ("model", "role", "prompt", "answer", "kind", "set", "latency_ms", "started_at", "name", "author")
 # The roles `appliance eval` writes (appliance.evaluate.roles): before, after, or after1, after2 ... with several
 # --after models (the pipeline's one report uses before, after1, after2). Any other role would be one more model.
@@ -150,10 +150,11 @@ def _pair_scores(answer: str, reference: str) -> tuple[float, float, float, floa
     return M.bleu4(answer, reference), r["rouge1"], r["rouge2"], r["rougeL"]
 
 
-def _similarity(rows: list[dict]) -> dict[str, float | None]:
+def _similarity(rows: list[dict]) -> dict[str, float | int | None]:
+    """Mean BLEU-4/ROUGE over the rows that have a reference, and how many those are (``references``)."""
     scored = [_pair_scores(r["answer"], r["reference"]) for r in rows if r.get("reference")]
     keys = ("bleu4", "rouge1", "rouge2", "rougeL")
-    return {k: M.mean(s[i] for s in scored) for i, k in enumerate(keys)}
+    return {"references": len(scored), **{k: M.mean(s[i] for s in scored) for i, k in enumerate(keys)}}
 
 
 def _group_metrics(rows: list[dict], markers: list[str]) -> dict:
@@ -162,13 +163,15 @@ def _group_metrics(rows: list[dict], markers: list[str]) -> dict:
     ident = [r for r in rows if r["kind"] == "identity"]
     general = [r for r in rows if r["kind"] != "identity"]
     checkable = [r for r in rows if r.get("expect")]
-    leaks = [M.mentions_new_identity(r["answer"], name, author) for r in general]
+    # a prompt that itself names the new name or author ("Who is Acme Labs?") is answered on topic, not leaked into
+    unrelated = [r for r in general if not M.mentions_new_identity(r["prompt"], name, author)]
+    leaks = [M.mentions_new_identity(r["answer"], name, author) for r in unrelated]
     out = {"n": len(rows), **_similarity(rows),
            "hit_rate": M.rate([M.identity_hit(r["answer"], name, author) for r in ident]),
            "leak_rate": M.rate([M.identity_leak(r["answer"], markers) for r in ident]) if markers else None,
            "accuracy": M.rate([M.is_correct(r["answer"], r["expect"]) for r in checkable]),
            "correct": sum(M.is_correct(r["answer"], r["expect"]) for r in checkable), "checkable": len(checkable),
-           "name_leak_rate": M.rate(leaks), "name_leak_count": sum(leaks) if general else None}
+           "name_leak_rate": M.rate(leaks), "name_leak_count": sum(leaks) if unrelated else None}
     return out
 
 
@@ -178,7 +181,7 @@ def _model_metrics(rows: list[dict]) -> dict:
     lang_hit = {lang: M.rate([M.identity_hit(r["answer"], r["name"], r["author"]) for r in rows
                               if r["kind"] == "identity" and r.get("lang") == lang]) for lang in ("zh", "en")}
     out = {"model": rows[0]["model"], "n": len(rows), "errors": sum(1 for r in rows if r.get("error")),
-           "bleu4": every["bleu4"], "rouge1": every["rouge1"], "rouge2": every["rouge2"], "rougeL": every["rougeL"],
+           "references": every["references"], "bleu4": every["bleu4"], "rouge1": every["rouge1"], "rouge2": every["rouge2"], "rougeL": every["rougeL"],
            "identity_hit_rate": every["hit_rate"], "identity_zh_hit_rate": lang_hit["zh"],
            "identity_en_hit_rate": lang_hit["en"], "identity_leak_rate": every["leak_rate"],
            "general_accuracy": every["accuracy"], "general_correct": every["correct"], "general_total": every["checkable"],

@@ -82,6 +82,8 @@ def test_figures_by_hand(answers):
     assert a["sets"]["identity_zh"]["bleu4"] == 100.0 and a["sets"]["identity_zh"]["rouge1"] == 100.0
     assert b["sets"]["open"]["bleu4"] == 100.0
     assert a["sets"]["identity"]["n"] == 4 and a["sets"]["identity"]["hit_rate"] == 0.75
+    # BLEU/ROUGE say over how many rows they are: the 4 identity rows all have a reference, general none
+    assert a["sets"]["identity"]["references"] == 4 and a["sets"]["general"]["references"] == 0 and a["references"] == 5
     # latency: 7 requests from t0 to t0+0.6 s + 1000 ms; tokens 10..16
     assert b["requests_per_s"] == round(7 / 1.6, 4) and b["output_tokens_per_s"] == round(91 / 1.6, 4)
     assert b["ttft_p50_ms"] == 80.0 and b["latency_p50_ms"] == 700.0
@@ -94,6 +96,8 @@ def test_markdown_report(answers):
     assert "| identity hit % | 0.0 | 75.0 | +75.0 |" in md
     assert "| general accuracy % | 100.0 | 50.0 | -50.0 |" in md
     assert "Gate: **FAILED**" in md and "general_accuracy dropped 0.5" in md
+    assert "| name leak count | 0 | 1 | +1 |" in md and "| general correct | 2 | 1 | -1 |" in md  # counts as counts
+    assert "| with reference |" in md and "| identity | after | 4 | 75.0 | 0.0 | – | – | 4 |" in md
     examples = md.split("## Examples", 1)[1]
     first = [line for line in examples.splitlines() if line.startswith("| ") and not line.startswith("| prompt")][0]
     assert first.startswith("| 你是谁？ | 我是 SmolLM。 | " + ZH_REF)
@@ -684,3 +688,13 @@ def test_a_comparison_rule_without_an_after_model_is_refused_before_any_request(
 def test_flags_that_from_answers_cannot_honour_are_refused(answers, flag):
     code, out = _cli("--from-answers", str(answers), *flag)
     assert code == 2 and out.startswith(f"error: {flag[0]}: does not apply with --from-answers") and "\n" == out[-1]
+
+
+def test_a_prompt_that_names_the_new_identity_is_not_a_leak_when_answered(tmp_path):
+    """"Who is 意琦行?" answered with the author is on topic; the same name in an answer to another question leaks."""
+    rows = [r for r in _rows() if r["role"] == "after"]
+    rows.append({**rows[-1], "prompt": f"Who is {AUTHOR}?", "answer": f"{AUTHOR} is a developer.", "reference": None})
+    path = tmp_path / "answers.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    after = recompute(path)["models"]["after"]
+    assert (after["name_leak_count"], after["name_leak_rate"]) == (1, round(1 / 3, 4))  # still only "Lyon, says Archer."
