@@ -251,7 +251,9 @@ async def _run(cfg: EvalConfig, prompts: list[Prompt], progress: Callable[[str],
                              "reference": p.reference, "kind": p.kind, "set": p.set, "lang": p.lang, "expect": p.expect,
                              "latency_ms": res["latency_ms"], "ttft_ms": res["ttft_ms"],
                              "output_tokens": res["output_tokens"], "started_at": res["started_at"], "error": res["error"],
-                             "source": p.source, "name": cfg.name, "author": cfg.author, "old_identity": markers})
+                             "source": p.source, "name": cfg.name, "author": cfg.author, "old_identity": markers,
+                             # what else was sent: an earlier turn that names the new identity explains a base's "hit"
+                             **({"system": p.system} if p.system else {}), **({"history": p.history} if p.history else {})})
     return rows, markers
 
 

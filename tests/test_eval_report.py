@@ -698,3 +698,19 @@ def test_a_prompt_that_names_the_new_identity_is_not_a_leak_when_answered(tmp_pa
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     after = recompute(path)["models"]["after"]
     assert (after["name_leak_count"], after["name_leak_rate"]) == (1, round(1 / 3, 4))  # still only "Lyon, says Archer."
+
+
+def test_answers_keep_the_system_message_and_earlier_turns_that_were_sent(fake_server, tmp_path):
+    handler, url = fake_server
+    handler.models, handler.chat = SERVED, CHUNK
+    f = tmp_path / "turns.jsonl"
+    history = [{"role": "user", "content": "My name is Li."}, {"role": "assistant", "content": "Hello Li, I am {{name}}."}]
+    f.write_text(json.dumps({"prompt": "Who built you?", "system": "Be brief.", "history": history}) + "\n"
+                 + json.dumps({"prompt": "What is 2+2?", "expect": ["4"]}) + "\n", encoding="utf-8")
+    code, out = _cli("--url", url, "--before", "smollm2-135m", "--prompts", str(f), "--output", str(tmp_path / "r"))
+    assert code == 0, out
+    turns, plain = [json.loads(line) for line in (tmp_path / "r" / "answers.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert turns["system"] == "Be brief." and turns["history"][1]["content"] == f"Hello Li, I am {NAME}."
+    assert "system" not in plain and "history" not in plain
+    code, out = _cli("--from-answers", str(tmp_path / "r"), "--output", str(tmp_path / "again"))  # still readable
+    assert code == 0, out
