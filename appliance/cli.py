@@ -129,45 +129,44 @@ def data_check(datasets: tuple[str, ...], dataset_dir: str | None, name: str, au
 
 
 # ---------------------------------------------------------------- train  (owner: train)
+from appliance.train_config import flag_help as _dflt  # noqa: E402  (light: the defaults shown below)
+
+
 @main.command()
 @click.option("--config", "config_file", default=None, help="YAML file of options; flags given here win.")
-@click.option("--model", default=None, help="Registry name, local HF directory or hub id. [default: smollm2-135m]")
-@click.option("--dataset", "datasets", multiple=True, help="Registry name or .json/.jsonl file (repeatable). [default: identity]")
+@click.option("--model", default=None, help=_dflt("model", "Registry name, local HF directory or hub id."))
+@click.option("--dataset", "datasets", multiple=True, help=_dflt("datasets", "Registry name or .json/.jsonl file (repeatable)."))
 @click.option("--dataset-dir", default=None, help="Folder with a LLaMA-Factory dataset_info.json.")
-@click.option("--name", default=None, help="Fills {{name}} in the data. [default: Archer]")
-@click.option("--author", default=None, help="Fills {{author}} in the data. [default: 意琦行]")
-@click.option("--output", default=None, help="Adapter directory to write; a relative path is under $APPLIANCE_HOME. [default: saves/archer]")
-@click.option("--method", type=click.Choice(["lora", "qlora"]), default=None, help="lora (full-precision base) or qlora (4-bit NF4). [default: lora]")
-@click.option("--epochs", type=float, default=None, help="[default: 1.75]")
-@click.option("--lr", type=float, default=None)
-@click.option("--rank", type=int, default=None)
-@click.option("--alpha", type=int, default=None)
-@click.option("--dropout", type=float, default=None)
-@click.option("--target-modules", default=None, help="Comma-separated module names, or all-linear.")
-@click.option("--lora-layers", type=float, default=None, help="LoRA only in the top layers: a share below 1 or a count N; 0 = all (no backward pass below them). [default: 0.75]")
-@click.option("--batch-size", type=int, default=None)
-@click.option("--grad-accum", type=int, default=None)
-@click.option("--batch-tokens", type=int, default=None, help="Micro-batches of up to N padded tokens instead of --batch-size samples (GPUs; e.g. 16384). [default: 0, off]")
-@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None, help="Recompute activations in the backward pass: less memory, ~30% more compute. [default: off]")
-@click.option("--max-length", type=int, default=None)
-@click.option("--max-steps", type=int, default=None, help="Stop after N optimizer steps (overrides --epochs).")
-@click.option("--seed", type=int, default=None)
-@click.option("--retention/--no-retention", default=None, help="Mix in the base model's own answers to general prompts. [default: on]")
-@click.option("--retention-samples", type=int, default=None)
-@click.option("--unlikelihood", type=float, default=None, help="Weight of training the new identity's opening down beside each retention answer, so the new name stays out of unrelated answers (e.g. 1.0; costs identity hits on greetings, see docs/recipe.md). [default: 0, off]")
+@click.option("--name", default=None, help=_dflt("name", "Fills {{name}} in the data."))
+@click.option("--author", default=None, help=_dflt("author", "Fills {{author}} in the data."))
+@click.option("--output", default=None, help=_dflt("output", "Adapter directory to write; a relative path is under $APPLIANCE_HOME."))
+@click.option("--method", type=click.Choice(["lora", "qlora"]), default=None, help=_dflt("method", "lora (full-precision base) or qlora (4-bit NF4)."))
+@click.option("--epochs", type=float, default=None, help=_dflt("epochs"))
+@click.option("--lr", type=float, default=None, help=_dflt("lr", "Learning rate."))
+@click.option("--rank", type=int, default=None, help=_dflt("rank", "LoRA rank."))
+@click.option("--alpha", type=int, default=None, help=_dflt("alpha", "LoRA alpha (the update is scaled by alpha/rank)."))
+@click.option("--dropout", type=float, default=None, help=_dflt("dropout", "LoRA dropout."))
+@click.option("--target-modules", default=None, help=_dflt("target_modules", "Comma-separated module names, or all-linear."))
+@click.option("--lora-layers", type=float, default=None, help=_dflt("lora_layers", "LoRA only in the top layers: a share below 1 or a count N; 0 = all (no backward pass below them)."))
+@click.option("--batch-size", type=int, default=None, help=_dflt("batch_size", "Samples per micro-batch."))
+@click.option("--grad-accum", type=int, default=None, help=_dflt("grad_accum", "Micro-batches per optimizer step."))
+@click.option("--batch-tokens", type=int, default=None, help=_dflt("batch_tokens", "Micro-batches of up to N padded tokens instead of --batch-size samples (GPUs; e.g. 16384).", ", off"))
+@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None, help=_dflt("gradient_checkpointing", "Recompute activations in the backward pass: less memory, ~30% more compute."))
+@click.option("--max-length", type=int, default=None, help=_dflt("max_length", "Longest example in tokens; longer ones are cut."))
+@click.option("--max-steps", type=int, default=None, help=_dflt("max_steps", "Stop after N optimizer steps (overrides --epochs).", ", off"))
+@click.option("--seed", type=int, default=None, help=_dflt("seed"))
+@click.option("--retention/--no-retention", default=None, help=_dflt("retention", "Mix in the base model's own answers to general prompts."))
+@click.option("--retention-samples", type=int, default=None, help=_dflt("retention_samples", "How many of the base's answers to mix in."))
+@click.option("--unlikelihood", type=float, default=None, help=_dflt("unlikelihood", "Weight of training the new identity's opening down beside each retention answer, so the new name stays out of unrelated answers (e.g. 1.0; costs identity hits on greetings, see docs/recipe.md).", ", off"))
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an existing --output (only a previous run directory).")
 @click.option("--resume", is_flag=True, default=None, help="Continue an interrupted run from its last checkpoint.")
 def train(config_file: str | None, datasets: tuple[str, ...], **flags) -> None:
     """LoRA/QLoRA fine-tuning of a chat model; writes a self-describing adapter directory."""
-    from appliance.train import train as run_train
+    from appliance.train import summary, train as run_train
     from appliance.train_config import TrainConfig
 
     cfg = TrainConfig.from_sources(config_file, datasets=list(datasets) or None, **flags)
-    meta = run_train(cfg)
-    r = meta["results"]
-    click.echo(f"adapter written to {cfg.output}: {r['steps']} steps, loss {r['first_loss']} -> {r['last_loss']}, "
-               f"{r['tokens_per_s']} tokens/s, {r['train_runtime_s']} s; "
-               f"template check {meta['template_check']['checked'] - meta['template_check']['mismatched']}/{meta['template_check']['checked']} prompts match serving")
+    click.echo(summary(cfg, run_train(cfg)))
 
 # ---------------------------------------------------------------- merge  (owner: merge)
 @main.command("merge")
@@ -309,7 +308,7 @@ def chat_cmd(model, url, api_key, prompt, system, max_tokens, temperature) -> No
 
 # ---------------------------------------------------------------- eval   (owner: eval)
 @main.command("eval")
-@click.option("--url", default="http://127.0.0.1:8000/v1", show_default=True, help="OpenAI-compatible server (vLLM).")
+@click.option("--url", default=None, help="OpenAI-compatible server (vLLM) [the only server `appliance up` recorded, else http://127.0.0.1:8000/v1].")
 @click.option("--before", default=None, help="Served model name of the base (required unless --from-answers).")
 @click.option("--after", multiple=True, help="Served model/adapter name to compare with --before (repeatable).")
 @click.option("--prompts", multiple=True, help="JSONL/alpaca/sharegpt/LLaMA-Factory file, or identity|general|open|unrelated (repeatable; default: identity, general and open).")
@@ -335,8 +334,9 @@ def eval_cmd(url, before, after, prompts, name, author, output, concurrency, max
 
     rules = parse_rules(fail_under, fail_over, max_drop, max_rise)
     if from_answers is not None:  # --from-answers "" is refused there, not taken as absent
-        ignored = [flag for flag, value in (("--before", before), ("--after", after), ("--prompts", prompts), ("--name", name),
-                                            ("--author", author), ("--old-identity", old_identity)) if value]
+        given = (("--url", url), ("--before", before), ("--after", after), ("--prompts", prompts), ("--name", name),
+                 ("--author", author), ("--old-identity", old_identity))
+        ignored = [flag for flag, value in given if value]
         if ignored:
             # the answers hold what was asked, of which model, and the identity they were scored for
             raise ApplianceError(f"{ignored[0]}: does not apply with --from-answers, which rebuilds the report from the "
@@ -346,7 +346,9 @@ def eval_cmd(url, before, after, prompts, name, author, output, concurrency, max
     elif not before:
         raise ApplianceError("--before is required (the served base model), unless you pass --from-answers")
     else:
-        cfg = EvalConfig(before=before, after=list(after), url=url, prompts=list(prompts), name=name, author=author,
+        from appliance.chat import default_url
+
+        cfg = EvalConfig(before=before, after=list(after), url=url or default_url(), prompts=list(prompts), name=name, author=author,
                          output=output, concurrency=concurrency, max_tokens=max_tokens, api_key=api_key,
                          old_identity=list(old_identity), timeout_s=timeout, rules=rules)
         report = run_eval(cfg, progress=lambda m: click.echo(m, err=True))

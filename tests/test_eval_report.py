@@ -714,3 +714,16 @@ def test_answers_keep_the_system_message_and_earlier_turns_that_were_sent(fake_s
     assert "system" not in plain and "history" not in plain
     code, out = _cli("--from-answers", str(tmp_path / "r"), "--output", str(tmp_path / "again"))  # still readable
     assert code == 0, out
+
+
+def test_without_url_the_eval_asks_the_server_appliance_up_recorded(fake_server, tmp_path, monkeypatch):
+    """As chat and adapters do: the only recorded server (appliance.chat.default_url), not a fixed port."""
+    import appliance.chat
+
+    handler, url = fake_server
+    handler.models, handler.chat = SERVED, CHUNK
+    monkeypatch.setattr(appliance.chat, "default_url", lambda: url)
+    code, out = _cli("--before", "smollm2-135m", "--prompts", "general", "--output", str(tmp_path / "r"))
+    assert code == 0, out
+    run = json.loads((tmp_path / "r" / "report.json").read_text(encoding="utf-8"))["run"]
+    assert run["url"] == url + "/v1"
