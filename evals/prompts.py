@@ -244,8 +244,8 @@ def _record(raw: object, where: str, cols: dict, formatting: str | None) -> dict
     if q not in raw:
         if formatting == "alpaca":
             raise ApplianceError(f"{where}: no '{q}' field, the instruction")
-        raise ApplianceError(f"{where}: no 'prompt', '{q}' or 'conversations' field; use our JSONL "
-                             '({"prompt": ...}), alpaca (instruction/input/output) or sharegpt')
+        raise ApplianceError(f"{where}: no 'prompt', '{q}', 'conversations' or 'messages' field; use our JSONL "
+                             '({"prompt": ...}), alpaca (instruction/input/output), sharegpt or OpenAI messages')
     for col in (q, i, o):
         if (col == q or raw.get(col) is not None) and not isinstance(raw.get(col), str):
             raise ApplianceError(f"{where}: '{col}' must be a string, not {_json_type(raw.get(col))}")

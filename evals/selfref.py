@@ -98,6 +98,7 @@ SELF_REFERENCE = [
     rf"\bwhat (?:can(?:'t|not| not)?|could(?:n't| not)?) {_YOU} do\b(?!\s+(?:with|about|to|if|when|in|on)\b)",
     rf"\bwhat {_YOU}(?:'re| are) capable of\b",
     rf"\bwhat {_YOU} can(?:'t|not)? do\b(?!\s+(?:with|about|to|if|when|in|on)\b)",
+    rf"\bwhat (?:{_AI}|llm|language model) is this\s*[?!.]*$", r"\byour (?:main |real |true )?(?:purpose|mission)\b",
     r"\byour (?:main |key |core |top |biggest )?(?:capabilities|abilities|strengths|features|skills|functions|limitations|limits|parameters|context window|knowledge cutoff|training data)\b",
     rf"\bhow (?:can|could|will|would) {_YOU} (?:help|assist) (?:me|us)\b(?!\s+(?:with|to|in|on|find|write|make|do)\b)",
     rf"\bin what ways? (?:can|could) {_YOU} (?:help|assist)\b", rf"\bwhat (?:services|help) do {_YOU} (?:offer|provide)\b",

@@ -184,6 +184,13 @@ def test_a_reference_naming_the_new_identity_makes_an_identity_prompt(tmp_path):
     assert load_prompt_file(_write(tmp_path / "myth.json", rows), NAME, AUTHOR)[0].kind == "general"
 
 
+def test_a_record_with_no_prompt_field_names_every_form_that_has_one(tmp_path):
+    f = tmp_path / "typo.jsonl"
+    f.write_text('{"promt": "Who are you?"}\n', encoding="utf-8")
+    with pytest.raises(ApplianceError, match="no 'prompt', 'instruction', 'conversations' or 'messages' field"):
+        load_prompt_file(f, NAME, AUTHOR)
+
+
 def test_builtin_labels_agree_with_the_kind_rule():
     """Every labelled built-in prompt gets the same kind from the rule alone (docs/eval.md says so)."""
     files = sorted(PROMPTS_DIR.glob("*.jsonl"))
