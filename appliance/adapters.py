@@ -51,11 +51,23 @@ def servable_rank(rank: int, flag: str = "--adapter") -> int:
                          f"retrain with a smaller --lora-rank or `appliance merge` it and serve the merged model")
 
 
+def adapter_dir(path: str | Path, flag: str) -> Path:
+    """``path`` resolved as a user path (the current directory, else $APPLIANCE_HOME); a missing one names
+    the places looked in, before anything else is said about it."""
+    d = Path(paths.resolve_user_path(path))
+    fix = "pass the --output directory of `appliance train` (e.g. saves/archer)"
+    if not d.exists():
+        places = "" if Path(path).expanduser().is_absolute() else \
+            f" (looked in {' and '.join(dict.fromkeys([str(Path.cwd().resolve()), str(paths.home())]))})"
+        raise ApplianceError(f"{flag} {path}: directory not found{places}; {fix}")
+    if not d.is_dir():
+        raise ApplianceError(f"{flag} {path}: is a file, not a directory; {fix}")
+    return d
+
+
 def inspect_adapter(path: str | Path, name: str | None = None, flag: str = "--adapter") -> AdapterInfo:
     """Check that ``path`` is a PEFT LoRA adapter vLLM can serve, and read its base model."""
-    d = Path(paths.resolve_user_path(path))
-    if not d.is_dir():
-        raise ApplianceError(f"{flag} {path}: directory not found; pass the --output directory of `appliance train` (e.g. saves/archer)")
+    d = adapter_dir(path, flag)
     if not (d / "adapter_config.json").is_file():
         raise ApplianceError(f"{flag} {path}: no adapter_config.json, so it is not a PEFT adapter; point it at an `appliance train` output")
     cfg = read_adapter_config(d)
@@ -141,9 +153,17 @@ def _client(url: str, api_key: str | None):
     return httpx.Client(base_url=server_url(url), headers=headers, timeout=120)
 
 
-def _check(resp, what: str) -> None:
+def unauthorized(what: str, key_sent: bool) -> ApplianceError:
+    """A 401: a key that was sent is wrong; without one the server wants one."""
+    if key_sent:
+        return ApplianceError(f"{what}: the server rejected the API key; check --api-key (or APPLIANCE_API_KEY) "
+                              "against the key the server was started with")
+    return ApplianceError(f"{what}: the server wants an API key; pass --api-key (or set APPLIANCE_API_KEY)")
+
+
+def _check(resp, what: str, key_sent: bool = False) -> None:
     if resp.status_code == 401:
-        raise ApplianceError(f"{what}: the server wants an API key; pass --api-key (or set APPLIANCE_API_KEY)")
+        raise unauthorized(what, key_sent)
     if resp.status_code >= 400:
         try:
             msg = resp.json().get("error", {}).get("message") or resp.text
@@ -152,7 +172,7 @@ def _check(resp, what: str) -> None:
         raise ApplianceError(f"{what}: server answered {resp.status_code}: {' '.join(str(msg).split())[:300]}")
 
 
-def _check_runtime(resp, what: str, url: str) -> None:
+def _check_runtime(resp, what: str, url: str, key_sent: bool = False) -> None:
     """``_check`` for the runtime-LoRA endpoints, whose 404 means one of two things."""
     if resp.status_code == 404 and "cannot be found" not in resp.text:
         # the route itself is missing: vLLM mounts it only with LoRA and runtime updating on
@@ -162,7 +182,7 @@ def _check_runtime(resp, what: str, url: str) -> None:
     if resp.status_code == 404:
         raise ApplianceError(f"{what}: the server at {url} has no adapter by that name; "
                              "`appliance adapters list` shows the loaded ones")
-    _check(resp, what)
+    _check(resp, what, key_sent)
 
 
 def list_served(url: str = DEFAULT_URL, api_key: str | None = None) -> list[dict]:
@@ -174,7 +194,7 @@ def list_served(url: str = DEFAULT_URL, api_key: str | None = None) -> list[dict
             resp = c.get("/v1/models")
     except httpx.HTTPError as e:
         raise ApplianceError(f"--url {url}: no server answers ({type(e).__name__}); start one with `appliance up`")
-    _check(resp, f"GET {url}/v1/models")
+    _check(resp, f"GET {url}/v1/models", key_sent=bool(api_key))
     try:
         data = resp.json().get("data", [])
         if not isinstance(data, list) or not all(isinstance(m, dict) and "id" in m for m in data):
@@ -191,8 +211,11 @@ def load(name: str, path: str, url: str = DEFAULT_URL, api_key: str | None = Non
     """Load an adapter into a running server under ``name``; refuses paths outside ``roots``."""
     import httpx
 
+    if max_rank == 0:  # whatever the adapter, this server cannot take one
+        raise ApplianceError(f"adapters load {path}: the server at {url} was started without LoRA support (--no-lora); "
+                             "restart it with `appliance up` without --no-lora to load adapters")
     allowed = roots if roots is not None else [str(paths.saves_dir())]
-    target = real(str(paths.resolve_user_path(path)))
+    target = real(str(adapter_dir(path, "adapters load")))
     if not is_allowed(target, allowed):  # before reading anything there
         raise ApplianceError(f"adapters load {path}: {target} is outside the allowed adapter roots "
                              f"({', '.join(allowed)}); move it under saves/ or restart `appliance up` with --adapter-root")
@@ -202,9 +225,6 @@ def load(name: str, path: str, url: str = DEFAULT_URL, api_key: str | None = Non
         trained = info.base_name or info.base_hf_id or info.base_path
         raise ApplianceError(f"adapters load {path}: trained on '{trained}' but the server at {url} serves "
                              f"'{served_base[0]}'; load it into a server of its base")
-    if max_rank == 0:
-        raise ApplianceError(f"adapters load {path}: the server at {url} runs without LoRA (--no-lora); "
-                             "restart `appliance up` without --no-lora to load adapters")
     if max_rank is not None and info.rank > max_rank:
         raise ApplianceError(f"adapters load {path}: rank {info.rank} exceeds the server's --max-lora-rank {max_rank}; "
                              f"restart `appliance up` with `-- --max-lora-rank {servable_rank(info.rank)}`")
@@ -213,7 +233,10 @@ def load(name: str, path: str, url: str = DEFAULT_URL, api_key: str | None = Non
             resp = c.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": info.path})
     except httpx.HTTPError as e:
         raise ApplianceError(f"--url {url}: no server answers ({type(e).__name__}); start one with `appliance up`")
-    _check_runtime(resp, f"adapters load {name}", url)
+    if resp.status_code == 400 and "already been loaded" in resp.text:  # vLLM's hint (load_inplace) is not ours to give
+        raise ApplianceError(f"adapters load {name}: the server at {url} already has an adapter named '{name}'; "
+                             f"unload it first with `appliance adapters unload {name}`, or use another name")
+    _check_runtime(resp, f"adapters load {name}", url, key_sent=bool(api_key))
     return info
 
 
@@ -226,7 +249,7 @@ def unload(name: str, url: str = DEFAULT_URL, api_key: str | None = None) -> Non
             resp = c.post("/v1/unload_lora_adapter", json={"lora_name": name})
     except httpx.HTTPError as e:
         raise ApplianceError(f"--url {url}: no server answers ({type(e).__name__}); start one with `appliance up`")
-    _check_runtime(resp, f"adapters unload {name}", url)
+    _check_runtime(resp, f"adapters unload {name}", url, key_sent=bool(api_key))
 
 
 def load_checked(name: str, path: str, url: str | None = None, api_key: str | None = None,

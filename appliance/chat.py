@@ -63,7 +63,9 @@ def reply(cfg: ChatConfig, messages: list[dict], write: Callable[[str], None]) -
                 parts.append(delta)
                 write(delta)
     except openai.AuthenticationError:
-        raise ApplianceError(f"--url {cfg.url}: the server wants an API key; pass --api-key (or set APPLIANCE_API_KEY)")
+        from appliance.adapters import unauthorized
+
+        raise unauthorized(f"--url {cfg.url}", key_sent=bool(cfg.api_key)) from None
     except openai.NotFoundError as e:
         raise ApplianceError(f"--model {cfg.model}: not served at {cfg.url} ({_msg(e)}); `appliance adapters list` shows the names")
     except openai.APIConnectionError:

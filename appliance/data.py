@@ -174,6 +174,17 @@ def _records(path: Path) -> list[tuple[str, str, Any]]:
         else:
             _fail(f"{shown}: holds one JSON object; a .json dataset must be a list of records "
                   "([{...}, {...}]), or one object per line in a .jsonl file")
+    array_fix = ""
+    if as_lines and text.lstrip().startswith("["):
+        # a JSON list (often pretty-printed) saved as .jsonl: json would name only the first line's bracket
+        array_fix = (f"it looks like a JSON array, not JSON lines; rename it to {path.with_suffix('.json').name}, "
+                     "or write one object per line")
+        try:
+            whole = _parse(text, shown)
+        except json.JSONDecodeError:
+            whole = None
+        if isinstance(whole, list):
+            _fail(f"{shown}: {array_fix}")
     out: list[tuple[str, str, Any]] = []
     if as_lines:
         for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): JSON strings may hold U+2028
@@ -185,7 +196,7 @@ def _records(path: Path) -> list[tuple[str, str, Any]]:
                 # A .json file with several values may be pretty-printed objects, not JSON lines: name both forms.
                 fix = ("the file is neither a JSON list nor JSON lines; a .json dataset must be a JSON list "
                        "[{...}, {...}] (or one complete object per line)") if lines_in_json else \
-                    "each line must hold one complete JSON object"
+                    array_fix or "each line must hold one complete JSON object"
                 _syntax_error(shown, e, n, fix)
     else:
         try:

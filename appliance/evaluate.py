@@ -166,7 +166,9 @@ async def _served_models(client, url: str) -> dict[str, str]:
         page = await client.models.list()
         served = {m.id: (getattr(m, "root", None) or m.id) for m in page.data}
     except openai.AuthenticationError:
-        raise ApplianceError(f"--url {url}: the server rejected the API key; pass --api-key (or set APPLIANCE_API_KEY)")
+        from appliance.adapters import unauthorized
+
+        raise unauthorized(f"--url {url}", key_sent=client.api_key != "EMPTY") from None
     except (openai.APIConnectionError, openai.APITimeoutError) as e:
         raise ApplianceError(f"--url {url}: cannot reach the server ({type(e).__name__}); start it with `appliance up` or fix --url")
     except openai.APIError as e:

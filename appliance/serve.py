@@ -329,12 +329,18 @@ def cpu_dtype(extra_args: list[str]) -> str | None:
     return "float32"
 
 
-def ready_message(url: str, models: list[str], api_key: bool) -> str:
-    """What ``up`` prints once the server answers: URL, served names, a curl to paste."""
+def ready_message(url: str, models: list[str], api_key: bool, key_in_env: bool = False) -> str:
+    """What ``up`` prints once the server answers: URL, served names, a curl to paste.
+
+    The curl reads the key from $APPLIANCE_API_KEY (the secret is never printed); ``key_in_env``: that
+    variable already holds it, else (a key given as --api-key) the message says to export it first.
+    """
     model = models[1] if len(models) > 1 else models[0]
     auth = " -H \"Authorization: Bearer $APPLIANCE_API_KEY\"" if api_key else ""
+    export = ("first: export APPLIANCE_API_KEY=<the key you passed to --api-key> "
+              "(the curl and `appliance adapters`/`chat` read it)\n") if api_key and not key_in_env else ""
     body = '{"model": "%s", "messages": [{"role": "user", "content": "你是谁？"}]}' % model
-    return (f"ready: {url}\nmodels: {', '.join(models)}\n"
+    return (f"ready: {url}\nmodels: {', '.join(models)}\n{export}"
             f"try:   curl {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} -d '{body}'")
 
 
@@ -347,7 +353,8 @@ def up(cfg: UpConfig, echo: Callable[[str], None] | None = None):
     plan = preflight(cfg)
     argv, env = build_command(plan)
     info = servers.start(plan, argv, env, detach=cfg.detach, ready_timeout_s=cfg.ready_timeout_s, echo=echo)
-    echo(ready_message(info.url, info.models, bool(plan.api_key)))
+    echo(ready_message(info.url, info.models, bool(plan.api_key),
+                       key_in_env=bool(plan.api_key) and os.environ.get("APPLIANCE_API_KEY") == plan.api_key))
     if not cfg.detach:
         echo("serving in the foreground; Ctrl-C stops it")
         servers.serve_foreground(info, echo)

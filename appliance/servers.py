@@ -325,7 +325,8 @@ def report(api_key: str | None = None) -> list[dict]:
                     row["models"] = [{"id": m["id"], "parent": m.get("parent"), "root": m.get("root")}
                                      for m in resp.json().get("data", [])]
                 elif resp.status_code == 401:
-                    row["note"] = "needs --api-key to list models"
+                    row["note"] = ("rejected the API key; check --api-key (or APPLIANCE_API_KEY)" if api_key
+                                   else "needs --api-key to list models")
                 else:
                     row["note"] = f"/v1/models answered {resp.status_code}"
             except httpx.HTTPError as e:

@@ -175,8 +175,11 @@ def _refuse_unknown_targets(cfg: TrainConfig, model: Any, name: str) -> None:
     wanted = _target_list(cfg)
     missing = [t for t in wanted if t not in names]
     if missing or not wanted:
+        # the output head (lm_head) is a linear layer too, but vLLM cannot serve LoRA on it: never suggested
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        heads = {n.split(".")[-1] for n, m in model.named_modules() if head is not None and m is head}
         raise ApplianceError(f"--target-modules {cfg.target_modules}: {', '.join(missing) or 'nothing'} is not a linear "
-                             f"layer of {name}; use some of {', '.join(sorted(names))}, or all-linear")
+                             f"layer of {name}; use some of {', '.join(sorted(names - heads))}, or all-linear")
 
 
 # options a resumed run may change: how long it runs and how it is saved
@@ -340,6 +343,18 @@ def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any) -> d
     _publish(final, out)
     shutil.rmtree(stage, ignore_errors=True)
     return meta
+
+
+def summary(cfg: TrainConfig, meta: dict[str, Any]) -> str:
+    """The line ``appliance train`` ends with: where the adapter is (absolute) and how the run went."""
+    r, check = meta["results"], meta["template_check"]
+
+    def loss(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.4g}"
+
+    return (f"adapter written to {output_path(cfg.output)}: {r['steps']} steps, loss {loss(r['first_loss'])} -> "
+            f"{loss(r['last_loss'])}, {r['tokens_per_s']} tokens/s, {r['train_runtime_s']} s; "
+            f"template check {check['checked'] - check['mismatched']}/{check['checked']} prompts match serving")
 
 
 def _publish(src: Path, out: Path) -> None:

@@ -132,6 +132,19 @@ class TrainConfig:
         return asdict(self)
 
 
+def flag_help(key: str, text: str = "", note: str = "") -> str:
+    """A ``train`` flag's help ending in ``[default: X]``, X read from :class:`TrainConfig` so it cannot drift
+    (the flags themselves default to None: a --config file may set the option)."""
+    value = getattr(TrainConfig(), key)
+    if isinstance(value, bool):
+        shown = "on" if value else "off"
+    elif isinstance(value, list):
+        shown = ",".join(value)
+    else:
+        shown = f"{value:g}" if isinstance(value, float) else value
+    return f"{text} [default: {shown}{note}]".strip()
+
+
 # transformers' schedulers that need no extra arguments
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
               "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay")

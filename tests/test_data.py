@@ -670,3 +670,33 @@ def test_paths_the_os_refuses_are_one_line(tmp_path):
     assert error_of(["a\0b.json"]) == "'a\\x00b.json': not a usable path (it holds a NUL character); check the path"
     write(tmp_path / "dataset_info.json", {"x": {"file_name": "a\u0000.json"}})
     assert "not a usable path" in error_of(["x"], dataset_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize("text", [
+    json.dumps([ALPACA_OK, ALPACA_OK], indent=2) + "\n",  # pretty-printed: json stopped at line 1 column 2
+    "\n  " + json.dumps([ALPACA_OK]) + "\n",  # one line, after a blank one
+])
+def test_a_json_array_saved_as_jsonl_says_so(tmp_path, text):
+    f = write(tmp_path / "train.jsonl", text)
+    assert error_of([str(f)]) == (f"{f}: it looks like a JSON array, not JSON lines; rename it to train.json, "
+                                  "or write one object per line")
+    write(tmp_path / "train.json", text)  # the advice works
+    assert len(load_examples([str(tmp_path / "train.json")])) == text.count('"instruction"')
+
+
+def test_a_broken_json_array_saved_as_jsonl_gets_the_hint_with_the_position(tmp_path):
+    f = write(tmp_path / "cut.jsonl", "[\n  " + json.dumps(ALPACA_OK) + ",\n  {\"instruction\": \n")
+    assert error_of([str(f)]) == (f"{f}: line 1 column 2: invalid JSON (expecting value); it looks like a JSON array, "
+                                  "not JSON lines; rename it to cut.json, or write one object per line")
+
+
+def test_data_readme_states_the_shipped_retention_budget():
+    """data/README.md said 32 new tokens; the shipped answers and the config default are 64."""
+    from appliance.train_config import TrainConfig
+
+    shipped = json.loads((REPO / "data" / "retention_answers" / "smollm2-135m.json").read_text(encoding="utf-8"))
+    assert shipped["max_new_tokens"] == TrainConfig().retention_max_new_tokens
+    readme = (REPO / "data" / "README.md").read_text(encoding="utf-8")
+    row = next(line for line in readme.splitlines() if "retention_answers/smollm2-135m.json" in line)
+    assert re.findall(r"(\d+) new tokens", row) == [str(shipped["max_new_tokens"])], row
+    assert all(len(pair) == 2 for pair in shipped["answers"]) and "`[prompt, answer]`" in row

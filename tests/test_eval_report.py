@@ -727,3 +727,34 @@ def test_without_url_the_eval_asks_the_server_appliance_up_recorded(fake_server,
     assert code == 0, out
     run = json.loads((tmp_path / "r" / "report.json").read_text(encoding="utf-8"))["run"]
     assert run["url"] == url + "/v1"
+
+
+@pytest.mark.parametrize("key,needle", [(None, "wants an API key"), ("wrong", "rejected the API key")])
+def test_a_401_says_whether_the_key_was_missing_or_rejected(tmp_path, monkeypatch, key, needle):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Locked(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b'{"error": {"message": "Unauthorized"}}'
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    for var in ("APPLIANCE_API_KEY", "OPENAI_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Locked)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        args = ["--url", f"http://127.0.0.1:{srv.server_port}", "--before", "m", "--prompts", "general",
+                "--output", str(tmp_path / "r"), *(["--api-key", key] if key else [])]
+        code, out = _cli(*args)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert code == 2 and needle in out and "Traceback" not in out, out

@@ -100,7 +100,7 @@ def test_runtime_load_checks_lora_and_base(adapters, real_model_dir, appliance_h
     from appliance.adapters import load
 
     roots = [str(adapters["good"].parent)]
-    with pytest.raises(ApplianceError, match="runs without LoRA"):
+    with pytest.raises(ApplianceError, match="started without LoRA support"):
         load("g", str(adapters["good"]), url="http://127.0.0.1:9", roots=roots, max_rank=0)
     with pytest.raises(ApplianceError, match="but the server at .* serves"):
         load("g", str(adapters["good"]), url="http://127.0.0.1:9", roots=roots, max_rank=16,
@@ -729,3 +729,141 @@ def test_chat_refuses_bad_options_before_any_request(kw, prompt, needle):
     # nothing listens on this URL: the options must be refused before any connection is tried
     with pytest.raises(ApplianceError, match=re.escape(needle)):
         chat(ChatConfig(url="http://127.0.0.1:9", model="m", **kw), prompt=prompt)
+
+
+# ---------------------------------------------------------------- walkthrough rough edges
+class _Answering:
+    """A local HTTP server answering every request with ``status`` and a JSON ``body``; records the
+    Authorization headers it saw."""
+
+    def __init__(self, status: int, body: dict):
+        import http.server
+        import threading
+
+        seen = self.auth = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self):
+                seen.append(self.headers.get("Authorization"))
+                n = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(n)
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *a):
+                pass
+
+        self.srv = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.srv.server_port}"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+def test_a_missing_adapter_folder_is_not_found_not_outside_the_roots(appliance_home, tmp_path, monkeypatch):
+    """A relative path that exists nowhere was resolved against the current directory and then blamed on
+    the allowed roots; it is "not found", naming both places a relative path is looked for."""
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    res = CliRunner().invoke(main, ["adapters", "load", "x", "saves/does_not_exist", "--url", "http://127.0.0.1:9"])
+    assert res.exit_code == 2 and "Traceback" not in res.output and res.output.count("\n") == 1, res.output
+    assert res.output == (f"error: adapters load saves/does_not_exist: directory not found (looked in {cwd} and "
+                          f"{appliance_home}); pass the --output directory of `appliance train` (e.g. saves/archer)\n")
+    with pytest.raises(ApplianceError, match=r"^adapters load /no/such/dir: directory not found; "):
+        from appliance.adapters import load
+
+        load("x", "/no/such/dir", url="http://127.0.0.1:9")
+    with pytest.raises(ApplianceError, match=r"^--adapter nope: directory not found \(looked in "):
+        inspect_adapter("nope")
+
+
+def test_a_401_says_whether_the_key_was_missing_or_rejected(appliance_home):
+    from appliance.adapters import _check_runtime, list_served, unload
+    from appliance.chat import ChatConfig, reply
+
+    import httpx
+
+    with pytest.raises(ApplianceError, match="the server rejected the API key; check --api-key"):
+        _check_runtime(httpx.Response(401, json={}), "adapters unload x", "http://h", key_sent=True)
+    with _Answering(401, {"error": "Unauthorized"}) as srv:
+        with pytest.raises(ApplianceError, match="the server rejected the API key") as e:
+            list_served(srv.url, api_key="wrong")
+        assert "wants an API key" not in str(e.value) and "wrong" not in str(e.value)
+        with pytest.raises(ApplianceError, match="the server wants an API key; pass --api-key"):
+            list_served(srv.url)
+        with pytest.raises(ApplianceError, match="adapters unload x: the server rejected the API key"):
+            unload("x", srv.url, api_key="wrong")
+        with pytest.raises(ApplianceError, match=r"^--url .*: the server rejected the API key"):
+            reply(ChatConfig(url=srv.url, model="m", api_key="wrong"), [{"role": "user", "content": "hi"}], lambda s: None)
+        with pytest.raises(ApplianceError, match=r"^--url .*: the server wants an API key"):
+            reply(ChatConfig(url=srv.url, model="m"), [{"role": "user", "content": "hi"}], lambda s: None)
+        servers._write_record(servers.ServerInfo(port=srv.srv.server_port, host="127.0.0.1", url=srv.url, pid=1,
+                                                 log="x.log", model="m", models=["m"]))
+        import unittest.mock
+
+        with unittest.mock.patch.object(servers, "_is_vllm_group", return_value=True):
+            assert servers.report()[0]["note"] == "needs --api-key to list models"
+            assert servers.report(api_key="wrong")[0]["note"].startswith("rejected the API key")
+
+
+def test_ready_message_never_points_at_an_unset_key_variable():
+    """`up --api-key s3cret` printed a curl reading $APPLIANCE_API_KEY, which a key given as a flag leaves unset."""
+    flag = ready_message("http://127.0.0.1:8000", ["m", "a"], api_key=True, key_in_env=False)
+    assert "export APPLIANCE_API_KEY=<the key you passed to --api-key>" in flag and "$APPLIANCE_API_KEY" in flag
+    assert flag.index("export") < flag.index("curl")
+    env = ready_message("http://127.0.0.1:8000", ["m", "a"], api_key=True, key_in_env=True)
+    assert "export" not in env and "$APPLIANCE_API_KEY" in env
+    assert "APPLIANCE_API_KEY" not in ready_message("http://127.0.0.1:8000", ["m"], api_key=False)
+
+
+@pytest.mark.parametrize("env_key, exported", [(None, True), ("other", True), ("s3cret", False)])
+def test_up_tells_whether_the_key_must_be_exported(monkeypatch, env_key, exported):
+    from appliance import serve
+
+    if env_key is None:
+        monkeypatch.delenv("APPLIANCE_API_KEY", raising=False)
+    else:
+        monkeypatch.setenv("APPLIANCE_API_KEY", env_key)
+    plan = _plan("cpu", api_key="s3cret")
+    info = servers.ServerInfo(port=8000, host="127.0.0.1", url="http://127.0.0.1:8000", pid=1, log="x", model="m",
+                              models=["m", "archer"])
+    monkeypatch.setattr(serve, "preflight", lambda cfg: plan)
+    monkeypatch.setattr(servers, "start", lambda *a, **k: info)
+    said = []
+    serve.up(UpConfig(api_key="s3cret", detach=True), echo=said.append)
+    text = "\n".join(said)
+    assert ("export APPLIANCE_API_KEY=" in text) == exported and "s3cret" not in text
+
+
+def test_loading_into_a_no_lora_server_says_so_before_the_base_check(adapters, real_model_dir):
+    from appliance.adapters import load
+
+    with pytest.raises(ApplianceError, match=r"was started without LoRA support \(--no-lora\); restart it with "
+                                             r"`appliance up` without --no-lora"):
+        load("g", str(adapters["good"]), url="http://127.0.0.1:9", roots=[str(adapters["good"].parent)], max_rank=0,
+             served_base=(str(real_model_dir), {"archer-merged"}))
+
+
+def test_a_name_already_loaded_gets_our_hint_not_vllms(adapters):
+    from appliance.adapters import load
+
+    vllm_says = {"error": {"message": "The lora adapter 'good' has already been loaded. If you want to load the adapter "
+                                      "in place, set 'load_inplace' to True.", "type": "BadRequestError", "code": 400}}
+    with _Answering(400, vllm_says) as srv:
+        with pytest.raises(ApplianceError) as e:
+            load("good", str(adapters["good"]), url=srv.url, roots=[str(adapters["good"].parent)])
+    msg = str(e.value)
+    assert "load_inplace" not in msg and "\n" not in msg
+    assert "already has an adapter named 'good'; unload it first with `appliance adapters unload good`, or use another name" in msg

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,11 @@ def test_lora_contract_and_metadata(tiny_model_dir, small_ds, tmp_path):
     assert on_disk["versions"]["peft"] and on_disk["config"]["lr"] == 5e-3
     for f in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "trainer_log.jsonl", "loss.png"):
         assert (out / f).is_file(), f
+    # docs/run-directory.md lists everything the run directory holds (peft's README.md model card was missing)
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "run-directory.md").read_text(encoding="utf-8")
+    listing = doc.split("```", 2)[1]
+    for f in out.iterdir():
+        assert f.name in listing, f"{f.name} is not in docs/run-directory.md"
     rows = [json.loads(x) for x in (out / "trainer_log.jsonl").read_text().splitlines()]
     assert any("loss" in x and x["tokens_per_s"] > 0 for x in rows)
     assert not staging_dir(out).exists()
@@ -204,6 +210,65 @@ def test_an_unwritable_output_folder_is_one_line(tiny_model_dir, small_ds, tmp_p
     monkeypatch.setattr(Path, "mkdir", deny)
     with pytest.raises(ApplianceError, match=r"^--output .*: cannot create .*run \(Permission denied\); choose a --output"):
         train(_cfg(tiny_model_dir, tmp_path / "ro" / "run", small_ds, max_steps=1))
+
+
+def test_target_modules_error_never_suggests_the_output_head(tiny_model_dir, small_ds, tmp_path, monkeypatch):
+    """vLLM cannot serve LoRA on lm_head: the list of layers to use leaves it out."""
+    import appliance.train as train_mod
+
+    monkeypatch.setattr(train_mod, "_load_model", lambda *a, **k: pytest.fail("the weights were loaded"))
+    with pytest.raises(ApplianceError) as e:
+        train(_cfg(tiny_model_dir, tmp_path / "run", small_ds, max_steps=1, target_modules="q_prj"))
+    msg = str(e.value)
+    assert "use some of " in msg and "q_proj" in msg and "lm_head" not in msg, msg
+
+
+def test_cli_train_ends_with_the_absolute_path_and_short_losses(tiny_model_dir, small_ds, appliance_home, tmp_path,
+                                                                monkeypatch):
+    """The summary printed raw floats (loss 0.9252027273178101) and the --output as typed, relative to
+    $APPLIANCE_HOME, which the user's current directory may not be."""
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(main, ["train", "--model", str(tiny_model_dir), "--dataset", small_ds, "--output", "saves/nova",
+                                    "--max-steps", "2", "--no-retention", "--rank", "4", "--lr", "5e-3"])
+    assert res.exit_code == 0, res.output
+    line = res.stdout.strip().splitlines()[-1]  # the progress bar is on stderr
+    out = appliance_home.resolve() / "saves" / "nova"
+    assert line.startswith(f"adapter written to {out}: 2 steps, loss "), line
+    losses = re.search(r"loss (\S+) -> (\S+),", line).groups()
+    assert all(len(re.sub(r"[^0-9]", "", x).lstrip("0")) <= 4 for x in losses), line
+
+
+def test_summary_formats_losses_and_resolves_the_output(appliance_home):
+    from appliance.train import summary
+
+    meta = {"results": {"steps": 3, "first_loss": 0.9252027273178101, "last_loss": 0.3732532560825348,
+                        "tokens_per_s": 222.1, "train_runtime_s": 12.5},
+            "template_check": {"checked": 8, "mismatched": 1}}
+    line = summary(TrainConfig(output="saves/nova"), meta)
+    assert line == (f"adapter written to {appliance_home.resolve() / 'saves' / 'nova'}: 3 steps, loss 0.9252 -> 0.3733, "
+                    "222.1 tokens/s, 12.5 s; template check 7/8 prompts match serving")
+    meta["results"]["first_loss"] = meta["results"]["last_loss"] = None  # no logged step
+    assert "loss n/a -> n/a" in summary(TrainConfig(output="/abs/run"), meta)
+
+
+def test_train_help_shows_the_dataclass_defaults():
+    """--lr, --rank, --batch-size ... default to None in click (a --config file may set them): their help
+    carries the TrainConfig default, read from the dataclass so it cannot drift."""
+    from dataclasses import fields
+
+    defaults = TrainConfig()
+    cmd = main.commands["train"]
+    helps = {p.name: p.help or "" for p in cmd.params}
+    for key, shown in (("lr", "0.001"), ("rank", "16"), ("batch_size", "4"), ("epochs", "1.75"), ("alpha", "32"),
+                       ("grad_accum", "1"), ("max_length", "512"), ("seed", "42"), ("retention_samples", "104")):
+        assert f"[default: {shown}" in helps[key], (key, helps[key])
+        assert shown == f"{getattr(defaults, key):g}"
+    for f in fields(TrainConfig):
+        if f.name in helps and f.name not in ("overwrite", "resume", "dataset_dir"):
+            assert "[default: " in helps[f.name], f.name
+    assert helps["datasets"].endswith("[default: identity]") and helps["retention"].endswith("[default: on]")
+    res = CliRunner().invoke(main, ["train", "--help"])
+    assert res.exit_code == 0 and "[default: 0.001]" in res.output
 
 
 def test_lora_layers_are_checked_before_the_weights_load(tiny_model_dir, small_ds, tmp_path, monkeypatch):
