@@ -67,7 +67,12 @@ def reply(cfg: ChatConfig, messages: list[dict], write: Callable[[str], None]) -
 
         raise unauthorized(f"--url {cfg.url}", key_sent=bool(cfg.api_key)) from None
     except openai.NotFoundError as e:
-        raise ApplianceError(f"--model {cfg.model}: not served at {cfg.url} ({_msg(e)}); `appliance adapters list` shows the names")
+        try:  # vLLM's own message lists only the base's aliases, not the adapters: name what is served
+            served = ", ".join(m.id for m in _client(cfg).models.list().data)
+        except Exception:  # noqa: BLE001 - then its message is all there is
+            served = ""
+        why = f"it serves: {served}" if served else _msg(e)
+        raise ApplianceError(f"--model {cfg.model}: not served at {cfg.url} ({why}); pass one of those names") from None
     except openai.APIConnectionError:
         raise ApplianceError(f"--url {cfg.url}: no server answers; start one with `appliance up`")
     except openai.APIStatusError as e:

@@ -867,3 +867,39 @@ def test_a_name_already_loaded_gets_our_hint_not_vllms(adapters):
     msg = str(e.value)
     assert "load_inplace" not in msg and "\n" not in msg
     assert "already has an adapter named 'good'; unload it first with `appliance adapters unload good`, or use another name" in msg
+
+
+def test_chat_with_an_unknown_model_names_what_the_server_serves():
+    """vLLM's 404 lists only the base's aliases; the error names every served model, adapters included."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from appliance.chat import ChatConfig, reply
+
+    class Handler(BaseHTTPRequestHandler):
+        def _send(self, code: int, body: bytes) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            self._send(200, b'{"object": "list", "data": [{"id": "smollm2-135m"}, {"id": "nova"}]}')
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self._send(404, b'{"error": {"message": "The model `bogus` does not exist. Valid aliases: smollm2-135m."}}')
+
+        def log_message(self, *args):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        cfg = ChatConfig(url=f"http://127.0.0.1:{srv.server_port}", model="bogus")
+        with pytest.raises(ApplianceError, match=r"^--model bogus: not served at .*\(it serves: smollm2-135m, nova\)"):
+            reply(cfg, [{"role": "user", "content": "hi"}], lambda s: None)
+    finally:
+        srv.shutdown()
+        srv.server_close()
