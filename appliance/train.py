@@ -46,10 +46,24 @@ def _check_output(out: Path, cfg: TrainConfig) -> None:
         raise ApplianceError(f"{flag}: already exists; pass --overwrite to replace it, or choose another --output")
     # --overwrite replaces a previous run, never a folder of other things (".", saves/, the data's folder)
     cwd, home = Path.cwd().resolve(), paths.home()
-    is_run = (out / "appliance.json").is_file() or (out / "adapter_config.json").is_file()
+    kind = _folder_kind(out)
+    if kind not in (None, "lora-adapter"):
+        # a merged or pulled model (models/NAME, perhaps a link to the base that this run reads) is not ours to replace
+        raise ApplianceError(f"{flag}: holds a {kind} (its appliance.json says so), not a training run, so --overwrite "
+                             "will not delete it; choose a new --output such as saves/NAME")
+    is_run = kind == "lora-adapter" or ((out / "adapter_config.json").is_file() and not (out / "config.json").is_file())
     if out in (cwd, home, *cwd.parents, *home.parents) or (any(out.iterdir()) and not is_run):
         raise ApplianceError(f"{flag}: is not a run directory (no appliance.json), so --overwrite will not delete it; "
                              "choose a new --output")
+
+
+def _folder_kind(out: Path) -> str | None:
+    """The ``kind`` an appliance.json in ``out`` records (lora-adapter, merged-model, base-model), else None."""
+    try:
+        kind = json.loads((out / "appliance.json").read_text(encoding="utf-8")).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None if not (out / "appliance.json").exists() else "folder with an unreadable appliance.json"
+    return kind if isinstance(kind, str) and kind else "folder of another tool"
 
 
 def _qlora_compute_dtype(cuda: bool) -> torch.dtype:

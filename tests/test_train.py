@@ -127,6 +127,22 @@ def test_qlora_trains_a_4bit_base_and_saves_a_plain_lora_adapter(tiny_model_dir,
     assert any("lora_B" in n and p.abs().sum() > 0 for n, p in peft.named_parameters())
 
 
+@pytest.mark.parametrize("kind", ["merged-model", "base-model"])
+def test_overwrite_never_replaces_a_model_folder(tiny_model_dir, small_ds, tmp_path, kind):
+    """models/NAME (a merge, or the pulled base, maybe a symlink to the base this run reads) is not a run."""
+    model = tmp_path / "models" / "m"
+    model.mkdir(parents=True)
+    (model / "appliance.json").write_text(json.dumps({"kind": kind}))
+    (model / "config.json").write_text("{}")
+    (model / "adapter_config.json").write_text("{}")  # even beside an adapter's file
+    link = tmp_path / "link"
+    link.symlink_to(model)
+    for out in (model, link):
+        with pytest.raises(ApplianceError, match=f"holds a {kind}.*not a training run"):
+            train(_cfg(tiny_model_dir, out, small_ds, max_steps=1, overwrite=True))
+    assert json.loads((model / "appliance.json").read_text())["kind"] == kind and (model / "config.json").exists()
+
+
 def test_refuses_existing_output_and_overwrite_replaces(tiny_model_dir, small_ds, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
