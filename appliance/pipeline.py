@@ -75,13 +75,13 @@ def pipeline(cfg: PipelineConfig, echo: Echo = print) -> dict[str, Any]:
     timings["pull_s"] = time.time() - t
 
     t = _stage(echo, f"train -> {run_dir}")
-    done = _trained(run_dir, cfg)
+    tcfg = TrainConfig.from_sources(cfg.train_config, model=cfg.model, name=cfg.name, author=cfg.author,
+                                    output=str(run_dir), overwrite=True,
+                                    resume=staging_dir(run_dir).exists() and not cfg.force)
+    done = _trained(run_dir, tcfg)
     if done and not cfg.force:
-        echo(f"skipped: {run_dir} is already trained for {cfg.name} / {cfg.author} (use --force to retrain)")
+        echo(f"skipped: {run_dir} is already trained for {cfg.name} / {cfg.author} with these settings (use --force to retrain)")
     else:
-        tcfg = TrainConfig.from_sources(cfg.train_config, model=cfg.model, name=cfg.name, author=cfg.author,
-                                        output=str(run_dir), overwrite=True,
-                                        resume=staging_dir(run_dir).exists() and not cfg.force)
         meta = train(tcfg)
         r = meta["results"]
         echo(f"trained: loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}, {r['tokens_per_s']} tokens/s")
@@ -131,6 +131,12 @@ def _preflight(cfg: PipelineConfig) -> None:
         if value < 1:
             raise ApplianceError(f"{flag} {value}: must be at least 1")
     TrainConfig.from_sources(cfg.train_config, model=cfg.model, name=cfg.name, author=cfg.author).validate()
+    if cfg.train_config:
+        own = sorted(TrainConfig.from_sources(cfg.train_config)._from_file[1] & {"model", "name", "author", "output"})
+        if own:
+            # the pipeline's flags would silently win over them (and output is saves/<name>)
+            raise ApplianceError(f"--config {cfg.train_config}: {', '.join(own)} set by the pipeline's own flags "
+                                 "(--model, --name, --author; the run goes to saves/<name>); remove them from the file")
     parse_rules(fail_under=tuple(cfg.gates))
     load_prompts(cfg.prompts, cfg.name, cfg.author)
 
@@ -189,7 +195,29 @@ class _Servers:
         return info
 
     def stop(self, which: str | None = None) -> None:
-        """Stop one server (or all): waits for a start in progress, so nothing is left running."""
+        """Stop one server (or all): waits for a start in progress, so nothing is left running.
+
+        A second Ctrl-C (or SIGTERM; `timeout` sends two) while it waits would abandon a server that is
+        still starting: both signals are held back until every server is stopped, then delivered."""
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():  # only the main thread handles signals
+            return self._stop(which)
+        pending: list[int] = []
+        old = {sig: signal.signal(sig, lambda signum, frame: pending.append(signum)) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self._stop(which)
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+        if pending:  # now act on it as the handler in place would have
+            handler = old[pending[0]]
+            if callable(handler):
+                handler(pending[0], None)
+            raise KeyboardInterrupt
+
+    def _stop(self, which: str | None) -> None:
         from appliance import serve
 
         for w in [which] if which else list(self.futures):
@@ -289,13 +317,22 @@ def _rows(part_dir: Path) -> list[dict]:
     return load_answers(part_dir / "answers.jsonl")  # split on newlines only: an answer may hold U+2028
 
 
-def _trained(run_dir: Path, cfg: PipelineConfig) -> bool:
+# how a run is stored and continued, not what it learns
+_NOT_RECIPE = {"output", "overwrite", "resume", "save_steps"}
+
+
+def _trained(run_dir: Path, tcfg: Any) -> bool:
+    """Whether ``run_dir`` holds an adapter trained with these very settings (data, recipe, name and author):
+    an adapter of another recipe (a short --config run, another --model) is retrained, not reported as this one."""
+    from dataclasses import asdict
+
     from appliance import rundir
 
     if not (run_dir / "adapter_config.json").is_file():
         return False
-    meta = rundir.read_meta(run_dir)
-    return meta.get("identity") == {"name": cfg.name, "author": cfg.author}
+    recorded = rundir.read_meta(run_dir).get("config") or {}
+    wanted = json.loads(json.dumps(asdict(tcfg)))  # tuples as lists, as appliance.json holds them
+    return bool(recorded) and all(recorded.get(k) == v for k, v in wanted.items() if k not in _NOT_RECIPE)
 
 
 def _newer(path: Path, *dirs: Path) -> bool:

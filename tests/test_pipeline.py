@@ -13,18 +13,37 @@ from appliance import pipeline as pl
 from appliance.errors import ApplianceError
 
 
-def _run_dir(path, name="Archer", author="意琦行"):
+def _tcfg(**kw):
+    from appliance.train_config import TrainConfig
+
+    return TrainConfig(**{"name": "Archer", "author": "意琦行", **kw})
+
+
+def _run_dir(path, name="Archer", author="意琦行", **recipe):
+    from dataclasses import asdict
+
     path.mkdir(parents=True)
     (path / "adapter_config.json").write_text("{}")
-    (path / "appliance.json").write_text(json.dumps({"identity": {"name": name, "author": author}}))
+    config = json.loads(json.dumps(asdict(_tcfg(name=name, author=author, output=str(path), **recipe))))
+    (path / "appliance.json").write_text(json.dumps({"identity": {"name": name, "author": author}, "config": config}))
     return path
 
 
-def test_training_is_skipped_only_for_the_same_identity(tmp_path):
+def test_training_is_skipped_only_for_the_same_identity_and_recipe(tmp_path):
+    """A run of another name, or of another recipe (a short --config run), is retrained, not reused."""
     run = _run_dir(tmp_path / "saves" / "archer")
-    assert pl._trained(run, pl.PipelineConfig(name="Archer", author="意琦行"))
-    assert not pl._trained(run, pl.PipelineConfig(name="Nova", author="意琦行"))
-    assert not pl._trained(tmp_path / "missing", pl.PipelineConfig())
+    assert pl._trained(run, _tcfg(output="elsewhere", overwrite=True, resume=True))  # storage settings do not count
+    assert not pl._trained(run, _tcfg(name="Nova"))
+    assert not pl._trained(run, _tcfg(max_steps=8))
+    assert not pl._trained(run, _tcfg(model="qwen2.5-0.5b-instruct"))
+    assert not pl._trained(tmp_path / "missing", _tcfg())
+
+
+def test_pipeline_config_file_may_not_set_the_pipelines_own_flags(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("name: Zed\nmax-steps: 8\n")
+    with pytest.raises(ApplianceError, match=r"--config .*p.yaml: name set by the pipeline's own flags"):
+        pl._preflight(pl.PipelineConfig(train_config=str(f)))
 
 
 def test_report_is_reused_only_when_newer_and_made_with_the_same_settings(tmp_path):
@@ -174,6 +193,28 @@ def test_servers_started_early_are_stopped_when_a_stage_fails(tmp_path, monkeypa
     servers.prestart("merged")
     servers.stop()  # what the pipeline's `finally` does when the merge or an eval raises
     assert sorted(e[:2] for e in log) == [("down", 8123), ("down", 8124), ("up", "archer-merged"), ("up", "smollm2-135m")]
+
+
+def test_a_second_ctrl_c_during_cleanup_does_not_abandon_a_server(tmp_path, monkeypatch):
+    """`timeout -s INT` signals twice; Ctrl-C pressed again while the servers are stopped: every server is still
+    stopped, and the interrupt arrives afterwards."""
+    import os
+    import signal
+
+    from appliance import serve
+
+    log = _fakes(tmp_path, monkeypatch, "cpu")
+    servers = _servers(tmp_path, pl.PipelineConfig(port=8123, merged_port=8124), start=True)
+    servers.prestart("merged")
+
+    def down(port):
+        os.kill(os.getpid(), signal.SIGINT)  # arrives while the first server is being stopped
+        log.append(("down", port))
+
+    monkeypatch.setattr(serve, "down", down)
+    with pytest.raises(KeyboardInterrupt):
+        servers.stop()
+    assert sorted(e[:2] for e in log if e[0] == "down") == [("down", 8123), ("down", 8124)]
 
 
 def test_cli_leaves_unset_options_to_the_config_defaults(monkeypatch):
