@@ -227,7 +227,10 @@ def merge(cfg: MergeConfig) -> MergeResult:
     try:
         verification = _merge_into(tmp, base_path, adapter, dtype, cfg)
         if verification is not None and not verification["passed"]:
-            raise ApplianceError(f"{verdict_line(verification)}; the merged model was not written (mismatches: {verification['mismatched_prompts']})")
+            # a bf16/fp16 copy rounds every weight: small adapters' effect can drown in it, fp32 keeps it exactly
+            hint = "; merge with --dtype fp32 to keep the adapter's effect exactly" if dtype != "fp32" else ""
+            raise ApplianceError(f"{verdict_line(verification)}; the merged model was not written (mismatches: "
+                                 f"{verification['mismatched_prompts']}){hint}")
         result_meta = _merged_meta(meta, base_meta, adapter, sha, dtype, verification)
         write_meta(tmp, result_meta)
         _replace_dir(tmp, out)

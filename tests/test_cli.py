@@ -115,3 +115,16 @@ def test_clicks_own_usage_errors_are_one_line_too(argv, needle):
     lines = res.output.strip().splitlines()
     assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0]
     assert "--help`" in lines[0]  # where to look for the right usage
+
+
+def test_readme_lists_every_config_file_key():
+    """The keys of `--config FILE` are documented where users look, and cannot drift from TrainConfig."""
+    from dataclasses import fields
+    from pathlib import Path
+
+    from appliance.train_config import TrainConfig
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("`--config FILE`", 1)[1].split("\n\n", 1)[0]
+    missing = [f.name for f in fields(TrainConfig) if not f.name.startswith("_") and f.name not in section]
+    assert missing == []

@@ -191,10 +191,13 @@ def test_a_broken_merge_fails_verification_and_leaves_nothing(adapter_dir, tmp_p
 
     monkeypatch.setattr(merge_mod, "_merge_and_unload", skip_one_layer)
     out = tmp_path / "broken"
-    with pytest.raises(ApplianceError, match="verification FAIL"):
+    with pytest.raises(ApplianceError, match="verification FAIL") as e:
         merge(_cfg(adapter_dir, out, dtype="fp32"))
+    assert "--dtype fp32" not in str(e.value)  # already fp32: nothing to suggest
     assert not out.exists()
     assert not list(tmp_path.glob(".broken*"))
+    with pytest.raises(ApplianceError, match="verification FAIL.*merge with --dtype fp32"):  # bf16 rounding may be why
+        merge(_cfg(adapter_dir, out, dtype="bf16"))
 
 
 def _cli_error(args: list[str]) -> str:

@@ -517,6 +517,8 @@ def test_compose_file_structure(tmp_path):
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
     assert ev["profiles"] == ["eval"] and ev["depends_on"]["server"]["condition"] == "service_healthy"
     assert ev["command"][:3] == ["eval", "--url", "http://server:8000"]
+    # the adapter's folder at the server's path: the eval reads the identity it was trained for there
+    assert "./saves:/saves:ro" in ev["volumes"]
     assert (REPO / ev["build"]["dockerfile"]).is_file()
     dockerfile = (REPO / "Dockerfile").read_text()
     assert dockerfile.startswith("#") and "FROM python:3.11-slim" in dockerfile and "[gpu]" not in dockerfile
