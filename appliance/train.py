@@ -38,6 +38,8 @@ def output_path(output: str) -> Path:
 
 def _check_output(out: Path, cfg: TrainConfig) -> None:
     """Refuse, before any work, an --output that --overwrite would have to destroy to use."""
+    if not str(cfg.output or "").strip():  # "" would name $APPLIANCE_HOME itself
+        raise ApplianceError("--output is empty; give the run's folder, e.g. --output saves/archer")
     paths.refuse_file_on_path(out, "--output")
     flag = f"--output {cfg.output}"
     if not out.exists():

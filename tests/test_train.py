@@ -127,6 +127,11 @@ def test_qlora_trains_a_4bit_base_and_saves_a_plain_lora_adapter(tiny_model_dir,
     assert any("lora_B" in n and p.abs().sum() > 0 for n, p in peft.named_parameters())
 
 
+def test_an_empty_output_is_named_as_empty(tiny_model_dir, small_ds):
+    with pytest.raises(ApplianceError, match="^--output is empty"):
+        train(_cfg(tiny_model_dir, "", small_ds, max_steps=1))
+
+
 @pytest.mark.parametrize("kind", ["merged-model", "base-model"])
 def test_overwrite_never_replaces_a_model_folder(tiny_model_dir, small_ds, tmp_path, kind):
     """models/NAME (a merge, or the pulled base, maybe a symlink to the base this run reads) is not a run."""
