@@ -102,11 +102,14 @@ def recorded_identity(cfg: EvalConfig, roots: dict[str, str]) -> tuple[str, str]
     """The (name, author) the ``--after`` models were trained for, from the appliance.json of the
     run or merged-model folder each was served from; None when none records one."""
     found: dict[str, tuple[str, str]] = {}
+    from appliance import rundir
+
     for model in cfg.after:
-        meta = Path(roots.get(model) or model) / "appliance.json"
         try:
-            ident = json.loads(meta.read_text(encoding="utf-8")).get("identity") or {}
-        except (OSError, ValueError, AttributeError):
+            ident = rundir.read_meta(roots.get(model) or model).get("identity") or {}
+        except ApplianceError:  # not a folder of ours (a hub model, a remote server's path): nothing recorded
+            continue
+        if not isinstance(ident, dict):
             continue
         if isinstance(ident.get("name"), str) and isinstance(ident.get("author"), str) and ident["name"] and ident["author"]:
             found[model] = (ident["name"], ident["author"])
@@ -302,8 +305,9 @@ def run_eval(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
         rule = next(r for r in cfg.rules if r.op in ("max_drop", "max_rise"))
         raise ApplianceError(f"--{rule.op.replace('_', '-')} {rule.key}={rule.value:g}: compares an --after model with "
                              "--before, and there is no --after; add --after MODEL or use --fail-under/--fail-over")
-    load_prompts(cfg.prompts, cfg.name or DEFAULT_NAME, cfg.author or DEFAULT_AUTHOR)  # a bad file fails before the server is asked
-    cfg = resolve_identity(cfg, progress)
+    if cfg.name is None or cfg.author is None:  # the identity comes from the server: a bad file fails before it is asked
+        load_prompts(cfg.prompts, DEFAULT_NAME, DEFAULT_AUTHOR)
+        cfg = resolve_identity(cfg, progress)
     out = output_dir(cfg)
     prompts = load_prompts(cfg.prompts, cfg.name, cfg.author)
     created = _prepare_output(out)

@@ -110,8 +110,8 @@ _SELF_RE = re.compile("|".join(f"(?:{p})" for p in SELF_REFERENCE), re.IGNORECAS
 
 
 # traditional characters of the words above, read as their simplified forms (你是誰 = 你是谁)
-_SIMPLIFIED = str.maketrans("誰從裡開發創訓練製設計們麼個團隊這嗎為說問誕屬於來稱識機實驗運營還幫種兒與關係區別會負責參數達識憶覺麼甚",
-                            "谁从里开发创训练制设计们么个团队这吗为说问诞属于来称识机实验运营还帮种儿与关系区别会负责参数达识忆觉么什")
+_SIMPLIFIED = str.maketrans("誰從裡開發創訓練製設計們麼個團隊這嗎為說問誕屬於來稱識機實驗運營還幫種兒與關係區別會負責參數達憶覺甚",
+                            "谁从里开发创训练制设计们么个团队这吗为说问诞属于来称识机实验运营还帮种儿与关系区别会负责参数达忆觉什")
 
 
 def is_self_reference(prompt: str) -> bool:
