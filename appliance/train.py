@@ -45,6 +45,8 @@ def _check_output(out: Path, cfg: TrainConfig) -> None:
     if not out.exists():
         return
     if not cfg.overwrite:
+        if _folder_kind(out) == "lora-adapter":
+            return  # the same run again is harmless: train() compares its settings and data once they are read
         raise ApplianceError(f"{flag}: already exists; pass --overwrite to replace it, or choose another --output")
     # --overwrite replaces a previous run, never a folder of other things (".", saves/, the data's folder)
     cwd, home = Path.cwd().resolve(), paths.home()
@@ -133,22 +135,78 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     ref = models.resolve(cfg.model)
     _check_model_shape(cfg, ref.path, ref.name)
     fingerprint = data_mod.fingerprint(ident)
+    if out.exists() and not cfg.overwrite:
+        done = trained_as(out, cfg, fingerprint)
+        if done is None:
+            raise ApplianceError(f"--output {cfg.output}: already holds a run trained with other settings or data; "
+                                 "pass --overwrite to replace it, or choose another --output")
+        return {**done, "already_trained": True}
 
     from transformers import set_seed
 
     set_seed(cfg.seed)
     stage = staging_dir(out)
-    if stage.exists() and not cfg.resume:
-        shutil.rmtree(stage)
+    _keep_or_discard_checkpoint(stage, cfg)
     made = _make_dirs(stage, cfg.output)
     try:
         _check_resume(stage, cfg, fingerprint)
-        return _train(cfg, out, stage, ident, ref)
-    except BaseException:
-        if not _last_checkpoint(stage / "checkpoints"):
+        return _train(cfg, out, stage, ident, ref, fingerprint)
+    except BaseException as e:
+        last = _last_checkpoint(stage / "checkpoints")
+        if not last:
             shutil.rmtree(stage, ignore_errors=True)  # nothing to resume: leave no empty staging folder behind
             paths.remove_empty_dirs(made)  # nor the empty parents this run created for --output
+        elif isinstance(e, KeyboardInterrupt):
+            print(f"{Path(last).name} kept in {stage}: run the same command with --resume to continue from it",
+                  file=sys.stderr)
         raise
+
+
+# how a run is stored and continued, not what it learns
+NOT_RECIPE = frozenset({"output", "overwrite", "resume", "save_steps"})
+
+
+def trained_as(out: Path, cfg: TrainConfig, examples_fingerprint: str | None = None) -> dict[str, Any] | None:
+    """The ``appliance.json`` of ``out`` if it holds an adapter trained with these very settings, else None.
+
+    Settings are everything but how the run is stored and continued; with ``examples_fingerprint``
+    the training examples must be the same too (runs written before it was recorded never match).
+    """
+    if not (out / "adapter_config.json").is_file() or _folder_kind(out) != "lora-adapter":
+        return None
+    try:
+        meta = rundir.read_meta(out)
+    except ApplianceError:
+        return None
+    recorded = meta.get("config") or {}
+    wanted = json.loads(json.dumps(cfg.to_dict()))  # tuples as lists, as appliance.json holds them
+    if not recorded or any(recorded.get(k) != v for k, v in wanted.items() if k not in NOT_RECIPE):
+        return None
+    if examples_fingerprint is not None and (meta.get("dataset") or {}).get("examples_fingerprint") != examples_fingerprint:
+        return None
+    return meta
+
+
+def already_trained(cfg: TrainConfig) -> dict[str, Any] | None:
+    """The ``appliance.json`` of ``cfg.output`` if it was trained with these settings and data, else None."""
+    ident = data_mod.load_examples(cfg.datasets, dataset_dir=cfg.dataset_dir, name=cfg.name, author=cfg.author)
+    return trained_as(output_path(cfg.output), cfg, data_mod.fingerprint(ident))
+
+
+def _keep_or_discard_checkpoint(stage: Path, cfg: TrainConfig) -> None:
+    """An interrupted run's checkpoint is continued (--resume), discarded (--overwrite) or kept (refused)."""
+    last = _last_checkpoint(stage / "checkpoints")
+    if cfg.resume:
+        if not last:
+            print(f"note: --resume: no checkpoint in {stage}, so training starts from step 0", file=sys.stderr)
+        return
+    if last and not cfg.overwrite:
+        raise ApplianceError(f"--output {cfg.output}: an interrupted run left {Path(last).name} in {stage}; "
+                             "pass --resume to continue it, or --overwrite to start over")
+    if last:
+        print(f"note: --overwrite: discarding the interrupted run's {Path(last).name} in {stage}", file=sys.stderr)
+    if stage.exists():
+        shutil.rmtree(stage)
 
 
 def _make_dirs(stage: Path, output: str) -> list[Path]:
@@ -215,7 +273,7 @@ def _check_resume(stage: Path, cfg: TrainConfig, data_fingerprint: str) -> None:
     paths.atomic_write_text(f, json.dumps(now, ensure_ascii=False, indent=1))
 
 
-def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any) -> dict[str, Any]:
+def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any, examples_fp: str) -> dict[str, Any]:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoTokenizer, PrinterCallback, Trainer, TrainingArguments
 
@@ -333,7 +391,8 @@ def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any) -> d
     results = {
         "train_loss": round(float(result.training_loss), 4), "first_loss": log.first_loss, "last_loss": log.last_loss,
         "steps": trainer.state.global_step, "train_runtime_s": round(runtime, 1), "data_prep_s": round(prep_s, 1),
-        "tokens_seen": tokens, "tokens_per_s": round(tokens / runtime, 1) if runtime else None,
+        # a resumed run's speed: the tokens of this process over its time (tokens_seen is the whole run's)
+        "tokens_seen": tokens, "tokens_per_s": round((tokens - log.tokens0) / runtime, 1) if runtime else None,
         "samples_seen": trainer.samples_seen,  # this process's; a resumed run's earlier part is not counted
         "samples_per_s": round(trainer.samples_seen / runtime, 2) if runtime else None,
         "peak_mem_mb": _peak_mem_mb(cuda), "resumed_from": last,
@@ -349,7 +408,8 @@ def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any) -> d
         "lora": {"r": cfg.rank, "alpha": cfg.alpha, "dropout": cfg.dropout, "layers": layers or "all",
                  "target_modules": sorted({m.split(".")[-1] for m in model.peft_config["default"].target_modules})},
         "identity": {"name": cfg.name, "author": cfg.author},
-        "dataset": {"names": cfg.datasets, "fingerprint": data_mod.fingerprint(ident + keep), "examples": len(ident),
+        "dataset": {"names": cfg.datasets, "fingerprint": data_mod.fingerprint(ident + keep),
+                    "examples_fingerprint": examples_fp, "examples": len(ident),
                     "retention_examples": len(keep), "unlikely_examples": n_unlikely, "dropped_by_max_length": len(dropped),
                     "truncated_by_max_length": len(cut)},
         "template_check": {"checked": len(rows) - n_unlikely, "mismatched": mismatched},
@@ -367,6 +427,11 @@ def summary(cfg: TrainConfig, meta: dict[str, Any]) -> str:
 
     def loss(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.4g}"
+
+    if meta.get("already_trained"):
+        return (f"already trained: {output_path(cfg.output)} holds a run with these settings and data "
+                f"({r['steps']} steps, loss {loss(r['first_loss'])} -> {loss(r['last_loss'])}); "
+                "pass --overwrite to train it again")
 
     return (f"adapter written to {output_path(cfg.output)}: {r['steps']} steps, loss {loss(r['first_loss'])} -> "
             f"{loss(r['last_loss'])}, {r['tokens_per_s']} tokens/s, {r['train_runtime_s']} s; "

@@ -28,6 +28,11 @@ class LogCallback(TrainerCallback):
         self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", unit="step", dynamic_ncols=True)
         self.t0 = time.time()
         self.tokens0 = int(state.num_input_tokens_seen or 0)
+        if state.global_step and self.path.exists():
+            # resumed: the steps logged after the checkpoint, before the interrupt, are about to run again
+            rows = [r for r in _rows_intact(self.path) if r.get("step", 0) <= state.global_step]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+            self.first_loss = next((float(r["loss"]) for r in rows if "loss" in r), None)
 
     def on_log(self, args, state, control, logs=None, **kw):
         logs = dict(logs or {})
@@ -53,6 +58,17 @@ class LogCallback(TrainerCallback):
 
 def read_log(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _rows_intact(path: Path) -> list[dict]:
+    """The log's rows, less a last line a kill cut short."""
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
 
 
 def plot_loss(log_path: Path, png: Path) -> None:

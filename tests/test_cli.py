@@ -128,3 +128,11 @@ def test_readme_lists_every_config_file_key():
     section = readme.split("`--config FILE`", 1)[1].split("\n\n", 1)[0]
     missing = [f.name for f in fields(TrainConfig) if not f.name.startswith("_") and f.name not in section]
     assert missing == []
+
+
+def test_models_pull_of_a_model_already_there_says_so(appliance_home):
+    d = appliance_home / "models" / "smollm2-135m"
+    d.mkdir(parents=True)
+    (d / "config.json").write_text("{}")
+    res = CliRunner().invoke(main, ["models", "pull", "smollm2-135m"])
+    assert res.exit_code == 0 and res.output.startswith(f"already pulled smollm2-135m -> {d}"), res.output

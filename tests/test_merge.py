@@ -125,6 +125,9 @@ def test_refuses_unrelated_output_unless_overwrite(adapter_dir, tmp_path):
     assert afile.read_text() == "keep me too"
     merge(_cfg(adapter_dir, tmp_path / "m", dtype="fp32"))
     merge(_cfg(adapter_dir, tmp_path / "m", dtype="bf16", overwrite=True))  # an earlier merge is replaced
+    made = tmp_path / "made-beforehand"
+    made.mkdir()  # an empty folder (mkdir -p models/x, a mounted volume) is used without --overwrite
+    assert (merge(_cfg(adapter_dir, made, dtype="fp32")).output / "config.json").is_file()
     assert json.loads((tmp_path / "m" / "appliance.json").read_text())["dtype"] == "bf16"
 
 

@@ -19,24 +19,31 @@ def _tcfg(**kw):
     return TrainConfig(**{"name": "Archer", "author": "意琦行", **kw})
 
 
-def _run_dir(path, name="Archer", author="意琦行", **recipe):
+def _run_dir(path, name="Archer", author="意琦行", examples_fingerprint="sha256:ab", **recipe):
     from dataclasses import asdict
 
     path.mkdir(parents=True)
     (path / "adapter_config.json").write_text("{}")
     config = json.loads(json.dumps(asdict(_tcfg(name=name, author=author, output=str(path), **recipe))))
-    (path / "appliance.json").write_text(json.dumps({"identity": {"name": name, "author": author}, "config": config}))
+    (path / "appliance.json").write_text(json.dumps({"kind": "lora-adapter", "identity": {"name": name, "author": author},
+                                                     "config": config, "dataset": {"examples_fingerprint": examples_fingerprint}}))
     return path
 
 
-def test_training_is_skipped_only_for_the_same_identity_and_recipe(tmp_path):
-    """A run of another name, or of another recipe (a short --config run), is retrained, not reused."""
+def test_training_is_skipped_only_for_the_same_identity_recipe_and_data(tmp_path):
+    """A run of another name, another recipe (a short --config run) or other data is retrained, not reused."""
+    from appliance.train import trained_as
+
     run = _run_dir(tmp_path / "saves" / "archer")
-    assert pl._trained(run, _tcfg(output="elsewhere", overwrite=True, resume=True))  # storage settings do not count
-    assert not pl._trained(run, _tcfg(name="Nova"))
-    assert not pl._trained(run, _tcfg(max_steps=8))
-    assert not pl._trained(run, _tcfg(model="qwen2.5-0.5b-instruct"))
-    assert not pl._trained(tmp_path / "missing", _tcfg())
+    assert trained_as(run, _tcfg(output="elsewhere", overwrite=True, resume=True), "sha256:ab")  # storage settings do not count
+    assert trained_as(run, _tcfg())  # no fingerprint given: the settings alone
+    assert not trained_as(run, _tcfg(), "sha256:cd")  # the data file was edited
+    assert not trained_as(run, _tcfg(name="Nova"))
+    assert not trained_as(run, _tcfg(max_steps=8))
+    assert not trained_as(run, _tcfg(model="qwen2.5-0.5b-instruct"))
+    assert not trained_as(tmp_path / "missing", _tcfg())
+    (run / "appliance.json").write_text(json.dumps({"kind": "merged-model", "config": {}}))
+    assert not trained_as(run, _tcfg())
 
 
 def test_pipeline_config_file_may_not_set_the_pipelines_own_flags(tmp_path):
@@ -173,6 +180,12 @@ def test_a_merged_model_that_answers_otherwise_fails_after_the_report(tmp_path, 
     servers.stop()
     report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
     assert report["run"]["merge_check"] == {"identical": 0, "prompts": 1, "required": 1}
+    # a gate failing as well is named in the same line, not only in report.md
+    cfg = pl.PipelineConfig(port=8123, merged_port=8124, gates=["requests_per_s=1000000"])
+    servers = _servers(tmp_path, cfg, start=True)
+    with pytest.raises(ApplianceError, match=r"merge check failed: .*; the gate failed too: .*requests_per_s"):
+        pl._serve_and_eval(cfg, servers, tmp_path / "again", lambda s: None, {})
+    servers.stop()
 
 
 def test_on_a_gpu_the_servers_run_one_after_the_other(tmp_path, monkeypatch):
@@ -242,7 +255,7 @@ def test_a_server_that_fails_to_start_is_reported_and_the_other_is_still_stopped
             raise ApplianceError("vLLM exited with code 1 while starting: ValueError: no KV cache")
         return real_up(cfg, echo)
 
-    def down(port):  # as serve.down does for a port with no record
+    def down(port):  # a stop that fails as well must not hide the start's error
         log.append(("down", port))
         raise ApplianceError(f"--port {port}: no server recorded on that port")
 

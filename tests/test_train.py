@@ -171,37 +171,88 @@ def test_refuses_existing_output_and_overwrite_replaces(tiny_model_dir, small_ds
     assert not list(tmp_path.glob(".*"))  # no staging or .old folder left beside the runs
 
 
-def test_killed_run_leaves_no_output_and_resume_continues(tiny_model_dir, small_ds, tmp_path, monkeypatch):
-    from transformers import TrainerCallback
-
+def _kill_at(monkeypatch, step: int):
+    """Make the next run die (as on Ctrl-C) when it reaches ``step``; returns the undo."""
     import appliance.train as train_mod
-
-    class Boom(TrainerCallback):
-        def on_save(self, args, state, control, **kw):
-            if state.global_step >= 2:
-                raise KeyboardInterrupt("killed")
 
     real = train_mod.LogCallback
 
-    def with_boom(*a, **kw):
+    def with_kill(*a, **kw):
         cb = real(*a, **kw)
-        cb.on_save = Boom().on_save
+        log = cb.on_log
+
+        def on_log(args, state, control, **k):
+            log(args, state, control, **k)
+            if state.global_step >= step:
+                raise KeyboardInterrupt("killed")
+
+        cb.on_log = on_log
         return cb
 
+    monkeypatch.setattr(train_mod, "LogCallback", with_kill)
+    return lambda: monkeypatch.setattr(train_mod, "LogCallback", real)
+
+
+def test_killed_run_leaves_no_output_and_resume_continues(tiny_model_dir, small_ds, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    monkeypatch.setattr(train_mod, "LogCallback", with_boom)
+    undo = _kill_at(monkeypatch, 3)  # after checkpoint-2: step 3 is logged, then lost
     with pytest.raises(KeyboardInterrupt):
         train(_cfg(tiny_model_dir, out, small_ds, max_steps=4))
+    undo()
     assert not out.exists(), "a killed run must not leave a half-written adapter"
     assert list((staging_dir(out) / "checkpoints").glob("checkpoint-2"))
-    monkeypatch.setattr(train_mod, "LogCallback", real)
+    assert "checkpoint-2 kept in" in capsys.readouterr().err
+    # the same command again, without --resume, would throw the checkpoint away: refused, nothing lost
+    with pytest.raises(ApplianceError, match=r"interrupted run left checkpoint-2 .*pass --resume to continue it, or --overwrite"):
+        train(_cfg(tiny_model_dir, out, small_ds, max_steps=4))
     # resuming with other settings (or data) would load rank-4 weights into a rank-8 model: refused, nothing lost
     with pytest.raises(ApplianceError, match=r"other settings \(rank\)"):
         train(_cfg(tiny_model_dir, out, small_ds, max_steps=4, resume=True, rank=8))
     assert list((staging_dir(out) / "checkpoints").glob("checkpoint-2"))
     meta = train(_cfg(tiny_model_dir, out, small_ds, max_steps=4, resume=True))
-    assert meta["results"]["resumed_from"].endswith("checkpoint-2")
-    assert meta["results"]["steps"] == 4 and (out / "adapter_model.safetensors").is_file()
+    r = meta["results"]
+    assert r["resumed_from"].endswith("checkpoint-2")
+    assert r["steps"] == 4 and (out / "adapter_model.safetensors").is_file()
+    steps = [row["step"] for row in map(json.loads, (out / "trainer_log.jsonl").read_text().splitlines()) if "loss" in row]
+    assert steps == [1, 2, 3, 4], "the steps run again after the checkpoint are logged once"
+    # the speed is this process's: the tokens of steps 3-4 over their time, not the whole run's tokens
+    assert r["tokens_per_s"] * r["train_runtime_s"] < 0.75 * r["tokens_seen"]
+
+
+def test_interrupted_run_is_discarded_only_with_overwrite(tiny_model_dir, small_ds, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    undo = _kill_at(monkeypatch, 3)  # after checkpoint-2
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(tiny_model_dir, out, small_ds, max_steps=4))
+    undo()
+    capsys.readouterr()
+    meta = train(_cfg(tiny_model_dir, out, small_ds, max_steps=4, overwrite=True))
+    assert "discarding the interrupted run's checkpoint-2" in capsys.readouterr().err
+    assert meta["results"]["resumed_from"] is None and meta["results"]["steps"] == 4
+
+
+def test_resume_without_a_checkpoint_says_it_starts_over(tiny_model_dir, small_ds, tmp_path, capsys):
+    meta = train(_cfg(tiny_model_dir, tmp_path / "run", small_ds, max_steps=1, resume=True))
+    assert "no checkpoint in" in capsys.readouterr().err and meta["results"]["steps"] == 1
+
+
+def test_training_the_same_run_twice_is_harmless(tiny_model_dir, small_ds, tmp_path, appliance_home):
+    """As merge says "already merged": the same settings and data again leave the run as it is, exit 0."""
+    out = tmp_path / "run"
+    args = ["train", "--model", str(tiny_model_dir), "--dataset", small_ds, "--output", str(out),
+            "--max-steps", "1", "--no-retention", "--rank", "4"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    stamp = (out / "adapter_model.safetensors").stat().st_mtime_ns
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert res.stdout.startswith(f"already trained: {out.resolve()} holds a run with these settings and data (1 steps")
+    assert (out / "adapter_model.safetensors").stat().st_mtime_ns == stamp
+    res = CliRunner().invoke(main, args[:-1] + ["8"])  # another rank
+    assert res.exit_code == 2 and "already holds a run trained with other settings or data; pass --overwrite" in res.stderr
+    Path(small_ds).write_text(json.dumps(SMALL[:3], ensure_ascii=False), encoding="utf-8")  # the data edited
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2 and "other settings or data" in res.stderr
+    assert (out / "adapter_model.safetensors").stat().st_mtime_ns == stamp
 
 
 def test_failed_run_leaves_no_staging_folder(tiny_model_dir, small_ds, tmp_path):
