@@ -152,6 +152,7 @@ class _Servers:
     """
 
     def __init__(self, cfg: PipelineConfig, run_dir: Path, merged_dir: Path, slug: str, echo: Echo, start: bool):
+        import threading
         from concurrent.futures import ThreadPoolExecutor
 
         from appliance import serve
@@ -168,6 +169,7 @@ class _Servers:
         self.started: dict[str, float] = {}
         self.ready: set[str] = set()
         self.futures: dict = {}
+        self.cancel = threading.Event()  # set when everything stops: a start in progress gives up at once
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="up")
         if start and self.overlap:
             self._launch("adapter")
@@ -178,7 +180,7 @@ class _Servers:
         if which not in self.futures:
             self.echo(f"starting the {which} server on port {self.specs[which].port} (in the background)")
             self.started[which] = time.time()
-            self.futures[which] = self.pool.submit(serve.up, self.specs[which], echo=lambda s: None)
+            self.futures[which] = self.pool.submit(serve.up, self.specs[which], echo=lambda s: None, cancel=self.cancel)
 
     def prestart(self, which: str) -> None:
         """Start ``which`` in the background now, where that overlaps usefully (CPU)."""
@@ -220,6 +222,10 @@ class _Servers:
     def _stop(self, which: str | None) -> None:
         from appliance import serve
 
+        if which is None:
+            # the end, or an interrupt or failure: a server still starting is not waited for (~35 s on a
+            # CPU) but stopped where it stands; servers already up are stopped below
+            self.cancel.set()
         for w in [which] if which else list(self.futures):
             fut = self.futures.pop(w, None)
             if fut is None:

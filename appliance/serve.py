@@ -15,13 +15,16 @@ import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from appliance import paths
 from appliance.adapters import AdapterInfo, inspect_adapter, parse_spec, same_base, servable_rank
 from appliance.errors import ApplianceError
 from appliance.guard import KEY_ENV, ROOTS_ENV, real
 from appliance.hw import cpu_has_native_bf16
+
+if TYPE_CHECKING:
+    import threading
 
 GUARD = "appliance.guard.AdapterRootGuard"
 CPU_LORA_PLUGIN = "appliance_cpu_lora"  # pyproject's vllm.general_plugins entry point
@@ -344,15 +347,16 @@ def ready_message(url: str, models: list[str], api_key: bool, key_in_env: bool =
             f"try:   curl {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} -d '{body}'")
 
 
-def up(cfg: UpConfig, echo: Callable[[str], None] | None = None):
+def up(cfg: UpConfig, echo: Callable[[str], None] | None = None, cancel: threading.Event | None = None):
     """Start vLLM; wait until it answers. Detached: record it and return its :class:`ServerInfo`.
-    Foreground: serve until Ctrl-C / SIGTERM, then stop the whole process group."""
+    Foreground: serve until Ctrl-C / SIGTERM, then stop the whole process group.
+    ``cancel`` (set by another thread) gives up a start in progress: the server is stopped."""
     from appliance import servers
 
     echo = echo or (lambda s: print(s, file=sys.stderr, flush=True))
     plan = preflight(cfg)
     argv, env = build_command(plan)
-    info = servers.start(plan, argv, env, detach=cfg.detach, ready_timeout_s=cfg.ready_timeout_s, echo=echo)
+    info = servers.start(plan, argv, env, detach=cfg.detach, ready_timeout_s=cfg.ready_timeout_s, echo=echo, cancel=cancel)
     echo(ready_message(info.url, info.models, bool(plan.api_key),
                        key_in_env=bool(plan.api_key) and os.environ.get("APPLIANCE_API_KEY") == plan.api_key))
     if not cfg.detach:

@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -187,9 +188,15 @@ def _die_with_parent() -> None:
         pass
 
 
+class Cancelled(Exception):
+    """A start given up because its ``cancel`` event was set (the server was stopped)."""
+
+
 def start(plan, argv: list[str], env: dict[str, str], detach: bool, ready_timeout_s: float,
-          echo: Callable[[str], None]) -> ServerInfo:
-    """Start vLLM for ``plan`` in a new session with its output in a log file; wait until it answers."""
+          echo: Callable[[str], None], cancel: threading.Event | None = None) -> ServerInfo:
+    """Start vLLM for ``plan`` in a new session with its output in a log file; wait until it answers.
+
+    ``cancel``, set by another thread, stops the server and raises :class:`Cancelled` within half a second."""
     log = paths.state_dir() / "logs" / f"server-{plan.port}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as logf:
@@ -204,7 +211,7 @@ def start(plan, argv: list[str], env: dict[str, str], detach: bool, ready_timeou
                       api_key_required=bool(plan.api_key), detached=detach,
                       started=datetime.now(timezone.utc).isoformat(timespec="seconds"), pid_start=_start_ticks(proc.pid))
     try:
-        _wait_ready(proc, info, plan.api_key, ready_timeout_s, echo)
+        _wait_ready(proc, info, plan.api_key, ready_timeout_s, echo, cancel)
     except BaseException:  # also Ctrl-C while waiting: never leave a half-started server behind
         kill_group(proc.pid)
         raise
@@ -213,7 +220,7 @@ def start(plan, argv: list[str], env: dict[str, str], detach: bool, ready_timeou
 
 
 def _wait_ready(proc: subprocess.Popen, info: ServerInfo, api_key: str | None, timeout_s: float,
-                echo: Callable[[str], None]) -> None:
+                echo: Callable[[str], None], cancel: threading.Event | None = None) -> None:
     import httpx
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -223,6 +230,8 @@ def _wait_ready(proc: subprocess.Popen, info: ServerInfo, api_key: str | None, t
     echo(f"starting vLLM on {info.url} (log: {info.log})")
     while True:
         elapsed = time.monotonic() - t0
+        if cancel is not None and cancel.is_set():
+            raise Cancelled(f"the start of {info.url} was cancelled")
         if proc.poll() is not None:
             if tty:
                 sys.stderr.write("\n")

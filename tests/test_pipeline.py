@@ -84,7 +84,7 @@ def _fakes(tmp_path, monkeypatch, device):
 
     log, merged_up = [], threading.Event()
 
-    def fake_up(cfg, echo=print):
+    def fake_up(cfg, echo=print, cancel=None):
         name = "smollm2-135m" if cfg.adapters else "archer-merged"
         log.append(("up", name, cfg.gpu_memory_utilization))
         if name == "archer-merged":
@@ -250,7 +250,7 @@ def test_a_server_that_fails_to_start_is_reported_and_the_other_is_still_stopped
     log = _fakes(tmp_path, monkeypatch, "cpu")
     real_up = serve.up
 
-    def failing_up(cfg, echo=print):
+    def failing_up(cfg, echo=print, cancel=None):
         if cfg.adapters:
             raise ApplianceError("vLLM exited with code 1 while starting: ValueError: no KV cache")
         return real_up(cfg, echo)

@@ -909,3 +909,21 @@ def test_chat_with_an_unknown_model_names_what_the_server_serves():
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_a_start_in_progress_is_cancelled_at_once(appliance_home, monkeypatch):
+    """The pipeline's Ctrl-C stopped a server that was still starting only once it was up (~35 s on a CPU)."""
+    import dataclasses
+    import threading
+
+    started = []
+    real = subprocess.Popen
+    monkeypatch.setattr(servers.subprocess, "Popen", lambda *a, **k: started.append(real(*a, **k)) or started[-1])
+    cancel = threading.Event()
+    threading.Timer(0.3, cancel.set).start()
+    t0 = time.monotonic()
+    with pytest.raises(servers.Cancelled):
+        servers.start(dataclasses.replace(_plan("cpu"), port=_free_port()), ["bash", "-c", "sleep 300"], dict(os.environ), detach=True,
+                      ready_timeout_s=60, echo=lambda s: None, cancel=cancel)
+    assert time.monotonic() - t0 < 5
+    assert started and started[0].poll() is not None and servers.read_records() == []
