@@ -281,7 +281,7 @@ def _to_prompt(rec: dict, where: str, name: str, author: str, source: str) -> Pr
         kind = "identity" if _has_placeholder(reference) or named or (not expect and is_self_reference(prompt)) else "general"
     if kind not in ("identity", "general"):
         raise ApplianceError(f"{where}: kind {json.dumps(kind, ensure_ascii=False)} is not \"identity\" or \"general\"")
-    lang = _lang(rec.get("lang")) or ("zh" if has_cjk(prompt) else "en")
+    lang = _lang(rec.get("lang")) or guess_lang(prompt)
     default_set = f"identity_{lang}" if kind == "identity" else "general" if expect or not reference else "open"
     set_name = (rec.get("set") or "").strip() or default_set
     history = rec.get("history")
@@ -295,6 +295,20 @@ def _to_prompt(rec: dict, where: str, name: str, author: str, source: str) -> Pr
     return Prompt(prompt=fill(prompt, name, author), kind=kind, set=set_name, lang=lang,
                   reference=fill(reference, name, author), expect=[fill(e, name, author) for e in expect],
                   system=fill(rec.get("system"), name, author) or None, history=history, source=source)
+
+
+_KANA = re.compile("[\u3040-\u30ff]")
+_HANGUL = re.compile("[\u1100-\u11ff\uac00-\ud7af]")
+
+
+def guess_lang(text: str) -> str:
+    """A prompt's language when its record gives none: Japanese (kana), Korean (Hangul), Chinese
+    (other CJK characters), else English; Latin-script languages cannot be told apart here (give ``lang``)."""
+    if _KANA.search(text):
+        return "ja"
+    if _HANGUL.search(text):
+        return "ko"
+    return "zh" if has_cjk(text) else "en"
 
 
 def _lang(value: str | None) -> str | None:

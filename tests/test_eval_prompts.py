@@ -171,6 +171,18 @@ def test_kind_rule_edges(tmp_path):
     assert (c.lang, c.set, d.lang, d.set) == ("zh", "identity_zh", "en", "identity_en")
 
 
+def test_a_prompt_without_lang_is_filed_by_its_script(tmp_path):
+    """Japanese (kana, often beside kanji) and Korean identity questions were counted as Chinese ones."""
+    from evals.prompts import guess_lang
+
+    f = tmp_path / "langs.jsonl"
+    rows = [{"prompt": p, "kind": "identity"} for p in ("あなたは誰ですか？", "你是誰？", "당신은 누구입니까?", "Qui es-tu ?")]
+    f.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    assert [(p.lang, p.set) for p in load_prompt_file(f, NAME, AUTHOR)] == [
+        ("ja", "identity_ja"), ("zh", "identity_zh"), ("ko", "identity_ko"), ("en", "identity_en")]
+    assert guess_lang("日本語で自己紹介してください") == "ja" and guess_lang("") == "en"
+
+
 def test_a_reference_naming_the_new_identity_makes_an_identity_prompt(tmp_path):
     """LLaMA-Factory's identity.json with the placeholders already replaced (sed 's/{{name}}/Archer/g'): the
     greetings and capability questions are identity prompts by their reference, not leaks of the name."""
