@@ -1,4 +1,5 @@
-"""Datasets: a LLaMA-Factory compatible registry and loaders for alpaca, sharegpt and OpenAI messages.
+"""Datasets: loaders for alpaca, sharegpt and OpenAI messages, by path or by name from a LLaMA-Factory
+registry (:mod:`appliance.dataset_info`).
 
 Every record is validated before anything is returned, so a bad file fails in a second with a
 one-line :class:`ApplianceError` naming the file, the record (``line N`` for JSONL, ``record #N``,
@@ -12,28 +13,21 @@ import hashlib
 import json
 import os
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 from appliance import paths
 from appliance.datafiles import (BAD_CHAR_FIX, _a, _fail, _probe, _read_json_file, _read_text, _short, _show,
-                                 _syntax_error, _user_path, bad_char)
+                                 _syntax_error, _user_path, bad_char, fill_placeholders)
 from appliance.datafiles import parse_json as _parse
+from appliance.dataset_info import (ALPACA_COLUMNS, OPENAI_TAGS, REGISTRY_FILE, SHAREGPT_COLUMNS, SHAREGPT_TAGS,
+                                    Format, dataset_registry, entry_source, read_registry, sample_records)
 from appliance.errors import ApplianceError
 
 SUFFIXES = (".json", ".jsonl")
-REGISTRY_FILE = "dataset_info.json"
-
-# LLaMA-Factory's defaults (data/README.md there).
-ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output", "system": "system", "history": "history"}
-SHAREGPT_COLUMNS = {"messages": "conversations", "system": "system", "tools": "tools"}
-SHAREGPT_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
-                 "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system"}
-OPENAI_TAGS = {**SHAREGPT_TAGS, "role_tag": "role", "content_tag": "content", "user_tag": "user",
-               "assistant_tag": "assistant", "observation_tag": "tool"}
 # Auto-detected files may mix both vocabularies; a registry entry means exactly its tags.
-_ALIASES = {"user": {"human", "user"}, "assistant": {"gpt", "assistant"}, "system": {"system"},
+_ALIASES = {"user": {"human", "user"}, "assistant": {"gpt", "assistant"}, "system": {"system", "developer"},
             "tool": {"observation", "tool", "function_call", "function", "tool_call"}}
 
 
@@ -43,21 +37,6 @@ class Example:
 
     messages: list[dict[str, str]]
     source: str
-
-
-@dataclass
-class _Format:
-    formatting: str  # "alpaca" | "sharegpt"
-    columns: dict[str, str] = field(default_factory=dict)
-    tags: dict[str, str] = field(default_factory=dict)
-    auto: bool = False  # detected from a file's first record rather than declared in a registry
-    kind: tuple[str, str | None] = ("", None)  # auto only: what _kind() said of the first record
-    origin: str = ""  # declared: "entry 'x' of dir/dataset_info.json"; auto: the file, for _direct_hint()
-
-
-def fill_placeholders(text: str, name: str, author: str) -> str:
-    """Replace ``{{name}}`` and ``{{author}}`` (LLaMA-Factory's identity.json placeholders)."""
-    return text.replace("{{name}}", name).replace("{{author}}", author)
 
 
 def fingerprint(examples: list[Example]) -> str:
@@ -72,88 +51,6 @@ def _use_name(folder: str, name: str) -> str:
     """How to load a registered dataset. Both `data check` and `train` call this module, so both forms."""
     d = shlex.quote(folder)
     return f"`appliance data check {name} --dataset-dir {d}` (train: `--dataset {name} --dataset-dir {d}`)"
-
-
-# ---------------------------------------------------------------- registry
-_REGISTRY_EXAMPLE = '{"identity": {"file_name": "identity.json"}}'
-
-
-def _read_registry(path: Path) -> dict[str, dict]:
-    reg = _read_json_file(path, f"a {REGISTRY_FILE} must be a JSON object mapping dataset names to entries, "
-                                f"like {_REGISTRY_EXAMPLE} ({{}} for none)")
-    if not isinstance(reg, dict):
-        _fail(f"{_show(path)}: must be a JSON object mapping dataset names to entries like {_REGISTRY_EXAMPLE}")
-    for name, entry in reg.items():
-        if not isinstance(entry, dict):
-            _fail(f"{_show(path)}: entry '{name}' is {_short(entry)}, not an object; write it as "
-                  '{"file_name": "...", "formatting": "alpaca"}')
-    return reg
-
-
-def dataset_registry(dataset_dir: str | None = None) -> dict[str, dict]:
-    """Built-in data/dataset_info.json merged with <dataset_dir>/dataset_info.json (user entries win).
-
-    Each entry gains ``_dir``: the folder its ``file_name`` is relative to.
-    """
-    builtin = paths.resource_dir("data")
-    out = {name: {**entry, "_dir": str(builtin)} for name, entry in _read_registry(builtin / REGISTRY_FILE).items()}
-    if dataset_dir:
-        d, flag = _user_path(dataset_dir), f"--dataset-dir {dataset_dir}"
-        kind = _probe(d, flag)
-        if kind == "file":
-            _fail(f"{flag}: is a file, not a folder; --dataset-dir takes the folder that holds {REGISTRY_FILE} "
-                  f"(pass a data file itself as the dataset)")
-        if kind != "dir":
-            _fail(f"{flag}: no such folder; pass the folder that holds your {REGISTRY_FILE}")
-        info = d / REGISTRY_FILE
-        if _probe(info, _show(info)) != "file":
-            _fail(f"--dataset-dir {dataset_dir}: has no {REGISTRY_FILE}; add one (LLaMA-Factory format) "
-                  "or pass your .json/.jsonl files directly")
-        out.update({name: {**entry, "_dir": str(d)} for name, entry in _read_registry(info).items()})
-    return out
-
-
-# Mappings the converters cannot do without; any other column or tag may be null, meaning "not used".
-_REQUIRED = {"alpaca": {"prompt", "response"}, "sharegpt": {"messages"},
-             "tags": {"role_tag", "content_tag", "user_tag", "assistant_tag"}}
-
-
-def _entry_source(name: str, entry: dict) -> tuple[Path, _Format]:
-    info = _show(Path(entry["_dir"]) / REGISTRY_FILE)
-    where = f"{info}: entry '{name}'"
-    if entry.get("ranking"):
-        _fail(f"{where}: ranking (preference) datasets are not supported; use an SFT dataset")
-    file_name = entry.get("file_name")
-    if file_name is not None and not isinstance(file_name, str):
-        _fail(f"{where}: 'file_name' is {_short(file_name)}; it must be a string naming a .json/.jsonl file "
-              "or a folder")
-    if not file_name:
-        hub = entry.get("hf_hub_url") or entry.get("ms_hub_url") or entry.get("om_hub_url") or entry.get("script_url")
-        why = f"it points to '{hub}', which is never downloaded; " if hub else ""
-        _fail(f"{where}: has no 'file_name'; {why}put the data in a local .json/.jsonl file and set 'file_name'")
-    formatting = entry.get("formatting", "alpaca")
-    if formatting not in ("alpaca", "sharegpt"):
-        _fail(f"{where}: 'formatting' is {_short(formatting)}; use \"alpaca\" or \"sharegpt\"")
-    for key in ("columns", "tags"):
-        if not isinstance(entry.get(key) or {}, dict):
-            _fail(f"{where}: '{key}' must be an object like {{\"prompt\": \"instruction\"}}")
-    checked = [("columns", _REQUIRED[formatting])] + ([("tags", _REQUIRED["tags"])] if formatting == "sharegpt" else [])
-    for key, required in checked:
-        for k, v in (entry.get(key) or {}).items():
-            if (isinstance(v, str) and v) or (v is None and k not in required):
-                continue
-            what = "a column name" if key == "columns" else "a tag"
-            _fail(f"{where}: {key}.{k} must be {what} (a string), not {_short(v)}")
-    origin = f"entry '{name}' of {info}"
-    if formatting == "alpaca":
-        fmt = _Format("alpaca", {**ALPACA_COLUMNS, **(entry.get("columns") or {})}, origin=origin)
-    else:
-        fmt = _Format("sharegpt", {**SHAREGPT_COLUMNS, **(entry.get("columns") or {})},
-                      {**SHAREGPT_TAGS, **(entry.get("tags") or {})}, origin=origin)
-    path = Path(entry["_dir"]) / file_name
-    if _probe(path, f"{where}: {_show(path)}") == "missing":
-        _fail(f"{where}: file {_show(path)} not found; fix 'file_name' or put the file there")
-    return path, fmt
 
 
 # ---------------------------------------------------------------- reading files
@@ -214,12 +111,13 @@ def _records(path: Path) -> list[tuple[str, str, Any]]:
 def _kind(rec: dict) -> tuple[str, str | None] | None:
     """What auto-detection makes of a record: its column ("alpaca" for alpaca) and role tag when the first
     turn shows one; None when it cannot tell."""
+    # a null column says nothing (exports of mixed data write every column, null where unused)
     for column in ("messages", "conversations"):
-        if column in rec:
+        if rec.get(column) is not None:
             turns = rec[column]
             first = turns[0] if isinstance(turns, list) and turns and isinstance(turns[0], dict) else {}
             return column, "from" if "from" in first else "role" if "role" in first else None
-    if "instruction" in rec or "output" in rec:
+    if rec.get("instruction") is not None or rec.get("output") is not None:
         return "alpaca", None
     return None
 
@@ -231,19 +129,19 @@ def _describe(kind: tuple[str, str | None]) -> str:
         ("OpenAI messages" if kind[0] == "messages" else "sharegpt")
 
 
-def _detect(where: str, rec: dict, path: Path) -> _Format:
+def _detect(where: str, rec: dict, path: Path) -> Format:
     kind = _kind(rec)
     if kind is None:
         _fail(f"{where}: cannot tell the format from keys {sorted(rec)}; records need 'messages' (OpenAI), "
               f"'conversations' (sharegpt) or 'instruction' + 'output' (alpaca); {_direct_hint(str(path))}")
     column, role_tag = kind
     if column == "alpaca":
-        return _Format("alpaca", dict(ALPACA_COLUMNS), auto=True, kind=kind, origin=str(path))
+        return Format("alpaca", dict(ALPACA_COLUMNS), auto=True, kind=kind, origin=str(path))
     tags = dict(SHAREGPT_TAGS) if role_tag == "from" else dict(OPENAI_TAGS)
-    return _Format("sharegpt", {**SHAREGPT_COLUMNS, "messages": column}, tags, True, kind, str(path))
+    return Format("sharegpt", {**SHAREGPT_COLUMNS, "messages": column}, tags, True, kind, str(path))
 
 
-def _same_format(where: str, rec: dict, fmt: _Format, first: str) -> None:
+def _same_format(where: str, rec: dict, fmt: Format, first: str) -> None:
     """Refuse a record of another format than the file's first one, which decided how the whole file is read."""
     kind = _kind(rec)
     if kind is None:  # nothing recognisable: the converter says which field is missing
@@ -263,7 +161,7 @@ def _direct_hint(file: str) -> str:
                 "--dataset-dir with the dataset's name")
     folder = _show(path.parent)
     try:
-        reg = _read_registry(info)
+        reg = read_registry(info)
     except ApplianceError:
         reg = {}
     names = [n for n, e in reg.items() if isinstance(e.get("file_name"), str) and e["file_name"]
@@ -274,7 +172,7 @@ def _direct_hint(file: str) -> str:
     return f"for other names, describe the file in {_show(info)} and pass --dataset-dir {folder} with the dataset's name"
 
 
-def _fix_names(fmt: _Format, what: str) -> str:
+def _fix_names(fmt: Format, what: str) -> str:
     """The fix for keys or role names that do not match: the declaring registry entry, or a hint."""
     return f"set {what} of {fmt.origin} if your turns use other names" if not fmt.auto else _direct_hint(fmt.origin)
 
@@ -283,7 +181,7 @@ def _registry_folder(path: Path) -> NoReturn:
     """Refuse a LLaMA-Factory data folder given as a dataset: its dataset_info.json is a registry, not data."""
     shown = _show(path)
     try:
-        names = list(_read_registry(path / REGISTRY_FILE))
+        names = list(read_registry(path / REGISTRY_FILE))
     except ApplianceError:
         names = []
     listed = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
@@ -333,7 +231,7 @@ def _bad_char(value: str) -> str | None:
     return None if bad is None else f"{bad}; {BAD_CHAR_FIX}"
 
 
-def _alpaca(rec: dict, where: str, fmt: _Format) -> list[dict[str, str]]:
+def _alpaca(rec: dict, where: str, fmt: Format) -> list[dict[str, str]]:
     c = fmt.columns
     prompt, query = c["prompt"], c.get("query")
     # As LLaMA-Factory: the user turn joins whichever of instruction and input are filled in.
@@ -370,7 +268,7 @@ def _alpaca(rec: dict, where: str, fmt: _Format) -> list[dict[str, str]]:
     return messages + [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
 
 
-def _role(tag: Any, fmt: _Format) -> str | None:
+def _role(tag: Any, fmt: Format) -> str | None:
     if not isinstance(tag, str):
         return None  # reported by the caller as an unknown role, with the record
     t = fmt.tags
@@ -381,7 +279,7 @@ def _role(tag: Any, fmt: _Format) -> str | None:
     return table.get(tag)
 
 
-def _sharegpt(rec: dict, where: str, fmt: _Format) -> list[dict[str, str]]:
+def _sharegpt(rec: dict, where: str, fmt: Format) -> list[dict[str, str]]:
     key, t = fmt.columns["messages"], fmt.tags
     role_tag, content_tag = t["role_tag"], t["content_tag"]
     turns = rec.get(key)
@@ -412,7 +310,10 @@ def _sharegpt(rec: dict, where: str, fmt: _Format) -> list[dict[str, str]]:
         if role == "tool" or turn.get("tool_calls") or turn.get("function_call"):
             _fail(f"{where}: field '{f}' is a tool call or tool result; function-call/observation turns are not "
                   "supported, remove tool turns from this record")
-        content = _text(turn, content_tag, where, required=True, fix="every turn needs non-empty text",
+        if isinstance(turn.get(content_tag), list):
+            turn = {**turn, content_tag: _text_parts(turn[content_tag], where, f"{f}.{content_tag}")}
+        # an empty system prompt (exports write one) means none; an empty user or assistant turn is a mistake
+        content = _text(turn, content_tag, where, required=role != "system", fix="every turn needs non-empty text",
                         label=f"{f}.{content_tag}")
         if role == "system":
             if i != 0:
@@ -446,7 +347,24 @@ def _sharegpt(rec: dict, where: str, fmt: _Format) -> list[dict[str, str]]:
     return ([{"role": "system", "content": system}] if system.strip() else []) + messages
 
 
-def _load_file(path: Path, fmt: _Format | None) -> list[Example]:
+def _text_parts(parts: list, where: str, label: str) -> str:
+    """OpenAI's content parts, ``[{"type": "text", "text": ...}, ...]``: their texts joined by line breaks,
+    as vLLM joins them when it renders a chat (so training sees what serving will)."""
+    texts = []
+    for i, part in enumerate(parts):
+        if isinstance(part, dict) and part.get("type") == "text" and not isinstance(part.get("text"), str):
+            what = "missing" if "text" not in part else _a(part["text"])
+            _fail(f"{where}: field '{label}[{i}].text' is {what}; a text part needs its text as a string")
+        if not (isinstance(part, dict) and part.get("type") == "text"):
+            kind = part.get("type") if isinstance(part, dict) else None
+            what = f"a part of type '{kind}'" if isinstance(kind, str) else _short(part)
+            _fail(f"{where}: field '{label}[{i}]' is {what}; only text parts "
+                  '({"type": "text", "text": "..."}) are supported: remove images, audio and files')
+        texts.append(part["text"])
+    return "\n".join(texts)
+
+
+def _load_file(path: Path, fmt: Format | None) -> list[Example]:
     shown, first = _show(path), ""
     out: list[Example] = []
     for label, source, rec in _records(path):
@@ -459,8 +377,22 @@ def _load_file(path: Path, fmt: _Format | None) -> list[Example]:
         elif fmt.auto:
             _same_format(where, rec, fmt, first)
         convert = _alpaca if fmt.formatting == "alpaca" else _sharegpt
-        out.append(Example(convert(rec, where, fmt), source))
+        try:
+            out.append(Example(convert(rec, where, fmt), source))
+        except ApplianceError as e:
+            raise ApplianceError(str(e) + _declared_mismatch(rec, fmt)) from None
     return out
+
+
+def _declared_mismatch(rec: dict, fmt: Format) -> str:
+    """For a registry entry: what its records look like, when that is not the formatting it declares."""
+    kind = None if fmt.auto else _kind(rec)
+    if kind is None or (kind[0] == "alpaca") == (fmt.formatting == "alpaca"):
+        return ""
+    fix = ('set "formatting": "sharegpt" with "columns": {"messages": "%s"} and the matching "tags"' % kind[0]) \
+        if kind[0] != "alpaca" else 'remove "formatting" (alpaca is the default)'
+    return (f" (this record looks like {_describe(kind)}, but {fmt.origin} reads it as {fmt.formatting}: {fix}, "
+            "or pass the file itself as the dataset, whose format is then detected)")
 
 
 def _looks_like_path(item: str) -> bool:
@@ -489,8 +421,10 @@ def load_examples(datasets: list[str], dataset_dir: str | None = None, name: str
     registry = dataset_registry(dataset_dir)
     out: list[Example] = []
     for item in items:
+        n_samples = None
         if item in registry:
-            path, fmt = _entry_source(item, registry[item])
+            path, fmt = entry_source(item, registry[item])
+            n_samples = registry[item].get("num_samples")
         else:
             path, fmt = _user_path(item), None
             if _probe(path, item) == "missing":
@@ -501,7 +435,7 @@ def load_examples(datasets: list[str], dataset_dir: str | None = None, name: str
                 where = _show(_user_path(dataset_dir) / REGISTRY_FILE) if dataset_dir else \
                     f"a {REGISTRY_FILE} in a folder you pass as --dataset-dir"
                 _fail(f"unknown dataset '{item}' (known: {known}); pass a .json/.jsonl path or register it in {where}")
-        examples = [ex for f in _expand(path) for ex in _load_file(f, fmt)]
+        examples = sample_records([ex for f in _expand(path) for ex in _load_file(f, fmt)], n_samples)
         out += examples[:max_samples] if max_samples else examples
     for ex in out:
         ex.messages = [{**m, "content": fill_placeholders(m["content"], name, author)} for m in ex.messages]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import stat
 import sys
 from pathlib import Path
@@ -75,6 +76,9 @@ def _user_path(item: str) -> Path:
 # ---------------------------------------------------------------- reading JSON
 def _read_text(path: Path) -> str:
     shown = _show(path)
+    if _probe(path, shown) == "other":
+        # a named pipe would block reading forever, a device reads as endless or empty
+        _fail(f"{shown}: not a regular file (a pipe, device or socket); save the data to a .json/.jsonl file first")
     try:
         return path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not an error
     except FileNotFoundError:
@@ -105,6 +109,15 @@ def parse_json(text: str, where: str, fix: str = "records must be flat objects o
             _fail(f"{where}: holds a number with more than {sys.get_int_max_str_digits()} digits, which cannot be "
                   "read; write it as a string (in quotes) or remove it")
         _fail(f"{where}: cannot read the JSON ({e}); fix the value it names")
+
+
+# LLaMA-Factory's identity.json placeholders; "{{ name }}" and "{{Name}}" are meant the same way
+PLACEHOLDER = re.compile(r"\{\{\s*(name|author)\s*\}\}", re.IGNORECASE)
+
+
+def fill_placeholders(text: str, name: str, author: str) -> str:
+    """Replace ``{{name}}`` and ``{{author}}`` (spaces inside the braces and any case allowed)."""
+    return PLACEHOLDER.sub(lambda m: name if m.group(1).lower() == "name" else author, text)
 
 
 BAD_CHAR_FIX = "remove it or write the character it was meant to be"

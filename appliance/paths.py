@@ -117,3 +117,23 @@ def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would, for every thread at once)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
+def share_like_umask(root: Path) -> None:
+    """Give files written private (0600: safetensors saves through a temporary file) the mode the
+    user's umask gives any new file, so another account serving the folder can read the weights."""
+    mode = 0o666 & ~_umask()
+    for p in [root, *root.rglob("*")] if root.is_dir() else [root]:
+        if p.is_file() and not p.is_symlink() and p.stat().st_mode & 0o777 == 0o600 and mode != 0o600:
+            p.chmod(mode)

@@ -273,6 +273,20 @@ def _check_resume(stage: Path, cfg: TrainConfig, data_fingerprint: str) -> None:
     paths.atomic_write_text(f, json.dumps(now, ensure_ascii=False, indent=1))
 
 
+def _refuse_special_tokens(tok: Any, examples: list) -> None:
+    """Text holding the template's own markers (``<|im_end|>``) would end or fake turns mid-answer once learned."""
+    specials = set(tok.all_special_tokens) | {t.content for t in getattr(tok, "added_tokens_decoder", {}).values()
+                                              if getattr(t, "special", False)}
+    specials = sorted((t for t in specials if t and len(t) > 1), key=len, reverse=True)
+    for ex in examples:
+        for m in ex.messages:
+            hit = next((t for t in specials if t in m["content"]), None)
+            if hit:
+                turn = "an assistant" if m["role"] == "assistant" else f"a {m['role']}"
+                raise ApplianceError(f"{ex.source}: {turn} turn holds the special token {hit!r}, which the chat "
+                                     "template adds itself; remove it from the text")
+
+
 def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any, examples_fp: str) -> dict[str, Any]:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoTokenizer, PrinterCallback, Trainer, TrainingArguments
@@ -285,6 +299,7 @@ def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any, exam
         tok.pad_token = tok.eos_token
     if not getattr(tok, "chat_template", None):
         raise ApplianceError(f"--model {cfg.model}: the tokenizer has no chat template; use an instruct/chat model")
+    _refuse_special_tokens(tok, ident)
 
     t_data = time.time()
     if cfg.retention and cfg.method == "qlora":
@@ -297,12 +312,13 @@ def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any, exam
         model = _load_model(cfg, ref.path, cuda)
         keep = _retention(cfg, tok, model, ref.path, ref.identity_markers)
     negs = _negatives(cfg, keep, ident)
-    rows, mismatched, dropped, cut = [], 0, [], []
-    for ex in ident + keep:
+    rows, mismatched, dropped, cut, own = [], 0, [], [], 0
+    for k, ex in enumerate(ident + keep):
         enc = encode(tok, ex.messages, cfg.max_length, ex.source)
         if enc is None:
             dropped.append(ex.source)
             continue
+        own += k < len(ident)
         if enc.truncated:
             cut.append(ex.source)
         mismatched += not enc.prompt_matches_serving
@@ -316,6 +332,10 @@ def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any, exam
             if any(lab != IGNORE for lab in enc.labels[:last]):
                 rows.append({"input_ids": enc.input_ids[:last], "labels": enc.labels[:last], "unlikely": cfg.unlikelihood})
                 n_unlikely += 1
+    if ident and not own:
+        # retention rows alone would train and replace a run with nothing of the user's data in it
+        raise ApplianceError(f"--max-length {cfg.max_length}: every one of your {len(ident)} example(s) was truncated "
+                             f"before its answer ({', '.join(dropped[:3])}); raise --max-length")
     if not rows:
         raise ApplianceError(f"--max-length {cfg.max_length}: every example was truncated before its answer; raise --max-length")
     for what, srcs in (("dropped (no answer token left)", dropped), ("trained with the answer cut short", cut)):
@@ -350,10 +370,16 @@ def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any, exam
         collator, per_device, sampling = Collator(tok.pad_token_id), cfg.batch_size, "group_by_length"
     report_to = ["tensorboard"] if _has_tensorboard() else []
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(stage / "runs")  # transformers 5 reads the event dir from here
+    warmup = cfg.warmup_steps
+    if 0 < cfg.max_steps <= warmup:
+        # the schedule's first step runs at learning rate 0: a short run would end barely trained
+        # (--max-steps 1 would write an adapter of zeros)
+        print(f"note: --warmup-steps {warmup} >= --max-steps {cfg.max_steps}: training without warm-up", file=sys.stderr)
+        warmup = 0
     args = TrainingArguments(
         output_dir=str(stage / "checkpoints"), per_device_train_batch_size=per_device,
         gradient_accumulation_steps=cfg.grad_accum, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
-        learning_rate=cfg.lr, lr_scheduler_type=cfg.scheduler, warmup_steps=cfg.warmup_steps, weight_decay=0.0,
+        learning_rate=cfg.lr, lr_scheduler_type=cfg.scheduler, warmup_steps=warmup, weight_decay=0.0,
         logging_steps=1, save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1, seed=cfg.seed,
         bf16=cuda, use_cpu=not cuda, report_to=report_to, disable_tqdm=True,
         train_sampling_strategy=sampling, length_column_name="length", remove_unused_columns=False,
@@ -416,6 +442,7 @@ def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any, exam
         "config": cfg.to_dict(), "results": results, "versions": rundir.library_versions(),
     }
     rundir.write_meta(final, meta)
+    paths.share_like_umask(final)
     _publish(final, out)
     shutil.rmtree(stage, ignore_errors=True)
     return meta

@@ -15,7 +15,7 @@ import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from appliance.datafiles import BAD_CHAR_FIX, bad_char, parse_json
+from appliance.datafiles import BAD_CHAR_FIX, PLACEHOLDER, bad_char, fill_placeholders, parse_json
 from appliance.errors import ApplianceError
 from evals.metrics import has_cjk, identity_hit
 from evals.selfref import is_self_reference
@@ -26,7 +26,6 @@ BUILTIN_SETS = ("identity", "general", "open")
 # references) measures how far the new name spreads into answers it does not belong in
 EXTRA_SETS = ("unrelated",)
 
-_PLACEHOLDER = re.compile(r"\{\{\s*(name|author)\s*\}\}")
 
 
 @dataclass
@@ -56,11 +55,11 @@ def fill(text: str | None, name: str, author: str) -> str | None:
     """Replace ``{{name}}``/``{{author}}`` (LLaMA-Factory's identity.json placeholders)."""
     if text is None:
         return None
-    return _PLACEHOLDER.sub(lambda m: name if m.group(1) == "name" else author, text)
+    return fill_placeholders(text, name, author)
 
 
 def _has_placeholder(text: str | None) -> bool:
-    return bool(text and _PLACEHOLDER.search(text))
+    return bool(text and PLACEHOLDER.search(text))
 
 
 _INFO = "dataset_info.json"

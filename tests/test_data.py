@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from appliance import data
 from appliance.cli import main
 from appliance.data import Example, dataset_registry, fill_placeholders, fingerprint, load_examples, load_prompts
 from appliance.errors import ApplianceError
@@ -274,7 +273,7 @@ BAD_RECORDS = [  # (records, where, expected message parts)
      ["conversations[2]", "only the first turn"]),
     ([{"messages": [{"role": "user", "content": "u"}, {"role": "tool", "content": "r"}]}], 0, ["messages[1]", "not supported"]),
     ([{"messages": [{"role": "user", "content": [{"type": "text"}]}, {"role": "assistant", "content": "a"}]}], 0,
-     ["field 'messages[0].content'", "must be a string"]),
+     ["field 'messages[0].content[0].text' is missing", "needs its text as a string"]),
     ([{"prompt": "q", "completion": "a"}], 0, ["cannot tell the format", "instruction"]),
 ]
 
@@ -700,3 +699,72 @@ def test_data_readme_states_the_shipped_retention_budget():
     row = next(line for line in readme.splitlines() if "retention_answers/smollm2-135m.json" in line)
     assert re.findall(r"(\d+) new tokens", row) == [str(shipped["max_new_tokens"])], row
     assert all(len(pair) == 2 for pair in shipped["answers"]) and "`[prompt, answer]`" in row
+
+
+# ---------------------------------------------------------------- what users' own files hold (walkthrough, session 13)
+def test_placeholders_with_spaces_or_capitals_are_filled():
+    assert fill_placeholders("{{ name }} / {{NAME}} / {{ Author}}", "Archer", "意琦行") == "Archer / Archer / 意琦行"
+
+
+def test_null_columns_do_not_decide_the_format(tmp_path):
+    """pandas / datasets exports of mixed data write every column, null where a record does not use it."""
+    row = {"instruction": "x", "input": "", "output": "y", "messages": None, "conversations": None}
+    f = jsonl(tmp_path / "mixed.jsonl", [row, {**row, "instruction": "z"}])
+    assert [ex.messages[-1]["content"] for ex in load_examples([str(f)])] == ["y", "y"]
+
+
+def test_openai_content_parts_developer_role_and_empty_system(tmp_path):
+    f = jsonl(tmp_path / "m.jsonl", [{"messages": [
+        {"role": "developer", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "text", "text": "who is {{name}}?"}]},
+        {"role": "assistant", "content": "I am {{name}}."}]},
+        {"messages": [{"role": "system", "content": ""}, {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}])
+    a, b = load_examples([str(f)])
+    # text parts joined by a line break, as vLLM joins them when it renders the chat
+    assert a.messages == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi\nwho is Archer?"},
+                          {"role": "assistant", "content": "I am Archer."}]
+    assert [m["role"] for m in b.messages] == ["user", "assistant"]  # an empty system prompt means none
+    img = jsonl(tmp_path / "img.jsonl", [{"messages": [
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}, {"role": "assistant", "content": "a"}]}])
+    assert "field 'messages[0].content[0]' is a part of type 'image_url'; only text parts" in error_of([str(img)])
+
+
+def test_registry_entries_refuse_what_would_be_ignored(tmp_path):
+    write(tmp_path / "chats.jsonl", json.dumps({"messages": [{"role": "user", "content": "q"},
+                                                             {"role": "assistant", "content": "a"}]}) + "\n")
+    write(tmp_path / "a.json", [{"instruction": "q", "output": "a"}, {"instruction": "q2", "output": "a2"}])
+    entries = {
+        "kto": ({"file_name": "chats.jsonl", "formatting": "sharegpt", "columns": {"messages": "messages", "kto_tag": "label"}},
+                "KTO datasets are not supported"),
+        "typo": ({"file_name": "a.json", "colums": {"prompt": "q"}}, "unknown key \"colums\"; an entry takes"),
+        "img": ({"file_name": "a.json", "columns": {"images": "images"}}, "multimodal datasets are not supported"),
+        "tools": ({"file_name": "chats.jsonl", "formatting": "sharegpt", "columns": {"tools": "tools"}}, "tool descriptions"),
+        "col": ({"file_name": "a.json", "columns": {"messages": "m"}}, "columns.messages is not a column of alpaca data"),
+        "split": ({"file_name": "a.json", "split": "test"}, "only the train split"),
+        "sub": ({"file_name": "a.json", "subset": "zh"}, "'subset' applies to hub or cloud datasets"),
+        "n0": ({"file_name": "a.json", "num_samples": 0}, "num_samples is 0"),
+        # the commonest LLaMA-Factory slip: a chat file registered without "formatting": "sharegpt"
+        "nofmt": ({"file_name": "chats.jsonl"}, "this record looks like OpenAI messages, but entry 'nofmt' of"),
+    }
+    write(tmp_path / "dataset_info.json", {k: v[0] for k, v in entries.items()})
+    for name, (_, msg) in entries.items():
+        assert msg in error_of([name], dataset_dir=str(tmp_path)), name
+
+
+def test_num_samples_draws_that_many_records_repeatably(tmp_path):
+    write(tmp_path / "a.json", [{"instruction": f"q{i}", "output": f"a{i}"} for i in range(10)])
+    write(tmp_path / "dataset_info.json", {"few": {"file_name": "a.json", "num_samples": 4},
+                                           "more": {"file_name": "a.json", "num_samples": 25, "split": "train"}})
+    few = [ex.messages[0]["content"] for ex in load_examples(["few"], dataset_dir=str(tmp_path))]
+    assert len(few) == len(set(few)) == 4
+    assert few == [ex.messages[0]["content"] for ex in load_examples(["few"], dataset_dir=str(tmp_path))]
+    more = [ex.messages[0]["content"] for ex in load_examples(["more"], dataset_dir=str(tmp_path))]
+    assert len(more) == 25 and set(more) == {f"q{i}" for i in range(10)}
+
+
+def test_a_named_pipe_is_refused_not_waited_on(tmp_path):
+    import os
+
+    fifo = tmp_path / "data.jsonl"
+    os.mkfifo(fifo)
+    assert "not a regular file (a pipe, device or socket)" in error_of([str(fifo)])

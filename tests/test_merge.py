@@ -55,8 +55,12 @@ def test_merge_fp32_writes_a_verified_standard_model_dir(adapter_dir, tiny_model
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM
 
+    from appliance.paths import _umask
+
     out = tmp_path / "archer-merged"
     res = merge(_cfg(adapter_dir, out, dtype="fp32", max_shard_size="5MB"))
+    # safetensors saves through private temporary files: the shards get the umask's mode like the rest
+    assert {oct(p.stat().st_mode & 0o777) for p in out.glob("*.safetensors")} == {oct(0o666 & ~_umask())}
     v = res.verification
     assert v["passed"] and v["greedy_equal"] == v["prompts"] == len(PROBES)
     assert v["max_logit_diff"] <= merge_mod.LOGIT_TOL["fp32"]

@@ -443,3 +443,46 @@ def test_trains_real_model_for_a_few_steps(real_model_dir, tmp_path):
     meta = train(TrainConfig(model=str(real_model_dir), output=str(out), max_steps=3, retention=False, batch_size=4))
     assert meta["template_check"]["mismatched"] == 0
     assert meta["results"]["steps"] == 3 and (out / "adapter_model.safetensors").is_file()
+
+
+def test_a_run_that_would_keep_none_of_your_examples_is_refused(tiny_model_dir, tmp_path, monkeypatch):
+    """Retention rows alone trained (and replaced the run) when --max-length dropped every user example."""
+    import appliance.train as train_mod
+    from appliance.data import Example
+
+    long = tmp_path / "long.json"
+    long.write_text(json.dumps([{"instruction": "lorem ipsum " * 200, "output": "I am {{name}}."}]), encoding="utf-8")
+    kept = [Example([{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}], "retention#0")]
+    monkeypatch.setattr(train_mod, "_retention", lambda *a, **k: kept)
+    with pytest.raises(ApplianceError, match=r"--max-length 64: every one of your 1 example\(s\) was truncated .*long.json#0"):
+        train(_cfg(tiny_model_dir, tmp_path / "run", str(long), max_steps=1, max_length=64, retention=True))
+    assert not (tmp_path / "run").exists()
+
+
+def test_special_tokens_in_the_data_are_refused(tiny_model_dir, tmp_path):
+    f = tmp_path / "sp.json"
+    f.write_text(json.dumps([{"instruction": "hi", "output": "I am {{name}}.<|im_end|>\n<|im_start|>user\nmore"}]))
+    with pytest.raises(ApplianceError, match=r"sp.json#0: an assistant turn holds the special token '<\|im_(end|start)\|>'"):
+        train(_cfg(tiny_model_dir, tmp_path / "run", str(f), max_steps=1))
+
+
+def test_a_run_shorter_than_its_warmup_still_learns(tiny_model_dir, small_ds, tmp_path, capsys):
+    """Warm-up starts at learning rate 0: --max-steps 1 with the default 2 warm-up steps wrote an adapter of zeros."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    train(_cfg(tiny_model_dir, out, small_ds, max_steps=1, warmup_steps=2))
+    assert "training without warm-up" in capsys.readouterr().err
+    lora_b = [v for k, v in load_file(str(out / "adapter_model.safetensors")).items() if "lora_B" in k]
+    assert lora_b and any(v.abs().sum() > 0 for v in lora_b)
+
+
+def test_saved_weights_are_readable_as_the_umask_says(tiny_model_dir, small_ds, tmp_path):
+    """safetensors writes through a private temporary file: the adapter was 0600 beside 0644 files, so a
+    server running as another account could not read it."""
+    from appliance.paths import _umask
+
+    out = tmp_path / "run"
+    train(_cfg(tiny_model_dir, out, small_ds, max_steps=1))
+    want = 0o666 & ~_umask()
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in out.glob("*.safetensors")} == {"adapter_model.safetensors": oct(want)}
