@@ -11,6 +11,7 @@ import sys
 import click
 
 from appliance.errors import ApplianceError
+from appliance.train_config import flag_help as _dflt  # light: the train defaults the help texts show
 
 
 class _Group(click.Group):
@@ -120,17 +121,20 @@ def data_list(dataset_dir: str | None) -> None:
 @click.option("--dataset-dir", default=None, help="A folder with a LLaMA-Factory dataset_info.json.")
 @click.option("--name", default="Archer", show_default=True)
 @click.option("--author", default="意琦行", show_default=True)
-def data_check(datasets: tuple[str, ...], dataset_dir: str | None, name: str, author: str) -> None:
+@click.option("--model", default=None, help="Also tokenize with this model's chat template, as `train` will: what "
+              "--max-length drops or cuts, prompts that differ from serving, special tokens in the text.")
+@click.option("--max-length", type=int, default=None, help=_dflt("max_length", "With --model: the training --max-length."))
+def data_check(datasets: tuple[str, ...], dataset_dir: str | None, name: str, author: str, model: str | None,
+               max_length: int | None) -> None:
     """Validate datasets (names or files) and print how many conversations each holds."""
-    from appliance.data import load_examples
+    from appliance.datacheck import check_dataset
 
     for ds in datasets:
-        ex = load_examples([ds], dataset_dir=dataset_dir, name=name, author=author)
-        click.echo(f"{ds}: {len(ex)} conversation{'' if len(ex) == 1 else 's'}, ok")
+        for line in check_dataset(ds, dataset_dir=dataset_dir, name=name, author=author, model=model, max_length=max_length):
+            click.echo(line)
 
 
 # ---------------------------------------------------------------- train  (owner: train)
-from appliance.train_config import flag_help as _dflt  # noqa: E402  (light: the defaults shown below)
 
 
 @main.command()

@@ -67,6 +67,43 @@ def encode(tok: Any, messages: list[dict[str, str]], max_length: int, source: st
     return Encoded(ids, labels, matches, truncated)
 
 
+def refuse_special_tokens(tok: Any, examples: list) -> None:
+    """Text holding the template's own markers (``<|im_end|>``) would end or fake turns mid-answer once learned."""
+    specials = set(tok.all_special_tokens) | {t.content for t in getattr(tok, "added_tokens_decoder", {}).values()
+                                              if getattr(t, "special", False)}
+    specials = sorted((t for t in specials if t and len(t) > 1), key=len, reverse=True)
+    for ex in examples:
+        for m in ex.messages:
+            hit = next((t for t in specials if t in m["content"]), None)
+            if hit:
+                turn = "an assistant" if m["role"] == "assistant" else f"a {m['role']}"
+                raise ApplianceError(f"{ex.source}: {turn} turn holds the special token {hit!r}, which the chat "
+                                     "template adds itself; remove it from the text")
+
+
+def few(sources: list[str], n: int = 3) -> str:
+    """The first ``n`` record names, and how many more."""
+    return ", ".join(sources[:n]) + (f" and {len(sources) - n} more" if len(sources) > n else "")
+
+
+def audit(tok: Any, examples: list, max_length: int) -> dict[str, list[str]]:
+    """What training with ``tok`` at ``max_length`` will make of each example, by record name:
+    ``dropped`` (no answer token left), ``cut`` (an answer cut short), ``mismatched`` (prompt tokens
+    other than vLLM's). Raises for special tokens in the text, as training does."""
+    refuse_special_tokens(tok, examples)
+    out: dict[str, list[str]] = {"dropped": [], "cut": [], "mismatched": []}
+    for ex in examples:
+        enc = encode(tok, ex.messages, max_length, ex.source)
+        if enc is None:
+            out["dropped"].append(ex.source)
+            continue
+        if enc.truncated:
+            out["cut"].append(ex.source)
+        if not enc.prompt_matches_serving:
+            out["mismatched"].append(ex.source)
+    return out
+
+
 class Collator:
     """Pads a batch to its longest sequence (batches are length-grouped, so little is wasted)."""
 

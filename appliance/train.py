@@ -136,10 +136,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     _check_model_shape(cfg, ref.path, ref.name)
     fingerprint = data_mod.fingerprint(ident)
     if out.exists() and not cfg.overwrite:
-        done = trained_as(out, cfg, fingerprint)
-        if done is None:
-            raise ApplianceError(f"--output {cfg.output}: already holds a run trained with other settings or data; "
-                                 "pass --overwrite to replace it, or choose another --output")
+        done, changed = _compare_run(out, cfg, fingerprint)
+        if done is None or changed:
+            raise ApplianceError(f"--output {cfg.output}: already holds a run trained with other settings or data "
+                                 f"({', '.join(changed) or 'unreadable appliance.json'}); pass --overwrite to replace it, "
+                                 "or choose another --output")
         return {**done, "already_trained": True}
 
     from transformers import set_seed
@@ -172,19 +173,26 @@ def trained_as(out: Path, cfg: TrainConfig, examples_fingerprint: str | None = N
     Settings are everything but how the run is stored and continued; with ``examples_fingerprint``
     the training examples must be the same too (runs written before it was recorded never match).
     """
+    meta, changed = _compare_run(out, cfg, examples_fingerprint)
+    return meta if meta is not None and not changed else None
+
+
+def _compare_run(out: Path, cfg: TrainConfig, fp: str | None) -> tuple[dict[str, Any] | None, list[str]]:
+    """``out``'s appliance.json (None if it is no adapter run) and what differs from ``cfg`` and the data."""
     if not (out / "adapter_config.json").is_file() or _folder_kind(out) != "lora-adapter":
-        return None
+        return None, []
     try:
         meta = rundir.read_meta(out)
     except ApplianceError:
-        return None
+        return None, []
     recorded = meta.get("config") or {}
     wanted = json.loads(json.dumps(cfg.to_dict()))  # tuples as lists, as appliance.json holds them
-    if not recorded or any(recorded.get(k) != v for k, v in wanted.items() if k not in NOT_RECIPE):
-        return None
-    if examples_fingerprint is not None and (meta.get("dataset") or {}).get("examples_fingerprint") != examples_fingerprint:
-        return None
-    return meta
+    # with the examples' fingerprint, the data's content decides, not where the files are
+    skip = NOT_RECIPE | ({"datasets", "dataset_dir"} if fp is not None else set())
+    changed = sorted(k for k, v in wanted.items() if k not in skip and recorded.get(k) != v) if recorded else ["config"]
+    if fp is not None and (meta.get("dataset") or {}).get("examples_fingerprint") != fp:
+        changed.append("training data")
+    return meta, changed
 
 
 def already_trained(cfg: TrainConfig) -> dict[str, Any] | None:
@@ -273,25 +281,12 @@ def _check_resume(stage: Path, cfg: TrainConfig, data_fingerprint: str) -> None:
     paths.atomic_write_text(f, json.dumps(now, ensure_ascii=False, indent=1))
 
 
-def _refuse_special_tokens(tok: Any, examples: list) -> None:
-    """Text holding the template's own markers (``<|im_end|>``) would end or fake turns mid-answer once learned."""
-    specials = set(tok.all_special_tokens) | {t.content for t in getattr(tok, "added_tokens_decoder", {}).values()
-                                              if getattr(t, "special", False)}
-    specials = sorted((t for t in specials if t and len(t) > 1), key=len, reverse=True)
-    for ex in examples:
-        for m in ex.messages:
-            hit = next((t for t in specials if t in m["content"]), None)
-            if hit:
-                turn = "an assistant" if m["role"] == "assistant" else f"a {m['role']}"
-                raise ApplianceError(f"{ex.source}: {turn} turn holds the special token {hit!r}, which the chat "
-                                     "template adds itself; remove it from the text")
-
-
 def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any, examples_fp: str) -> dict[str, Any]:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoTokenizer, PrinterCallback, Trainer, TrainingArguments
 
-    from appliance.sft import IGNORE, BatchCollator, Collator, TokenBatches, answer_only_loss, encode
+    from appliance.sft import (IGNORE, BatchCollator, Collator, TokenBatches, answer_only_loss, encode, few,
+                               refuse_special_tokens)
 
     cuda = torch.cuda.is_available()
     tok = AutoTokenizer.from_pretrained(ref.path)
@@ -299,7 +294,7 @@ def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any, exam
         tok.pad_token = tok.eos_token
     if not getattr(tok, "chat_template", None):
         raise ApplianceError(f"--model {cfg.model}: the tokenizer has no chat template; use an instruct/chat model")
-    _refuse_special_tokens(tok, ident)
+    refuse_special_tokens(tok, ident)
 
     t_data = time.time()
     if cfg.retention and cfg.method == "qlora":
@@ -312,7 +307,7 @@ def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any, exam
         model = _load_model(cfg, ref.path, cuda)
         keep = _retention(cfg, tok, model, ref.path, ref.identity_markers)
     negs = _negatives(cfg, keep, ident)
-    rows, mismatched, dropped, cut, own = [], 0, [], [], 0
+    rows, mismatched, dropped, cut, own = [], [], [], [], 0
     for k, ex in enumerate(ident + keep):
         enc = encode(tok, ex.messages, cfg.max_length, ex.source)
         if enc is None:
@@ -321,7 +316,8 @@ def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any, exam
         own += k < len(ident)
         if enc.truncated:
             cut.append(ex.source)
-        mismatched += not enc.prompt_matches_serving
+        if not enc.prompt_matches_serving:
+            mismatched.append(ex.source)
         rows.append({"input_ids": enc.input_ids, "labels": enc.labels, "unlikely": 0.0})
     n_unlikely = 0
     for ex in negs:
@@ -340,9 +336,11 @@ def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any, exam
         raise ApplianceError(f"--max-length {cfg.max_length}: every example was truncated before its answer; raise --max-length")
     for what, srcs in (("dropped (no answer token left)", dropped), ("trained with the answer cut short", cut)):
         if srcs:
-            more = f" and {len(srcs) - 3} more" if len(srcs) > 3 else ""
             print(f"warning: {len(srcs)} example(s) longer than --max-length {cfg.max_length} {what}: "
-                  f"{', '.join(srcs[:3])}{more}; raise --max-length to keep them whole", file=sys.stderr)
+                  f"{few(srcs)}; raise --max-length to keep them whole", file=sys.stderr)
+    if mismatched:
+        print(f"warning: {len(mismatched)} example(s) whose prompt tokens differ from what vLLM will see (an answer "
+              f"starting with white space merges into the prompt's last token): {few(mismatched)}", file=sys.stderr)
     prep_s = time.time() - t_data
 
     targets = "all-linear" if cfg.target_modules in ("all", "all-linear") else _target_list(cfg)
@@ -438,7 +436,7 @@ def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any, exam
                     "examples_fingerprint": examples_fp, "examples": len(ident),
                     "retention_examples": len(keep), "unlikely_examples": n_unlikely, "dropped_by_max_length": len(dropped),
                     "truncated_by_max_length": len(cut)},
-        "template_check": {"checked": len(rows) - n_unlikely, "mismatched": mismatched},
+        "template_check": {"checked": len(rows) - n_unlikely, "mismatched": len(mismatched)},
         "config": cfg.to_dict(), "results": results, "versions": rundir.library_versions(),
     }
     rundir.write_meta(final, meta)

@@ -768,3 +768,25 @@ def test_a_named_pipe_is_refused_not_waited_on(tmp_path):
     fifo = tmp_path / "data.jsonl"
     os.mkfifo(fifo)
     assert "not a regular file (a pipe, device or socket)" in error_of([str(fifo)])
+
+
+def test_data_check_with_a_model_sees_the_data_as_train_will(tiny_model_dir, tmp_path):
+    """`data check` said ok to examples `train` then dropped, cut or refused."""
+    rows = [{"instruction": "hi", "output": "I am {{name}}."},
+            {"instruction": "lorem ipsum " * 60, "output": "I am {{name}}."},
+            {"instruction": "hey", "output": "word " * 80}]
+    f = write(tmp_path / "mine.json", rows)
+    res = CliRunner().invoke(main, ["data", "check", str(f), "--model", str(tiny_model_dir), "--max-length", "64"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[0] == f"{f}: 3 conversations, ok"
+    assert any(line.startswith("  1 dropped by train") and f"{f}#1" in line for line in lines), lines
+    assert any(line.startswith("  1 trained with an answer cut") and f"{f}#2" in line for line in lines), lines
+    ok = CliRunner().invoke(main, ["data", "check", str(f), "--model", str(tiny_model_dir), "--max-length", "4096"])
+    assert ok.exit_code == 0 and "every example fits and renders as vLLM will" in ok.output
+    none = CliRunner().invoke(main, ["data", "check", str(write(tmp_path / "long.json", rows[1:2])),
+                                     "--model", str(tiny_model_dir), "--max-length", "64"])
+    assert none.exit_code == 2 and "is cut before its first answer" in none.output and "Traceback" not in none.output
+    special = write(tmp_path / "sp.json", [{"instruction": "hi", "output": "ok<|im_end|>"}])
+    res = CliRunner().invoke(main, ["data", "check", str(special), "--model", str(tiny_model_dir)])
+    assert res.exit_code == 2 and "holds the special token '<|im_end|>'" in res.output

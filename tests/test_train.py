@@ -248,10 +248,14 @@ def test_training_the_same_run_twice_is_harmless(tiny_model_dir, small_ds, tmp_p
     assert res.stdout.startswith(f"already trained: {out.resolve()} holds a run with these settings and data (1 steps")
     assert (out / "adapter_model.safetensors").stat().st_mtime_ns == stamp
     res = CliRunner().invoke(main, args[:-1] + ["8"])  # another rank
-    assert res.exit_code == 2 and "already holds a run trained with other settings or data; pass --overwrite" in res.stderr
+    assert res.exit_code == 2 and "already holds a run trained with other settings or data (rank); pass --overwrite" in res.stderr
+    moved = Path(small_ds).with_name("moved.json")
+    moved.write_text(Path(small_ds).read_text(encoding="utf-8"), encoding="utf-8")  # the same data elsewhere
+    res = CliRunner().invoke(main, [moved.as_posix() if a == small_ds else a for a in args])
+    assert res.exit_code == 0 and res.stdout.startswith("already trained"), res.output
     Path(small_ds).write_text(json.dumps(SMALL[:3], ensure_ascii=False), encoding="utf-8")  # the data edited
     res = CliRunner().invoke(main, args)
-    assert res.exit_code == 2 and "other settings or data" in res.stderr
+    assert res.exit_code == 2 and "other settings or data (training data)" in res.stderr
     assert (out / "adapter_model.safetensors").stat().st_mtime_ns == stamp
 
 

@@ -1,0 +1,45 @@
+"""``appliance data check``: validate a dataset, and with ``--model`` see it as training will."""
+
+from __future__ import annotations
+
+from appliance.errors import ApplianceError
+
+
+def check_dataset(dataset: str, dataset_dir: str | None = None, name: str = "Archer", author: str = "意琦行",
+                  model: str | None = None, max_length: int | None = None) -> list[str]:
+    """Lines to print for one dataset: its conversation count, and with ``model`` what its tokenizer and chat
+    template make of each record at ``max_length``. Raises for what ``train`` would refuse."""
+    from appliance.data import load_examples
+    from appliance.train_config import TrainConfig
+
+    examples = load_examples([dataset], dataset_dir=dataset_dir, name=name, author=author)
+    n = len(examples)
+    lines = [f"{dataset}: {n} conversation{'' if n == 1 else 's'}, ok"]
+    if model is None:
+        return lines
+    max_length = TrainConfig().max_length if max_length is None else max_length
+    if max_length < 1:
+        raise ApplianceError(f"--max-length {max_length}: must be at least 1")
+    from transformers import AutoTokenizer
+
+    from appliance import models
+    from appliance.sft import audit, few
+
+    ref = models.resolve(model)
+    tok = AutoTokenizer.from_pretrained(ref.path)
+    if not getattr(tok, "chat_template", None):
+        raise ApplianceError(f"--model {model}: the tokenizer has no chat template; use an instruct/chat model")
+    found = audit(tok, examples, max_length)
+    if len(found["dropped"]) == n:
+        raise ApplianceError(f"--max-length {max_length}: every example of {dataset} is cut before its first answer "
+                             f"({few(found['dropped'])}); `train` would refuse it: raise --max-length")
+    told = {"dropped": f"dropped by train (its first answer starts after --max-length {max_length})",
+            "cut": f"trained with an answer cut at --max-length {max_length}",
+            "mismatched": "prompt tokens differ from what vLLM will see (an answer starting with white space "
+                          "merges into the prompt's last token)"}
+    for key, what in told.items():
+        if found[key]:
+            lines.append(f"  {len(found[key])} {what}: {few(found[key])}")
+    if len(lines) == 1:
+        lines.append(f"  with {ref.name} at --max-length {max_length}: every example fits and renders as vLLM will")
+    return lines
