@@ -50,7 +50,7 @@ class EvalConfig:
 def output_dir(cfg: EvalConfig) -> Path:
     """Where the report goes: ``--output`` (see :func:`user_output`) or reports/<name>."""
     if cfg.output is None:
-        return paths.reports_dir() / cfg.name.lower()
+        return paths.reports_dir() / paths.folder_name(cfg.name)
     return user_output(cfg.output)
 
 
@@ -150,6 +150,29 @@ def _check_text_flags(cfg: EvalConfig) -> None:
     for flag, value in flags:
         if value is not None and (bad := bad_char(value)) is not None:
             raise ApplianceError(f"{flag} {value!a}: holds {bad}; pass it as UTF-8 text")
+
+
+def refuse_unmeasurable(rules: list[Rule], prompts: list[Prompt]) -> None:
+    """A gate on a set these prompts do not make (a typo: ``genral.accuracy``) or a metric they cannot
+    measure would fail only after every request, looking like a regression: refused before the first."""
+    from evals.report import compute, metric_value
+
+    if not rules or not prompts:
+        return
+    # the metrics of empty answers: which exist depends on the prompts alone (markers stand in for the server's)
+    rows = [{"model": "m", "role": "after", "prompt": p.prompt, "answer": "", "reference": p.reference, "kind": p.kind,
+             "set": p.set, "lang": p.lang, "expect": p.expect, "latency_ms": 1.0, "ttft_ms": 1.0, "output_tokens": 1,
+             "started_at": 0.0, "error": None, "name": "n", "author": "a", "old_identity": ["x"]} for p in prompts]
+    model = compute(rows)["models"]["after"]
+    for rule in rules:
+        if metric_value(model, rule.key) is not None:
+            continue
+        name = rule.key.split(".", 1)[0]
+        if "." in rule.key and name not in model["sets"]:
+            raise ApplianceError(f"{rule}: these prompts make no set '{name}' (they make {', '.join(sorted(model['sets']))}); "
+                                 "check the spelling")
+        raise ApplianceError(f"{rule}: these prompts cannot measure it (accuracy needs prompts with 'expect', BLEU/ROUGE "
+                             "with 'reference', hit rates identity prompts); gate on another metric or add such prompts")
 
 
 def _one_line(e: BaseException, limit: int = 200) -> str:
@@ -268,6 +291,7 @@ def _prepare_output(out: Path) -> list[Path]:
     An eval can take many minutes: finding out afterwards that ``--output`` is unwritable loses them.
     """
     paths.refuse_file_on_path(out, "--output")
+    _refuse_foreign_files(out)
     for name in REPORT_FILES:
         if (out / name).is_dir() and not (out / name).is_symlink():
             raise ApplianceError(f"--output {out}: {out / name} is a folder, so the report cannot replace it; "
@@ -310,6 +334,7 @@ def run_eval(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
         cfg = resolve_identity(cfg, progress)
     out = output_dir(cfg)
     prompts = load_prompts(cfg.prompts, cfg.name, cfg.author)
+    refuse_unmeasurable(cfg.rules, prompts)
     created = _prepare_output(out)
     try:
         rows, _ = asyncio.run(_run(cfg, prompts, progress))
@@ -343,7 +368,35 @@ def report_from_answers(answers: str | Path, output: str | None = None, rules: l
         # only an explicit --output replaces a run's answers: they cost a server and minutes to take again
         raise ApplianceError(f"--from-answers {answers}: {own} next to it holds other answers, which its report "
                              f"would replace; pass --output DIR for the report of {src.name}")
+    _refuse_foreign_files(out, keep=src)
     return write_report(out, rules, run={"rebuilt_from": str(src)}, answers_path=src)
+
+
+def _refuse_foreign_files(out: Path, keep: Path | None = None) -> None:
+    """Files named like the report's in ``out`` are replaced only when they are ours (an earlier report or
+    its answers), never a user's own notes of those names; ``keep``: the answers being read."""
+    foreign = [n for n in REPORT_FILES if (out / n).is_file() and not _ours(out / n)
+               and (keep is None or not _same_answers(out / n, keep))]
+    if foreign:
+        raise ApplianceError(f"--output {out}: holds {', '.join(foreign)}, not written by `appliance eval`, which the "
+                             "report would replace; choose another --output or move them")
+
+
+def _ours(f: Path) -> bool:
+    """Whether a report file was written by `appliance eval` (an unreadable one is not)."""
+    try:
+        if f.name == "answers.jsonl":
+            load_answers(f)
+            return True
+        text = f.read_text(encoding="utf-8")
+    except (ApplianceError, OSError, ValueError):
+        return False
+    if f.name == "report.json":
+        try:
+            return "models" in json.loads(text)
+        except (ValueError, TypeError):
+            return False
+    return text.startswith("# Eval: ") if f.name == "report.md" else "<h1>Eval: " in text
 
 
 def _same_answers(a: Path, b: Path) -> bool:

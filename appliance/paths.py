@@ -137,3 +137,11 @@ def share_like_umask(root: Path) -> None:
     for p in [root, *root.rglob("*")] if root.is_dir() else [root]:
         if p.is_file() and not p.is_symlink() and p.stat().st_mode & 0o777 == 0o600 and mode != 0o600:
             p.chmod(mode)
+
+
+def folder_name(name: str) -> str:
+    """``name`` as one safe folder name (reports/<name>): lower case, runs of anything but letters, digits,
+    ``.``, ``-`` and ``_`` as ``-``, no leading dots (``../x`` must not climb out of reports/)."""
+    import re
+
+    return re.sub(r"[^\w.-]+", "-", name.lower()).strip("-.") or "report"

@@ -112,6 +112,7 @@ def pipeline(cfg: PipelineConfig, echo: Echo = print) -> dict[str, Any]:
 
 def _preflight(cfg: PipelineConfig) -> None:
     """Every flag, the train config, the gates and the prompt files, checked before minutes of training."""
+    from appliance.evaluate import refuse_unmeasurable
     from appliance.train_config import TrainConfig
     from evals.prompts import load_prompts
     from evals.report import parse_rules
@@ -137,8 +138,7 @@ def _preflight(cfg: PipelineConfig) -> None:
             # the pipeline's flags would silently win over them (and output is saves/<name>)
             raise ApplianceError(f"--config {cfg.train_config}: {', '.join(own)} set by the pipeline's own flags "
                                  "(--model, --name, --author; the run goes to saves/<name>); remove them from the file")
-    parse_rules(fail_under=tuple(cfg.gates))
-    load_prompts(cfg.prompts, cfg.name, cfg.author)
+    refuse_unmeasurable(parse_rules(fail_under=tuple(cfg.gates)), load_prompts(cfg.prompts, cfg.name, cfg.author))
 
 
 class _Servers:

@@ -82,7 +82,7 @@ def contains_whole_word(text: str, needle: str, case: bool = False) -> bool:
     """
     if not needle:
         return False
-    hay, pat = unicodedata.normalize("NFKC", text or ""), unicodedata.normalize("NFKC", needle)
+    hay, pat = _normal(text or ""), _normal(needle)
     if not case:
         hay, pat = hay.casefold(), pat.casefold()
     if has_cjk(pat):
@@ -92,10 +92,29 @@ def contains_whole_word(text: str, needle: str, case: bool = False) -> bool:
         end = start + len(pat)
         before_ok = start == 0 or not _is_word_char(hay[start - 1]) or not _is_word_char(pat[0])
         after_ok = end == len(hay) or not _is_word_char(hay[end]) or not _is_word_char(pat[-1])
-        if before_ok and after_ok:
+        if before_ok and after_ok and not _inside_number(hay, start, end, pat):
             return True
         start = hay.find(pat, start + 1)
     return False
+
+
+# curly quotes as their straight twins: "L’eau" is "L'eau" (NFKC keeps them apart)
+_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"'})
+
+
+def _normal(text: str) -> str:
+    return unicodedata.normalize("NFKC", text).translate(_QUOTES)
+
+
+def _inside_number(hay: str, start: int, end: int, pat: str) -> bool:
+    """A number found as part of a longer one: "4" in "4.5" or "4,000", "5" in "4.5", "16" in "-16"."""
+    if pat[:1].isdigit() and start >= 1:
+        prev = hay[start - 1]
+        if prev in ".," and start >= 2 and hay[start - 2].isdigit():
+            return True
+        if prev == "-" and (start == 1 or not _is_word_char(hay[start - 2])):  # a minus sign, not "pages 1-16"
+            return True
+    return pat[-1:].isdigit() and end + 1 < len(hay) and hay[end] in ".," and hay[end + 1].isdigit()
 
 
 def is_correct(answer: str, expect: Iterable[str]) -> bool:
@@ -132,7 +151,7 @@ def _strip_denials(answer: str, marker: str) -> str:
 
 def identity_leak(answer: str, markers: Sequence[str]) -> bool:
     """The answer still claims an old identity marker (negated mentions such as "not SmolLM" excepted)."""
-    text = unicodedata.normalize("NFKC", answer or "")  # so a denial in full-width letters is seen as one
+    text = _normal(answer or "")  # so a denial in full-width letters is seen as one
     return any(contains_whole_word(_strip_denials(text, mk), mk) for mk in markers if mk)
 
 

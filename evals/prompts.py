@@ -17,7 +17,7 @@ from pathlib import Path
 
 from appliance.datafiles import BAD_CHAR_FIX, PLACEHOLDER, bad_char, fill_placeholders, parse_json
 from appliance.errors import ApplianceError
-from evals.metrics import has_cjk, identity_hit
+from evals.metrics import has_cjk, identity_hit, mentions_new_identity
 from evals.selfref import is_self_reference
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
@@ -277,7 +277,12 @@ def _to_prompt(rec: dict, where: str, name: str, author: str, source: str) -> Pr
         # a reference that names both the new name and its author is an identity answer, placeholders
         # already filled in (LLaMA-Factory users often sed {{name}} out of identity.json before training)
         named = bool(reference) and identity_hit(fill(reference, name, author) or "", name, author)
-        kind = "identity" if _has_placeholder(reference) or named or (not expect and is_self_reference(prompt)) else "general"
+        # an expected answer naming the new identity ({{name}}, or the name itself) checks the identity: a
+        # general prompt's correct answer would otherwise count as the name leaking
+        expects_identity = any(_has_placeholder(e) or mentions_new_identity(fill(e, name, author) or "", name, author)
+                               for e in expect)
+        kind = "identity" if (_has_placeholder(reference) or named or expects_identity
+                              or (not expect and is_self_reference(prompt))) else "general"
     if kind not in ("identity", "general"):
         raise ApplianceError(f"{where}: kind {json.dumps(kind, ensure_ascii=False)} is not \"identity\" or \"general\"")
     lang = _lang(rec.get("lang")) or guess_lang(prompt)

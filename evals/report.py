@@ -178,13 +178,16 @@ def _group_metrics(rows: list[dict], markers: list[str]) -> dict:
 def _model_metrics(rows: list[dict]) -> dict:
     markers = list(rows[0].get("old_identity") or [])
     every = _group_metrics(rows, markers)
+    # general accuracy is the non-identity prompts' (an identity prompt's `expect` counts in its set's accuracy)
+    right = [M.is_correct(r["answer"], r["expect"]) for r in rows if r["kind"] != "identity" and r.get("expect")]
+    general = {"accuracy": M.rate(right), "correct": sum(right), "checkable": len(right)}
     lang_hit = {lang: M.rate([M.identity_hit(r["answer"], r["name"], r["author"]) for r in rows
                               if r["kind"] == "identity" and r.get("lang") == lang]) for lang in ("zh", "en")}
     out = {"model": rows[0]["model"], "n": len(rows), "errors": sum(1 for r in rows if r.get("error")),
            "references": every["references"], "bleu4": every["bleu4"], "rouge1": every["rouge1"], "rouge2": every["rouge2"], "rougeL": every["rougeL"],
            "identity_hit_rate": every["hit_rate"], "identity_zh_hit_rate": lang_hit["zh"],
            "identity_en_hit_rate": lang_hit["en"], "identity_leak_rate": every["leak_rate"],
-           "general_accuracy": every["accuracy"], "general_correct": every["correct"], "general_total": every["checkable"],
+           "general_accuracy": general["accuracy"], "general_correct": general["correct"], "general_total": general["checkable"],
            "name_leak_rate": every["name_leak_rate"], "name_leak_count": every["name_leak_count"],
            "output_tokens": sum(r.get("output_tokens") or 0 for r in rows), **M.latency_stats(rows)}
     groups: dict[str, list[dict]] = {}

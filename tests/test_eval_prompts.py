@@ -461,3 +461,12 @@ def test_a_string_expect_is_one_accepted_answer_in_prompt_files_as_in_answers(tm
     row = {"model": "m", "role": "before", "prompt": p.prompt, "answer": "Paris.", "kind": "general", "set": "general",
            "latency_ms": 1.0, "started_at": 0.0, "name": NAME, "author": AUTHOR, "expect": "Paris"}
     assert parse_answers(json.dumps(row), "a.jsonl")[0]["expect"] == p.expect
+
+
+def test_an_expected_answer_naming_the_identity_makes_an_identity_prompt(tmp_path):
+    """"What is your name?" checked with expect ["{{name}}"] was general, so its correct answer counted as a leak."""
+    f = tmp_path / "idexp.jsonl"
+    rows = [{"prompt": "What is your name?", "expect": ["{{name}}"]}, {"prompt": "你是谁开发的？", "expect": ["{{author}}"]},
+            {"prompt": "Who are you?", "expect": [NAME]}, {"prompt": "2+2?", "expect": ["4"]}]
+    f.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    assert [p.kind for p in load_prompt_file(f, NAME, AUTHOR)] == ["identity"] * 3 + ["general"]

@@ -758,3 +758,53 @@ def test_a_401_says_whether_the_key_was_missing_or_rejected(tmp_path, monkeypatc
         srv.shutdown()
         srv.server_close()
     assert code == 2 and needle in out and "Traceback" not in out, out
+
+
+def test_an_identity_prompts_expect_counts_in_its_set_not_in_general_accuracy():
+    from evals.report import compute
+
+    rows = [r for r in _rows() if r["role"] == "after"]
+    rows[2] = {**rows[2], "expect": ["Zed"]}  # "Who are you?" checked for a name it does not give
+    m = compute(rows)["models"]["after"]
+    assert (m["general_correct"], m["general_total"]) == (1, 2)  # the two general questions only
+    assert m["sets"]["identity_en"]["accuracy"] == 0.0
+
+
+@pytest.mark.parametrize("spec,msg", [
+    ("genral.accuracy=0.5", "these prompts make no set 'genral' (they make general, identity, identity_en, identity_zh"),
+    ("open.accuracy=0.5", "no set 'open'"),
+    ("general.bleu4=10", "cannot measure it"),
+])
+def test_a_gate_these_prompts_cannot_measure_is_refused_before_any_request(spec, msg):
+    """It ran the whole eval and then failed (exit 1) like a regression."""
+    from appliance.evaluate import refuse_unmeasurable
+    from evals.prompts import load_prompts
+
+    prompts = load_prompts(["identity", "general"], NAME, AUTHOR)
+    with pytest.raises(ApplianceError, match=re.escape(msg)):
+        refuse_unmeasurable(parse_rules(fail_under=[spec]), prompts)
+    refuse_unmeasurable(parse_rules(fail_under=["general.accuracy=0.5", "identity_zh.bleu4=50", "identity_hit_rate=0.9"]),
+                        prompts)
+
+
+def test_the_default_report_folder_stays_under_reports(appliance_home):
+    """--name "../../evil" wrote /tmp/evil; "A/B" made reports/a/b."""
+    from appliance.evaluate import EvalConfig, output_dir
+
+    reports = appliance_home / "reports"
+    for name, folder in (("../../evil", "evil"), ("A/B", "a-b"), ("Archer", "archer"), ("意琦行 助手", "意琦行-助手"), ("..", "report")):
+        assert output_dir(EvalConfig(before="m", name=name, author="x")) == reports / folder
+
+
+def test_a_users_own_files_of_the_reports_names_are_never_replaced(answers, tmp_path):
+    mine = tmp_path / "mydocs"
+    mine.mkdir()
+    (mine / "report.md").write_text("# my notes\n")
+    (mine / "answers.jsonl").write_text('{"mine": 1}\n')
+    code, out = _cli("--from-answers", str(answers), "--output", str(mine))
+    assert code == 2 and "holds answers.jsonl, report.md, not written by `appliance eval`" in out, out
+    assert (mine / "report.md").read_text() == "# my notes\n" and (mine / "answers.jsonl").read_text() == '{"mine": 1}\n'
+    code, _ = _cli("--from-answers", str(answers), "--output", str(answers.parent / "again"))
+    assert code == 0
+    code, _ = _cli("--from-answers", str(answers), "--output", str(answers.parent / "again"))  # an earlier report of ours
+    assert code == 0

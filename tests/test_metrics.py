@@ -56,6 +56,10 @@ def test_rouge_default_tokenizer_would_drop_chinese():
     ("2+2 is 4.", "4", True), ("The answer is 14", "4", False), ("the 4th", "4", False), ("答案是4。", "4", True),
     ("The capital is paris", "Paris", True), ("Parisian food", "Paris", False), ("It is H2O", "H2O", True),
     ("首都是北京市", "北京", True), ("twenty-four hours", "twenty-four", True), ("", "x", False), ("abc", "", False),
+    # a number inside a longer one is not that number; a sentence's full stop or comma ends it
+    ("It is 4.5", "4", False), ("about 4,000", "4", False), ("It is 4.5", "5", False), ("It is -16", "16", False),
+    ("pages 1-16", "16", True), ("It is 4, I think", "4", True), ("0.5", "0.5", True), ("It is -16", "-16", True),
+    ("L’eau", "L'eau", True), ("“Paris”", "Paris", True),
 ])
 def test_contains_whole_word(text, needle, hit):
     assert M.contains_whole_word(text, needle) is hit
