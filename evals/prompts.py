@@ -221,6 +221,22 @@ def _alpaca_history(value: object, where: str, col: str) -> list[dict]:
     return [{"role": role, "content": text} for pair in value for role, text in zip(("user", "assistant"), pair)]
 
 
+OUR_KEYS = ("prompt", "reference", "expect", "kind", "lang", "set", "system", "history")
+
+
+def _refuse_misspelled_keys(raw: dict, where: str) -> None:
+    """A key one slip away from ours ("expected", "refrence") would drop its check without a word; other
+    keys (an id, a category) are the user's own and left alone."""
+    import difflib
+
+    for key in raw:
+        if key not in OUR_KEYS:
+            near = difflib.get_close_matches(str(key).lower(), OUR_KEYS, n=1, cutoff=0.75)
+            if near:
+                raise ApplianceError(f"{where}: unknown key {json.dumps(key, ensure_ascii=False)}; did you mean "
+                                     f"'{near[0]}'? (the keys read are {', '.join(OUR_KEYS)})")
+
+
 def _record(raw: object, where: str, cols: dict, formatting: str | None) -> dict:
     """Normalize one record of any supported format to our JSONL fields."""
     if isinstance(raw, str):  # a plain list of prompts (e.g. data/retention_prompts.json)
@@ -238,6 +254,7 @@ def _record(raw: object, where: str, cols: dict, formatting: str | None) -> dict
         return {**raw, "prompt": prompt, "reference": raw.get("reference", reference),
                 "history": history, "system": raw.get(cols.get("system", "system")) or system or None}
     if "prompt" in raw and formatting is None:
+        _refuse_misspelled_keys(raw, where)
         return raw
     q, i, o = cols.get("prompt", "instruction"), cols.get("query", "input"), cols.get("response", "output")
     if q not in raw:
@@ -265,8 +282,9 @@ def _to_prompt(rec: dict, where: str, name: str, author: str, source: str) -> Pr
         expect = []
     elif isinstance(expect, str):
         expect = [expect]
-    # a falsy non-list (0, "", {}) is a mistake too: read as "no expect", it would silently drop the check
-    if not isinstance(expect, list) or not all(isinstance(e, str) and e.strip() for e in expect):
+    # a falsy value (0, "", {}, []) is a mistake too: read as "no expect", it would silently drop the check
+    if not isinstance(expect, list) or rec.get("expect") == [] or \
+            not all(isinstance(e, str) and e.strip() for e in expect):
         raise ApplianceError(f"{where}: 'expect' must be a list of accepted answer strings, e.g. [\"4\", \"four\"]")
     for key in ("system", "set", "lang"):
         if rec.get(key) is not None and not isinstance(rec[key], str):

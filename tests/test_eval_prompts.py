@@ -470,3 +470,16 @@ def test_an_expected_answer_naming_the_identity_makes_an_identity_prompt(tmp_pat
             {"prompt": "Who are you?", "expect": [NAME]}, {"prompt": "2+2?", "expect": ["4"]}]
     f.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     assert [p.kind for p in load_prompt_file(f, NAME, AUTHOR)] == ["identity"] * 3 + ["general"]
+
+
+def test_a_misspelled_key_or_an_empty_expect_is_refused(tmp_path):
+    """{"expected": ["4"]} was an unscored prompt and {"refrence": ...} lost its BLEU/ROUGE, both without a word."""
+    for row, msg in (({"prompt": "2+2?", "expected": ["4"]}, "unknown key \"expected\"; did you mean 'expect'?"),
+                     ({"prompt": "Who are you?", "refrence": "I am {{name}}"}, "did you mean 'reference'?"),
+                     ({"prompt": "2+2?", "expect": []}, "'expect' must be a list of accepted answer strings")):
+        f = tmp_path / "p.jsonl"
+        f.write_text(json.dumps(row) + "\n", encoding="utf-8")
+        with pytest.raises(ApplianceError, match=re.escape(msg)):
+            load_prompt_file(f, NAME, AUTHOR)
+    f.write_text(json.dumps({"prompt": "2+2?", "expect": ["4"], "id": 7, "category": "math"}) + "\n", encoding="utf-8")
+    assert load_prompt_file(f, NAME, AUTHOR)[0].expect == ["4"]  # the user's own keys are left alone
