@@ -121,15 +121,24 @@ def recorded_identity(cfg: EvalConfig, roots: dict[str, str]) -> tuple[str, str]
 
 
 def resolve_identity(cfg: EvalConfig, progress: Callable[[str], None]) -> EvalConfig:
-    """Fill a missing ``--name``/``--author`` from what the --after models were trained for, else the defaults."""
-    if cfg.name is not None and cfg.author is not None:
-        return cfg
-    found = recorded_identity(cfg, _served_roots(cfg)) if cfg.after else None
+    """Fill a missing ``--name``/``--author`` from what the --after models were trained for, else the
+    defaults; a given one that differs from the recorded identity is pointed out (its hit rate will be ~0)."""
+    if not cfg.after:  # a lone --before is scored for the defaults without comment (its hit rate is the baseline)
+        return replace(cfg, name=cfg.name or DEFAULT_NAME, author=cfg.author or DEFAULT_AUTHOR)
+    roots = _served_roots(cfg)
+    found = recorded_identity(cfg, roots)
     name, author = found or (DEFAULT_NAME, DEFAULT_AUTHOR)
     name, author = cfg.name if cfg.name is not None else name, cfg.author if cfg.author is not None else author
-    if cfg.after:  # a lone --before is scored for the defaults without comment (its hit rate is the baseline)
-        where = "as the --after model was trained (its appliance.json)" if found else "the defaults: no --after model records one"
-        progress(f"identity: scoring for {name} / {author}, {where}; --name/--author choose another")
+    if found and (name, author) != found:
+        progress(f"note: the --after model was trained for {found[0]} / {found[1]} (its appliance.json); scoring "
+                 f"for {name} / {author} as --name/--author say")
+    elif found and (cfg.name is None or cfg.author is None):
+        progress(f"identity: scoring for {name} / {author}, as the --after model was trained (its appliance.json); "
+                 "--name/--author choose another")
+    elif roots and not found and (cfg.name is None or cfg.author is None):
+        # (no roots: the server did not answer, and the eval's first request says why)
+        progress(f"identity: scoring for {name} / {author}, the defaults: no --after model records one; "
+                 "--name/--author choose another")
     return replace(cfg, name=name, author=author)
 
 
@@ -150,6 +159,33 @@ def _check_text_flags(cfg: EvalConfig) -> None:
     for flag, value in flags:
         if value is not None and (bad := bad_char(value)) is not None:
             raise ApplianceError(f"{flag} {value!a}: holds {bad}; pass it as UTF-8 text")
+
+
+def once_each(prompts: list[Prompt], progress: Callable[[str], None]) -> list[Prompt]:
+    """The prompts with repeats (the same question, system prompt and earlier turns) sent once: a repeat
+    would count its answer twice in every rate."""
+    seen: dict[str, Prompt] = {}
+    repeats = []
+    for p in prompts:
+        key = json.dumps([p.prompt, p.system, p.history], ensure_ascii=False)
+        if key in seen:
+            repeats.append(p.source or p.prompt)
+        else:
+            seen[key] = p
+    if repeats:
+        more = f" and {len(repeats) - 3} more" if len(repeats) > 3 else ""
+        progress(f"note: {len(repeats)} repeated prompt(s) sent once (the first is kept): {', '.join(repeats[:3])}{more}")
+    return list(seen.values())
+
+
+def _refuse_repeated_models(cfg: EvalConfig) -> None:
+    """The same model twice would compare it with itself: every delta 0, the gate decided by nothing."""
+    models = [cfg.before, *cfg.after]
+    twice = next((m for i, m in enumerate(models) if m in models[:i]), None)
+    if twice is not None:
+        flags = " ".join(f"{f} {m}" for f, m in [("--before", cfg.before), *(("--after", a) for a in cfg.after)] if m == twice)
+        raise ApplianceError(f"{flags}: the same model more than once; compare different models (the base with an "
+                             "adapter, an adapter with its merged model)")
 
 
 def refuse_unmeasurable(rules: list[Rule], prompts: list[Prompt]) -> None:
@@ -323,6 +359,7 @@ def run_eval(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
         raise ApplianceError("--name and --author must not be empty: the identity hit rate looks for both")
     # every input is checked here, before the first request: a mistake found later costs the whole eval
     _check_text_flags(cfg)
+    _refuse_repeated_models(cfg)
     given_markers(cfg)
     url = base_url(cfg.url)
     if not cfg.after and any(r.op in ("max_drop", "max_rise") for r in cfg.rules):
@@ -331,9 +368,9 @@ def run_eval(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
                              "--before, and there is no --after; add --after MODEL or use --fail-under/--fail-over")
     if cfg.name is None or cfg.author is None:  # the identity comes from the server: a bad file fails before it is asked
         load_prompts(cfg.prompts, DEFAULT_NAME, DEFAULT_AUTHOR)
-        cfg = resolve_identity(cfg, progress)
+    cfg = resolve_identity(cfg, progress)
     out = output_dir(cfg)
-    prompts = load_prompts(cfg.prompts, cfg.name, cfg.author)
+    prompts = once_each(load_prompts(cfg.prompts, cfg.name, cfg.author), progress)
     refuse_unmeasurable(cfg.rules, prompts)
     created = _prepare_output(out)
     try:

@@ -330,7 +330,17 @@ def guess_lang(text: str) -> str:
         return "ja"
     if _HANGUL.search(text):
         return "ko"
-    return "zh" if has_cjk(text) else "en"
+    if not has_cjk(text):
+        return "en"
+    # an English question around a Chinese name ("Are you 通义千问?", "Were you made by 意琦行?") is English
+    words = re.findall(r"[A-Za-z']+", text)
+    starts_latin = bool(re.match(r"\W*[A-Za-z]", text))
+    return "en" if starts_latin and sum(w.lower() in _EN_FUNCTION_WORDS for w in words) >= 2 else "zh"
+
+
+_EN_FUNCTION_WORDS = {"are", "is", "am", "were", "was", "you", "your", "you're", "who", "what", "which", "how", "why",
+                      "do", "does", "did", "can", "could", "would", "will", "the", "a", "an", "of", "to", "by", "in",
+                      "me", "i", "tell", "please", "made", "built", "created", "about", "with", "for", "and", "or"}
 
 
 def _lang(value: str | None) -> str | None:

@@ -181,6 +181,9 @@ def test_a_prompt_without_lang_is_filed_by_its_script(tmp_path):
     assert [(p.lang, p.set) for p in load_prompt_file(f, NAME, AUTHOR)] == [
         ("ja", "identity_ja"), ("zh", "identity_zh"), ("ko", "identity_ko"), ("en", "identity_en")]
     assert guess_lang("日本語で自己紹介してください") == "ja" and guess_lang("") == "en"
+    # the language of the sentence, not of a name in it
+    assert [guess_lang(t) for t in ("Are you 通义千问?", "Were you made by 意琦行?", "请用 Python 写一个 hello world 程序",
+                                    "GPT-4 是什么？", "你知道 what is love 吗")] == ["en", "en", "zh", "zh", "zh"]
 
 
 def test_a_reference_naming_the_new_identity_makes_an_identity_prompt(tmp_path):

@@ -659,7 +659,12 @@ def test_name_and_author_default_to_what_the_after_model_was_trained_for(fake_se
     # a flag still wins
     code, out = _cli("--url", url, "--before", "smollm2-135m", "--after", "nova", "--prompts", str(f), "--name", "Archer",
                      "--author", "意琦行", "--output", str(tmp_path / "r2"), "--fail-under", "identity_hit_rate=1")
-    assert code == 1 and "scoring for" not in out
+    # ... and a mismatch with what the adapter learned is pointed out (its hit rate is ~0)
+    assert code == 1 and "note: the --after model was trained for Nova / Acme Labs (its appliance.json); scoring for " \
+        "Archer / 意琦行" in out
+    code, out = _cli("--url", url, "--before", "smollm2-135m", "--after", "nova", "--prompts", str(f), "--author", "Acme",
+                     "--output", str(tmp_path / "r3"))
+    assert "trained for Nova / Acme Labs" in out and "scoring for Nova / Acme as --name/--author say" in out
 
 
 def test_after_models_trained_for_different_identities_need_the_flags(fake_server, tmp_path):
@@ -808,3 +813,19 @@ def test_a_users_own_files_of_the_reports_names_are_never_replaced(answers, tmp_
     assert code == 0
     code, _ = _cli("--from-answers", str(answers), "--output", str(answers.parent / "again"))  # an earlier report of ours
     assert code == 0
+
+
+def test_the_same_model_twice_is_refused_and_repeated_prompts_are_sent_once(fake_server, tmp_path):
+    handler, url = fake_server
+    handler.models, handler.chat = SERVED, CHUNK
+    handler.seen.clear()
+    code, out = _cli("--url", url, "--before", "smollm2-135m", "--after", "smollm2-135m", "--prompts", "general",
+                     "--name", NAME, "--author", AUTHOR, "--output", str(tmp_path / "r"))
+    assert code == 2 and "--before smollm2-135m --after smollm2-135m: the same model more than once" in out
+    assert not [s for s in handler.seen if s.startswith("POST")]
+    f = tmp_path / "dup.jsonl"
+    f.write_text('{"prompt": "What is the capital of France?", "expect": ["Paris"]}\n' * 3, encoding="utf-8")
+    code, out = _cli("--url", url, "--before", "smollm2-135m", "--prompts", str(f), "--prompts", str(f),
+                     "--output", str(tmp_path / "r"))
+    assert code == 0 and "note: 5 repeated prompt(s) sent once (the first is kept)" in out, out
+    assert len((tmp_path / "r" / "answers.jsonl").read_text(encoding="utf-8").splitlines()) == 1
