@@ -289,6 +289,19 @@ async def _ask(client, sem: asyncio.Semaphore, model: str, p: Prompt, max_tokens
             "output_tokens": usage if usage is not None else len(parts), "started_at": round(started_at, 6), "error": error}
 
 
+PROGRESS_EVERY_S = 15.0
+
+
+async def _report_progress(progress: Callable[[str], None], role: str, done: list[int], total: int) -> None:
+    """A line every PROGRESS_EVERY_S while a model's prompts are answered (a long eval said nothing for minutes)."""
+    t0 = time.monotonic()
+    while True:
+        await asyncio.sleep(PROGRESS_EVERY_S)
+        elapsed = time.monotonic() - t0
+        eta = f", about {elapsed * (total - done[0]) / done[0]:.0f} s to go" if done[0] else ""
+        progress(f"{role}: {done[0]}/{total} answered in {elapsed:.0f} s{eta}")
+
+
 async def _run(cfg: EvalConfig, prompts: list[Prompt], progress: Callable[[str], None]) -> tuple[list[dict], list[str]]:
     from openai import AsyncOpenAI
 
@@ -309,7 +322,18 @@ async def _run(cfg: EvalConfig, prompts: list[Prompt], progress: Callable[[str],
         for role, model in roles(cfg):
             progress(f"{role}: {model}: {len(prompts)} prompts, concurrency {cfg.concurrency}")
             sem = asyncio.Semaphore(cfg.concurrency)
-            results = await asyncio.gather(*(_ask(client, sem, model, p, cfg.max_tokens) for p in prompts))
+            done = [0]
+
+            async def counted(p: Prompt) -> dict:
+                res = await _ask(client, sem, model, p, cfg.max_tokens)  # noqa: B023 - awaited within this iteration
+                done[0] += 1
+                return res
+
+            ticker = asyncio.create_task(_report_progress(progress, role, done, len(prompts)))
+            try:
+                results = await asyncio.gather(*(counted(p) for p in prompts))
+            finally:
+                ticker.cancel()
             for p, res in zip(prompts, results):
                 rows.append({"model": model, "role": role, "prompt": p.prompt, "answer": res["answer"],
                              "reference": p.reference, "kind": p.kind, "set": p.set, "lang": p.lang, "expect": p.expect,

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import stat
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -454,15 +455,29 @@ def _looks_like_info(data: dict) -> bool:
 def _load_info(info: Path, entries: dict[str, dict], name: str, author: str) -> list[Prompt]:
     """Every local dataset a LLaMA-Factory dataset_info.json lists (a file or a folder), with its mapping."""
     out: list[Prompt] = []
+    skipped: dict[str, list[str]] = {}
     for key, entry in entries.items():
-        if "file_name" not in entry:
-            continue  # hub datasets are never downloaded
+        cols = entry.get("columns") if isinstance(entry.get("columns"), dict) else {}
+        why = ("hub datasets are never downloaded" if "file_name" not in entry
+               else "preference or KTO data: no single reference answer" if entry.get("ranking") or "kto_tag" in cols
+               else f"not JSON ({Path(str(entry['file_name'])).suffix})"
+               if Path(str(entry["file_name"])).suffix.lower() in _OTHER_DATA else None)
+        if why:
+            skipped.setdefault(why, []).append(key)
+            continue
         mapping = _mapping(info, key, entry)
         for f in _entry_files(info, key, entry):
             out += _load_data(f, _read_records(f), mapping, name, author)
+    if skipped:
+        # a LLaMA-Factory data folder lists all of these: read what can be, and say what was left out
+        print(f"note: {info}: skipped " + "; ".join(f"{', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''} ({why})"
+                                                  for why, keys in skipped.items()), file=sys.stderr)
     if not out:
-        raise ApplianceError(f"{info}: lists no local dataset (file_name); point --prompts at a data file instead")
+        raise ApplianceError(f"{info}: lists no local JSON dataset (file_name); point --prompts at a data file instead")
     return out
+
+
+_OTHER_DATA = (".csv", ".tsv", ".parquet", ".arrow", ".txt", ".xlsx")
 
 
 def _load_data(path: Path, data: dict | list[tuple[str, object]], mapping: _Mapping | None, name: str,
@@ -500,6 +515,9 @@ def load_prompt_file(path: str | Path, name: str, author: str) -> list[Prompt]:
     # anything else that is not a readable file (a symbolic link loop, a device) is named when it is read
     if p.name == _INFO:
         return _load_info(p, _read_info(p), name, author)
+    if p.suffix.lower() not in (".json", ".jsonl") and p.suffix.lower() in _OTHER_DATA:
+        raise ApplianceError(f"--prompts {path}: a {p.suffix} file; only JSON (a list) and JSONL prompt files are read: "
+                             f"convert it (pandas: df.to_json('{p.stem}.jsonl', orient='records', lines=True))")
     data = _read_records(p)
     if isinstance(data, dict) and _looks_like_info(data):
         return _load_info(p, _check_info(p, data), name, author)

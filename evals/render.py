@@ -63,6 +63,10 @@ def _answers(rows: list[dict]) -> dict[tuple[str, str], str]:
     return {(r["role"], r["prompt"]): r["answer"] for r in rows}
 
 
+def _sets(rows: list[dict]) -> dict[str, str]:
+    return {r["prompt"]: r.get("set", "") for r in rows}
+
+
 def render_md(report: dict, rows: list[dict]) -> str:
     """Markdown report: before/after metrics with deltas, per-set table, examples side by side."""
     models = report["models"]
@@ -92,10 +96,11 @@ def render_md(report: dict, rows: list[dict]) -> str:
             sm = models[r]["sets"].get(s)
             if sm:
                 out.append(f"| {s} | {r} | {sm['n']} | " + " | ".join(_fmt(sm.get(k), sc) for k, _, sc in SET_COLS) + " |")
-    ans = _answers(rows)
-    out += ["", "## Examples", "", "| prompt | " + " | ".join(roles) + " |", "|" + "---|" * (len(roles) + 1)]
+    ans, sets = _answers(rows), _sets(rows)
+    # the set says how each prompt was scored (identity_*, general, open): a prompt without `kind` is classified
+    out += ["", "## Examples", "", "| prompt | set | " + " | ".join(roles) + " |", "|" + "---|" * (len(roles) + 2)]
     for p in example_rows(rows):
-        out.append(f"| {_cell(p, 80)} | " + " | ".join(_cell(ans.get((r, p), "")) for r in roles) + " |")
+        out.append(f"| {_cell(p, 80)} | {sets.get(p, '')} | " + " | ".join(_cell(ans.get((r, p), "")) for r in roles) + " |")
     return "\n".join(out) + "\n"
 
 
@@ -179,9 +184,11 @@ def render_html(report: dict, rows: list[dict]) -> str:
             if sm:
                 parts.append(f"<tr><td>{e(s)}</td><td>{e(r)}</td><td>{sm['n']}</td>"
                              + "".join(f"<td>{_fmt(sm.get(k), sc)}</td>" for k, _, sc in SET_COLS) + "</tr>")
-    ans = _answers(rows)
-    parts.append("</table><h2>Examples</h2><table><tr><th>prompt</th>" + "".join(f"<th>{e(r)}</th>" for r in roles) + "</tr>")
+    ans, sets = _answers(rows), _sets(rows)
+    parts.append("</table><h2>Examples</h2><table><tr><th>prompt</th><th>set</th>"
+                 + "".join(f"<th>{e(r)}</th>" for r in roles) + "</tr>")
     for p in example_rows(rows):
-        parts.append(f"<tr><td>{e(p)}</td>" + "".join(f"<td>{e(ans.get((r, p), ''))}</td>" for r in roles) + "</tr>")
+        parts.append(f"<tr><td>{e(p)}</td><td>{e(sets.get(p, ''))}</td>"
+                     + "".join(f"<td>{e(ans.get((r, p), ''))}</td>" for r in roles) + "</tr>")
     parts.append("</table></body></html>")
     return "\n".join(parts) + "\n"

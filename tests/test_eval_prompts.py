@@ -486,3 +486,17 @@ def test_a_misspelled_key_or_an_empty_expect_is_refused(tmp_path):
             load_prompt_file(f, NAME, AUTHOR)
     f.write_text(json.dumps({"prompt": "2+2?", "expect": ["4"], "id": 7, "category": "math"}) + "\n", encoding="utf-8")
     assert load_prompt_file(f, NAME, AUTHOR)[0].expect == ["4"]  # the user's own keys are left alone
+
+
+def test_a_llama_factory_folder_skips_what_has_no_prompts_to_replay_and_says_so(tmp_path, capsys):
+    (tmp_path / "a.json").write_text(json.dumps([{"instruction": "2+2?", "output": "4"}]), encoding="utf-8")
+    (tmp_path / "t.csv").write_text("instruction,output\nhi,yo\n", encoding="utf-8")
+    (tmp_path / "dpo.json").write_text(json.dumps([{"instruction": "q", "chosen": "a", "rejected": "b"}]), encoding="utf-8")
+    (tmp_path / "dataset_info.json").write_text(json.dumps({
+        "mine": {"file_name": "a.json"}, "tab": {"file_name": "t.csv"}, "dpo": {"file_name": "dpo.json", "ranking": True},
+        "hub": {"hf_hub_url": "x/y"}}), encoding="utf-8")
+    assert [p.prompt for p in load_prompt_file(tmp_path, NAME, AUTHOR)] == ["2+2?"]
+    err = capsys.readouterr().err
+    assert "hub (hub datasets" in err and "dpo (preference" in err and "skipped tab (not JSON (.csv))" in err
+    with pytest.raises(ApplianceError, match=r"a \.csv file; only JSON \(a list\) and JSONL prompt files are read"):
+        load_prompt_file(tmp_path / "t.csv", NAME, AUTHOR)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -100,7 +101,7 @@ def test_markdown_report(answers):
     assert "| with reference |" in md and "| identity | after | 4 | 75.0 | 0.0 | – | – | 4 |" in md
     examples = md.split("## Examples", 1)[1]
     first = [line for line in examples.splitlines() if line.startswith("| ") and not line.startswith("| prompt")][0]
-    assert first.startswith("| 你是谁？ | 我是 SmolLM。 | " + ZH_REF)
+    assert first.startswith("| 你是谁？ | identity_zh | 我是 SmolLM。 | " + ZH_REF)  # the set: how it was scored
 
 
 def test_html_report_is_self_contained(answers):
@@ -365,7 +366,7 @@ def fake_server():
         models = b""
         chat = b""
         seen: list[str] = []  # "GET /v1/models", "POST /v1/chat/completions": what reached the server
-
+        delay = 0.0  # seconds before each chat answer
 
         def _answer(self, body: bytes, ctype: str) -> None:
             self.send_response(200)
@@ -381,6 +382,7 @@ def fake_server():
         def do_POST(self):
             Handler.seen.append(f"POST {self.path}")
             self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            time.sleep(Handler.delay)
             self._answer(Handler.chat, "text/event-stream")
 
         def log_message(self, *args):
@@ -829,3 +831,17 @@ def test_the_same_model_twice_is_refused_and_repeated_prompts_are_sent_once(fake
                      "--output", str(tmp_path / "r"))
     assert code == 0 and "note: 5 repeated prompt(s) sent once (the first is kept)" in out, out
     assert len((tmp_path / "r" / "answers.jsonl").read_text(encoding="utf-8").splitlines()) == 1
+
+
+def test_a_long_eval_says_how_far_it_is(fake_server, tmp_path, monkeypatch):
+    """500 prompts ran for minutes with nothing printed between the start line and the table."""
+    from appliance import evaluate
+
+    handler, url = fake_server
+    handler.models, handler.chat, handler.delay = SERVED, CHUNK, 0.05
+    monkeypatch.setattr(evaluate, "PROGRESS_EVERY_S", 0.1)
+    lines: list[str] = []
+    evaluate.run_eval(evaluate.EvalConfig("smollm2-135m", url=url, prompts=["general"], concurrency=2,
+                                          output=str(tmp_path / "r")), progress=lines.append)
+    ticks = [line for line in lines if re.match(r"before: \d+/36 answered in \d+ s", line)]
+    assert ticks and "to go" in ticks[-1], lines

@@ -1,6 +1,6 @@
 """The self-reference rule that decides an unlabelled prompt's kind, on phrasings it was not built from.
 
-tests/data/self_reference.jsonl holds prompts written apart from the built-in sets, labelled by
+tests/data/self_reference*.jsonl hold prompts written apart from the built-in sets, labelled by
 hand: "self" when the user asks the assistant about itself (who or what it is, its name, who made
 it, where it comes from, which model it is, what it can do), else hard negatives that say "you"
 or ask who made something else. Yes/no questions about one capability ("Can you browse the
@@ -17,8 +17,10 @@ import pytest
 
 from evals.selfref import is_self_reference
 
-HELD_OUT = Path(__file__).parent / "data" / "self_reference.jsonl"
-ROWS = [json.loads(line) for line in HELD_OUT.read_text(encoding="utf-8").splitlines() if line.strip()]
+# self_reference.jsonl, plus later rounds in self_reference_*.jsonl (self_reference_review.jsonl: a tester's
+# misses and false positives, and near-misses written before the rules were changed for them)
+HELD_OUT = sorted((Path(__file__).parent / "data").glob("self_reference*.jsonl"))
+ROWS = [json.loads(line) for path in HELD_OUT for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 REPO = Path(__file__).resolve().parents[1]
 
 
