@@ -137,7 +137,9 @@ def _detect(where: str, rec: dict, path: Path) -> Format:
     column, role_tag = kind
     if column == "alpaca":
         return Format("alpaca", dict(ALPACA_COLUMNS), auto=True, kind=kind, origin=str(path))
-    tags = dict(SHAREGPT_TAGS) if role_tag == "from" else dict(OPENAI_TAGS)
+    # turns that show no role key yet: the column's own convention (sharegpt's from/value, OpenAI's role/content)
+    openai = role_tag == "role" or (role_tag is None and column == "messages")
+    tags = dict(OPENAI_TAGS) if openai else dict(SHAREGPT_TAGS)
     return Format("sharegpt", {**SHAREGPT_COLUMNS, "messages": column}, tags, True, kind, str(path))
 
 

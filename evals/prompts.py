@@ -310,6 +310,11 @@ def _to_prompt(rec: dict, where: str, name: str, author: str, source: str) -> Pr
     history = rec.get("history")
     if history is None:
         history = []
+    system = rec.get("system")
+    if isinstance(history, list) and history and isinstance(history[0], dict) and history[0].get("role") == "system" \
+            and isinstance(history[0].get("content"), str) and not system:
+        # OpenAI-style turns that open with the system prompt (as training data may)
+        system, history = history[0]["content"], history[1:]
     if not isinstance(history, list) or not all(
             isinstance(h, dict) and h.get("role") in ("user", "assistant") and isinstance(h.get("content"), str)
             for h in history):
@@ -317,7 +322,7 @@ def _to_prompt(rec: dict, where: str, name: str, author: str, source: str) -> Pr
     history = [{"role": h["role"], "content": fill(h["content"], name, author)} for h in history]
     return Prompt(prompt=fill(prompt, name, author), kind=kind, set=set_name, lang=lang,
                   reference=fill(reference, name, author), expect=[fill(e, name, author) for e in expect],
-                  system=fill(rec.get("system"), name, author) or None, history=history, source=source)
+                  system=fill(system, name, author) or None, history=history, source=source)
 
 
 _KANA = re.compile("[\u3040-\u30ff]")

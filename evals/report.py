@@ -263,6 +263,10 @@ def _check_reachable(flag: str, spec: str, op: str, is_rate: bool, value: float)
         change = "drop" if op == "max_drop" else "rise"
         raise ApplianceError(f"{flag} {spec}: a negative {change} is not a limit; give how much it may {change} "
                              "(0 for not at all)")
+    if value < 0 and op in ("fail_under", "fail_over"):
+        # every metric is 0 or more: under a negative bound nothing falls, over it everything passes the line
+        never = "can never fail" if op == "fail_under" else "fails whatever the models answer"
+        raise ApplianceError(f"{flag} {spec}: every metric is 0 or more, so this {never}; give a bound of 0 or more")
     if is_rate and not 0 <= value <= 1:
         # the summary table and report.md show rates in %, so 95 is the natural mistake for 0.95
         example = f"write {value / 100:g} for {value:g}%" if 1 < value <= 100 else "write 0.95 for 95%"

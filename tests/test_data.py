@@ -573,7 +573,7 @@ def test_hints_give_commands_that_exist(tmp_path, monkeypatch):
 def test_file_without_a_registry_is_not_told_to_edit_one(tmp_path):
     f = write(tmp_path / "t.json", [{"conversations": [{"speaker": "human", "text": "hi"}, {"speaker": "gpt", "text": "yo"}]}])
     msg = error_of([str(f)])
-    assert "field 'conversations[0].role' is missing" in msg and "in dataset_info.json" not in msg, msg
+    assert "field 'conversations[0].from' is missing" in msg and "in dataset_info.json" not in msg, msg
     assert "describe them in a dataset_info.json (see data/README.md) and pass --dataset-dir" in msg
     f = write(tmp_path / "r.json", [{"conversations": [{"from": "human", "value": "hi"}, {"from": "bot", "value": "yo"}]}])
     msg = error_of([str(f)])

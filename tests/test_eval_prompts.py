@@ -500,3 +500,12 @@ def test_a_llama_factory_folder_skips_what_has_no_prompts_to_replay_and_says_so(
     assert "hub (hub datasets" in err and "dpo (preference" in err and "skipped tab (not JSON (.csv))" in err
     with pytest.raises(ApplianceError, match=r"a \.csv file; only JSON \(a list\) and JSONL prompt files are read"):
         load_prompt_file(tmp_path / "t.csv", NAME, AUTHOR)
+
+
+def test_a_history_opening_with_the_system_prompt_is_read_as_it(tmp_path):
+    f = tmp_path / "h.jsonl"
+    f.write_text(json.dumps({"prompt": "And now?", "history": [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"}]}) + "\n", encoding="utf-8")
+    (p,) = load_prompt_file(f, NAME, AUTHOR)
+    assert p.system == "Be brief." and [h["role"] for h in p.history] == ["user", "assistant"]

@@ -603,7 +603,8 @@ def test_an_empty_output_is_refused(answers, tmp_path):
 @pytest.mark.parametrize("args,needle", [
     (["--fail-under", "identity_hit_rate=95"], "rates are 0-1: write 0.95 for 95%"),
     (["--fail-over", "identity_leak_rate=5"], "rates are 0-1: write 0.05 for 5%"),
-    (["--fail-under", "identity_zh.hit_rate=-0.5"], "rates are 0-1"),
+    (["--fail-under", "identity_zh.hit_rate=-0.5"], "every metric is 0 or more, so this can never fail"),
+    (["--fail-over", "latency_p95_ms=-5"], "so this fails whatever the models answer"),
     (["--fail-under", "general.accuracy=200"], "rates are 0-1"),
     (["--max-drop", "general_accuracy=5"], "rates are 0-1: write 0.05 for 5%"),
     (["--max-drop", "identity_hit_rate=-0.1"], "a negative drop is not a limit"),
