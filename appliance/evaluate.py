@@ -292,14 +292,14 @@ async def _ask(client, sem: asyncio.Semaphore, model: str, p: Prompt, max_tokens
 PROGRESS_EVERY_S = 15.0
 
 
-async def _report_progress(progress: Callable[[str], None], role: str, done: list[int], total: int) -> None:
+async def _report_progress(progress: Callable[[str], None], who: str, done: list[int], total: int) -> None:
     """A line every PROGRESS_EVERY_S while a model's prompts are answered (a long eval said nothing for minutes)."""
     t0 = time.monotonic()
     while True:
         await asyncio.sleep(PROGRESS_EVERY_S)
         elapsed = time.monotonic() - t0
         eta = f", about {elapsed * (total - done[0]) / done[0]:.0f} s to go" if done[0] else ""
-        progress(f"{role}: {done[0]}/{total} answered in {elapsed:.0f} s{eta}")
+        progress(f"{who}: {done[0]}/{total} answered in {elapsed:.0f} s{eta}")
 
 
 async def _run(cfg: EvalConfig, prompts: list[Prompt], progress: Callable[[str], None]) -> tuple[list[dict], list[str]]:
@@ -329,7 +329,7 @@ async def _run(cfg: EvalConfig, prompts: list[Prompt], progress: Callable[[str],
                 done[0] += 1
                 return res
 
-            ticker = asyncio.create_task(_report_progress(progress, role, done, len(prompts)))
+            ticker = asyncio.create_task(_report_progress(progress, f"{role}: {model}", done, len(prompts)))
             try:
                 results = await asyncio.gather(*(counted(p) for p in prompts))
             finally:

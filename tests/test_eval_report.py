@@ -844,5 +844,5 @@ def test_a_long_eval_says_how_far_it_is(fake_server, tmp_path, monkeypatch):
     lines: list[str] = []
     evaluate.run_eval(evaluate.EvalConfig("smollm2-135m", url=url, prompts=["general"], concurrency=2,
                                           output=str(tmp_path / "r")), progress=lines.append)
-    ticks = [line for line in lines if re.match(r"before: \d+/36 answered in \d+ s", line)]
+    ticks = [line for line in lines if re.match(r"before: smollm2-135m: \d+/36 answered in \d+ s", line)]
     assert ticks and "to go" in ticks[-1], lines
