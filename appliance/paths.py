@@ -63,6 +63,9 @@ def resolve_user_path(path: str | os.PathLike) -> Path:
         if p.exists():
             return p.resolve()
         return (home() / p).resolve() if (home() / p).exists() else p.resolve()
+    except PermissionError:
+        raise ApplianceError(f"{path}: permission denied on a folder of the path; make it readable or give another "
+                             "path") from None
     except (RuntimeError, OSError) as e:  # Python < 3.13 raises RuntimeError on a symlink loop
         raise ApplianceError(f"{path}: cannot resolve the path ({e}); fix the symbolic link or give another path") from None
 

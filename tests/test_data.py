@@ -790,3 +790,14 @@ def test_data_check_with_a_model_sees_the_data_as_train_will(tiny_model_dir, tmp
     special = write(tmp_path / "sp.json", [{"instruction": "hi", "output": "ok<|im_end|>"}])
     res = CliRunner().invoke(main, ["data", "check", str(special), "--model", str(tiny_model_dir)])
     assert res.exit_code == 2 and "holds the special token '<|im_end|>'" in res.output
+
+
+def test_a_path_behind_an_unreadable_folder_is_not_blamed_on_a_link(monkeypatch):
+    from appliance import paths
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "exists", denied)
+    with pytest.raises(ApplianceError, match=r"^locked/a.json: permission denied on a folder of the path"):
+        paths.resolve_user_path("locked/a.json")
