@@ -178,14 +178,14 @@ def once_each(prompts: list[Prompt], progress: Callable[[str], None]) -> list[Pr
     return list(seen.values())
 
 
-def _refuse_repeated_models(cfg: EvalConfig) -> None:
-    """The same model twice would compare it with itself: every delta 0, the gate decided by nothing."""
+def _note_repeated_models(cfg: EvalConfig, progress: Callable[[str], None]) -> None:
+    """The same model twice compares it with itself (every delta 0 at temperature 0): allowed, to measure
+    a server's repeatability or speed, but said, as it is more often a slip."""
     models = [cfg.before, *cfg.after]
     twice = next((m for i, m in enumerate(models) if m in models[:i]), None)
     if twice is not None:
         flags = " ".join(f"{f} {m}" for f, m in [("--before", cfg.before), *(("--after", a) for a in cfg.after)] if m == twice)
-        raise ApplianceError(f"{flags}: the same model more than once; compare different models (the base with an "
-                             "adapter, an adapter with its merged model)")
+        progress(f"note: {flags}: the same model more than once, so it is compared with itself")
 
 
 def refuse_unmeasurable(rules: list[Rule], prompts: list[Prompt]) -> None:
@@ -383,7 +383,7 @@ def run_eval(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
         raise ApplianceError("--name and --author must not be empty: the identity hit rate looks for both")
     # every input is checked here, before the first request: a mistake found later costs the whole eval
     _check_text_flags(cfg)
-    _refuse_repeated_models(cfg)
+    _note_repeated_models(cfg, progress)
     given_markers(cfg)
     url = base_url(cfg.url)
     if not cfg.after and any(r.op in ("max_drop", "max_rise") for r in cfg.rules):

@@ -818,14 +818,12 @@ def test_a_users_own_files_of_the_reports_names_are_never_replaced(answers, tmp_
     assert code == 0
 
 
-def test_the_same_model_twice_is_refused_and_repeated_prompts_are_sent_once(fake_server, tmp_path):
+def test_the_same_model_twice_is_said_and_repeated_prompts_are_sent_once(fake_server, tmp_path):
     handler, url = fake_server
     handler.models, handler.chat = SERVED, CHUNK
-    handler.seen.clear()
     code, out = _cli("--url", url, "--before", "smollm2-135m", "--after", "smollm2-135m", "--prompts", "general",
-                     "--name", NAME, "--author", AUTHOR, "--output", str(tmp_path / "r"))
-    assert code == 2 and "--before smollm2-135m --after smollm2-135m: the same model more than once" in out
-    assert not [s for s in handler.seen if s.startswith("POST")]
+                     "--name", NAME, "--author", AUTHOR, "--output", str(tmp_path / "r0"))
+    assert code == 0 and "note: --before smollm2-135m --after smollm2-135m: the same model more than once" in out
     f = tmp_path / "dup.jsonl"
     f.write_text('{"prompt": "What is the capital of France?", "expect": ["Paris"]}\n' * 3, encoding="utf-8")
     code, out = _cli("--url", url, "--before", "smollm2-135m", "--prompts", str(f), "--prompts", str(f),
