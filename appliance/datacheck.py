@@ -30,11 +30,16 @@ def check_dataset(dataset: str, dataset_dir: str | None = None, name: str = "Arc
     if not getattr(tok, "chat_template", None):
         raise ApplianceError(f"--model {model}: the tokenizer has no chat template; use an instruct/chat model")
     found = audit(tok, examples, max_length)
-    if len(found["dropped"]) == n:
+    if len(found["refused"]) == n:
+        raise ApplianceError(f"--model {model}: its chat template refuses every example of {dataset} "
+                             f"({few(found['refused'])}); `train` would refuse it")
+    if len(found["dropped"]) + len(found["refused"]) == n:
         raise ApplianceError(f"--max-length {max_length}: every example of {dataset} is cut before its first answer "
                              f"({few(found['dropped'])}); `train` would refuse it: raise --max-length")
-    told = {"dropped": f"dropped by train (its first answer starts after --max-length {max_length})",
+    told = {"refused": "skipped by train: the chat template refuses them (vLLM would too)",
+            "dropped": f"dropped by train (its first answer starts after --max-length {max_length})",
             "cut": f"trained with an answer cut at --max-length {max_length}",
+            "last_only": "learned from their last answer only (the template renders earlier turns otherwise later on)",
             "mismatched": "prompt tokens differ from what vLLM will see (an answer starting with white space "
                           "merges into the prompt's last token)"}
     for key, what in told.items():

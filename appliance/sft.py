@@ -22,10 +22,23 @@ class Encoded:
     labels: list[int]
     prompt_matches_serving: bool  # tokens before the first answer == tokenizer(rendered prompt)
     truncated: bool = False  # cut at max_length: its last answer has lost its end
+    last_only: bool = False  # earlier answers not learned: the template renders them otherwise later on
 
 
-def _render(tok: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
-    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+class TemplateRefused(ApplianceError):
+    """The model's chat template raised on a conversation (a system turn for Gemma/Mistral-style templates):
+    vLLM would refuse the same messages, so the example is skipped, not learned."""
+
+    def __init__(self, source: str, reason: str):
+        super().__init__(f"{source}: the model's chat template refuses this conversation ({reason})")
+        self.source, self.reason = source, reason
+
+
+def _render(tok: Any, messages: list[dict[str, str]], generation_prompt: bool, source: str = "") -> str:
+    try:
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    except Exception as e:  # noqa: BLE001 - jinja2's TemplateError, or whatever a template's own code raises
+        raise TemplateRefused(source, " ".join(str(e).split())[:120] or type(e).__name__) from None
 
 
 def encode(tok: Any, messages: list[dict[str, str]], max_length: int, source: str = "") -> Encoded | None:
@@ -36,15 +49,20 @@ def encode(tok: Any, messages: list[dict[str, str]], max_length: int, source: st
     through the fast tokenizer's offsets so the whole conversation is tokenized once.
     Returns None when truncation leaves no answer token.
     """
-    full = _render(tok, messages, generation_prompt=False)
+    full = _render(tok, messages, generation_prompt=False, source=source)
     spans: list[tuple[int, int]] = []
     first_prompt = None
-    for i, m in enumerate(messages):
-        if m["role"] != "assistant" or m.get("weight") == 0:  # weight 0: context, not learned (OpenAI format)
-            continue
-        prompt = _render(tok, messages[:i], generation_prompt=True)
-        upto = _render(tok, messages[: i + 1], generation_prompt=False)
+    learned = [i for i, m in enumerate(messages) if m["role"] == "assistant" and m.get("weight") != 0]  # weight 0: context
+    last_only = False
+    for i in learned:
+        prompt = _render(tok, messages[:i], generation_prompt=True, source=source)
+        upto = _render(tok, messages[: i + 1], generation_prompt=False, source=source)
         if not full.startswith(upto) or not upto.startswith(prompt):
+            if i != learned[-1]:
+                # templates that rewrite earlier turns (Qwen3 drops their reasoning) still render the last
+                # answer after exactly the prompt vLLM would send: that one is learned
+                last_only = True
+                continue
             raise ApplianceError(f"{source}: the model's chat template does not render conversations incrementally, so answers cannot be masked; use a model with a standard chat template")
         # the answer text and its end-of-turn token; trailing whitespace after it is not learned
         end = len(upto.rstrip())
@@ -64,7 +82,7 @@ def encode(tok: Any, messages: list[dict[str, str]], max_length: int, source: st
     ids, labels = ids[:max_length], labels[:max_length]
     if all(lab == IGNORE for lab in labels):
         return None
-    return Encoded(ids, labels, matches, truncated)
+    return Encoded(ids, labels, matches, truncated, last_only)
 
 
 def refuse_special_tokens(tok: Any, examples: list) -> None:
@@ -88,19 +106,23 @@ def few(sources: list[str], n: int = 3) -> str:
 
 def audit(tok: Any, examples: list, max_length: int) -> dict[str, list[str]]:
     """What training with ``tok`` at ``max_length`` will make of each example, by record name:
-    ``dropped`` (no answer token left), ``cut`` (an answer cut short), ``mismatched`` (prompt tokens
-    other than vLLM's). Raises for special tokens in the text, as training does."""
+    ``refused`` (the chat template raises on it), ``dropped`` (no answer token left), ``cut`` (an
+    answer cut short), ``last_only`` (earlier answers not learned), ``mismatched`` (prompt tokens other
+    than vLLM's). Raises for special tokens in the text, as training does."""
     refuse_special_tokens(tok, examples)
-    out: dict[str, list[str]] = {"dropped": [], "cut": [], "mismatched": []}
+    out: dict[str, list[str]] = {"refused": [], "dropped": [], "cut": [], "last_only": [], "mismatched": []}
     for ex in examples:
-        enc = encode(tok, ex.messages, max_length, ex.source)
+        try:
+            enc = encode(tok, ex.messages, max_length, ex.source)
+        except TemplateRefused as e:
+            out["refused"].append(f"{ex.source} ({e.reason})")
+            continue
         if enc is None:
             out["dropped"].append(ex.source)
             continue
-        if enc.truncated:
-            out["cut"].append(ex.source)
-        if not enc.prompt_matches_serving:
-            out["mismatched"].append(ex.source)
+        for key, flag in (("cut", enc.truncated), ("last_only", enc.last_only), ("mismatched", not enc.prompt_matches_serving)):
+            if flag:
+                out[key].append(ex.source)
     return out
 
 

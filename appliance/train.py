@@ -285,8 +285,8 @@ def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any, exam
     from peft import LoraConfig, get_peft_model
     from transformers import AutoTokenizer, PrinterCallback, Trainer, TrainingArguments
 
-    from appliance.sft import (IGNORE, BatchCollator, Collator, TokenBatches, answer_only_loss, encode, few,
-                               refuse_special_tokens)
+    from appliance.sft import (IGNORE, BatchCollator, Collator, TemplateRefused, TokenBatches, answer_only_loss, encode,
+                               few, refuse_special_tokens)
 
     cuda = torch.cuda.is_available()
     tok = AutoTokenizer.from_pretrained(ref.path)
@@ -307,17 +307,20 @@ def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any, exam
         model = _load_model(cfg, ref.path, cuda)
         keep = _retention(cfg, tok, model, ref.path, ref.identity_markers)
     negs = _negatives(cfg, keep, ident)
-    rows, mismatched, dropped, cut, own = [], [], [], [], 0
+    rows, mismatched, dropped, cut, refused, last_only, own = [], [], [], [], [], [], 0
     for k, ex in enumerate(ident + keep):
-        enc = encode(tok, ex.messages, cfg.max_length, ex.source)
+        try:
+            enc = encode(tok, ex.messages, cfg.max_length, ex.source)
+        except TemplateRefused as e:
+            refused.append(f"{ex.source} ({e.reason})")
+            continue
         if enc is None:
             dropped.append(ex.source)
             continue
         own += k < len(ident)
-        if enc.truncated:
-            cut.append(ex.source)
-        if not enc.prompt_matches_serving:
-            mismatched.append(ex.source)
+        for srcs, flag in ((cut, enc.truncated), (mismatched, not enc.prompt_matches_serving), (last_only, enc.last_only)):
+            if flag:
+                srcs.append(ex.source)
         rows.append({"input_ids": enc.input_ids, "labels": enc.labels, "unlikely": 0.0})
     n_unlikely = 0
     for ex in negs:
@@ -330,8 +333,18 @@ def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any, exam
                 n_unlikely += 1
     if ident and not own:
         # retention rows alone would train and replace a run with nothing of the user's data in it
+        if refused and len(refused) >= len(dropped):
+            raise ApplianceError(f"--model {cfg.model}: its chat template refuses every one of your {len(ident)} "
+                                 f"example(s): {few(refused)}; give conversations it accepts (vLLM would refuse them too)")
         raise ApplianceError(f"--max-length {cfg.max_length}: every one of your {len(ident)} example(s) was truncated "
                              f"before its answer ({', '.join(dropped[:3])}); raise --max-length")
+    if refused:
+        # vLLM renders requests with the same template and refuses these messages: nothing to learn for serving
+        print(f"warning: {len(refused)} example(s) skipped, the model's chat template refuses them: {few(refused)}",
+              file=sys.stderr)
+    if last_only:
+        print(f"warning: {len(last_only)} conversation(s) learned from their last answer only: the chat template "
+              f"renders earlier turns differently once the conversation goes on: {few(last_only)}", file=sys.stderr)
     if not rows:
         raise ApplianceError(f"--max-length {cfg.max_length}: every example was truncated before its answer; raise --max-length")
     for what, srcs in (("dropped (no answer token left)", dropped), ("trained with the answer cut short", cut)):

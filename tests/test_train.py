@@ -490,3 +490,51 @@ def test_saved_weights_are_readable_as_the_umask_says(tiny_model_dir, small_ds, 
     train(_cfg(tiny_model_dir, out, small_ds, max_steps=1))
     want = 0o666 & ~_umask()
     assert {p.name: oct(p.stat().st_mode & 0o777) for p in out.glob("*.safetensors")} == {"adapter_model.safetensors": oct(want)}
+
+
+def _with_template(tiny_model_dir: Path, dest: Path, template: str) -> Path:
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    shutil.copytree(tiny_model_dir, dest)
+    tok = AutoTokenizer.from_pretrained(dest)
+    tok.chat_template = template
+    tok.save_pretrained(dest)
+    return dest
+
+
+# Gemma/Mistral-style: no system role; and one that drops earlier answers' reasoning (Qwen3-style)
+NO_SYSTEM = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+             "{% endif %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+             "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+DROPS_EARLIER = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['role'] == 'assistant' and not loop.last %}"
+                 "{{ m['content'].split('</think>')[-1] }}{% else %}{{ m['content'] }}{% endif %}<|im_end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def test_examples_a_chat_template_refuses_are_skipped_and_said(tiny_model_dir, tmp_path, capsys):
+    """A Gemma-style template raised a jinja2 traceback on the built-in data's system prompts."""
+    model = _with_template(tiny_model_dir, tmp_path / "gemmaish", NO_SYSTEM)
+    f = tmp_path / "d.json"
+    f.write_text(json.dumps([{"instruction": "hi", "output": "I am {{name}}."},
+                             {"instruction": "who?", "output": "{{name}}.", "system": "Be brief."}]), encoding="utf-8")
+    meta = train(_cfg(model, tmp_path / "run", str(f), max_steps=1))
+    assert meta["template_check"]["checked"] == 1
+    assert "1 example(s) skipped, the model's chat template refuses them: " in capsys.readouterr().err
+    only = tmp_path / "sys.json"
+    only.write_text(json.dumps([{"instruction": "who?", "output": "{{name}}.", "system": "Be brief."}]), encoding="utf-8")
+    with pytest.raises(ApplianceError, match=r"its chat template refuses every one of your 1 example\(s\): .*System role not supported"):
+        train(_cfg(model, tmp_path / "run2", str(only), max_steps=1))
+
+
+def test_a_template_that_rewrites_earlier_turns_learns_the_last_answer(tiny_model_dir, tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    model = _with_template(tiny_model_dir, tmp_path / "qwen3ish", DROPS_EARLIER)
+    tok = AutoTokenizer.from_pretrained(model)
+    msgs = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "<think>x</think>b"},
+            {"role": "user", "content": "c"}, {"role": "assistant", "content": "<think>y</think>d"}]
+    enc = encode(tok, msgs, 512)
+    learned = tok.decode([i for i, lab in zip(enc.input_ids, enc.labels) if lab != IGNORE])
+    assert enc.last_only and learned == "<think>y</think>d<|im_end|>"
