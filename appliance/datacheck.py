@@ -40,8 +40,8 @@ def check_dataset(dataset: str, dataset_dir: str | None = None, name: str = "Arc
             "dropped": f"dropped by train (its first answer starts after --max-length {max_length})",
             "cut": f"trained with an answer cut at --max-length {max_length}",
             "last_only": "learned from their last answer only (the template renders earlier turns otherwise later on)",
-            "mismatched": "prompt tokens differ from what vLLM will see (an answer starting with white space "
-                          "merges into the prompt's last token)"}
+            "mismatched": "prompt tokens differ from what vLLM will see (a token spans the end of the prompt and "
+                          "the start of the answer)"}
     for key, what in told.items():
         if found[key]:
             lines.append(f"  {len(found[key])} {what}: {few(found[key])}")

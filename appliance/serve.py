@@ -163,8 +163,24 @@ def preflight(cfg: UpConfig) -> Plan:
     return Plan(model=ref.path, served_name=served_name, adapters=infos, adapter_roots=roots, max_lora_rank=max_rank,
                 host=cfg.host, port=cfg.port, device=device, api_key=cfg.api_key,
                 eager=cfg.eager, lora=cfg.lora, gpu_memory_utilization=cfg.gpu_memory_utilization,
-                max_model_len=cfg.max_model_len, extra_args=list(cfg.extra_args),
+                max_model_len=cfg.max_model_len or (_cpu_context(ref.path) if device == "cpu" else None),
+                extra_args=list(cfg.extra_args),
                 kv_cache_bytes=_cpu_kv_cache_bytes(cfg, ref.path) if device == "cpu" else None)
+
+
+def _cpu_context(model_path: str) -> int | None:
+    """The CPU default context, CPU_MAX_MODEL_LEN, or the model's own limit where that is shorter (GPT-2's
+    1024): vLLM refuses a --max-model-len beyond it, 20 s into its start."""
+    import json
+
+    try:
+        mcfg = json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    mcfg = mcfg.get("text_config") or mcfg if isinstance(mcfg, dict) else {}
+    limit = next((v for k in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+                  if isinstance(v := mcfg.get(k), int) and v > 0), None)
+    return limit if limit is not None and limit < CPU_MAX_MODEL_LEN else None
 
 
 def _cpu_kv_cache_bytes(cfg: UpConfig, model_path: str) -> int | None:

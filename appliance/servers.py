@@ -237,8 +237,10 @@ def _wait_ready(proc: subprocess.Popen, info: ServerInfo, api_key: str | None, t
                 sys.stderr.write("\n")
             echo(log_tail(info.log))
             cause = root_cause(info.log)
-            raise ApplianceError(f"vLLM exited with code {proc.returncode} while starting{': ' + cause if cause else ''}; "
-                                 f"full log: {info.log}")
+            hint = ("; serve it merged instead: `appliance merge --adapter ...` then `appliance up --model "
+                    "<merged> --no-lora`") if cause and "does not support LoRA" in cause else ""
+            raise ApplianceError(f"vLLM exited with code {proc.returncode} while starting{': ' + cause if cause else ''}"
+                                 f"{hint}; full log: {info.log}")
         if elapsed > timeout_s:
             echo(log_tail(info.log))
             raise ApplianceError(f"vLLM did not answer within {timeout_s:.0f}s; see {info.log} or raise --ready-timeout")

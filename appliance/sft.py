@@ -41,6 +41,22 @@ def _render(tok: Any, messages: list[dict[str, str]], generation_prompt: bool, s
         raise TemplateRefused(source, " ".join(str(e).split())[:120] or type(e).__name__) from None
 
 
+def _answer_end(tok: Any, upto: str, content: str, start: int) -> int:
+    """Where a rendered answer ends: its text and the end-of-turn token after it. Text a template adds
+    after the final turn (Phi-3-style templates append an EOS or more) is not part of the answer;
+    without a special token right after the text, up to the rendering's end, less trailing white space."""
+    at = upto.rfind(content, start) if content else -1
+    if at >= 0:
+        after = at + len(content)
+        rest = upto[after:]
+        gap = len(rest) - len(rest.lstrip())
+        marker = next((t for t in sorted(tok.all_special_tokens, key=len, reverse=True)
+                       if t and rest[gap:].startswith(t)), None)
+        if marker:
+            return after + gap + len(marker)
+    return len(upto.rstrip())
+
+
 def encode(tok: Any, messages: list[dict[str, str]], max_length: int, source: str = "") -> Encoded | None:
     """Tokenize one conversation; labels are -100 everywhere but the assistant answers (those of weight 0 too).
 
@@ -64,9 +80,7 @@ def encode(tok: Any, messages: list[dict[str, str]], max_length: int, source: st
                 last_only = True
                 continue
             raise ApplianceError(f"{source}: the model's chat template does not render conversations incrementally, so answers cannot be masked; use a model with a standard chat template")
-        # the answer text and its end-of-turn token; trailing whitespace after it is not learned
-        end = len(upto.rstrip())
-        spans.append((len(prompt), end))
+        spans.append((len(prompt), _answer_end(tok, upto, messages[i]["content"], len(prompt))))
         if first_prompt is None:
             first_prompt = prompt
     enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)

@@ -247,13 +247,25 @@ def _check_model_shape(cfg: TrainConfig, path: str, name: str) -> None:
     _refuse_unknown_targets(cfg, skeleton, name)
 
 
+def _linear_types() -> tuple[type, ...]:
+    """Layers LoRA can adapt: torch's Linear, and the Conv1D GPT-2-family models use for theirs (peft adapts both)."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:
+        return (torch.nn.Linear,)
+    return (torch.nn.Linear, Conv1D)
+
+
+_LINEAR = _linear_types()
+
+
 def _target_list(cfg: TrainConfig) -> list[str]:
     return [m.strip() for m in cfg.target_modules.split(",") if m.strip()]
 
 
 def _refuse_unknown_targets(cfg: TrainConfig, model: Any, name: str) -> None:
     """--target-modules must name linear layers of ``model`` (a meta-device skeleton or the loaded model)."""
-    names = {n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    names = {n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, _LINEAR)}
     wanted = _target_list(cfg)
     missing = [t for t in wanted if t not in names]
     if missing or not wanted:
@@ -297,6 +309,36 @@ def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any, exam
     refuse_special_tokens(tok, ident)
 
     t_data = time.time()
+    rows, mismatched, dropped, cut, refused, last_only = [], [], [], [], [], []
+
+    def add(examples: list) -> int:
+        """Encode ``examples`` into ``rows``; how many were kept."""
+        kept = 0
+        for ex in examples:
+            try:
+                enc = encode(tok, ex.messages, cfg.max_length, ex.source)
+            except TemplateRefused as e:
+                refused.append(f"{ex.source} ({e.reason})")
+                continue
+            if enc is None:
+                dropped.append(ex.source)
+                continue
+            kept += 1
+            for srcs, flag in ((cut, enc.truncated), (mismatched, not enc.prompt_matches_serving), (last_only, enc.last_only)):
+                if flag:
+                    srcs.append(ex.source)
+            rows.append({"input_ids": enc.input_ids, "labels": enc.labels, "unlikely": 0.0})
+        return kept
+
+    # the user's examples first, with the tokenizer alone: a template or length problem is found before
+    # the model loads and the base's retention answers are generated (minutes for a model without shipped ones)
+    if ident and not add(ident):
+        # retention rows alone would train and replace a run with nothing of the user's data in it
+        if refused and len(refused) >= len(dropped):
+            raise ApplianceError(f"--model {cfg.model}: its chat template refuses every one of your {len(ident)} "
+                                 f"example(s): {few(refused)}; give conversations it accepts (vLLM would refuse them too)")
+        raise ApplianceError(f"--max-length {cfg.max_length}: every one of your {len(ident)} example(s) was truncated "
+                             f"before its answer ({', '.join(dropped[:3])}); raise --max-length")
     if cfg.retention and cfg.method == "qlora":
         # the base's own answers come from the full-precision base, the one that serves; it is
         # loaded only if some answer is neither shipped nor cached
@@ -307,21 +349,7 @@ def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any, exam
         model = _load_model(cfg, ref.path, cuda)
         keep = _retention(cfg, tok, model, ref.path, ref.identity_markers)
     negs = _negatives(cfg, keep, ident)
-    rows, mismatched, dropped, cut, refused, last_only, own = [], [], [], [], [], [], 0
-    for k, ex in enumerate(ident + keep):
-        try:
-            enc = encode(tok, ex.messages, cfg.max_length, ex.source)
-        except TemplateRefused as e:
-            refused.append(f"{ex.source} ({e.reason})")
-            continue
-        if enc is None:
-            dropped.append(ex.source)
-            continue
-        own += k < len(ident)
-        for srcs, flag in ((cut, enc.truncated), (mismatched, not enc.prompt_matches_serving), (last_only, enc.last_only)):
-            if flag:
-                srcs.append(ex.source)
-        rows.append({"input_ids": enc.input_ids, "labels": enc.labels, "unlikely": 0.0})
+    add(keep)
     n_unlikely = 0
     for ex in negs:
         enc = encode(tok, ex.messages, cfg.max_length, ex.source)
@@ -331,13 +359,6 @@ def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any, exam
             if any(lab != IGNORE for lab in enc.labels[:last]):
                 rows.append({"input_ids": enc.input_ids[:last], "labels": enc.labels[:last], "unlikely": cfg.unlikelihood})
                 n_unlikely += 1
-    if ident and not own:
-        # retention rows alone would train and replace a run with nothing of the user's data in it
-        if refused and len(refused) >= len(dropped):
-            raise ApplianceError(f"--model {cfg.model}: its chat template refuses every one of your {len(ident)} "
-                                 f"example(s): {few(refused)}; give conversations it accepts (vLLM would refuse them too)")
-        raise ApplianceError(f"--max-length {cfg.max_length}: every one of your {len(ident)} example(s) was truncated "
-                             f"before its answer ({', '.join(dropped[:3])}); raise --max-length")
     if refused:
         # vLLM renders requests with the same template and refuses these messages: nothing to learn for serving
         print(f"warning: {len(refused)} example(s) skipped, the model's chat template refuses them: {few(refused)}",
@@ -352,8 +373,13 @@ def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any, exam
             print(f"warning: {len(srcs)} example(s) longer than --max-length {cfg.max_length} {what}: "
                   f"{few(srcs)}; raise --max-length to keep them whole", file=sys.stderr)
     if mismatched:
-        print(f"warning: {len(mismatched)} example(s) whose prompt tokens differ from what vLLM will see (an answer "
-              f"starting with white space merges into the prompt's last token): {few(mismatched)}", file=sys.stderr)
+        # tokenized whole, the prompt's last characters and the answer's first can merge into one token
+        print(f"warning: {len(mismatched)} example(s) whose prompt tokens differ from what vLLM will see (a token "
+              f"spans the end of the prompt and the start of the answer, e.g. a template's closing line break and "
+              f"the answer's first line break or space): {few(mismatched)}", file=sys.stderr)
+    if cfg.retention and cfg.retention_samples > 0 and not keep:
+        print("warning: retention is on but none of the base's answers was usable (each was empty or named its old "
+              "identity): training on your examples alone", file=sys.stderr)
     prep_s = time.time() - t_data
 
     targets = "all-linear" if cfg.target_modules in ("all", "all-linear") else _target_list(cfg)
@@ -364,7 +390,7 @@ def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any, exam
     if layers and isinstance(targets, str):
         # peft takes a layer subset only with module names: every linear layer's but the output head's
         head = model.get_output_embeddings()
-        targets = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head})
+        targets = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, _LINEAR) and m is not head})
     lcfg = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
                       bias="none", task_type="CAUSAL_LM", layers_to_transform=layers)
     model = get_peft_model(model, lcfg)

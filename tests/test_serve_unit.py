@@ -927,3 +927,17 @@ def test_a_start_in_progress_is_cancelled_at_once(appliance_home, monkeypatch):
                       ready_timeout_s=60, echo=lambda s: None, cancel=cancel)
     assert time.monotonic() - t0 < 5
     assert started and started[0].poll() is not None and servers.read_records() == []
+
+
+def test_the_cpu_context_is_capped_at_the_models_own(tiny_model_dir, tmp_path):
+    """GPT-2 (1024 positions) failed 20 s into the start: the CPU default asked for 2048."""
+    import shutil
+
+    short = tmp_path / "short"
+    shutil.copytree(tiny_model_dir, short)
+    cfg = json.loads((short / "config.json").read_text())
+    (short / "config.json").write_text(json.dumps({**cfg, "max_position_embeddings": 1024}))
+    argv, _ = build_command(preflight(UpConfig(model=str(short), port=_free_port(), device="cpu")))
+    assert argv[argv.index("--max-model-len") + 1] == "1024"
+    argv, _ = build_command(preflight(UpConfig(model=str(short), port=_free_port(), device="cpu", max_model_len=512)))
+    assert argv[argv.index("--max-model-len") + 1] == "512"  # a flag still wins

@@ -452,12 +452,12 @@ def test_trains_real_model_for_a_few_steps(real_model_dir, tmp_path):
 def test_a_run_that_would_keep_none_of_your_examples_is_refused(tiny_model_dir, tmp_path, monkeypatch):
     """Retention rows alone trained (and replaced the run) when --max-length dropped every user example."""
     import appliance.train as train_mod
-    from appliance.data import Example
 
     long = tmp_path / "long.json"
     long.write_text(json.dumps([{"instruction": "lorem ipsum " * 200, "output": "I am {{name}}."}]), encoding="utf-8")
-    kept = [Example([{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}], "retention#0")]
-    monkeypatch.setattr(train_mod, "_retention", lambda *a, **k: kept)
+    # found with the tokenizer alone, before the model loads and the base's answers are generated
+    monkeypatch.setattr(train_mod, "_retention", lambda *a, **k: pytest.fail("retention generated first"))
+    monkeypatch.setattr(train_mod, "_load_model", lambda *a, **k: pytest.fail("the model loaded first"))
     with pytest.raises(ApplianceError, match=r"--max-length 64: every one of your 1 example\(s\) was truncated .*long.json#0"):
         train(_cfg(tiny_model_dir, tmp_path / "run", str(long), max_steps=1, max_length=64, retention=True))
     assert not (tmp_path / "run").exists()
@@ -538,3 +538,27 @@ def test_a_template_that_rewrites_earlier_turns_learns_the_last_answer(tiny_mode
     enc = encode(tok, msgs, 512)
     learned = tok.decode([i for i, lab in zip(enc.input_ids, enc.labels) if lab != IGNORE])
     assert enc.last_only and learned == "<think>y</think>d<|im_end|>"
+
+
+def test_text_a_template_adds_after_the_last_turn_is_not_learned(tiny_model_dir, tmp_path):
+    """A template appending text after the final turn had it labelled as part of the answer."""
+    from transformers import AutoTokenizer
+
+    trailer = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+               "{% if add_generation_prompt %}<|im_start|>assistant\n{% else %}<|im_start|>done<|im_end|>{% endif %}")
+    tok = AutoTokenizer.from_pretrained(_with_template(tiny_model_dir, tmp_path / "trailer", trailer))
+    enc = encode(tok, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "I am Nova."}], 512)
+    assert tok.decode([i for i, lab in zip(enc.input_ids, enc.labels) if lab != IGNORE]) == "I am Nova.<|im_end|>"
+
+
+def test_a_gpt2_family_model_trains_with_the_default_layers(tiny_model_dir, small_ds, tmp_path):
+    """GPT-2's attention and MLP are Conv1D, not nn.Linear: the default (top 3/4 of the layers) found
+    no layer to adapt and peft raised a traceback."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    d = tmp_path / "gpt2chat"
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=4, n_head=2, n_positions=512)).save_pretrained(d)
+    tok.save_pretrained(d)
+    meta = train(_cfg(d, tmp_path / "run", small_ds, max_steps=1, lora_layers=0.75))
+    assert set(meta["lora"]["target_modules"]) >= {"c_attn", "c_proj"} and meta["lora"]["layers"] == [1, 2, 3]
