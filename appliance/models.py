@@ -72,9 +72,23 @@ def markers_for(path_or_name: str) -> list[str]:
             found = data.get("identity_markers") or (data.get("base_model") or {}).get("identity_markers")
             if found:
                 return list(found)
-        return template_markers(Path(path_or_name))
+        own = template_markers(Path(path_or_name))
     except (OSError, ValueError, AttributeError):  # unreadable metadata: no markers, the leak rate is left unmeasured
         return []
+    # a local copy of a known model (models/Qwen2.5-0.5B-Instruct, a hub cache snapshot) also says what the
+    # registry lists for it: its Chinese names (通义千问, 阿里云) are in no chat template
+    known = _registry_entry(local_name(Path(path_or_name)))
+    listed = list(known[1].get("identity_markers", [])) if known else []
+    return list(dict.fromkeys(listed + own))
+
+
+def local_name(path: Path) -> str:
+    """A local model folder's name; for a Hugging Face cache snapshot (models--Org--Name/snapshots/<hash>)
+    the model's own name, not the commit hash."""
+    parts = path.parts
+    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+        return parts[-3].split("--")[-1]
+    return path.name
 
 
 # the default system prompt of a chat template: "You are a helpful AI assistant named SmolLM, trained
@@ -129,7 +143,7 @@ def resolve(model: str) -> ModelRef:
         if not is_model_dir(p):
             raise ApplianceError(f"--model {model}: {p} has no config.json; point it at a Hugging Face model directory")
         p = p.resolve()
-        return ModelRef(p.name, str(p), None, markers_for(str(p)))
+        return ModelRef(local_name(p), str(p), None, markers_for(str(p)))
     if _looks_like_hub_id(model):
         return ModelRef(model.split("/")[-1].lower(), model, model, [], local=False)
     known = ", ".join(sorted(registry()))

@@ -88,6 +88,22 @@ def test_markers_from_an_unregistered_models_chat_template(tmp_path, template, m
     assert models.markers_for(str(tmp_path)) == []
 
 
+def test_a_local_copy_of_a_registered_model_keeps_its_registry_markers(tmp_path, appliance_home):
+    """models/Qwen2.5-0.5B-Instruct (or a hub cache snapshot) had only its template's English markers:
+    "我是通义千问，由阿里云开发" was no leak."""
+    from appliance import models
+
+    template = "{% if not system %}You are Qwen, created by Alibaba Cloud. You are a helpful assistant.{% endif %}"
+    for d in (tmp_path / "Qwen2.5-0.5B-Instruct",
+              tmp_path / "hub" / "models--Qwen--Qwen2.5-0.5B-Instruct" / "snapshots" / "7ae557604adf67be50417f59c2c2f167def9a775"):
+        d.mkdir(parents=True)
+        (d / "config.json").write_text("{}")
+        (d / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
+        markers = models.markers_for(str(d))
+        assert {"通义千问", "阿里云", "Qwen", "Alibaba Cloud"} <= set(markers) and len(markers) == len(set(markers))
+        assert models.resolve(str(d)).name == "Qwen2.5-0.5B-Instruct"  # not the snapshot's commit hash
+
+
 def test_pull_unknown_and_hub_models_are_refused():
     res = CliRunner().invoke(main, ["models", "pull", "nope"])
     assert res.exit_code == 2 and "unknown model" in res.output
