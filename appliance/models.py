@@ -166,7 +166,10 @@ def list_models() -> list[dict]:
     if paths.models_dir().is_dir():
         for d in sorted(paths.models_dir().iterdir()):
             if d.name not in reg and is_model_dir(d):
-                rows.append({"name": d.name, "hf_id": None, "pulled": True, "path": str(d), "description": "local model directory"})
+                # a copy of a registered model (models/Qwen2.5-0.5B-Instruct) is that model: it has its hub id
+                known = _registry_entry(d.name)
+                rows.append({"name": d.name, "hf_id": known[1].get("hf_id") if known else None, "pulled": True,
+                             "path": str(d), "description": f"local copy of {known[0]}" if known else "local model directory"})
     return rows
 
 

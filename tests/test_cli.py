@@ -102,6 +102,11 @@ def test_a_local_copy_of_a_registered_model_keeps_its_registry_markers(tmp_path,
         markers = models.markers_for(str(d))
         assert {"通义千问", "阿里云", "Qwen", "Alibaba Cloud"} <= set(markers) and len(markers) == len(set(markers))
         assert models.resolve(str(d)).name == "Qwen2.5-0.5B-Instruct"  # not the snapshot's commit hash
+    copy = appliance_home / "models" / "Qwen2.5-0.5B-Instruct"
+    copy.mkdir(parents=True)
+    (copy / "config.json").write_text("{}")
+    row = next(r for r in models.list_models() if r["name"] == "Qwen2.5-0.5B-Instruct")
+    assert row["hf_id"] == "Qwen/Qwen2.5-0.5B-Instruct" and row["description"] == "local copy of qwen2.5-0.5b-instruct"
 
 
 def test_pull_unknown_and_hub_models_are_refused():
