@@ -20,16 +20,11 @@ def check_dataset(dataset: str, dataset_dir: str | None = None, name: str = "Arc
     max_length = TrainConfig().max_length if max_length is None else max_length
     if max_length < 1:
         raise ApplianceError(f"--max-length {max_length}: must be at least 1")
-    from transformers import AutoTokenizer
-
     from appliance import models
-    from appliance.sft import audit, few
+    from appliance.sft import audit, chat_tokenizer, few
 
     ref = models.resolve(model)
-    tok = AutoTokenizer.from_pretrained(ref.path)
-    if not getattr(tok, "chat_template", None):
-        raise ApplianceError(f"--model {model}: the tokenizer has no chat template; use an instruct/chat model")
-    found = audit(tok, examples, max_length)
+    found = audit(chat_tokenizer(ref.path, model), examples, max_length)
     if len(found["refused"]) == n:
         raise ApplianceError(f"--model {model}: its chat template refuses every example of {dataset} "
                              f"({few(found['refused'])}); `train` would refuse it")

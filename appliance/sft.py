@@ -41,6 +41,13 @@ def _render(tok: Any, messages: list[dict[str, str]], generation_prompt: bool, s
         raise TemplateRefused(source, " ".join(str(e).split())[:120] or type(e).__name__) from None
 
 
+def special_tokens(tok: Any) -> list[str]:
+    """The tokenizer's special tokens as text (``<|im_end|>``), longest first, so a prefix never wins."""
+    specials = set(tok.all_special_tokens) | {t.content for t in getattr(tok, "added_tokens_decoder", {}).values()
+                                              if getattr(t, "special", False)}
+    return sorted((t for t in specials if t and len(t) > 1), key=len, reverse=True)
+
+
 def _answer_end(tok: Any, upto: str, content: str, start: int) -> int:
     """Where a rendered answer ends: its text and the end-of-turn token after it. Text a template adds
     after the final turn (Phi-3-style templates append an EOS or more) is not part of the answer;
@@ -50,8 +57,7 @@ def _answer_end(tok: Any, upto: str, content: str, start: int) -> int:
         after = at + len(content)
         rest = upto[after:]
         gap = len(rest) - len(rest.lstrip())
-        marker = next((t for t in sorted(tok.all_special_tokens, key=len, reverse=True)
-                       if t and rest[gap:].startswith(t)), None)
+        marker = next((t for t in special_tokens(tok) if rest[gap:].startswith(t)), None)
         if marker:
             return after + gap + len(marker)
     return len(upto.rstrip())
@@ -101,9 +107,7 @@ def encode(tok: Any, messages: list[dict[str, str]], max_length: int, source: st
 
 def refuse_special_tokens(tok: Any, examples: list) -> None:
     """Text holding the template's own markers (``<|im_end|>``) would end or fake turns mid-answer once learned."""
-    specials = set(tok.all_special_tokens) | {t.content for t in getattr(tok, "added_tokens_decoder", {}).values()
-                                              if getattr(t, "special", False)}
-    specials = sorted((t for t in specials if t and len(t) > 1), key=len, reverse=True)
+    specials = special_tokens(tok)
     for ex in examples:
         for m in ex.messages:
             hit = next((t for t in specials if t in m["content"]), None)
@@ -118,26 +122,50 @@ def few(sources: list[str], n: int = 3) -> str:
     return ", ".join(sources[:n]) + (f" and {len(sources) - n} more" if len(sources) > n else "")
 
 
-def audit(tok: Any, examples: list, max_length: int) -> dict[str, list[str]]:
-    """What training with ``tok`` at ``max_length`` will make of each example, by record name:
-    ``refused`` (the chat template raises on it), ``dropped`` (no answer token left), ``cut`` (an
-    answer cut short), ``last_only`` (earlier answers not learned), ``mismatched`` (prompt tokens other
-    than vLLM's). Raises for special tokens in the text, as training does."""
-    refuse_special_tokens(tok, examples)
-    out: dict[str, list[str]] = {"refused": [], "dropped": [], "cut": [], "last_only": [], "mismatched": []}
+def chat_tokenizer(path: str, model: str) -> Any:
+    """The model's tokenizer, padding with its EOS token if it has no pad token; refused without a chat template."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    if not getattr(tok, "chat_template", None):
+        raise ApplianceError(f"--model {model}: the tokenizer has no chat template; use an instruct/chat model")
+    return tok
+
+
+FINDINGS = ("refused", "dropped", "cut", "last_only", "mismatched")
+
+
+def encode_all(tok: Any, examples: list, max_length: int, found: dict[str, list[str]]) -> list[Encoded]:
+    """Encode ``examples`` in order; those kept are returned, and what became of each is added to ``found``
+    by record name (keys :data:`FINDINGS`): ``refused`` (the chat template raises on it), ``dropped`` (no
+    answer token left), ``cut`` (an answer cut short), ``last_only`` (earlier answers not learned),
+    ``mismatched`` (prompt tokens other than vLLM's)."""
+    kept = []
     for ex in examples:
         try:
             enc = encode(tok, ex.messages, max_length, ex.source)
         except TemplateRefused as e:
-            out["refused"].append(f"{ex.source} ({e.reason})")
+            found["refused"].append(f"{ex.source} ({e.reason})")
             continue
         if enc is None:
-            out["dropped"].append(ex.source)
+            found["dropped"].append(ex.source)
             continue
         for key, flag in (("cut", enc.truncated), ("last_only", enc.last_only), ("mismatched", not enc.prompt_matches_serving)):
             if flag:
-                out[key].append(ex.source)
-    return out
+                found[key].append(ex.source)
+        kept.append(enc)
+    return kept
+
+
+def audit(tok: Any, examples: list, max_length: int) -> dict[str, list[str]]:
+    """What training with ``tok`` at ``max_length`` will make of each example (:func:`encode_all`'s
+    findings). Raises for special tokens in the text, as training does."""
+    refuse_special_tokens(tok, examples)
+    found: dict[str, list[str]] = {k: [] for k in FINDINGS}
+    encode_all(tok, examples, max_length, found)
+    return found
 
 
 class Collator:

@@ -295,40 +295,26 @@ def _check_resume(stage: Path, cfg: TrainConfig, data_fingerprint: str) -> None:
 
 def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any, examples_fp: str) -> dict[str, Any]:
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoTokenizer, PrinterCallback, Trainer, TrainingArguments
+    from transformers import PrinterCallback, Trainer, TrainingArguments
 
-    from appliance.sft import (IGNORE, BatchCollator, Collator, TemplateRefused, TokenBatches, answer_only_loss, encode,
-                               few, refuse_special_tokens)
+    from appliance.sft import (FINDINGS, IGNORE, BatchCollator, Collator, TokenBatches, answer_only_loss, chat_tokenizer,
+                               encode, encode_all, few, refuse_special_tokens)
 
     cuda = torch.cuda.is_available()
-    tok = AutoTokenizer.from_pretrained(ref.path)
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    if not getattr(tok, "chat_template", None):
-        raise ApplianceError(f"--model {cfg.model}: the tokenizer has no chat template; use an instruct/chat model")
+    tok = chat_tokenizer(ref.path, cfg.model)
     refuse_special_tokens(tok, ident)
 
     t_data = time.time()
-    rows, mismatched, dropped, cut, refused, last_only = [], [], [], [], [], []
+    rows: list[dict] = []
+    found: dict[str, list[str]] = {k: [] for k in FINDINGS}
+    refused, dropped, cut, last_only, mismatched = (found["refused"], found["dropped"], found["cut"], found["last_only"],
+                                                    found["mismatched"])
 
     def add(examples: list) -> int:
         """Encode ``examples`` into ``rows``; how many were kept."""
-        kept = 0
-        for ex in examples:
-            try:
-                enc = encode(tok, ex.messages, cfg.max_length, ex.source)
-            except TemplateRefused as e:
-                refused.append(f"{ex.source} ({e.reason})")
-                continue
-            if enc is None:
-                dropped.append(ex.source)
-                continue
-            kept += 1
-            for srcs, flag in ((cut, enc.truncated), (mismatched, not enc.prompt_matches_serving), (last_only, enc.last_only)):
-                if flag:
-                    srcs.append(ex.source)
-            rows.append({"input_ids": enc.input_ids, "labels": enc.labels, "unlikely": 0.0})
-        return kept
+        kept = encode_all(tok, examples, cfg.max_length, found)
+        rows.extend({"input_ids": enc.input_ids, "labels": enc.labels, "unlikely": 0.0} for enc in kept)
+        return len(kept)
 
     # the user's examples first, with the tokenizer alone: a template or length problem is found before
     # the model loads and the base's retention answers are generated (minutes for a model without shipped ones)

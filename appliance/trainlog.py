@@ -30,7 +30,7 @@ class LogCallback(TrainerCallback):
         self.tokens0 = int(state.num_input_tokens_seen or 0)
         if state.global_step and self.path.exists():
             # resumed: the steps logged after the checkpoint, before the interrupt, are about to run again
-            rows = [r for r in _rows_intact(self.path) if r.get("step", 0) <= state.global_step]
+            rows = [r for r in read_log(self.path) if r.get("step", 0) <= state.global_step]
             self.path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
             self.first_loss = next((float(r["loss"]) for r in rows if "loss" in r), None)
 
@@ -57,10 +57,6 @@ class LogCallback(TrainerCallback):
 
 
 def read_log(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def _rows_intact(path: Path) -> list[dict]:
     """The log's rows, less a last line a kill cut short."""
     rows = []
     for line in path.read_text(encoding="utf-8").splitlines():
