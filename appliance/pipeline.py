@@ -144,7 +144,7 @@ def _preflight(cfg: PipelineConfig) -> None:
 class _Servers:
     """The two vLLM servers of the eval stage: base + adapter, and the merged model.
 
-    On a CPU, starting a server is ~35 s of mostly single-threaded imports, so the first starts
+    On a CPU, starting a server is ~25 s of mostly single-threaded imports, so the first starts
     while the merge runs and the second as soon as the merged model is written; both are ready
     before either is evaluated (a start beside an eval halved the eval's throughput and skewed its
     latency figures). Each gets a smaller share of the available memory for its KV cache, 0.15: ample for the eval.
@@ -223,7 +223,7 @@ class _Servers:
         from appliance import serve
 
         if which is None:
-            # the end, or an interrupt or failure: a server still starting is not waited for (~35 s on a
+            # the end, or an interrupt or failure: a server still starting is not waited for (~25 s on a
             # CPU) but stopped where it stands; servers already up are stopped below
             self.cancel.set()
         for w in [which] if which else list(self.futures):

@@ -118,3 +118,39 @@ def test_grouped_embedding_lora_matches_vllm_ops(ids, is_prefill):
     torch.testing.assert_close(out[1], out[0], rtol=1e-5, atol=1e-5)
     untouched = torch.tensor(ids) == 0
     assert torch.equal(out[1][untouched], y0[untouched])
+
+
+def test_fork_plugin_undoes_the_forced_spawn_only_when_asked(monkeypatch):
+    """appliance.cpu_fork: registered, allowed by `up`, and it forks the engine core only where `up` asked."""
+    import os
+
+    from vllm.platforms import current_platform
+
+    from appliance import cpu_fork
+
+    names = {e.name: e.value for e in entry_points(group="vllm.general_plugins")}
+    assert names.get(cpu_fork.PLUGIN) == "appliance.cpu_fork:register"
+    assert serve.CPU_FORK_PLUGIN == cpu_fork.PLUGIN
+    cls = type(current_platform)
+
+    def configure(platform, vllm_config):  # what vLLM's CPU platform does to the start method
+        os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = "spawn"
+
+    monkeypatch.setattr(cls, "check_and_update_config", classmethod(configure))
+    monkeypatch.setattr(cls, "is_cpu", classmethod(lambda c: True))
+    monkeypatch.setenv("VLLM_WORKER_MULTIPROC_METHOD", "fork")
+    monkeypatch.delenv(cpu_fork.ENV, raising=False)
+    cpu_fork.register()
+    current_platform.check_and_update_config(None)
+    assert os.environ["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"  # not asked: vLLM's behaviour
+    monkeypatch.setenv(cpu_fork.ENV, "1")
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    cpu_fork.register()
+    current_platform.check_and_update_config(None)
+    assert os.environ["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"  # workers in processes of their own: spawn
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    cpu_fork.register()
+    cpu_fork.register()  # plugins load more than once per process: patched once
+    current_platform.check_and_update_config(None)
+    assert os.environ["VLLM_WORKER_MULTIPROC_METHOD"] == "fork"
+    assert cls.check_and_update_config.__func__.__closure__[0].cell_contents is configure

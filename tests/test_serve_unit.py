@@ -17,7 +17,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from appliance import servers
+from appliance import cpu_fork, servers
 from appliance.adapters import AdapterInfo, SUPPORTED_RANKS, inspect_adapter, parse_spec, servable_rank
 from appliance.cli import main
 from appliance.errors import ApplianceError
@@ -242,7 +242,7 @@ def test_build_command_cpu():
     assert "s3cret" not in " ".join(argv) and env["VLLM_API_KEY"] == "s3cret"  # never on the command line
     assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "true"
     assert env["APPLIANCE_ADAPTER_ROOTS"].split(os.pathsep) == ["/abs/saves", "/abs/saves/archer"]
-    assert env["VLLM_PLUGINS"] == "appliance_cpu_lora" and "VLLM_LORA_RESOLVER_CACHE_DIR" not in env and "VLLM_LORA_RESOLVER_HF_REPO_LIST" not in env
+    assert env["VLLM_PLUGINS"] == "appliance_cpu_lora,appliance_cpu_fork" and "VLLM_LORA_RESOLVER_CACHE_DIR" not in env and "VLLM_LORA_RESOLVER_HF_REPO_LIST" not in env
     assert str(REPO) in env["PYTHONPATH"].split(os.pathsep) and env["PATH"] == "/bin"
 
 
@@ -250,12 +250,15 @@ def test_small_cpu_binds_every_core_and_keeps_the_worker_in_the_engine_process(m
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
     _, env = build_command(_plan("cpu"), base_env={})
     assert env["VLLM_CPU_OMP_THREADS_BIND"] == "0,1" and env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
-    assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0" and cpu_fork.wanted(env)
     _, env = build_command(_plan("cpu"), base_env={"VLLM_ENABLE_V1_MULTIPROCESSING": "1"})
     assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"  # the user's choice stands
+    assert not cpu_fork.wanted(env)  # workers of their own: vLLM's spawn
+    _, env = build_command(_plan("cpu"), base_env={cpu_fork.ENV: "0"})
+    assert not cpu_fork.wanted(env)  # opted out
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
     _, env = build_command(_plan("cpu"), base_env={})
-    assert not {"VLLM_CPU_OMP_THREADS_BIND", "VLLM_ENABLE_V1_MULTIPROCESSING"} & set(env)  # vLLM's own defaults
+    assert not {"VLLM_CPU_OMP_THREADS_BIND", "VLLM_ENABLE_V1_MULTIPROCESSING", cpu_fork.ENV} & set(env)  # vLLM's own defaults
 
 
 def test_build_command_gpu_eager_and_extra_args():
