@@ -250,7 +250,7 @@ async def _ask(client, sem: asyncio.Semaphore, model: str, p: Prompt, max_tokens
     async with sem:
         started_at, t0 = time.time(), time.perf_counter()
         parts: list[str] = []
-        ttft = usage = None
+        ttft = usage = finish = None
         error = None
         chunks = 0
         try:
@@ -264,6 +264,8 @@ async def _ask(client, sem: asyncio.Semaphore, model: str, p: Prompt, max_tokens
                     if isinstance(tokens, int):
                         usage = tokens
                     for choice in chunk.choices or []:
+                        if isinstance(choice.finish_reason, str):
+                            finish = choice.finish_reason  # "length": the answer was cut at max_tokens
                         content = choice.delta.content if choice.delta else None
                         if content is not None and not isinstance(content, str):
                             raise TypeError(f"delta content is {type(content).__name__}, not text")
@@ -286,7 +288,8 @@ async def _ask(client, sem: asyncio.Semaphore, model: str, p: Prompt, max_tokens
             error = f"not an OpenAI chat completion stream ({type(e).__name__}: {_one_line(e)})"
         latency = (time.perf_counter() - t0) * 1000.0
     return {"answer": "".join(parts), "latency_ms": round(latency, 3), "ttft_ms": None if ttft is None else round(ttft, 3),
-            "output_tokens": usage if usage is not None else len(parts), "started_at": round(started_at, 6), "error": error}
+            "output_tokens": usage if usage is not None else len(parts), "started_at": round(started_at, 6), "error": error,
+            "finish_reason": finish}
 
 
 PROGRESS_EVERY_S = 15.0
@@ -339,7 +342,7 @@ async def _run(cfg: EvalConfig, prompts: list[Prompt], progress: Callable[[str],
                              "reference": p.reference, "kind": p.kind, "set": p.set, "lang": p.lang, "expect": p.expect,
                              "latency_ms": res["latency_ms"], "ttft_ms": res["ttft_ms"],
                              "output_tokens": res["output_tokens"], "started_at": res["started_at"], "error": res["error"],
-                             "source": p.source, "name": cfg.name, "author": cfg.author, "old_identity": markers,
+                             "finish_reason": res["finish_reason"], "source": p.source, "name": cfg.name, "author": cfg.author, "old_identity": markers,
                              # what else was sent: an earlier turn that names the new identity explains a base's "hit"
                              **({"system": p.system} if p.system else {}), **({"history": p.history} if p.history else {})})
     return rows, markers

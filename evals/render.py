@@ -10,7 +10,7 @@ QUALITY = [("identity_hit_rate", "identity hit %", 100), ("identity_zh_hit_rate"
            ("general_accuracy", "general accuracy %", 100), ("name_leak_rate", "name leak %", 100),
            ("bleu4", "BLEU-4", 1), ("rouge1", "ROUGE-1", 1), ("rouge2", "ROUGE-2", 1), ("rougeL", "ROUGE-L", 1)]
 TABLE = QUALITY + [("name_leak_count", "name leak count", 1), ("general_correct", "general correct", 1),
-                   ("errors", "failed requests", 1), ("requests_per_s", "requests/s", 1),
+                   ("errors", "failed requests", 1), ("truncated", "cut at max tokens", 1), ("requests_per_s", "requests/s", 1),
                    ("output_tokens_per_s", "output tokens/s", 1), ("ttft_p50_ms", "TTFT p50 ms", 1),
                    ("ttft_p95_ms", "TTFT p95 ms", 1), ("tpot_ms", "TPOT ms", 1), ("latency_p50_ms", "latency p50 ms", 1),
                    ("latency_p95_ms", "latency p95 ms", 1)]

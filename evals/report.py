@@ -23,7 +23,7 @@ from evals import metrics as M
 from evals.prompts import read_text, refuse_bad_text
 
 # Per-model keys of report.json (sets are under "sets"); the gate accepts these and SET.KEY.
-MODEL_KEYS = ("n", "errors", "bleu4", "rouge1", "rouge2", "rougeL", "identity_hit_rate", "identity_zh_hit_rate",
+MODEL_KEYS = ("n", "errors", "truncated", "bleu4", "rouge1", "rouge2", "rougeL", "identity_hit_rate", "identity_zh_hit_rate",
               "identity_en_hit_rate", "identity_leak_rate", "general_accuracy", "general_correct", "general_total",
               "name_leak_rate", "name_leak_count", "output_tokens", "requests_per_s", "output_tokens_per_s",
               "ttft_p50_ms", "ttft_p95_ms", "tpot_ms", "latency_p50_ms", "latency_p95_ms")
@@ -72,7 +72,7 @@ def _check_row(row: dict, where: str) -> dict:
         raise wrong("role", '"before", "after" or "after1", "after2", ... (the roles `appliance eval` writes)')
     if row["kind"] not in ("identity", "general"):
         raise wrong("kind", '"identity" or "general"')
-    for key in ("reference", "lang", "error"):
+    for key in ("reference", "lang", "error", "finish_reason"):
         if row.get(key) is not None and not isinstance(row[key], str):
             raise wrong(key, "a string or null")
     expect = row.get("expect")
@@ -184,6 +184,8 @@ def _model_metrics(rows: list[dict]) -> dict:
     lang_hit = {lang: M.rate([M.identity_hit(r["answer"], r["name"], r["author"]) for r in rows
                               if r["kind"] == "identity" and r.get("lang") == lang]) for lang in ("zh", "en")}
     out = {"model": rows[0]["model"], "n": len(rows), "errors": sum(1 for r in rows if r.get("error")),
+           # answers cut at --max-tokens (unknown for answers files written before it was recorded)
+           "truncated": sum(r.get("finish_reason") == "length" for r in rows) if any("finish_reason" in r for r in rows) else None,
            "references": every["references"], "bleu4": every["bleu4"], "rouge1": every["rouge1"], "rouge2": every["rouge2"], "rougeL": every["rougeL"],
            "identity_hit_rate": every["hit_rate"], "identity_zh_hit_rate": lang_hit["zh"],
            "identity_en_hit_rate": lang_hit["en"], "identity_leak_rate": every["leak_rate"],

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from appliance.cli import main
 from appliance.errors import ApplianceError
-from evals.report import parse_rules, recompute, write_report
+from evals.report import compute, parse_rules, recompute, write_report
 
 NAME, AUTHOR = "Archer", "意琦行"
 MARKERS = ["SmolLM", "Hugging Face", "HuggingFace"]
@@ -424,6 +424,32 @@ def test_chat_replies_that_are_not_a_stream_are_failed_requests(fake_server, tmp
         assert code == 1 and error in row["error"] and "1 of 1 requests failed" in out
     else:
         assert code == 0 and (row["answer"], row["output_tokens"], row["error"]) == ("Paris", 3, None)
+        assert row["finish_reason"] is None  # this stream never said why it ended
+
+
+CUT = CHUNK.replace(b'"delta": {"content": "Paris"}}', b'"delta": {"content": "Paris"}, "finish_reason": null}', 1).replace(
+    b'"choices": [], "usage"', b'"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}], "usage"', 1)
+
+
+@pytest.mark.parametrize("chat,cut", [(CUT, 1), (CUT.replace(b'"length"', b'"stop"'), 0)])
+def test_answers_cut_at_max_tokens_are_counted(fake_server, tmp_path, chat, cut):
+    handler, url = fake_server
+    handler.models, handler.chat = b'{"object": "list", "data": [{"id": "smollm2-135m"}]}', chat
+    f = tmp_path / "one.jsonl"
+    f.write_text('{"prompt": "What is the capital of France?", "expect": ["Paris"]}\n', encoding="utf-8")
+    code, out = _cli("--url", url, "--before", "smollm2-135m", "--prompts", str(f), "--output", str(tmp_path / "r"))
+    assert code == 0, out
+    (row,) = [json.loads(line) for line in (tmp_path / "r" / "answers.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert row["finish_reason"] == ("length" if cut else "stop") and row["answer"] == "Paris"
+    report = json.loads((tmp_path / "r" / "report.json").read_text(encoding="utf-8"))
+    assert report["models"]["before"]["truncated"] == cut
+    assert f"| cut at max tokens | {cut} |" in (tmp_path / "r" / "report.md").read_text(encoding="utf-8")
+
+
+def test_answers_files_without_finish_reason_leave_truncation_unknown():
+    rows = [{k: v for k, v in r.items() if k != "finish_reason"} for r in _rows()]
+    assert all(m["truncated"] is None for m in compute(rows)["models"].values())
+    assert {m["truncated"] for m in compute([{**r, "finish_reason": "length"} for r in rows])["models"].values()} == {len(rows) // 2}
 
 
 def test_from_answers_without_output_keeps_the_answers_next_to_it(answers):

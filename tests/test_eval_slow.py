@@ -83,16 +83,18 @@ def test_eval_against_real_server(server, tmp_path):
         assert r["error"] is None and r["answer"].strip()
         assert 0 < r["ttft_ms"] <= r["latency_ms"]
         assert 0 < r["output_tokens"] <= 48
+        assert r["finish_reason"] in ("stop", "length") and (r["finish_reason"] == "length") == (r["output_tokens"] == 48)
         assert {"model", "prompt", "answer", "reference", "kind", "latency_ms", "ttft_ms", "output_tokens"} <= set(r)
     assert rows[0]["prompt"] == "你是谁？" and rows[0]["old_identity"] == ["SmolLM", "Hugging Face", "HuggingFace"]
 
     on_disk = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert on_disk == report
-    for m in on_disk["models"].values():
+    for role, m in on_disk["models"].items():
         assert set(MODEL_KEYS) <= set(m)
         assert m["identity_hit_rate"] == 0.0  # the base model has never heard of Archer
         assert m["requests_per_s"] > 0 and m["output_tokens_per_s"] > 0 and m["tpot_ms"] > 0
         assert m["ttft_p50_ms"] <= m["ttft_p95_ms"]
+        assert m["truncated"] == sum(r["finish_reason"] == "length" for r in rows if r["model"] == m["model"] and r["role"] == role)
         assert {"identity_zh", "identity_en", "general", "open", "identity"} <= set(m["sets"])
     again = recompute(out / "answers.jsonl")
     assert {k: on_disk[k] for k in again} == again
