@@ -127,10 +127,16 @@ def data_list(dataset_dir: str | None) -> None:
 def data_check(datasets: tuple[str, ...], dataset_dir: str | None, name: str, author: str, model: str | None,
                max_length: int | None) -> None:
     """Validate datasets (names or files) and print how many conversations each holds."""
-    from appliance.datacheck import check_dataset
+    from appliance.datacheck import BadRecords, check_dataset
 
     for ds in datasets:
-        for line in check_dataset(ds, dataset_dir=dataset_dir, name=name, author=author, model=model, max_length=max_length):
+        try:
+            lines = check_dataset(ds, dataset_dir=dataset_dir, name=name, author=author, model=model, max_length=max_length)
+        except BadRecords as e:
+            for line in e.lines():
+                click.echo(line, err=True)
+            raise
+        for line in lines:
             click.echo(line)
 
 

@@ -54,8 +54,10 @@ def _use_name(folder: str, name: str) -> str:
 
 
 # ---------------------------------------------------------------- reading files
-def _records(path: Path) -> list[tuple[str, str, Any]]:
-    """``(label, source, record)`` for each record; ``label`` (``line N`` / ``record #N``) goes in error messages."""
+def _records(path: Path, problems: list[str] | None = None) -> list[tuple[str, str, Any]]:
+    """``(label, source, record)`` for each record; ``label`` (``line N`` / ``record #N``) goes in error messages.
+
+    With ``problems``, a JSON-lines line that does not parse is listed there and skipped instead of raised."""
     shown = _show(path)
     text = _read_text(path)
     as_lines = path.suffix.lower() == ".jsonl" or not text.strip()  # an empty file: "no records", below
@@ -94,7 +96,12 @@ def _records(path: Path) -> list[tuple[str, str, Any]]:
                 fix = ("the file is neither a JSON list nor JSON lines; a .json dataset must be a JSON list "
                        "[{...}, {...}] (or one complete object per line)") if lines_in_json else \
                     array_fix or "each line must hold one complete JSON object"
-                _syntax_error(shown, e, n, fix)
+                try:
+                    _syntax_error(shown, e, n, fix)
+                except ApplianceError as bad:
+                    if problems is None:
+                        raise
+                    problems.append(str(bad))
     else:
         try:
             obj = _parse(text, shown)
@@ -103,7 +110,7 @@ def _records(path: Path) -> list[tuple[str, str, Any]]:
         if not isinstance(obj, list):
             _fail(f"{shown}: top level is {_a(obj)}; a .json dataset must be a list of records ([{{...}}, ...])")
         out = [(f"record #{i}", f"{shown}#{i}", rec) for i, rec in enumerate(obj)]
-    if not out:
+    if not out and not problems:
         _fail(f"{shown}: no records (the dataset is empty); add at least one conversation")
     return out
 
@@ -366,23 +373,29 @@ def _text_parts(parts: list, where: str, label: str) -> str:
     return "\n".join(texts)
 
 
-def _load_file(path: Path, fmt: Format | None) -> list[Example]:
+def _load_file(path: Path, fmt: Format | None, problems: list[str] | None = None) -> list[Example]:
+    """A file's examples; the first bad record raises, or with ``problems`` every bad record is listed there."""
     shown, first = _show(path), ""
     out: list[Example] = []
-    for label, source, rec in _records(path):
+    for label, source, rec in _records(path, problems):
         where = f"{shown}: {label}"
-        if not isinstance(rec, dict):
-            _fail(f"{where}: record is {_a(rec)}, not an object; "
-                  'each record must be a JSON object like {"instruction": ..., "output": ...}')
-        if fmt is None:
-            fmt, first = _detect(where, rec, path), label
-        elif fmt.auto:
-            _same_format(where, rec, fmt, first)
-        convert = _alpaca if fmt.formatting == "alpaca" else _sharegpt
         try:
-            out.append(Example(convert(rec, where, fmt), source))
+            if not isinstance(rec, dict):
+                _fail(f"{where}: record is {_a(rec)}, not an object; "
+                      'each record must be a JSON object like {"instruction": ..., "output": ...}')
+            if fmt is None:
+                fmt, first = _detect(where, rec, path), label
+            elif fmt.auto:
+                _same_format(where, rec, fmt, first)
+            convert = _alpaca if fmt.formatting == "alpaca" else _sharegpt
+            try:
+                out.append(Example(convert(rec, where, fmt), source))
+            except ApplianceError as e:
+                raise ApplianceError(str(e) + _declared_mismatch(rec, fmt)) from None
         except ApplianceError as e:
-            raise ApplianceError(str(e) + _declared_mismatch(rec, fmt)) from None
+            if problems is None:
+                raise
+            problems.append(str(e))
     return out
 
 
@@ -402,9 +415,10 @@ def _looks_like_path(item: str) -> bool:
 
 
 def load_examples(datasets: list[str], dataset_dir: str | None = None, name: str = "Archer", author: str = "意琦行",
-                  max_samples: int | None = None) -> list[Example]:
+                  max_samples: int | None = None, problems: list[str] | None = None) -> list[Example]:
     """Each item is a registry name or a path to a .json/.jsonl file (format auto-detected). Validates every record
-    before returning; raises ApplianceError naming file, record (line for JSONL, index for JSON) and field.
+    before returning; raises ApplianceError naming file, record (line for JSONL, index for JSON) and field, or,
+    given a ``problems`` list (``data check``), lists every bad record there and returns the good ones.
 
     Items may also be comma-separated (``identity,my_set``, as LLaMA-Factory's ``dataset:``); ``max_samples``
     keeps the first N examples of each dataset, after all of them were validated.
@@ -437,7 +451,8 @@ def load_examples(datasets: list[str], dataset_dir: str | None = None, name: str
                 where = _show(_user_path(dataset_dir) / REGISTRY_FILE) if dataset_dir else \
                     f"a {REGISTRY_FILE} in a folder you pass as --dataset-dir"
                 _fail(f"unknown dataset '{item}' (known: {known}); pass a .json/.jsonl path or register it in {where}")
-        examples = sample_records([ex for f in _expand(path) for ex in _load_file(f, fmt)], n_samples)
+        examples = [ex for f in _expand(path) for ex in _load_file(f, fmt, problems)]
+        examples = sample_records(examples, n_samples) if examples else examples  # none: all listed in problems
         out += examples[:max_samples] if max_samples else examples
     for ex in out:
         ex.messages = [{**m, "content": fill_placeholders(m["content"], name, author)} for m in ex.messages]

@@ -4,15 +4,49 @@ from __future__ import annotations
 
 from appliance.errors import ApplianceError
 
+SHOWN_PROBLEMS = 20  # bad records listed one per line; the rest are counted
+
+
+class BadRecords(ApplianceError):
+    """Records ``train`` would refuse, every one of them (``train`` stops at the first)."""
+
+    def __init__(self, dataset: str, problems: list[str]):
+        self.problems = sorted(problems, key=_position)  # lines that do not parse were found first
+        more = len(problems) - SHOWN_PROBLEMS
+        # one bad record is the one-line error itself, as `train` gives it
+        super().__init__(self.problems[0] if len(problems) == 1 else
+                         f"{dataset}: {len(problems)} bad records"
+                         + (f" (the first {SHOWN_PROBLEMS} listed above)" if more > 0 else " (listed above)")
+                         + "; fix them and run `appliance data check` again")
+
+    def lines(self) -> list[str]:
+        """The problems to print before the error, one per line (none when the error is the only one)."""
+        if len(self.problems) == 1:
+            return []
+        more = len(self.problems) - SHOWN_PROBLEMS
+        return self.problems[:SHOWN_PROBLEMS] + ([f"... and {more} more"] if more > 0 else [])
+
+
+def _position(problem: str) -> tuple[str, int]:
+    """(file, line or record number) of a problem as the loader words it ("f.jsonl: line 3 ...")."""
+    import re
+
+    m = re.match(r"(.*?): (?:line |record #)(\d+)\b", problem)
+    return (m.group(1), int(m.group(2))) if m else (problem, -1)
+
 
 def check_dataset(dataset: str, dataset_dir: str | None = None, name: str = "Archer", author: str = "意琦行",
                   model: str | None = None, max_length: int | None = None) -> list[str]:
     """Lines to print for one dataset: its conversation count, and with ``model`` what its tokenizer and chat
-    template make of each record at ``max_length``. Raises for what ``train`` would refuse."""
+    template make of each record at ``max_length``. Raises for what ``train`` would refuse; bad records all
+    at once (:class:`BadRecords`), where ``train`` names only the first."""
     from appliance.data import load_examples
     from appliance.train_config import TrainConfig
 
-    examples = load_examples([dataset], dataset_dir=dataset_dir, name=name, author=author)
+    problems: list[str] = []
+    examples = load_examples([dataset], dataset_dir=dataset_dir, name=name, author=author, problems=problems)
+    if problems:
+        raise BadRecords(dataset, problems)
     n = len(examples)
     lines = [f"{dataset}: {n} conversation{'' if n == 1 else 's'}, ok"]
     if model is None:

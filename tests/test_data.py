@@ -801,3 +801,33 @@ def test_a_path_behind_an_unreadable_folder_is_not_blamed_on_a_link(monkeypatch)
     monkeypatch.setattr(Path, "exists", denied)
     with pytest.raises(ApplianceError, match=r"^locked/a.json: permission denied on a folder of the path"):
         paths.resolve_user_path("locked/a.json")
+
+
+def test_cli_data_check_lists_every_bad_record_in_file_order(tmp_path):
+    """`train` stops at the first bad record; `data check` names all of them (lines that do not parse too)."""
+    f = tmp_path / "bad.jsonl"
+    f.write_text("\n".join([json.dumps(ALPACA_OK), json.dumps({"instruction": "q", "output": ""}), "not json",
+                            json.dumps([1]), json.dumps(ALPACA_OK)]) + "\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["data", "check", str(f)])
+    assert result.exit_code == 2 and "Traceback" not in result.output and result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert [line.split(": ")[1] for line in lines[:3]] == ["line 2", "line 3 column 1", "line 4"]
+    assert lines[-1] == f"error: {f}: 3 bad records (listed above); fix them and run `appliance data check` again"
+    with pytest.raises(ApplianceError, match="line 3 column 1: invalid JSON") as e:
+        load_examples([str(f)])  # train's loader: one error (the file's syntax is read first)
+    assert "\n" not in str(e.value)
+
+
+def test_cli_data_check_caps_the_list(tmp_path):
+    f = jsonl(tmp_path / "many.jsonl", [{"instruction": "q", "output": ""}] * 25 + [ALPACA_OK])
+    result = CliRunner().invoke(main, ["data", "check", str(f)])
+    lines = result.stderr.splitlines()
+    assert result.exit_code == 2 and len(lines) == 22 and lines[-2] == "... and 5 more"
+    assert "25 bad records (the first 20 listed above)" in lines[-1] and lines[19].startswith(f"{f}: line 20:")
+
+
+def test_a_file_of_only_broken_lines_is_listed_not_called_empty(tmp_path):
+    f = tmp_path / "x.jsonl"
+    f.write_text("x\ny\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["data", "check", str(f)])
+    assert result.exit_code == 2 and "2 bad records" in result.stderr and "empty" not in result.stderr
