@@ -173,6 +173,9 @@ def data_check(datasets: tuple[str, ...], dataset_dir: str | None, name: str, au
 @click.option("--resume", is_flag=True, default=None, help="Continue an interrupted run from its last checkpoint.")
 def train(config_file: str | None, datasets: tuple[str, ...], **flags) -> None:
     """LoRA/QLoRA fine-tuning of a chat model; writes a self-describing adapter directory."""
+    from appliance.hw import passive_openmp
+
+    passive_openmp()  # before train imports torch: beside other work, spinning threads made it far slower
     from appliance.train import summary, train as run_train
     from appliance.train_config import TrainConfig
 

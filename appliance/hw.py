@@ -12,7 +12,7 @@ def passive_openmp() -> None:
 
     On a CPU shared with another process, spinning threads wait at every barrier for a
     descheduled peer: merge verification took 96 s instead of 8 s on a busy 2-core machine.
-    ``merge`` and ``pipeline`` set it (the pipeline's default training took 199 s with it,
+    ``train``, ``merge`` and ``pipeline`` set it (the pipeline's default training took 199 s with it,
     206 s without, on a quiet machine); a user's own setting wins.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -157,3 +157,16 @@ def test_models_pull_of_a_model_already_there_says_so(appliance_home):
     (d / "config.json").write_text("{}")
     res = CliRunner().invoke(main, ["models", "pull", "smollm2-135m"])
     assert res.exit_code == 0 and res.output.startswith(f"already pulled smollm2-135m -> {d}"), res.output
+
+
+@pytest.mark.parametrize("args", [["train", "--dataset", "no_such_dataset"], ["merge", "--adapter", "no/such/run"],
+                                  ["pipeline", "--name", ""]])
+def test_compute_stages_let_idle_openmp_threads_sleep(monkeypatch, tmp_path, args):
+    """train, merge and pipeline set OMP_WAIT_POLICY=PASSIVE before torch runs (a user's own setting wins)."""
+    from appliance import hw
+
+    called = []
+    monkeypatch.setattr(hw, "passive_openmp", lambda: called.append(True))
+    monkeypatch.setenv("APPLIANCE_HOME", str(tmp_path))
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and called == [True], result.output
