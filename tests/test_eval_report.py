@@ -410,9 +410,8 @@ CHUNK = ('data: {"id": "c", "object": "chat.completion.chunk", "created": 0, "mo
          '"usage": {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4}}\n\ndata: [DONE]\n\n').encode()
 
 
-@pytest.mark.parametrize("chat,error", [(b"hello", "EmptyStream"), (b"data: [1]\n\n", "not an OpenAI chat completion"),
-                                        (b"data: garbage\n\n", "not an OpenAI chat completion"), (CHUNK, None)])
-def test_chat_replies_that_are_not_a_stream_are_failed_requests(fake_server, tmp_path, chat, error):
+def _ask_once(fake_server, tmp_path: Path, chat: bytes) -> tuple[int, str, dict]:
+    """One prompt through `appliance eval` to a fake server answering ``chat``: exit code, output, the answers row."""
     handler, url = fake_server
     handler.models, handler.chat = b'{"object": "list", "data": [{"id": "smollm2-135m"}]}', chat
     f = tmp_path / "one.jsonl"
@@ -420,6 +419,13 @@ def test_chat_replies_that_are_not_a_stream_are_failed_requests(fake_server, tmp
     code, out = _cli("--url", url, "--before", "smollm2-135m", "--prompts", str(f), "--output", str(tmp_path / "r"))
     assert "Traceback" not in out
     (row,) = [json.loads(line) for line in (tmp_path / "r" / "answers.jsonl").read_text(encoding="utf-8").splitlines()]
+    return code, out, row
+
+
+@pytest.mark.parametrize("chat,error", [(b"hello", "EmptyStream"), (b"data: [1]\n\n", "not an OpenAI chat completion"),
+                                        (b"data: garbage\n\n", "not an OpenAI chat completion"), (CHUNK, None)])
+def test_chat_replies_that_are_not_a_stream_are_failed_requests(fake_server, tmp_path, chat, error):
+    code, out, row = _ask_once(fake_server, tmp_path, chat)
     if error:
         assert code == 1 and error in row["error"] and "1 of 1 requests failed" in out
     else:
@@ -433,13 +439,8 @@ CUT = CHUNK.replace(b'"delta": {"content": "Paris"}}', b'"delta": {"content": "P
 
 @pytest.mark.parametrize("chat,cut", [(CUT, 1), (CUT.replace(b'"length"', b'"stop"'), 0)])
 def test_answers_cut_at_max_tokens_are_counted(fake_server, tmp_path, chat, cut):
-    handler, url = fake_server
-    handler.models, handler.chat = b'{"object": "list", "data": [{"id": "smollm2-135m"}]}', chat
-    f = tmp_path / "one.jsonl"
-    f.write_text('{"prompt": "What is the capital of France?", "expect": ["Paris"]}\n', encoding="utf-8")
-    code, out = _cli("--url", url, "--before", "smollm2-135m", "--prompts", str(f), "--output", str(tmp_path / "r"))
+    code, out, row = _ask_once(fake_server, tmp_path, chat)
     assert code == 0, out
-    (row,) = [json.loads(line) for line in (tmp_path / "r" / "answers.jsonl").read_text(encoding="utf-8").splitlines()]
     assert row["finish_reason"] == ("length" if cut else "stop") and row["answer"] == "Paris"
     report = json.loads((tmp_path / "r" / "report.json").read_text(encoding="utf-8"))
     assert report["models"]["before"]["truncated"] == cut
