@@ -2,10 +2,10 @@
 
 vLLM's CPU platform always starts the engine-core process with ``spawn``
 (``VLLM_WORKER_MULTIPROC_METHOD=spawn``), so the child imports torch and vLLM a second time:
-on our 2-core machine that is 10-12 s of a ~35 s start, during which the API server's process
+on our 2-core machine that is 10-12 s of a ~32 s start, during which the API server's process
 already holds every module the child needs. ``fork`` gives the child those imports for free;
-the start takes ~10 s less (measured: `appliance up` ready in 24-31 s against 37-45 s, the same
-decoding speed and the same greedy answers).
+the start takes 7-10 s less (measured: `appliance up` ready in 24-25 s against 31-33 s, the same
+decoding speed and the same greedy answers; docs/serving.md).
 
 Spawn exists for a reason that does not apply where this plugin acts: a forked child must not
 inherit a running OpenMP pool or a worker it then spawns again. The API server runs no torch
