@@ -14,12 +14,25 @@ model runs inside the engine-core process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``,
 on machines of at most 4 cores), so the engine core starts no workers of its own. vLLM's own
 GPU path forks its engine core the same way. ``APPLIANCE_VLLM_FORK=0`` keeps vLLM's spawn.
 
+A forked child also inherits what spawn would not: the API server's listening socket, and no
+tie to its parent. If the API server died (``kill -9``), the engine core lived on, holding the
+port open without ever answering (clients hung until their timeouts, ~15 min for an eval) and
+~8 GB of KV cache. So the child closes its copy of the server socket right after the fork
+and stops itself (SIGTERM, vLLM's clean shutdown) once its parent is gone.
+
 Registered through the ``vllm.general_plugins`` entry point ``appliance_cpu_fork``.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import sys
+import threading
+import time
+
+PARENT_CHECK_S = 1.0  # how often a forked engine core looks for its parent
 
 PLUGIN = "appliance_cpu_fork"  # the entry point's name, as VLLM_PLUGINS must list it
 ENV = "APPLIANCE_VLLM_FORK"  # "1": fork the engine core (set by `appliance up` where it is safe)
@@ -47,3 +60,61 @@ def register() -> None:
 
     check_and_update_config._appliance_fork = True  # type: ignore[attr-defined]
     cls.check_and_update_config = classmethod(check_and_update_config)
+    os.register_at_fork(after_in_child=after_fork_in_child)
+
+
+def after_fork_in_child() -> None:
+    """In a forked child: let go of the parent's server socket, and end with the parent."""
+    close_server_sockets(server_port())
+    parent = os.getppid()
+    threading.Thread(target=_follow_parent, args=(parent,), name="appliance-parent-watch", daemon=True).start()
+
+
+def server_port(argv: list[str] | None = None) -> int:
+    """The API server's --port, from the command line the forked child shares with it (vLLM's default 8000)."""
+    argv = sys.argv if argv is None else argv
+    port = 8000
+    for i, a in enumerate(argv):
+        value = argv[i + 1] if a == "--port" and i + 1 < len(argv) else a[7:] if a.startswith("--port=") else None
+        if value is not None and value.isdigit():
+            port = int(value)
+    return port
+
+
+def close_server_sockets(port: int) -> list[int]:
+    """Close this process's copies of TCP sockets bound to ``port`` and not connected (the server's, listening
+    or about to: vLLM binds before it forks, uvicorn listens after); the parent keeps its own. The fds closed."""
+    closed = []
+    try:
+        fds = [int(fd) for fd in os.listdir("/proc/self/fd")]
+    except OSError:
+        return closed
+    for fd in fds:
+        try:
+            dup = os.dup(fd)  # probed through a duplicate: closing the probe leaves fd alone
+        except OSError:
+            continue  # already gone (the listing's own fd)
+        try:
+            probe = socket.socket(fileno=dup)
+        except OSError:
+            os.close(dup)
+            continue  # not a socket
+        with probe:
+            ours = False
+            if probe.family in (socket.AF_INET, socket.AF_INET6) and probe.type == socket.SOCK_STREAM:
+                try:
+                    ours = probe.getsockname()[1] == port
+                    probe.getpeername()  # a connection (a client's, or an accepted one): not the server socket
+                    ours = False
+                except OSError:
+                    pass
+        if ours:
+            os.close(fd)
+            closed.append(fd)
+    return closed
+
+
+def _follow_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_S)
+    os.kill(os.getpid(), signal.SIGTERM)

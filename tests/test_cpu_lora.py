@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from importlib.metadata import entry_points
 
 import pytest
@@ -138,6 +139,8 @@ def test_fork_plugin_undoes_the_forced_spawn_only_when_asked(monkeypatch):
 
     monkeypatch.setattr(cls, "check_and_update_config", classmethod(configure))
     monkeypatch.setattr(cls, "is_cpu", classmethod(lambda c: True))
+    hooks = []  # not registered in the test process: every later fork of it would run the hook
+    monkeypatch.setattr(os, "register_at_fork", lambda **kw: hooks.append(kw))
     monkeypatch.setenv("VLLM_WORKER_MULTIPROC_METHOD", "fork")
     monkeypatch.delenv(cpu_fork.ENV, raising=False)
     cpu_fork.register()
@@ -154,3 +157,76 @@ def test_fork_plugin_undoes_the_forced_spawn_only_when_asked(monkeypatch):
     current_platform.check_and_update_config(None)
     assert os.environ["VLLM_WORKER_MULTIPROC_METHOD"] == "fork"
     assert cls.check_and_update_config.__func__.__closure__[0].cell_contents is configure
+    assert hooks == [{"after_in_child": cpu_fork.after_fork_in_child}]
+
+
+def test_forked_engine_core_lets_go_of_the_server_socket():
+    """vLLM binds the API port before it forks: the child's copy is closed (else a dead API server's port
+    stays open in the engine core and clients hang), the parent's and other sockets are untouched."""
+    import os
+    import socket
+
+    from appliance import cpu_fork
+
+    assert cpu_fork.server_port(["x", "--port", "8124"]) == 8124 and cpu_fork.server_port(["x", "--port=9"]) == 9
+    assert cpu_fork.server_port(["x", "--model", "m"]) == 8000  # vLLM's default
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    other = socket.socket()
+    other.bind(("127.0.0.1", 0))
+    other.listen()
+    client = socket.create_connection(other.getsockname())
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child reports what it closed and what it still holds
+        closed = cpu_fork.close_server_sockets(port)
+        alive = [fd for fd in (other.fileno(), client.fileno()) if os.path.exists(f"/proc/self/fd/{fd}")]
+        os.write(w, json.dumps([closed, alive]).encode())
+        os._exit(0)
+    os.close(w)
+    os.waitpid(pid, 0)
+    closed, alive = json.loads(os.read(r, 1000))
+    os.close(r)
+    assert closed == [server.fileno()] and alive == [other.fileno(), client.fileno()]
+    server.listen()  # the parent's socket still works
+    assert server.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+    for s in (server, other, client):
+        s.close()
+
+
+def test_forked_engine_core_ends_with_its_parent(monkeypatch):
+    """A forked child whose parent dies (kill -9 of the API server) stops itself instead of living on."""
+    import os
+    import time
+
+    from appliance import cpu_fork
+
+    monkeypatch.setattr(cpu_fork, "PARENT_CHECK_S", 0.05)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the "API server": forks the "engine core", then dies
+        grandchild = os.fork()
+        if grandchild == 0:
+            cpu_fork.after_fork_in_child()
+            os.write(w, str(os.getpid()).encode())
+            time.sleep(60)
+            os._exit(0)
+        time.sleep(0.3)
+        os._exit(0)
+    os.close(w)
+    os.waitpid(pid, 0)
+    engine = int(os.read(r, 100))
+    os.close(r)
+
+    def running() -> bool:
+        try:
+            with open(f"/proc/{engine}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 10
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not running()
