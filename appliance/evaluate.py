@@ -217,6 +217,9 @@ def _one_line(e: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+MODELS_TIMEOUT_S = 30.0  # GET /models answers in milliseconds, even from a busy server
+
+
 async def _served_models(client, url: str) -> dict[str, str]:
     import openai
 
@@ -225,13 +228,17 @@ async def _served_models(client, url: str) -> dict[str, str]:
                               f"point --url at the server `appliance up` started (e.g. {DEFAULT_URL})")
 
     try:
-        page = await client.models.list()
+        # a server that accepts connections but never answers must not cost the requests' timeout and retries
+        page = await client.with_options(timeout=MODELS_TIMEOUT_S, max_retries=0).models.list()
         served = {m.id: (getattr(m, "root", None) or m.id) for m in page.data}
     except openai.AuthenticationError:
         from appliance.adapters import unauthorized
 
         raise unauthorized(f"--url {url}", key_sent=client.api_key != "EMPTY") from None
-    except (openai.APIConnectionError, openai.APITimeoutError) as e:
+    except openai.APITimeoutError:
+        raise ApplianceError(f"--url {url}: the server accepted the connection but did not answer GET /models within "
+                             f"{MODELS_TIMEOUT_S:g} s; it may be hung: check `appliance status` (or restart it)") from None
+    except openai.APIConnectionError as e:
         raise ApplianceError(f"--url {url}: cannot reach the server ({type(e).__name__}); start it with `appliance up` or fix --url")
     except openai.APIError as e:
         raise ApplianceError(f"--url {url}: GET /models failed ({_one_line(e)}); is this an OpenAI-compatible server?")

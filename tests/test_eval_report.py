@@ -871,3 +871,25 @@ def test_a_long_eval_says_how_far_it_is(fake_server, tmp_path, monkeypatch):
                                           output=str(tmp_path / "r")), progress=lines.append)
     ticks = [line for line in lines if re.match(r"before: smollm2-135m: \d+/36 answered in \d+ s", line)]
     assert ticks and "to go" in ticks[-1], lines
+
+
+def test_a_server_that_accepts_but_never_answers_fails_fast(monkeypatch, tmp_path):
+    """A hung server (its port open, nothing answering) is a one-line error after MODELS_TIMEOUT_S, not after
+    the requests' --timeout x 3 tries (~15 minutes)."""
+    import socket
+
+    from appliance import evaluate
+
+    monkeypatch.setattr(evaluate, "MODELS_TIMEOUT_S", 0.5)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()  # the kernel accepts connections; nobody reads or answers
+    try:
+        t0 = time.monotonic()
+        code, out = _cli("--url", f"http://127.0.0.1:{silent.getsockname()[1]}", "--before", "smollm2-135m",
+                         "--prompts", "general", "--output", str(tmp_path / "r"))
+        assert time.monotonic() - t0 < 20
+    finally:
+        silent.close()
+    assert code == 2 and "did not answer GET /models within 0.5 s" in out and "appliance status" in out, out
+    assert out.count("\n") == 1 and not (tmp_path / "r").exists()
