@@ -18,7 +18,8 @@ class ChatConfig:
     api_key: str | None = None
     system: str | None = None
     max_tokens: int = 256
-    temperature: float | None = None
+    # greedy, as `eval` asks: a small model's own default (SmolLM2 sets none: 1.0) samples noise
+    temperature: float | None = 0.0
 
 
 def default_url() -> str:
@@ -57,11 +58,15 @@ def reply(cfg: ChatConfig, messages: list[dict], write: Callable[[str], None]) -
         stream = _client(cfg).chat.completions.create(model=cfg.model, messages=messages, max_tokens=cfg.max_tokens,
                                                       stream=True, **extra)
         parts = []
+        finish = None
         for chunk in stream:
             delta = chunk.choices[0].delta.content if chunk.choices else None
+            finish = (chunk.choices[0].finish_reason if chunk.choices else None) or finish
             if delta:
                 parts.append(delta)
                 write(delta)
+        if finish == "length":  # on stderr: stdout holds the answer alone
+            print(f"\n[cut at --max-tokens {cfg.max_tokens}]", file=sys.stderr, end="")
     except openai.AuthenticationError:
         from appliance.adapters import unauthorized
 

@@ -317,7 +317,8 @@ def adapters_unload(name: str, url: str | None, api_key: str | None) -> None:
 @click.option("-p", "--prompt", default=None, help="Answer this once and exit.")
 @click.option("--system", default=None, help="System prompt.")
 @click.option("--max-tokens", type=int, default=256, show_default=True)
-@click.option("--temperature", type=float, default=None, help="Sampling temperature [the model's default].")
+@click.option("--temperature", type=float, default=0.0, show_default=True,
+              help="Sampling temperature (0: greedy, as `eval` answers).")
 def chat_cmd(model, url, api_key, prompt, system, max_tokens, temperature) -> None:
     """Chat with a served model in the terminal (streamed; history kept)."""
     from appliance.chat import ChatConfig, chat, default_url

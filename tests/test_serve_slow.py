@@ -263,7 +263,10 @@ def test_status_and_chat_cli(at_server):
     assert res.exit_code == 0 and at_server["url"] in res.output and "alive" in res.output
     assert "archer (adapter of smollm2-135m)" in res.output
     res = CliRunner().invoke(main, ["chat", "-p", "你是谁？", "--api-key", KEY, "--max-tokens", "16"])
-    assert res.exit_code == 0 and res.output.strip()
+    assert res.exit_code == 0 and res.stdout.strip()
+    assert res.stderr.endswith("[cut at --max-tokens 16]")  # every answer to it is longer: said, not in the answer
+    again = CliRunner().invoke(main, ["chat", "-p", "你是谁？", "--api-key", KEY, "--max-tokens", "16"])
+    assert again.stdout == res.stdout  # greedy by default, as eval answers (sampled, it changed every time)
     res = CliRunner().invoke(main, ["chat", "--model", "smollm2-135m", "--api-key", KEY, "--max-tokens", "8"],
                              input="My name is Bob.\nWhat is my name?\n/exit\n")
     assert res.exit_code == 0 and res.output.count("smollm2-135m> ") == 2

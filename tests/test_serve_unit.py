@@ -944,3 +944,40 @@ def test_the_cpu_context_is_capped_at_the_models_own(tiny_model_dir, tmp_path):
     assert argv[argv.index("--max-model-len") + 1] == "1024"
     argv, _ = build_command(preflight(UpConfig(model=str(short), port=_free_port(), device="cpu", max_model_len=512)))
     assert argv[argv.index("--max-model-len") + 1] == "512"  # a flag still wins
+
+
+def test_chat_is_greedy_by_default_and_says_when_an_answer_is_cut(capsys):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from appliance.chat import ChatConfig, reply
+
+    sent = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            sent.append(json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0)))))
+            chunks = [{"choices": [{"index": 0, "delta": {"content": "Hello"}, "finish_reason": None}]},
+                      {"choices": [{"index": 0, "delta": {"content": " there"}, "finish_reason": "length"}]}]
+            body = "".join(f"data: {json.dumps({'id': 'c', 'object': 'chat.completion.chunk', 'created': 0, 'model': 'm', **c})}\n\n"
+                           for c in chunks) + "data: [DONE]\n\n"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Content-Length", str(len(body.encode())))
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        out = []
+        answer = reply(ChatConfig(url=f"http://127.0.0.1:{srv.server_port}", model="m", max_tokens=2),
+                       [{"role": "user", "content": "hi"}], out.append)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert answer == "".join(out) == "Hello there" and sent[0]["temperature"] == 0.0
+    assert capsys.readouterr().err.endswith("[cut at --max-tokens 2]")
