@@ -479,7 +479,9 @@ def _same_answers(a: Path, b: Path) -> bool:
 
 
 SUMMARY = [("identity_hit_rate", 100), ("identity_zh_hit_rate", 100), ("identity_en_hit_rate", 100),
-           ("identity_leak_rate", 100), ("general_accuracy", 100), ("name_leak_count", 1), ("identity.bleu4", 1),
+           ("identity_leak_rate", 100), ("general_accuracy", 100), ("name_leak_count", 1),
+           ("truncated", 1),  # answers cut at --max-tokens: scored as cut
+           ("identity.bleu4", 1),
            ("identity.rouge1", 1), ("identity.rouge2", 1), ("identity.rougeL", 1), ("open.bleu4", 1), ("open.rougeL", 1),
            ("requests_per_s", 1), ("output_tokens_per_s", 1), ("ttft_p50_ms", 1), ("ttft_p95_ms", 1), ("tpot_ms", 1)]
 

@@ -98,8 +98,13 @@ def render_md(report: dict, rows: list[dict]) -> str:
                 out.append(f"| {s} | {r} | {sm['n']} | " + " | ".join(_fmt(sm.get(k), sc) for k, _, sc in SET_COLS) + " |")
     ans, sets = _answers(rows), _sets(rows)
     # the set says how each prompt was scored (identity_*, general, open): a prompt without `kind` is classified
-    out += ["", "## Examples", "", "| prompt | set | " + " | ".join(roles) + " |", "|" + "---|" * (len(roles) + 2)]
-    for p in example_rows(rows):
+    shown, total = example_rows(rows), len({r["prompt"] for r in rows})
+    out += ["", "## Examples", ""]
+    if len(shown) < total:
+        out += [f"{len(shown)} of the {total} prompts (\"你是谁？\" first, then identity, then the others); "
+                "every answer is in answers.jsonl.", ""]
+    out += ["| prompt | set | " + " | ".join(roles) + " |", "|" + "---|" * (len(roles) + 2)]
+    for p in shown:
         out.append(f"| {_cell(p, 80)} | {sets.get(p, '')} | " + " | ".join(_cell(ans.get((r, p), "")) for r in roles) + " |")
     return "\n".join(out) + "\n"
 
@@ -185,9 +190,12 @@ def render_html(report: dict, rows: list[dict]) -> str:
                 parts.append(f"<tr><td>{e(s)}</td><td>{e(r)}</td><td>{sm['n']}</td>"
                              + "".join(f"<td>{_fmt(sm.get(k), sc)}</td>" for k, _, sc in SET_COLS) + "</tr>")
     ans, sets = _answers(rows), _sets(rows)
-    parts.append("</table><h2>Examples</h2><table><tr><th>prompt</th><th>set</th>"
-                 + "".join(f"<th>{e(r)}</th>" for r in roles) + "</tr>")
-    for p in example_rows(rows):
+    shown, total = example_rows(rows), len({r["prompt"] for r in rows})
+    parts.append("</table><h2>Examples</h2>")
+    if len(shown) < total:
+        parts.append(f"<p>{len(shown)} of the {total} prompts; every answer is in answers.jsonl.</p>")
+    parts.append("<table><tr><th>prompt</th><th>set</th>" + "".join(f"<th>{e(r)}</th>" for r in roles) + "</tr>")
+    for p in shown:
         parts.append(f"<tr><td>{e(p)}</td><td>{e(sets.get(p, ''))}</td>"
                      + "".join(f"<td>{e(ans.get((r, p), ''))}</td>" for r in roles) + "</tr>")
     parts.append("</table></body></html>")

@@ -444,6 +444,7 @@ def test_answers_cut_at_max_tokens_are_counted(fake_server, tmp_path, chat, cut)
     assert row["finish_reason"] == ("length" if cut else "stop") and row["answer"] == "Paris"
     report = json.loads((tmp_path / "r" / "report.json").read_text(encoding="utf-8"))
     assert report["models"]["before"]["truncated"] == cut
+    assert re.search(rf"^truncated +{cut}$", out, flags=re.M)  # in the summary the eval prints
     assert f"| cut at max tokens | {cut} |" in (tmp_path / "r" / "report.md").read_text(encoding="utf-8")
 
 
@@ -893,3 +894,16 @@ def test_a_server_that_accepts_but_never_answers_fails_fast(monkeypatch, tmp_pat
         silent.close()
     assert code == 2 and "did not answer GET /models within 0.5 s" in out and "appliance status" in out, out
     assert out.count("\n") == 1 and not (tmp_path / "r").exists()
+
+
+def test_examples_say_when_they_show_only_some_prompts(tmp_path):
+    from evals.render import render_html, render_md
+
+    rows = _rows()
+    assert "prompts; every answer is in answers.jsonl" not in render_md(compute(rows), rows)  # all shown
+    more = [{**r, "prompt": f"{r['prompt']} ({i})"} for i in range(3) for r in rows if r["kind"] != "identity"]
+    rows += more
+    total = len({r["prompt"] for r in rows})
+    md, page = render_md(compute(rows), rows), render_html(compute(rows), rows)
+    shown = md.split("## Examples", 1)[1].count("\n| ") - 1  # less the header row
+    assert shown < total and f"{shown} of the {total} prompts" in md and f"{shown} of the {total} prompts" in page
