@@ -359,6 +359,8 @@ def _markdown(p: dict[str, Any]) -> str:
             f"prompt {s['input_len']} random tokens, {s['output_len']} output tokens (ignore_eos)\n\nclient: {s['client']}\n\n"
             f"cold start to ready: {r.get('cold_start_s')} s; runtime adapter load: {load.get('load_ms_p50')} ms "
             f"(first request after it: {load.get('first_request_ms_p50')} ms)\n\n"
-            + md_table(r["sweep"], cols) + "\ntransformers generate (same model, batch = concurrency):\n\n"
-            + md_table(r["generate"], ["concurrency", "output_tokens", "duration_s", "output_tok_s", "dtype", "torch_threads"])
+            + md_table(r["sweep"], cols)
+            + ("\ntransformers generate (same model, batch = concurrency):\n\n"
+               + md_table(r["generate"], ["concurrency", "output_tokens", "duration_s", "output_tok_s", "dtype", "torch_threads"])
+               if r.get("generate") else "\ntransformers generate: not run (--no-generate)\n")
             + f"\nsettings: `{json.dumps(s, default=str)}`\n")

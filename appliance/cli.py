@@ -423,7 +423,8 @@ def bench() -> None:
 @click.option("--variant", "variants", multiple=True, help="naive, default and/or fast (repeatable) [default: all three on a GPU, naive and default on a CPU].")
 @click.option("--batch-tokens", type=int, default=None, help="The fast variant's token budget per micro-batch [default: 16384].")
 @click.option("--threads", type=int, default=None, help="torch threads on CPU [default: one per core].")
-@click.option("--quick", is_flag=True, help="Tiny settings (3 steps) for tests.")
+@click.option("--quick", is_flag=True, help="Tiny settings (3 steps) for tests; its speeds are mostly the first "
+              "step's overhead (compare the 'after step 1' figures).")
 @click.option("--out", "out_dir", default=None, help="Report directory [default: reports/bench/<timestamp>].")
 def bench_train_cmd(model, shape, method, steps, variants, batch_tokens, threads, quick, out_dir) -> None:
     """The identity job: naive transformers+peft baseline vs our default and fast paths (samples/s, tokens/s, memory, MFU)."""
@@ -434,7 +435,9 @@ def bench_train_cmd(model, shape, method, steps, variants, batch_tokens, threads
                            **({"batch_tokens": batch_tokens} if batch_tokens else {}))
     res = bench_train(cfg)
     for r in res["results"]:
+        steady = r.get("tokens_per_s_after_step1")
         click.echo(f"{r['variant']:<8} {r['method']:<6} {r['samples_per_s']:>8.2f} samples/s {r['tokens_per_s']:>10.1f} tokens/s "
+                   f"({steady if steady is not None else '-'} after step 1)  "
                    f"peak {r['peak_mem_mb']:.0f} MB  MFU {r['mfu'] if r['mfu'] is not None else '-'}")
     click.echo(f"report: {res['report_dir']}")
 

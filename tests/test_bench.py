@@ -154,3 +154,16 @@ def test_bench_serve_quick_against_the_real_server(real_model_dir, appliance_hom
     assert payload["settings"]["vllm_args"]["extra"] == ["--max-num-seqs", "16"]
     log = (appliance_home / ".appliance" / "logs" / f"server-{port}.log").read_text(encoding="utf-8", errors="replace")
     assert log.splitlines()[0].endswith("--max-num-seqs 16")  # the extra vLLM args reached the server's command line
+
+
+@pytest.mark.parametrize("generate", [[], [{"concurrency": 1, "output_tokens": 32, "duration_s": 1.0, "output_tok_s": 32.0,
+                                           "dtype": "float32", "torch_threads": 2}]])
+def test_bench_serve_report_says_when_generate_was_skipped(generate):
+    from appliance.bench_serve import _markdown
+
+    payload = {"machine": {"label": "cpu", "loadavg_1m": 0.1},
+               "settings": {"model_path": "m", "shape": None, "input_len": 8, "output_len": 32, "client": "openai"},
+               "results": {"sweep": [], "generate": generate}}
+    md = _markdown(payload)
+    assert ("not run (--no-generate)" in md) == (not generate)
+    assert ("| concurrency | output_tokens |" in md) == bool(generate)
