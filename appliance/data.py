@@ -223,7 +223,7 @@ def _text(rec: dict, key: str, where: str, required: bool, fix: str = "", label:
     fix = fix or f"every record needs a non-empty '{label}'"
     if value is None:
         if required:
-            _fail(f"{where}: field '{label}' is missing; {fix}")
+            _fail(f"{where}: field '{label}' is missing{_misspelt(rec, key)}; {fix}")
         return ""
     if not isinstance(value, str):
         _fail(f"{where}: field '{label}' is {_a(value)}; it must be a string")
@@ -232,6 +232,14 @@ def _text(rec: dict, key: str, where: str, required: bool, fix: str = "", label:
     if required and not value.strip():
         _fail(f"{where}: field '{label}' is empty; {fix}")
     return value
+
+
+def _misspelt(rec: dict, key: str) -> str:
+    """" (it has 'outptu': did you mean 'output'?)" when one of the record's keys looks like a misspelt ``key``."""
+    import difflib
+
+    close = difflib.get_close_matches(key, [k for k in rec if isinstance(k, str) and k != key], n=1, cutoff=0.75)
+    return f" (it has '{close[0]}': did you mean '{key}'?)" if close else ""
 
 
 def _bad_char(value: str) -> str | None:
@@ -247,7 +255,7 @@ def _alpaca(rec: dict, where: str, fmt: Format) -> list[dict[str, str]]:
     parts = [_text(rec, prompt, where, required=False)] + ([_text(rec, query, where, required=False)] if query else [])
     if not any(p.strip() for p in parts):
         both = f"fields '{prompt}' and '{query}' are" if query else f"field '{prompt}' is"
-        _fail(f"{where}: {both} missing or empty; every record needs a prompt in '{prompt}'"
+        _fail(f"{where}: {both} missing or empty{_misspelt(rec, prompt)}; every record needs a prompt in '{prompt}'"
               + (f" (or '{query}')" if query else ""))
     user = "\n".join(p for p in parts if p.strip())
     output = rec.get(c["response"])

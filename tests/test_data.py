@@ -831,3 +831,14 @@ def test_a_file_of_only_broken_lines_is_listed_not_called_empty(tmp_path):
     f.write_text("x\ny\n", encoding="utf-8")
     result = CliRunner().invoke(main, ["data", "check", str(f)])
     assert result.exit_code == 2 and "2 bad records" in result.stderr and "empty" not in result.stderr
+
+
+def test_a_misspelt_field_is_named_with_the_one_meant(tmp_path):
+    f = jsonl(tmp_path / "typo.jsonl", [ALPACA_OK, {"instruction": "q", "outptu": "a"}, {"instrucion": "q", "output": "a"},
+                                        {"instruction": "q", "answer_text": "a"}])
+    result = CliRunner().invoke(main, ["data", "check", str(f)])
+    lines = result.stderr.splitlines()
+    assert result.exit_code == 2 and len(lines) == 4
+    assert "line 2: field 'output' is missing (it has 'outptu': did you mean 'output'?)" in lines[0]
+    assert "(it has 'instrucion': did you mean 'instruction'?)" in lines[1]
+    assert "line 4: field 'output' is missing;" in lines[2]  # nothing like it: no guess
