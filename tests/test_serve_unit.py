@@ -533,6 +533,12 @@ def test_compose_file_structure(tmp_path):
     compose = _compose_cli()
     res = subprocess.run([*compose, "-f", str(REPO / "compose.yaml"), "config", "-q"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+    # the served rank follows APPLIANCE_MAX_LORA_RANK (16 by default), for adapters of other ranks
+    for env, rank in (({}, "16"), ({"APPLIANCE_MAX_LORA_RANK": "32"}, "32")):
+        res = subprocess.run([*compose, "-f", str(REPO / "compose.yaml"), "config", "--format", "json"], capture_output=True,
+                             text=True, env={**{k: v for k, v in os.environ.items() if k != "APPLIANCE_MAX_LORA_RANK"}, **env})
+        assert res.returncode == 0, res.stderr
+        assert f"--max-lora-rank={rank}" in json.loads(res.stdout)["services"]["server"]["command"]
     bad = tmp_path / "compose.yaml"
     bad.write_text((REPO / "compose.yaml").read_text().replace("services:", "services:\n  oops: {image: 3, volumes: 7}", 1))
     res = subprocess.run([*compose, "-f", str(bad), "config", "-q"], capture_output=True, text=True)
