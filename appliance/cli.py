@@ -194,7 +194,7 @@ def train(config_file: str | None, datasets: tuple[str, ...], **flags) -> None:
 @click.option("--no-verify", is_flag=True, help="Skip the base+adapter vs merged comparison.")
 @click.option("--max-shard-size", default="200MB", show_default=True, help="Safetensors shard size.")
 def merge_cmd(adapter: str, output: str | None, dtype: str, overwrite: bool, no_verify: bool, max_shard_size: str) -> None:
-    """Merge a LoRA adapter into its full-precision base and verify the merged model answers the same."""
+    """Merge a LoRA adapter into its full-precision base; verified to answer as the adapter does, else nothing is written (exit 1)."""
     from appliance.hw import passive_openmp
 
     passive_openmp()  # before merge imports torch

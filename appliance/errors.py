@@ -12,3 +12,10 @@ class ApplianceError(Exception):
     """
 
     exit_code = 2
+
+
+class CheckFailed(ApplianceError):
+    """The input was fine but a check of the result failed (merge verification, the merge check):
+    exit code 1, as a failed eval gate, rather than 2 for bad input."""
+
+    exit_code = 1

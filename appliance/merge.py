@@ -18,7 +18,7 @@ from typing import Any
 
 from appliance import paths
 from appliance.adapters import read_adapter_config
-from appliance.errors import ApplianceError
+from appliance.errors import ApplianceError, CheckFailed
 from appliance.rundir import library_versions, read_meta, write_meta
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -227,7 +227,7 @@ def merge(cfg: MergeConfig) -> MergeResult:
         if verification is not None and not verification["passed"]:
             # a bf16/fp16 copy rounds every weight: small adapters' effect can drown in it, fp32 keeps it exactly
             hint = "; merge with --dtype fp32 to keep the adapter's effect exactly" if dtype != "fp32" else ""
-            raise ApplianceError(f"{verdict_line(verification)}; the merged model was not written (mismatches: "
+            raise CheckFailed(f"{verdict_line(verification)}; the merged model was not written (mismatches: "
                                  f"{verification['mismatched_prompts']}){hint}")
         result_meta = _merged_meta(meta, base_meta, adapter, sha, dtype, verification)
         write_meta(tmp, result_meta)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from appliance import paths
-from appliance.errors import ApplianceError
+from appliance.errors import ApplianceError, CheckFailed
 
 Echo = Callable[[str], None]
 CPU_KV_SHARE = 0.15  # of the memory available, per server KV cache: two run at once on a CPU (see _Servers)
@@ -290,7 +290,7 @@ def _serve_and_eval(cfg: PipelineConfig, servers: _Servers, report_dir: Path, ec
     if check["identical"] < check["required"]:
         gate = report.get("gate") or {}
         also = f"; the gate failed too: {'; '.join(gate.get('failures', []))}" if gate.get("passed") is False else ""
-        raise ApplianceError(f"merge check failed: the merged model {merged_name} answered {check['prompts'] - check['identical']} "
+        raise CheckFailed(f"merge check failed: the merged model {merged_name} answered {check['prompts'] - check['identical']} "
                              f"of {check['prompts']} prompts differently from the adapter; compare them in {report_dir / 'report.md'}{also}")
     return report
 

@@ -201,6 +201,7 @@ def test_a_broken_merge_fails_verification_and_leaves_nothing(adapter_dir, tmp_p
     with pytest.raises(ApplianceError, match="verification FAIL") as e:
         merge(_cfg(adapter_dir, out, dtype="fp32"))
     assert "--dtype fp32" not in str(e.value)  # already fp32: nothing to suggest
+    assert e.value.exit_code == 1  # a failed check of the result, not bad input (2)
     assert not out.exists()
     assert not list(tmp_path.glob(".broken*"))
     with pytest.raises(ApplianceError, match="verification FAIL.*merge with --dtype fp32"):  # bf16 rounding may be why
