@@ -115,6 +115,14 @@ def _start_ticks(pid: int) -> int:
         return 0
 
 
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (a killed leader stays one until it is reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _is_vllm_group(pgid: int, pid_start: int = 0) -> bool:
     """Guards against a recycled pid: the group must still hold a vLLM process, and its leader
     (when alive and its start time was recorded) must be the process that was started."""
@@ -325,9 +333,14 @@ def report(api_key: str | None = None) -> list[dict]:
     rows = []
     recs, broken = scan_records()
     for r in recs:
-        row = {"port": r.port, "url": r.url, "pid": r.pid, "log": r.log, "alive": _is_vllm_group(r.pid, r.pid_start),
+        group = _is_vllm_group(r.pid, r.pid_start)
+        # the API server itself must run: after its death (kill -9) its engine core may live on without it
+        row = {"port": r.port, "url": r.url, "pid": r.pid, "log": r.log, "alive": group and _running(r.pid),
                "models": [], "note": "", "max_lora_rank": r.max_lora_rank}
-        if row["alive"]:
+        if group and not row["alive"]:
+            row["note"] = (f"its API server (pid {r.pid}) exited but part of it still runs; `appliance down --port {r.port}` "
+                           f"stops it; last log lines in {r.log}")
+        elif row["alive"]:
             try:
                 resp = httpx.get(f"{r.url}/v1/models", headers=headers, timeout=5)
                 if resp.status_code == 200:

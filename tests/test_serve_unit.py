@@ -987,3 +987,29 @@ def test_chat_is_greedy_by_default_and_says_when_an_answer_is_cut(capsys):
         srv.server_close()
     assert answer == "".join(out) == "Hello there" and sent[0]["temperature"] == 0.0
     assert capsys.readouterr().err.endswith("[cut at --max-tokens 2]")
+
+
+def test_status_of_a_server_whose_api_process_died_but_left_a_child(appliance_home, tmp_path):
+    """kill -9 of the API server can leave its engine core in the process group: that is not "alive"."""
+    script = ("import os, sys, time\n"
+              "pid = os.fork()\n"
+              "if pid == 0:\n"
+              "    os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(60)', 'vllm-engine-core'])\n"
+              "time.sleep(60)\n")
+    leader = subprocess.Popen([sys.executable, "-c", script, "vllm-api-server"], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while len(servers.group_members(leader.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        info = servers.ServerInfo(port=8999, host="127.0.0.1", url="http://127.0.0.1:8999", pid=leader.pid,
+                                  log=str(tmp_path / "server.log"), model="m", models=["m"],
+                                  pid_start=servers._start_ticks(leader.pid))
+        servers._write_record(info)
+        (row,) = servers.report()
+        assert row["alive"]
+        leader.kill()
+        leader.wait()  # reaped: the leader is gone, its child still runs in the group
+        (row,) = servers.report()
+        assert not row["alive"] and "exited but part of it still runs" in row["note"] and "appliance down --port 8999" in row["note"]
+    finally:
+        servers.kill_group(leader.pid, timeout_s=5)
