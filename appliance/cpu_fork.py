@@ -72,13 +72,10 @@ def after_fork_in_child() -> None:
 
 def server_port(argv: list[str] | None = None) -> int:
     """The API server's --port, from the command line the forked child shares with it (vLLM's default 8000)."""
-    argv = sys.argv if argv is None else argv
-    port = 8000
-    for i, a in enumerate(argv):
-        value = argv[i + 1] if a == "--port" and i + 1 < len(argv) else a[7:] if a.startswith("--port=") else None
-        if value is not None and value.isdigit():
-            port = int(value)
-    return port
+    from appliance.serve import flag_value
+
+    value = flag_value(sys.argv if argv is None else argv, "--port")
+    return int(value) if value is not None and value.isdigit() else 8000
 
 
 def close_server_sockets(port: int) -> list[int]:

@@ -161,9 +161,12 @@ def list_models() -> list[dict]:
     reg = registry()
     for key, entry in reg.items():
         d = local_dir(key)
-        pullable = entry.get("source", {}).get("type") == "pypi-gguf"
-        rows.append({"name": key, "hf_id": entry.get("hf_id"), "pulled": is_model_dir(d),
-                     "path": str(d) if is_model_dir(d) else "" if pullable else f"(from the hub: --model {entry.get('hf_id')})",
+        pulled = is_model_dir(d)
+        if pulled or entry.get("source", {}).get("type") == "pypi-gguf":
+            where = str(d) if pulled else ""
+        else:  # `models pull` cannot fetch it: say how to use it
+            where = f"(from the hub: --model {entry.get('hf_id')})"
+        rows.append({"name": key, "hf_id": entry.get("hf_id"), "pulled": pulled, "path": where,
                      "description": entry.get("description", "")})
     if paths.models_dir().is_dir():
         for d in sorted(paths.models_dir().iterdir()):

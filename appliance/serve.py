@@ -214,7 +214,7 @@ def _max_lora_rank(cfg: UpConfig, infos: list[AdapterInfo]) -> int:
     if not cfg.lora:
         return 0
     largest = max([a.rank for a in infos], default=None)
-    value = _flag_value(cfg.extra_args, "--max-lora-rank")
+    value = flag_value(cfg.extra_args, "--max-lora-rank")
     if value is None:
         return servable_rank(largest or DEFAULT_RUNTIME_RANK)
     if not value.isdigit() or int(value) < (largest or 1):
@@ -326,8 +326,9 @@ def _has_flag(args: list[str], *flags: str) -> bool:
     return any(a == f or a.startswith((f + "=", f + ".")) for a in args for f in flags)
 
 
-def _flag_value(args: list[str], flag: str) -> str | None:
-    """The value the user's extra vLLM args give ``flag`` (``--flag value`` or ``--flag=value``; the last wins)."""
+def flag_value(args: list[str], flag: str) -> str | None:
+    """The value vLLM args give ``flag`` (``--flag value`` or ``--flag=value``; the last wins); also read by
+    appliance.cpu_fork from the server's own command line."""
     value = None
     for i, a in enumerate(args):
         if a.startswith(flag + "="):

@@ -107,20 +107,27 @@ def group_members(pgid: int) -> list[int]:
     return pids
 
 
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (state first); [] if the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
 def _start_ticks(pid: int) -> int:
     """The process's start time in clock ticks after boot (field 22 of /proc/PID/stat); 0 if it is gone."""
+    fields = _stat(pid)
     try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
+        return int(fields[19])
+    except (IndexError, ValueError):
         return 0
 
 
 def _running(pid: int) -> bool:
     """The process exists and is not a zombie (a killed leader stays one until it is reaped)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
+    fields = _stat(pid)
+    return bool(fields) and fields[0] != "Z"
 
 
 def _is_vllm_group(pgid: int, pid_start: int = 0) -> bool:

@@ -59,6 +59,11 @@ def example_rows(rows: list[dict], n_identity: int = 8, n_general: int = 4) -> l
     return head + ident[: n_identity - len(head)] + general[:n_general]
 
 
+def _shown_of(rows: list[dict]) -> tuple[list[str], int]:
+    """The example prompts both reports show, and how many prompts there are (to say when not all are shown)."""
+    return example_rows(rows), len({r["prompt"] for r in rows})
+
+
 def _answers(rows: list[dict]) -> dict[tuple[str, str], str]:
     return {(r["role"], r["prompt"]): r["answer"] for r in rows}
 
@@ -98,7 +103,7 @@ def render_md(report: dict, rows: list[dict]) -> str:
                 out.append(f"| {s} | {r} | {sm['n']} | " + " | ".join(_fmt(sm.get(k), sc) for k, _, sc in SET_COLS) + " |")
     ans, sets = _answers(rows), _sets(rows)
     # the set says how each prompt was scored (identity_*, general, open): a prompt without `kind` is classified
-    shown, total = example_rows(rows), len({r["prompt"] for r in rows})
+    shown, total = _shown_of(rows)
     out += ["", "## Examples", ""]
     if len(shown) < total:
         out += [f"{len(shown)} of the {total} prompts (\"你是谁？\" first, then identity, then the others); "
@@ -190,7 +195,7 @@ def render_html(report: dict, rows: list[dict]) -> str:
                 parts.append(f"<tr><td>{e(s)}</td><td>{e(r)}</td><td>{sm['n']}</td>"
                              + "".join(f"<td>{_fmt(sm.get(k), sc)}</td>" for k, _, sc in SET_COLS) + "</tr>")
     ans, sets = _answers(rows), _sets(rows)
-    shown, total = example_rows(rows), len({r["prompt"] for r in rows})
+    shown, total = _shown_of(rows)
     parts.append("</table><h2>Examples</h2>")
     if len(shown) < total:
         parts.append(f"<p>{len(shown)} of the {total} prompts; every answer is in answers.jsonl.</p>")
