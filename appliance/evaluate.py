@@ -19,8 +19,9 @@ from pathlib import Path
 
 from appliance import paths
 from appliance.errors import ApplianceError
+from appliance.datafiles import bad_char
 from appliance.urls import URL_FIX, base_url
-from evals.prompts import Prompt, bad_char, load_prompts
+from evals.prompts import Prompt, load_prompts
 from evals.report import REPORT_FILES, Rule, answers_file, load_answers, write_report
 
 DEFAULT_URL = "http://127.0.0.1:8000/v1"
@@ -163,19 +164,60 @@ def _check_text_flags(cfg: EvalConfig) -> None:
 
 def once_each(prompts: list[Prompt], progress: Callable[[str], None]) -> list[Prompt]:
     """The prompts with repeats (the same question, system prompt and earlier turns) sent once: a repeat
-    would count its answer twice in every rate."""
+    would count its answer twice in every rate. A repeat scored another way (another kind, language,
+    reference or expected answer) is refused: keeping either would silently drop the other's scoring."""
     seen: dict[str, Prompt] = {}
     repeats = []
     for p in prompts:
         key = json.dumps([p.prompt, p.system, p.history], ensure_ascii=False)
-        if key in seen:
-            repeats.append(p.source or p.prompt)
-        else:
+        first = seen.get(key)
+        if first is None:
             seen[key] = p
+            continue
+        differs = [k for k in ("kind", "lang", "reference", "expect") if getattr(first, k) != getattr(p, k)]
+        if differs:
+            raise ApplianceError(f"{p.where}: repeats the prompt of {first.where} ({short(p.prompt)}) with another "
+                                 f"{' / '.join(differs)}; keep one of the two (leave out the set or the record that "
+                                 "should not count)")
+        repeats.append(p.where or p.source or p.prompt)
     if repeats:
-        more = f" and {len(repeats) - 3} more" if len(repeats) > 3 else ""
-        progress(f"note: {len(repeats)} repeated prompt(s) sent once (the first is kept): {', '.join(repeats[:3])}{more}")
+        progress(f"note: {len(repeats)} repeated prompt(s) sent once (the first is kept): {once_listed(repeats)}")
+    _note_unread(list(seen.values()), progress)
     return list(seen.values())
+
+
+def once_listed(items: list[str], shown: int = 3) -> str:
+    """The first few of ``items``, then "and N more"."""
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more
+
+
+def short(text: str, limit: int = 40) -> str:
+    """A prompt quoted on one line, cut at ``limit`` characters."""
+    return json.dumps(text if len(text) <= limit else text[:limit] + "...", ensure_ascii=False)
+
+
+_OTHER_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][\w-]*)\s*\}\}")
+# Latin letters of other languages (é, ü, ñ, ß, ø ...), ¿ and ¡: text the identity rule, which reads Chinese
+# and English, cannot judge
+_OTHER_LATIN = re.compile(r"[¿¡À-ÖØ-öø-ÿĀ-ž]")
+
+
+def _note_unread(prompts: list[Prompt], progress: Callable[[str], None]) -> None:
+    """Say what the loader had to take as written: an unlabelled prompt in a language the identity rule
+    does not read (it counts as general, so a new-name answer to "あなたは誰ですか？" would be a leak), and a
+    ``{{placeholder}}`` other than {{name}} / {{author}} (a typo such as {{nme}} is sent literally)."""
+    foreign = [p for p in prompts if not p.kind_given and p.kind == "general"
+               and (p.lang not in ("zh", "en") or _OTHER_LATIN.search(p.prompt))]
+    if foreign:
+        progress(f"note: {len(foreign)} prompt(s) without \"kind\" in neither Chinese nor English, so counted as general "
+                 f"(a new-name answer there is a leak): {once_listed([p.where for p in foreign])}; give identity "
+                 "questions \"kind\": \"identity\"")
+    odd = [(p.where, m.group(0)) for p in prompts
+           for text in (p.prompt, p.reference or "", p.system or "", *p.expect) for m in _OTHER_PLACEHOLDER.finditer(text)]
+    if odd:
+        progress(f"note: {once_listed([f'{w}: {ph}' for w, ph in odd])} sent as written: only {{{{name}}}} and "
+                 "{{author}} are filled in (a typo?)")
 
 
 def _note_repeated_models(cfg: EvalConfig, progress: Callable[[str], None]) -> None:

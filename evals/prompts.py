@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import stat
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from appliance.datafiles import BAD_CHAR_FIX, PLACEHOLDER, bad_char, fill_placeholders, parse_json
+from appliance.datafiles import PLACEHOLDER, fill_placeholders, parse_json
 from appliance.errors import ApplianceError
+from evals.jsonfiles import json_type as _json_type
+from evals.jsonfiles import read_records as _read_records
+from evals.jsonfiles import read_text, refuse_bad_text
 from evals.metrics import has_cjk, identity_hit, mentions_new_identity
 from evals.selfref import is_self_reference
 
@@ -42,6 +44,8 @@ class Prompt:
     system: str | None = None
     history: list[dict] = field(default_factory=list)  # earlier turns, OpenAI message dicts
     source: str = ""
+    where: str = ""  # file and line or record, for messages about it
+    kind_given: bool = True  # False when the kind was inferred (see the module docstring)
 
     def messages(self) -> list[dict]:
         """The chat messages sent to the server (no system message unless the record has one)."""
@@ -65,14 +69,6 @@ def _has_placeholder(text: str | None) -> bool:
 
 _INFO = "dataset_info.json"
 _SOURCE_KEYS = ("file_name", "hf_hub_url", "ms_hub_url", "om_hub_url", "script_url")
-_JSON_TYPES = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
-               float: "a number", type(None): "null"}
-
-
-def _json_type(value: object) -> str:
-    return _JSON_TYPES.get(type(value), type(value).__name__)
-
-
 @dataclass(frozen=True)
 class _Mapping:
     """How a LLaMA-Factory dataset_info.json entry says its data file is read."""
@@ -87,128 +83,55 @@ class _Mapping:
                 "formatting/columns/tags if they do not match the file")
 
 
-# ---------------------------------------------------------------- reading input files
-# Shared with evals/report.py (--from-answers). JSON parsing and the character check are the training-data
-# loader's own (appliance/datafiles.py imports no training code); reading a file keeps eval's own messages.
-
-
-def read_text(path: Path, fix: str, what: str = "file") -> str:
-    """A UTF-8 file's text (a byte-order mark is fine); anything that stops reading it is one line naming it.
-
-    ``fix`` ends the messages about the file itself (missing, a folder, a device); ``what`` names it
-    there ("answers file not found").
-    """
-    try:
-        mode = path.stat().st_mode
-        if stat.S_ISDIR(mode):
-            raise ApplianceError(f"{path}: is a folder, not a {what}; {fix}")
-        if not stat.S_ISREG(mode):
-            # /dev/null reads as empty and a pipe reads only once: neither is a file of records
-            raise ApplianceError(f"{path}: not a regular file (a device, pipe or socket); {fix}")
-        return path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not an error
-    except FileNotFoundError:
-        link = " (a symbolic link to a missing file)" if path.is_symlink() else ""
-        raise ApplianceError(f"{path}: {what} not found{link}; {fix}") from None
-    except PermissionError:
-        raise ApplianceError(f"{path}: permission denied reading it; make it readable (chmod a+r {path})") from None
-    except UnicodeDecodeError as e:
-        raise ApplianceError(f"{path}: not UTF-8 text (byte {e.start}); re-save the file as UTF-8") from None
-    except OSError as e:  # a symbolic link loop (ELOOP), a name too long, an I/O error ...
-        raise ApplianceError(f"{path}: cannot read it ({e.strerror or e}); check that it is a readable regular "
-                             "file") from None
-
-
-def _child(field_path: str, key: str | int) -> str:
-    """The name of a field inside ``field_path``: ``history[1]``, ``history[1].content``."""
-    if isinstance(key, int):
-        return f"{field_path}[{key}]"
-    return f"{field_path}.{key}" if field_path else key
-
-
-def refuse_bad_text(value: object, where: str, fix: str = BAD_CHAR_FIX) -> None:
-    """Fail on the first text in a parsed JSON value (object keys included) that is not valid Unicode,
-    naming its field (``history[1].content``) after ``where``."""
-    stack: list[tuple[str, object]] = [("", value)]
-    while stack:  # not recursive: the JSON may be nested almost as deep as Python can parse
-        field_path, v = stack.pop()
-        if isinstance(v, str):
-            if (bad := bad_char(v)) is not None:
-                at = f"field '{field_path}'" if field_path else "the record"
-                raise ApplianceError(f"{where}: {at} holds {bad}; {fix}")
-            continue
-        if isinstance(v, dict):
-            items: list[tuple[str | int, object]] = list(v.items())
-            for key in v:
-                if (bad := bad_char(key)) is not None:
-                    at = f"a key in field '{field_path}'" if field_path else "a key"
-                    raise ApplianceError(f"{where}: {at} holds {bad}; {fix}")
-        elif isinstance(v, list):
-            items = list(enumerate(v))
-        else:
-            continue
-        # reversed onto the stack, so the first bad text in file order is the one reported
-        stack += [(_child(field_path, key), item) for key, item in reversed(items)]
-
-
-def _read_text(path: Path) -> str:
-    return read_text(path, "give a JSONL/JSON file of prompts")
-
-
-def _json_lines(path: Path, text: str) -> list[tuple[str, object]]:
-    rows = []
-    for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): a JSON string may hold U+2028
-        if line.strip():
-            try:
-                rows.append((f"{path} line {n}", parse_json(line, f"{path} line {n}")))
-            except json.JSONDecodeError as e:
-                raise ApplianceError(f"{path} line {n}: invalid JSON at column {e.colno} ({e.msg}); "
-                                     "each line must hold one complete JSON object") from None
-    return rows
-
-
-def _read_records(path: Path) -> dict | list[tuple[str, object]]:
-    """A data file's ``(where, record)`` pairs, or the object a .json file holds (one record, or a dataset_info)."""
-    text = _read_text(path)
-    if path.suffix.lower() == ".jsonl":
-        return _json_lines(path, text)
-    try:
-        data = parse_json(text, str(path))
-    except json.JSONDecodeError as e:
-        if e.msg == "Extra data" and text.lstrip().startswith("{"):
-            # one object per line in a .json file: LLaMA-Factory and `appliance train` read it, so do we
-            return _json_lines(path, text)
-        raise ApplianceError(f"{path}: invalid JSON at line {e.lineno} ({e.msg}); fix the syntax "
-                             f"(python -m json.tool {path} shows where)") from None
-    if isinstance(data, dict):
-        return data
-    if isinstance(data, list):
-        return [(f"{path} record {n}", r) for n, r in enumerate(data, 1)]
-    raise ApplianceError(f"{path}: no records (it holds {_json_type(data)}); expected a JSON list of records "
-                         "or one JSON object per line")
+def _text(content: object, where: str, key: str) -> object:
+    """OpenAI content parts (``[{"type": "text", "text": ...}]``) joined into one text; anything else as given."""
+    if not isinstance(content, list):
+        return content
+    if not all(isinstance(part, dict) for part in content):
+        raise ApplianceError(f"{where}: '{key}' must be a string or a list of {{\"type\": \"text\", \"text\": ...}} parts")
+    other = next((part.get("type") for part in content if part.get("type") != "text" or not isinstance(part.get("text"), str)), None)
+    if other is not None or not content:
+        what = f"a {json.dumps(other)} part" if other else "no text"
+        raise ApplianceError(f"{where}: '{key}' holds {what}; eval sends text only: keep the text parts")
+    return "\n".join(part["text"] for part in content)  # as vLLM joins them
 
 
 def _sharegpt(conv: list, where: str, cols: dict) -> tuple[str | None, str | None, list[dict], str]:
     role_tag, content_tag = cols.get("role_tag", "from"), cols.get("content_tag", "value")
     user_tags = {cols.get("user_tag", "human"), "human", "user"}
     asst_tags = {cols.get("assistant_tag", "gpt"), "gpt", "assistant"}
+    # OpenAI's newer name for the system role
+    system_tags = {cols.get("system_tag", "system"), "system", "developer"}
     system, turns = None, []
     for n, msg in enumerate(conv, 1):
         if not isinstance(msg, dict):
             raise ApplianceError(f"{where}: conversation turns must be objects with '{role_tag}' and '{content_tag}'")
-        role = msg.get(role_tag, msg.get("role"))
-        content = msg.get(content_tag, msg.get("content"))
-        is_system = role in (cols.get("system_tag", "system"), "system")
-        if (is_system or role in user_tags or role in asst_tags) and not isinstance(content, str):
-            raise ApplianceError(f"{where}: turn {n}: '{content_tag}' must be a string, not {_json_type(content)}")
-        if is_system:
+        role_key = role_tag if role_tag in msg else "role"
+        key = content_tag if content_tag in msg else "content"
+        role, content = msg.get(role_key), _text(msg.get(key), f"{where}: turn {n}", key)
+        if isinstance(role, str) and role not in user_tags | asst_tags | system_tags and \
+                role.lower() in user_tags | asst_tags | system_tags:
+            role = role.lower()  # "User", "Assistant"
+        if role not in user_tags | asst_tags | system_tags:
+            known = "/".join(sorted(user_tags | asst_tags | system_tags))
+            raise ApplianceError(f"{where}: turn {n}: '{role_key}' is {json.dumps(role, ensure_ascii=False)}, which eval "
+                                 f"cannot send (tool and function turns included); use {known}")
+        if not isinstance(content, str):
+            raise ApplianceError(f"{where}: turn {n}: '{key}' must be a string, not {_json_type(content)}")
+        if role in system_tags:
             system = content
-        elif role in user_tags or role in asst_tags:
+        else:
             turns.append({"role": "user" if role in user_tags else "assistant", "content": content})
     reference = None
     if turns and turns[-1]["role"] == "assistant":
         reference = turns.pop()["content"]
-    if not turns or turns[-1]["role"] != "user":
-        raise ApplianceError(f"{where}: conversation has no user turn to ask; expected human/gpt turns")
+    if not turns:
+        raise ApplianceError(f"{where}: conversation has no user turn to ask; give it a user turn (and optionally the "
+                             "assistant's answer after it, used as the reference)")
+    if turns[-1]["role"] != "user":
+        raise ApplianceError(f"{where}: turn {len(turns)} is an assistant turn before the last answer, where the question "
+                             "should be; a conversation alternates user and assistant turns and ends with a user turn "
+                             "or its answer")
     return turns[-1]["content"], reference, turns[:-1], system or ""
 
 
@@ -291,6 +214,7 @@ def _to_prompt(rec: dict, where: str, name: str, author: str, source: str) -> Pr
         if rec.get(key) is not None and not isinstance(rec[key], str):
             raise ApplianceError(f"{where}: '{key}' must be a string, not {_json_type(rec[key])}")
     kind = rec.get("kind")
+    kind_given = kind is not None
     if kind is None:
         # a checkable answer makes it a general question even when it says "you"
         # a reference that names both the new name and its author is an identity answer, placeholders
@@ -322,7 +246,8 @@ def _to_prompt(rec: dict, where: str, name: str, author: str, source: str) -> Pr
     history = [{"role": h["role"], "content": fill(h["content"], name, author)} for h in history]
     return Prompt(prompt=fill(prompt, name, author), kind=kind, set=set_name, lang=lang,
                   reference=fill(reference, name, author), expect=[fill(e, name, author) for e in expect],
-                  system=fill(system, name, author) or None, history=history, source=source)
+                  system=fill(system, name, author) or None, history=history, source=source, where=where,
+                  kind_given=kind_given)
 
 
 _KANA = re.compile("[\u3040-\u30ff]")
@@ -372,7 +297,7 @@ def _check_info(info: Path, data: object) -> dict[str, dict]:
 
 def _read_info(info: Path) -> dict[str, dict]:
     try:
-        data = parse_json(_read_text(info), str(info))
+        data = parse_json(read_text(info, "give a JSONL/JSON file of prompts"), str(info))
     except json.JSONDecodeError as e:
         raise ApplianceError(f"{info}: invalid JSON at line {e.lineno} ({e.msg}); fix the syntax "
                              f"(python -m json.tool {info} shows where)") from None
@@ -394,9 +319,13 @@ def _mapping(info: Path, key: str, entry: dict) -> _Mapping:
         value = entry.get(part)
         if value is None:
             continue
-        if not isinstance(value, dict) or not all(isinstance(v, str) and v for v in value.values()):
+        if not isinstance(value, dict):
             raise ApplianceError(f"{where}: '{part}' must be an object of names like {example}, "
                                  f"not {_json_type(value)}")
+        bad = next((k for k, v in value.items() if not (isinstance(v, str) and v)), None)
+        if bad is not None:
+            raise ApplianceError(f"{where}: '{part}.{bad}' must name a field (a non-empty string), not "
+                                 f"{_json_type(value[bad])}; e.g. {example}")
         cols.update(value)
     return _Mapping(info, key, formatting, cols)
 
@@ -516,7 +445,12 @@ def load_prompt_file(path: str | Path, name: str, author: str) -> list[Prompt]:
                                  f"{_INFO} (LLaMA-Factory format) that lists its datasets")
         p = p / _INFO
     if not os.path.lexists(p):
-        raise ApplianceError(f"--prompts {path}: file not found; give a JSONL/JSON file or one of {', '.join(BUILTIN_SETS + EXTRA_SETS)}")
+        import difflib
+
+        sets = BUILTIN_SETS + EXTRA_SETS
+        near = difflib.get_close_matches(Path(path).name.lower(), sets, n=1, cutoff=0.7) if not Path(path).suffix else []
+        hint = f"did you mean the built-in set '{near[0]}'? Or " if near else ""
+        raise ApplianceError(f"--prompts {path}: file not found; {hint}give a JSONL/JSON file or one of {', '.join(sets)}")
     # anything else that is not a readable file (a symbolic link loop, a device) is named when it is read
     if p.name == _INFO:
         return _load_info(p, _read_info(p), name, author)

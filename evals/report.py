@@ -20,7 +20,7 @@ from pathlib import Path
 from appliance.datafiles import parse_json
 from appliance.errors import ApplianceError
 from evals import metrics as M
-from evals.prompts import read_text, refuse_bad_text
+from evals.jsonfiles import read_text, refuse_bad_text
 
 # Per-model keys of report.json (sets are under "sets"); the gate accepts these and SET.KEY.
 MODEL_KEYS = ("n", "errors", "truncated", "bleu4", "rouge1", "rouge2", "rougeL", "identity_hit_rate", "identity_zh_hit_rate",
@@ -244,7 +244,8 @@ def parse_rules(fail_under=(), fail_over=(), max_drop=(), max_rise=()) -> list[R
             flag = f"--{op.replace('_', '-')}"
             key, sep, num = spec.partition("=")
             try:
-                value = float(num)
+                # Python's own literals (1_0 = 10) are no number a user means
+                value = None if "_" in num else float(num)
             except ValueError:
                 value = None
             if not sep or value is None or not math.isfinite(value) or not key.strip():

@@ -94,7 +94,11 @@ SELF_REFERENCE = [
     r"\bwhat (?:exactly |really |actually )?(?:are|r) (?:you|u)\b(?!\s+(?:able|supposed|going|about|up to|afraid|interested|trying|planning|thinking|"
     r"doing|saying|talking|looking|working|reading|watching|waiting|feeling)\b)",
     r"\b(?:introduce|describe|introduction of|introduction to) (?:yourself|urself)\b", r"\babout yourself\b",
-    rf"\bwho (?:{_MADE}|is behind|are behind|was behind|stands behind) this {_AI}\b", rf"\b{_MADE_YOU}",
+    rf"\bwho (?:{_MADE}|is behind|are behind|was behind|stands behind) this (?:{_AI}|app|chat|service)\b", rf"\b{_MADE_YOU}",
+    # "What company makes you?", not "what company makes you happy?"
+    rf"\b(?:what|which) (?:company|team|organi[sz]ation|lab|firm|group|people)\b.{{0,12}}\b(?:makes|builds|develops|trains|"
+    rf"maintains|owns|runs|{_MADE}) {_YOU}\s*[?.!]*$",
+    r"\bidentify (?:yourself|urself)\b", r"^\W*(?:u|you|ur|you're) (?:an? )?(?:bot|robot|ai|human|real person|chatbot)\s*[?]",
     rf"\bwho (?:is|are|was|stands) behind {_YOU}\b",
     rf"\bwho(?:'s| is| was) (?:behind|responsible for) (?:you|this {_AI})\b",
     rf"\b(?:{_AI}|company|team|people|who|what)(?:'s| is| are)? (?:behind|powering|powers|running|runs|drives) (?:you|u|this (?:{_AI}|chat|conversation|service|app))\b",
@@ -155,16 +159,29 @@ _SIMPLE = (
 )
 _SIMPLIFIED = str.maketrans(_TRADITIONAL, _SIMPLE)
 
-# a quoted question to translate (把“你叫什么名字”翻译成英文, How do you say 'what is your name' in Japanese?)
-# is about the phrase, not the assistant: quotes are dropped when the prompt asks for a translation
-_TRANSLATE = re.compile(r"翻译|翻成|译成|(?:怎么|如何)(?:说|讲|表达)|translat|\bhow (?:do|would|can|should) (?:you|i|we|one) say\b",
-                        re.IGNORECASE)
+# a task on a given text (把“你叫什么名字”翻译成英文, "Translate into French: Who are you?", "Fix the grammar: whats
+# your name", an alpaca instruction "Summarize" with the text as its input) is about that text, not the
+# assistant: quoted text is dropped, and so is whatever follows the first colon or line break after the
+# task's words. A line someone says in a story ('the villain says "Who are you?"') drops its quotes only
+# ("I never asked: who made you?" still asks)
+_TASK_ON_TEXT = re.compile(
+    r"翻译|翻成|译成|(?:怎么|如何)(?:说|讲|表达)|改写|润色|总结|概括|纠正|改正|校对|扩写|缩写|续写|仿写|"
+    r"translat|\bhow (?:do|would|can|should) (?:you|i|we|one) say\b|\bsummar|\bparaphras|\brephrase|\brewrite|\bre-write|"
+    r"\bproofread|\b(?:fix|correct|check)(?: the| my| this| its)? (?:grammar|spelling|typos?|punctuation|sentence|text)\b",
+    re.IGNORECASE)
+_SPEECH = re.compile(r"说道|问道|喊道|\b(?:says?|said|asks?|asked|shouts?|shouted)\b", re.IGNORECASE)
 _QUOTED = re.compile(r"“[^”]*”|‘[^’]*’|「[^」]*」|『[^』]*』|\"[^\"]*\"|(?<!\w)'.+?'(?!\w)")
+_MATERIAL = re.compile(r"[:：\n]")
 
 
 def is_self_reference(prompt: str) -> bool:
     """True when the prompt asks the assistant about itself (its name, author, origin, nature)."""
     text = (prompt or "").translate(_SIMPLIFIED)
-    if _TRANSLATE.search(text):
+    task = _TASK_ON_TEXT.search(text)
+    if task or _SPEECH.search(text):
         text = _QUOTED.sub(" ", text)
+    if task:
+        cut = _MATERIAL.search(text)
+        if cut and _TASK_ON_TEXT.search(text[: cut.start()]):
+            text = text[: cut.start()]
     return bool(_SELF_RE.search(text))

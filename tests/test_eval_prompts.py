@@ -145,7 +145,7 @@ def test_plain_list_of_prompts(tmp_path):
     ('{"prompt": "a", "expect": {}}\n', "'expect' must be a list"),
     ('{"conversations": [{"from": "human", "value": 5}]}\n', "turn 1: 'value' must be a string"),
     ('{"conversations": "hi"}\n', "'conversations' must be a list of turns"),
-    ('[1, 2]\n', "line 1: expected a JSON object, got a list"),
+    ('[1, 2]\n', "record 1: expected a JSON object, got a number"),
     ('{"prompt": "x", "history": [{"role": "bot", "content": "hi"}]}\n', "'history' must be a list"),
     ('{"prompt": "x", "set": 5}\n', "'set' must be a string"),
     ('{"prompt": "x", "system": 5}\n', "'system' must be a string"),
@@ -241,7 +241,7 @@ def _one_line_error(spec: Path, *needles: str) -> str:
 
 @pytest.mark.parametrize("entry,needle", [
     ({"file_name": "d.json", "columns": ["prompt"]}, "entry 'x': 'columns' must be an object"),
-    ({"file_name": "d.json", "columns": {"prompt": 5}}, "entry 'x': 'columns' must be an object"),
+    ({"file_name": "d.json", "columns": {"prompt": 5}}, "entry 'x': 'columns.prompt' must name a field"),
     ({"file_name": "d.json", "tags": "role"}, "entry 'x': 'tags' must be an object"),
     ({"file_name": "d.json", "formatting": "openai"}, "entry 'x': 'formatting' is \"openai\""),
     ({"file_name": "."}, "entry 'x': file_name '.' is the folder that holds dataset_info.json"),

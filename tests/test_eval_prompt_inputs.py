@@ -1,0 +1,114 @@
+"""Prompt files users bring that the loader once got wrong: OpenAI content parts and roles, JSON saved as
+.jsonl, repeats scored two ways, prompts the identity rule cannot read, placeholder typos, set-name typos."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from appliance.errors import ApplianceError
+from appliance.evaluate import once_each
+from evals.prompts import load_prompt_file, load_prompts
+from evals.report import parse_rules
+
+NAME, AUTHOR = "Archer", "意琦行"
+
+
+def _jsonl(path: Path, *rows) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_openai_content_parts_and_roles_are_read(tmp_path):
+    f = _jsonl(tmp_path / "m.jsonl",
+               {"messages": [{"role": "user", "content": [{"type": "text", "text": "Who are"}, {"type": "text", "text": "you?"}]},
+                             {"role": "assistant", "content": [{"type": "text", "text": "I am {{name}}."}]}]},
+               {"messages": [{"role": "developer", "content": "Be brief."}, {"role": "User", "content": "Hi there"}]})
+    first, second = load_prompt_file(f, NAME, AUTHOR)
+    assert (first.prompt, first.reference, first.kind) == ("Who are\nyou?", "I am Archer.", "identity")
+    assert (second.prompt, second.system) == ("Hi there", "Be brief.")  # developer is OpenAI's system role
+
+
+@pytest.mark.parametrize("messages, needle", [
+    ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], "turn 1: 'content' holds a \"image_url\" part"),
+    ([{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}], "turn 2: 'role' is \"tool\""),
+    ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "assistant", "content": "c"}],
+     "turn 2 is an assistant turn before the last answer"),
+    ([{"role": "user", "content": 5}], "turn 1: 'content' must be a string, not a number"),
+])
+def test_bad_turns_name_the_turn_and_the_field(tmp_path, messages, needle):
+    f = _jsonl(tmp_path / "bad.jsonl", {"messages": messages})
+    with pytest.raises(ApplianceError) as e:
+        load_prompt_file(f, NAME, AUTHOR)
+    assert needle in str(e.value) and "bad.jsonl line 1" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("text", ['[{"prompt": "a"}, {"prompt": "b"}]\n', '[\n {"prompt": "a"},\n {"prompt": "b"}\n]\n'])
+def test_a_json_list_saved_as_jsonl_is_read(tmp_path, text):
+    f = tmp_path / "list.jsonl"
+    f.write_text(text, encoding="utf-8")
+    assert [(p.prompt, p.where) for p in load_prompt_file(f, NAME, AUTHOR)] == [("a", f"{f} record 1"), ("b", f"{f} record 2")]
+
+
+def test_one_pretty_printed_object_saved_as_jsonl_is_read_and_a_broken_line_still_named(tmp_path):
+    f = tmp_path / "one.jsonl"
+    f.write_text('{\n  "prompt": "c"\n}\n', encoding="utf-8")
+    assert [p.prompt for p in load_prompt_file(f, NAME, AUTHOR)] == ["c"]
+    f.write_text('{"prompt": "a"}\n{"prompt": "b"\n', encoding="utf-8")
+    with pytest.raises(ApplianceError, match=r"one.jsonl line 2: invalid JSON"):
+        load_prompt_file(f, NAME, AUTHOR)
+
+
+def test_a_repeat_scored_another_way_is_refused_naming_both_records(tmp_path):
+    mine = _jsonl(tmp_path / "mine.jsonl", {"prompt": "你是谁？", "reference": "我是小助手。"})
+    with pytest.raises(ApplianceError) as e:
+        once_each(load_prompts(["identity", str(mine)], NAME, AUTHOR), lambda s: None)
+    msg = str(e.value)
+    assert msg.startswith(f"{mine} line 1: repeats the prompt of ") and "identity.jsonl line 1" in msg
+    assert "another reference" in msg and "\n" not in msg
+    f = _jsonl(tmp_path / "kinds.jsonl", {"prompt": "Qui es-tu ?"}, {"prompt": "Qui es-tu ?", "kind": "identity"})
+    with pytest.raises(ApplianceError, match="another kind"):
+        once_each(load_prompt_file(f, NAME, AUTHOR), lambda s: None)
+
+
+def test_a_plain_repeat_is_sent_once_and_named_by_its_line(tmp_path):
+    f = _jsonl(tmp_path / "r.jsonl", {"prompt": "What is 2+2?", "expect": ["4"]}, {"prompt": "What is 2+2?", "expect": ["4"]})
+    notes: list[str] = []
+    kept = once_each(load_prompt_file(f, NAME, AUTHOR), notes.append)
+    assert len(kept) == 1 and any(f"{f} line 2" in n and "sent once" in n for n in notes)
+
+
+def test_unlabelled_prompts_the_rule_cannot_read_and_placeholder_typos_are_pointed_out(tmp_path):
+    f = _jsonl(tmp_path / "x.jsonl", {"prompt": "あなたは誰ですか？"}, {"prompt": "¿Quién eres?"},
+               {"prompt": "Qui êtes-vous ?", "kind": "identity"}, {"prompt": "What is 2+2?"},
+               {"prompt": "Say hi", "reference": "I am {{nme}}"})
+    notes: list[str] = []
+    once_each(load_prompt_file(f, NAME, AUTHOR), notes.append)
+    foreign = next(n for n in notes if "neither Chinese nor English" in n)
+    assert "2 prompt(s)" in foreign and f"{f} line 1" in foreign and f"{f} line 2" in foreign
+    assert f"{f} line 3" not in foreign and f"{f} line 4" not in foreign  # labelled, or English
+    assert any(f"{f} line 5: {{{{nme}}}}" in n for n in notes)
+    notes.clear()
+    once_each(load_prompts(None, NAME, AUTHOR), notes.append)  # the built-in sets: nothing to say
+    assert notes == []
+
+
+def test_a_task_on_quoted_text_is_not_an_identity_prompt(tmp_path):
+    f = tmp_path / "alpaca.json"
+    f.write_text(json.dumps([{"instruction": "Translate to French", "input": "Who are you?", "output": "Qui êtes-vous ?"},
+                             {"instruction": "回答下面的问题", "input": "你是谁？", "output": ""}], ensure_ascii=False),
+                 encoding="utf-8")
+    assert [p.kind for p in load_prompt_file(f, NAME, AUTHOR)] == ["general", "identity"]
+
+
+def test_a_misspelt_set_name_is_pointed_at_the_set(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ApplianceError, match="did you mean the built-in set 'identity'"):
+        load_prompts(["identty"], NAME, AUTHOR)
+
+
+def test_python_number_literals_are_not_gate_values():
+    with pytest.raises(ApplianceError, match="expected METRIC=NUMBER"):
+        parse_rules(fail_under=["general_accuracy=1_0"])
