@@ -45,9 +45,9 @@ class _Group(click.Group):
         except ApplianceError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(e.exit_code)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             click.echo("interrupted", err=True)
-            sys.exit(130)
+            sys.exit(128 + getattr(e, "signum", 2))  # 130 for Ctrl-C, 143 for kill (SIGTERM), 129 for SIGHUP
 
 
 def _terminate_like_ctrl_c() -> None:
@@ -60,7 +60,9 @@ def _terminate_like_ctrl_c() -> None:
         return
 
     def _raise(signum, frame):
-        raise KeyboardInterrupt
+        e = KeyboardInterrupt()
+        e.signum = signum  # the exit code says which signal, as a shell's 128 + N does
+        raise e
 
     for s in (signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(s) in (signal.SIG_DFL, None):
@@ -130,17 +132,10 @@ def data_list(dataset_dir: str | None) -> None:
 def data_check(datasets: tuple[str, ...], dataset_dir: str | None, name: str, author: str, model: str | None,
                max_length: int | None) -> None:
     """Validate datasets (names or files) and print how many conversations each holds."""
-    from appliance.datacheck import BadRecords, check_dataset
+    from appliance.datacheck import check_datasets
 
-    for ds in datasets:
-        try:
-            lines = check_dataset(ds, dataset_dir=dataset_dir, name=name, author=author, model=model, max_length=max_length)
-        except BadRecords as e:
-            for line in e.lines():
-                click.echo(line, err=True)
-            raise
-        for line in lines:
-            click.echo(line)
+    check_datasets(list(datasets), click.echo, lambda line: click.echo(line, err=True), dataset_dir=dataset_dir,
+                   name=name, author=author, model=model, max_length=max_length)
 
 
 # ---------------------------------------------------------------- train  (owner: train)

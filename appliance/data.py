@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -396,6 +397,7 @@ def _load_file(path: Path, fmt: Format | None, problems: list[str] | None = None
             elif fmt.auto:
                 _same_format(where, rec, fmt, first)
             convert = _alpaca if fmt.formatting == "alpaca" else _sharegpt
+            _refuse_ignored_fields(rec, where, fmt)
             try:
                 out.append(Example(convert(rec, where, fmt), source))
             except ApplianceError as e:
@@ -405,6 +407,33 @@ def _load_file(path: Path, fmt: Format | None, problems: list[str] | None = None
                 raise
             problems.append(str(e))
     return out
+
+
+# fields LLaMA-Factory reads (a sharegpt "tools" column by default) that training here cannot use: dropped
+# without a word, they would change what is learned (the tool descriptions, the <image> the text refers to)
+_UNUSABLE_FIELDS = {
+    "tools": "tool descriptions are not supported (tool calls are not trained)",
+    **{m: "multimodal records are not supported (the model and training are text only)"
+       for m in ("images", "videos", "audios")}}
+
+
+def _refuse_ignored_fields(rec: dict, where: str, fmt: Format) -> None:
+    """A record field that would be ignored, changing what is trained without a word: tools or media, or a
+    misspelt optional field ("histroy", "sytem": the history or system prompt would be dropped)."""
+    import difflib
+
+    for key, why in _UNUSABLE_FIELDS.items():
+        if rec.get(key) not in (None, "", [], {}, "[]"):
+            markers = "" if key == "tools" else " (and the <image>/<video>/<audio> markers)"
+            _fail(f"{where}: field '{key}': {why}; remove it{markers} from the records")
+    read = {v for v in fmt.columns.values() if isinstance(v, str)}
+    optional = [fmt.columns.get(k) for k in (("query", "system", "history") if fmt.formatting == "alpaca" else ("system",))]
+    optional = [k for k in optional if isinstance(k, str) and k not in rec]
+    for key in rec:
+        if isinstance(key, str) and key not in read:
+            near = difflib.get_close_matches(key, optional, n=1, cutoff=0.8)
+            if near:
+                _fail(f"{where}: field '{key}' is not read; did you mean '{near[0]}'? (as written it would be ignored)")
 
 
 def _declared_mismatch(rec: dict, fmt: Format) -> str:
@@ -464,7 +493,26 @@ def load_examples(datasets: list[str], dataset_dir: str | None = None, name: str
         out += examples[:max_samples] if max_samples else examples
     for ex in out:
         ex.messages = [{**m, "content": fill_placeholders(m["content"], name, author)} for m in ex.messages]
+    _note_odd_placeholders(out)
     return out
+
+
+_ODD_PLACEHOLDER = re.compile(r"\{\{\s*[A-Za-z_][\w-]*\s*\}\}")
+_noted: set[str] = set()
+
+
+def _note_odd_placeholders(examples: list[Example]) -> None:
+    """A ``{{placeholder}}`` left after filling (``{{names}}``, a typo) would be learned as written: said once,
+    not refused, since a template in the data (Jinja, Handlebars) may be meant."""
+    hits = [(ex.source, m.group(0)) for ex in examples for msg in ex.messages
+            for m in _ODD_PLACEHOLDER.finditer(msg["content"])]
+    if hits and hits[0] not in _noted:
+        import sys
+
+        _noted.add(hits[0])
+        more = f" (and {len(hits) - 1} more)" if len(hits) > 1 else ""
+        print(f"note: {hits[0][0]}: {hits[0][1]}{more} is learned as written: only {{{{name}}}} and {{{{author}}}} "
+              "are filled in (a typo?)", file=sys.stderr)
 
 
 def load_prompts(path: str | None = None) -> list[str]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from appliance.errors import ApplianceError
 
 SHOWN_PROBLEMS = 20  # bad records listed one per line; the rest are counted
@@ -77,3 +80,27 @@ def check_dataset(dataset: str, dataset_dir: str | None = None, name: str = "Arc
     if len(lines) == 1:
         lines.append(f"  with {ref.name} at --max-length {max_length}: every example fits and renders as vLLM will")
     return lines
+
+
+def check_datasets(datasets: list[str], echo: Callable[[str], None], echo_err: Callable[[str], None],
+                   **options: Any) -> None:
+    """``appliance data check``: every dataset is checked, so one bad file does not hide the next one's
+    problems; raises the one failure, or, after naming each, one line counting them."""
+    failed: list[tuple[str, ApplianceError]] = []
+    for ds in datasets:
+        try:
+            lines = check_dataset(ds, **options)
+        except ApplianceError as e:
+            for line in e.lines() if isinstance(e, BadRecords) else []:
+                echo_err(line)
+            failed.append((ds, e))
+            continue
+        for line in lines:
+            echo(line)
+    if len(failed) == 1:
+        raise failed[0][1]
+    if failed:
+        for _, e in failed:
+            echo_err(f"error: {e}")
+        raise ApplianceError(f"{len(failed)} of {len(datasets)} datasets failed the check (above): "
+                             f"{', '.join(ds for ds, _ in failed)}")

@@ -76,6 +76,9 @@ _REQUIRED = {"alpaca": {"prompt", "response"}, "sharegpt": {"messages"},
 def entry_source(name: str, entry: dict) -> tuple[Path, Format]:
     info = _show(Path(entry["_dir"]) / REGISTRY_FILE)
     where = f"{info}: entry '{name}'"
+    if entry.get("ranking") is not None and not isinstance(entry["ranking"], bool):
+        # "false" (a string) is true to Python: say what it should be rather than guess
+        _fail(f"{where}: ranking is {_short(entry['ranking'])}; it must be true or false (without quotes)")
     if entry.get("ranking"):
         _fail(f"{where}: ranking (preference) datasets are not supported; use an SFT dataset")
     file_name = entry.get("file_name")

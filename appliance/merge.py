@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance import paths
-from appliance.adapters import read_adapter_config
+from appliance.adapters import adapter_dir, read_adapter_config
 from appliance.errors import ApplianceError, CheckFailed
 from appliance.rundir import library_versions, read_meta, write_meta
 
@@ -79,10 +79,14 @@ class MergeResult:
 
 
 def verdict_line(v: dict[str, Any]) -> str:
+    """Both checks and how each went: a merge fails on either (the greedy answers, or the largest logit diff)."""
     word = "PASS" if v["passed"] else "FAIL"
+    greedy_ok = v["greedy_equal"] >= v["greedy_required"]
+    logits_ok = v["max_logit_diff"] <= v["logit_tolerance"]
     return (f"verification {word}: greedy answers equal on {v['greedy_equal']}/{v['prompts']} probes "
-            f"(need >= {v['greedy_required']}), max logit diff {v['max_logit_diff']:.3g} "
-            f"(tolerance {v['logit_tolerance']:g} for {v['dtype']})")
+            f"({'at least' if greedy_ok else 'under'} the {v['greedy_required']} needed), max logit diff "
+            f"{v['max_logit_diff']:.3g} ({'within' if logits_ok else 'over'} the {v['dtype']} tolerance "
+            f"{v['logit_tolerance']:g})")
 
 
 def file_sha256(path: Path) -> str:
@@ -133,6 +137,10 @@ def _resolve_base(adapter: Path, meta: dict[str, Any]) -> tuple[Path, dict[str, 
         base.setdefault("identity_markers", ref.identity_markers)
         base.update(path=ref.path, hf_id=base.get("hf_id") or ref.hf_id)
         return Path(ref.path), base
+    if meta.get("external"):
+        raise ApplianceError(f"--adapter {adapter}: has no appliance.json (it was not written by `appliance train`), so "
+                             "its base model is unknown; merge a run of `appliance train`, or write an appliance.json "
+                             'there with {"kind": "lora-adapter", "base_model": {"path": "<base model dir>"}}')
     where = f"base_model.path {base['path']} does not exist" if base.get("path") else "no base_model recorded"
     raise ApplianceError(f"{adapter}/appliance.json: {where}; merge an adapter written by `appliance train` or set base_model.path to the base model directory")
 
@@ -188,9 +196,7 @@ def merge(cfg: MergeConfig) -> MergeResult:
     if dtype not in DTYPES:
         raise ApplianceError(f"--dtype {cfg.dtype}: unknown dtype; use one of {', '.join(DTYPES)}")
     _check_shard_size(cfg.max_shard_size)
-    adapter = paths.resolve_user_path(cfg.adapter)
-    if not adapter.is_dir():
-        raise ApplianceError(f"--adapter {cfg.adapter}: directory not found; pass the --output directory of `appliance train` (e.g. saves/archer)")
+    adapter = adapter_dir(cfg.adapter, "--adapter")  # missing, or a file: said so, with where it looked
     if not (adapter / "adapter_config.json").is_file():
         raise ApplianceError(f"--adapter {cfg.adapter}: {adapter} has no adapter_config.json; it is not a PEFT LoRA adapter directory")
     meta = read_meta(adapter, kind="lora-adapter")

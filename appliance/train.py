@@ -42,6 +42,11 @@ def _check_output(out: Path, cfg: TrainConfig) -> None:
         raise ApplianceError("--output is empty; give the run's folder, e.g. --output saves/archer")
     paths.refuse_file_on_path(out, "--output")
     flag = f"--output {cfg.output}"
+    inside = next((p for p in out.parents if _folder_kind(p) in ("lora-adapter", "merged-model", "base-model")), None)
+    if inside is not None:
+        # a run written into another run (or a model) would be deleted with it by the next --overwrite
+        raise ApplianceError(f"{flag}: is inside {inside}, which holds a {_folder_kind(inside)}; choose an --output "
+                             "outside it, such as saves/NAME")
     if not out.exists():
         return
     if not cfg.overwrite:
@@ -59,6 +64,23 @@ def _check_output(out: Path, cfg: TrainConfig) -> None:
     if out in (cwd, home, *cwd.parents, *home.parents) or (any(out.iterdir()) and not is_run):
         raise ApplianceError(f"{flag}: is not a run directory (no appliance.json), so --overwrite will not delete it; "
                              "choose a new --output")
+    foreign = _not_written_by_train(out)
+    if foreign:
+        raise ApplianceError(f"{flag}: holds {foreign}, which training did not write, so --overwrite will not delete "
+                             "it; move it out of the folder, or choose another --output")
+
+
+def _not_written_by_train(out: Path) -> str | None:
+    """The first entry of a run folder that its run did not write (the run's appliance.json lists its files;
+    an older run's list is unknown, so only a folder other than its TensorBoard ``runs`` counts)."""
+    try:
+        files = json.loads((out / "appliance.json").read_text(encoding="utf-8")).get("files")
+    except (OSError, ValueError, AttributeError):
+        files = None
+    for entry in sorted(out.iterdir()):
+        if (entry.name not in files) if isinstance(files, list) else (entry.is_dir() and entry.name != "runs"):
+            return entry.name + ("/" if entry.is_dir() else "")
+    return None
 
 
 def _folder_kind(out: Path) -> str | None:
@@ -289,7 +311,7 @@ def _check_resume(stage: Path, cfg: TrainConfig, data_fingerprint: str) -> None:
         changed = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
         if changed:
             raise ApplianceError(f"--resume: the interrupted run in {stage} used other settings ({', '.join(changed)}); "
-                                 "resume with the same ones, or drop --resume to start over")
+                                 "resume with the same ones, or pass --overwrite instead of --resume to start over")
     paths.atomic_write_text(f, json.dumps(now, ensure_ascii=False, indent=1))
 
 
@@ -464,6 +486,8 @@ def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any, exam
         "template_check": {"checked": len(rows) - n_unlikely, "mismatched": len(mismatched)},
         "config": cfg.to_dict(), "results": results, "versions": rundir.library_versions(),
     }
+    # what --overwrite may replace later: the run's own files, never what someone put beside them
+    meta["files"] = sorted({p.name for p in final.iterdir()} | {rundir.meta_path(final).name})
     rundir.write_meta(final, meta)
     paths.share_like_umask(final)
     _publish(final, out)

@@ -95,6 +95,8 @@ class TrainConfig:
             (self.scheduler in SCHEDULERS, "scheduler", f"must be one of {', '.join(SCHEDULERS)}"),
             (bool(self.target_modules.strip(",").strip()), "--target-modules", "must name modules (e.g. q_proj,v_proj) or be all-linear"),
             (self.retention_samples >= 0, "--retention-samples", "must be >= 0"),
+            (not (self.resume and self.overwrite), "--resume",
+             "and --overwrite contradict each other: --resume continues the interrupted run, --overwrite starts over; pass one"),
             (not self.unlikelihood or (self.retention and self.retention_samples > 0), "--unlikelihood",
              "needs retention on (each negative pairs with a retention prompt): drop --no-retention or --unlikelihood"),
             (bool(self.datasets), "--dataset", "give at least one dataset name or file"),
@@ -195,7 +197,9 @@ def _read_yaml(path: str) -> dict[str, Any]:
     if not p.is_file():
         raise ApplianceError(f"--config {path}: file not found")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8-sig")) or {}
+        text = p.read_text(encoding="utf-8-sig")
+        data = yaml.safe_load(text) or {}
+        _refuse_repeated_keys(path, yaml.compose(text, Loader=yaml.SafeLoader))
     except UnicodeDecodeError:
         raise ApplianceError(f"--config {path}: not UTF-8 text; save the file as UTF-8") from None
     except yaml.YAMLError as e:
@@ -208,3 +212,21 @@ def _read_yaml(path: str) -> dict[str, Any]:
     if bad:
         raise ApplianceError(f"--config {path}: option names must be words, got {bad[0]!r}")
     return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def _refuse_repeated_keys(path: str, node: Any) -> None:
+    """An option given twice (``epochs: 2`` then ``epochs: 3``, or ``batch-size`` and ``batch_size``): YAML
+    keeps the last without a word, and which one the user meant is not known."""
+    import yaml
+
+    if not isinstance(node, yaml.MappingNode):
+        return
+    seen: dict[str, int] = {}
+    for key, _ in node.value:
+        if not isinstance(key, yaml.ScalarNode):
+            continue
+        name, line = str(key.value).replace("-", "_"), key.start_mark.line + 1
+        if name in seen:
+            raise ApplianceError(f"--config {path}: line {line}: '{key.value}' sets {name} again (first on line "
+                                 f"{seen[name]}); keep one of them")
+        seen[name] = line

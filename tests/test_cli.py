@@ -123,9 +123,26 @@ def test_sigterm_unwinds_like_ctrl_c():
 
     code = ("import os, signal\nfrom appliance.cli import _terminate_like_ctrl_c\n_terminate_like_ctrl_c()\n"
             "try:\n    os.kill(os.getpid(), signal.SIGTERM)\n    import time; time.sleep(5)\n"
-            "except KeyboardInterrupt:\n    print('cleanup ran')\n")
+            "except KeyboardInterrupt as e:\n    print('cleanup ran', e.signum)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0 and "cleanup ran" in out.stdout, out.stderr
+    assert out.returncode == 0 and "cleanup ran 15" in out.stdout, out.stderr
+
+
+@pytest.mark.parametrize("signum, code", [(None, 130), (15, 143), (1, 129)])
+def test_an_interrupted_command_exits_128_plus_the_signal(signum, code):
+    """Ctrl-C exits 130, `kill` 143, a closed terminal 129: what a shell reports for a process the signal ended."""
+    @main.command("_interrupted")
+    def _interrupted():
+        e = KeyboardInterrupt()
+        if signum is not None:
+            e.signum = signum
+        raise e
+
+    try:
+        res = CliRunner().invoke(main, ["_interrupted"])
+    finally:
+        main.commands.pop("_interrupted")
+    assert res.exit_code == code and res.output.strip() == "interrupted"
 
 
 @pytest.mark.parametrize("argv, needle", [(["train", "--rank", "abc"], "'--rank': 'abc' is not a valid integer"),

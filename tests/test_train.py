@@ -165,9 +165,17 @@ def test_refuses_existing_output_and_overwrite_replaces(tiny_model_dir, small_ds
     assert afile.read_text() == "important"
     run = tmp_path / "run2"
     train(_cfg(tiny_model_dir, run, small_ds, max_steps=1))
-    (run / "stray.txt").write_text("x")
-    train(_cfg(tiny_model_dir, run, small_ds, max_steps=1, overwrite=True))
-    assert (run / "adapter_model.safetensors").is_file() and not (run / "stray.txt").exists()
+    assert "stray.txt" not in json.loads((run / "appliance.json").read_text())["files"]
+    (run / "stray.txt").write_text("x")  # the user's own file beside the run is not the run's to delete
+    with pytest.raises(ApplianceError, match="holds stray.txt, which training did not write"):
+        train(_cfg(tiny_model_dir, run, small_ds, max_steps=1, overwrite=True, lr=2e-3))
+    assert (run / "stray.txt").read_text() == "x"
+    # nor is a run inside it: one is never written there
+    with pytest.raises(ApplianceError, match="is inside .*run2, which holds a lora-adapter"):
+        train(_cfg(tiny_model_dir, run / "sub", small_ds, max_steps=1))
+    (run / "stray.txt").unlink()
+    train(_cfg(tiny_model_dir, run, small_ds, max_steps=1, overwrite=True, lr=2e-3))
+    assert (run / "adapter_model.safetensors").is_file()
     assert not list(tmp_path.glob(".*"))  # no staging or .old folder left beside the runs
 
 
@@ -399,6 +407,10 @@ def test_yaml_values_take_the_options_types(tmp_path, yaml_text, expected):
     # a value set in the file is named as the file's key, not as a flag that was never typed
     ("epochs: .inf\n", "c.yaml: epochs must be a number > 0"), ("seed: -5\n", "c.yaml: seed must be 0 to"),
     ("max_length: 3\n", "c.yaml: max_length must be >= 16"), ("lora_layers: 2.5\n", "c.yaml: lora_layers must be"),
+    # the same option twice: YAML would keep the last without a word
+    ("epochs: 2\nlr: 0.001\nepochs: 3\n", "line 3: 'epochs' sets epochs again (first on line 1)"),
+    ("batch-size: 2\nbatch_size: 3\n", "line 2: 'batch_size' sets batch_size again"),
+    ("resume: true\noverwrite: true\n", "c.yaml: resume and --overwrite contradict each other"),
 ])
 def test_bad_yaml_values_are_one_line_errors(tmp_path, yaml_text, needle):
     f = tmp_path / "c.yaml"
