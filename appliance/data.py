@@ -12,15 +12,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 from appliance import paths
-from appliance.datafiles import (BAD_CHAR_FIX, _a, _fail, _probe, _read_json_file, _read_text, _short, _show,
-                                 _syntax_error, _user_path, bad_char, fill_placeholders)
+from appliance.datafiles import (BAD_CHAR_FIX, ODD_PLACEHOLDER, ODD_PLACEHOLDER_NOTE, _a, _fail, _probe, _read_json_file,
+                                 _read_text, _short, _show, _syntax_error, _user_path, bad_char, fill_placeholders,
+                                 text_parts)
 from appliance.datafiles import parse_json as _parse
 from appliance.dataset_info import (ALPACA_COLUMNS, OPENAI_TAGS, REGISTRY_FILE, SHAREGPT_COLUMNS, SHAREGPT_TAGS,
                                     Format, dataset_registry, entry_source, read_registry, sample_records)
@@ -237,10 +237,17 @@ def _text(rec: dict, key: str, where: str, required: bool, fix: str = "", label:
 
 def _misspelt(rec: dict, key: str) -> str:
     """" (it has 'outptu': did you mean 'output'?)" when one of the record's keys looks like a misspelt ``key``."""
+    close = _near_key(rec, key)
+    return f" (it has '{close}': did you mean '{key}'?)" if close else ""
+
+
+def _near_key(rec: dict, key: str, skip: set[str] = frozenset(), cutoff: float = 0.75) -> str | None:
+    """The record's key (other than ``key`` and ``skip``) that looks like a misspelt ``key``, if one does."""
     import difflib
 
-    close = difflib.get_close_matches(key, [k for k in rec if isinstance(k, str) and k != key], n=1, cutoff=0.75)
-    return f" (it has '{close[0]}': did you mean '{key}'?)" if close else ""
+    close = difflib.get_close_matches(key, [k for k in rec if isinstance(k, str) and k != key and k not in skip],
+                                      n=1, cutoff=cutoff)
+    return close[0] if close else None
 
 
 def _bad_char(value: str) -> str | None:
@@ -329,7 +336,7 @@ def _sharegpt(rec: dict, where: str, fmt: Format) -> list[dict[str, str]]:
             _fail(f"{where}: field '{f}' is a tool call or tool result; function-call/observation turns are not "
                   "supported, remove tool turns from this record")
         if isinstance(turn.get(content_tag), list):
-            turn = {**turn, content_tag: _text_parts(turn[content_tag], where, f"{f}.{content_tag}")}
+            turn = {**turn, content_tag: text_parts(turn[content_tag], where, f"{f}.{content_tag}")}
         # an empty system prompt (exports write one) means none; an empty user or assistant turn is a mistake
         content = _text(turn, content_tag, where, required=role != "system", fix="every turn needs non-empty text",
                         label=f"{f}.{content_tag}")
@@ -363,23 +370,6 @@ def _sharegpt(rec: dict, where: str, fmt: Format) -> list[dict[str, str]]:
     if not system and sys_col:
         system = _text(rec, sys_col, where, required=False)
     return ([{"role": "system", "content": system}] if system.strip() else []) + messages
-
-
-def _text_parts(parts: list, where: str, label: str) -> str:
-    """OpenAI's content parts, ``[{"type": "text", "text": ...}, ...]``: their texts joined by line breaks,
-    as vLLM joins them when it renders a chat (so training sees what serving will)."""
-    texts = []
-    for i, part in enumerate(parts):
-        if isinstance(part, dict) and part.get("type") == "text" and not isinstance(part.get("text"), str):
-            what = "missing" if "text" not in part else _a(part["text"])
-            _fail(f"{where}: field '{label}[{i}].text' is {what}; a text part needs its text as a string")
-        if not (isinstance(part, dict) and part.get("type") == "text"):
-            kind = part.get("type") if isinstance(part, dict) else None
-            what = f"a part of type '{kind}'" if isinstance(kind, str) else _short(part)
-            _fail(f"{where}: field '{label}[{i}]' is {what}; only text parts "
-                  '({"type": "text", "text": "..."}) are supported: remove images, audio and files')
-        texts.append(part["text"])
-    return "\n".join(texts)
 
 
 def _load_file(path: Path, fmt: Format | None, problems: list[str] | None = None) -> list[Example]:
@@ -420,20 +410,16 @@ _UNUSABLE_FIELDS = {
 def _refuse_ignored_fields(rec: dict, where: str, fmt: Format) -> None:
     """A record field that would be ignored, changing what is trained without a word: tools or media, or a
     misspelt optional field ("histroy", "sytem": the history or system prompt would be dropped)."""
-    import difflib
-
     for key, why in _UNUSABLE_FIELDS.items():
         if rec.get(key) not in (None, "", [], {}, "[]"):
             markers = "" if key == "tools" else " (and the <image>/<video>/<audio> markers)"
             _fail(f"{where}: field '{key}': {why}; remove it{markers} from the records")
     read = {v for v in fmt.columns.values() if isinstance(v, str)}
     optional = [fmt.columns.get(k) for k in (("query", "system", "history") if fmt.formatting == "alpaca" else ("system",))]
-    optional = [k for k in optional if isinstance(k, str) and k not in rec]
-    for key in rec:
-        if isinstance(key, str) and key not in read:
-            near = difflib.get_close_matches(key, optional, n=1, cutoff=0.8)
-            if near:
-                _fail(f"{where}: field '{key}' is not read; did you mean '{near[0]}'? (as written it would be ignored)")
+    for want in (k for k in optional if isinstance(k, str) and k not in rec):
+        near = _near_key(rec, want, skip=read, cutoff=0.8)
+        if near:
+            _fail(f"{where}: field '{near}' is not read; did you mean '{want}'? (as written it would be ignored)")
 
 
 def _declared_mismatch(rec: dict, fmt: Format) -> str:
@@ -497,7 +483,6 @@ def load_examples(datasets: list[str], dataset_dir: str | None = None, name: str
     return out
 
 
-_ODD_PLACEHOLDER = re.compile(r"\{\{\s*[A-Za-z_][\w-]*\s*\}\}")
 _noted: set[str] = set()
 
 
@@ -505,14 +490,13 @@ def _note_odd_placeholders(examples: list[Example]) -> None:
     """A ``{{placeholder}}`` left after filling (``{{names}}``, a typo) would be learned as written: said once,
     not refused, since a template in the data (Jinja, Handlebars) may be meant."""
     hits = [(ex.source, m.group(0)) for ex in examples for msg in ex.messages
-            for m in _ODD_PLACEHOLDER.finditer(msg["content"])]
+            for m in ODD_PLACEHOLDER.finditer(msg["content"])]
     if hits and hits[0] not in _noted:
         import sys
 
         _noted.add(hits[0])
         more = f" (and {len(hits) - 1} more)" if len(hits) > 1 else ""
-        print(f"note: {hits[0][0]}: {hits[0][1]}{more} is learned as written: only {{{{name}}}} and {{{{author}}}} "
-              "are filled in (a typo?)", file=sys.stderr)
+        print(f"note: {hits[0][0]}: {hits[0][1]}{more} is learned as written: {ODD_PLACEHOLDER_NOTE}", file=sys.stderr)
 
 
 def load_prompts(path: str | None = None) -> list[str]:

@@ -58,7 +58,8 @@ def check_dataset(dataset: str, dataset_dir: str | None = None, name: str = "Arc
     if max_length < 1:
         raise ApplianceError(f"--max-length {max_length}: must be at least 1")
     from appliance import models
-    from appliance.sft import audit, chat_tokenizer, few
+    from appliance.datafiles import few
+    from appliance.sft import audit, chat_tokenizer
 
     ref = models.resolve(model)
     found = audit(chat_tokenizer(ref.path, model), examples, max_length)

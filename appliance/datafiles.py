@@ -115,9 +115,36 @@ def parse_json(text: str, where: str, fix: str = "records must be flat objects o
 PLACEHOLDER = re.compile(r"\{\{\s*(name|author)\s*\}\}", re.IGNORECASE)
 
 
+# any other {{word}}: left after filling, it is sent or learned as written (a typo such as {{nme}}, or a template)
+ODD_PLACEHOLDER = re.compile(r"\{\{\s*[A-Za-z_][\w-]*\s*\}\}")
+ODD_PLACEHOLDER_NOTE = "only {{name}} and {{author}} are filled in (a typo?)"
+
+
+def few(sources: list[str], n: int = 3) -> str:
+    """The first ``n`` record names, and how many more."""
+    return ", ".join(sources[:n]) + (f" and {len(sources) - n} more" if len(sources) > n else "")
+
+
 def fill_placeholders(text: str, name: str, author: str) -> str:
     """Replace ``{{name}}`` and ``{{author}}`` (spaces inside the braces and any case allowed)."""
     return PLACEHOLDER.sub(lambda m: name if m.group(1).lower() == "name" else author, text)
+
+
+def text_parts(parts: list, where: str, label: str) -> str:
+    """OpenAI's content parts, ``[{"type": "text", "text": ...}, ...]``: their texts joined by line breaks,
+    as vLLM joins them when it renders a chat (so training sees what serving will)."""
+    texts = []
+    for i, part in enumerate(parts):
+        if isinstance(part, dict) and part.get("type") == "text" and not isinstance(part.get("text"), str):
+            what = "missing" if "text" not in part else _a(part["text"])
+            _fail(f"{where}: field '{label}[{i}].text' is {what}; a text part needs its text as a string")
+        if not (isinstance(part, dict) and part.get("type") == "text"):
+            kind = part.get("type") if isinstance(part, dict) else None
+            what = f"a part of type '{kind}'" if isinstance(kind, str) else _short(part)
+            _fail(f"{where}: field '{label}[{i}]' is {what}; only text parts "
+                  '({"type": "text", "text": "..."}) are supported: remove images, audio and files')
+        texts.append(part["text"])
+    return "\n".join(texts)
 
 
 BAD_CHAR_FIX = "remove it or write the character it was meant to be"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from appliance import paths
 from appliance.errors import ApplianceError
-from appliance.datafiles import bad_char
+from appliance.datafiles import ODD_PLACEHOLDER, ODD_PLACEHOLDER_NOTE, _short, bad_char, few
 from appliance.urls import URL_FIX, base_url
 from evals.prompts import Prompt, load_prompts
 from evals.report import REPORT_FILES, Rule, answers_file, load_answers, write_report
@@ -176,28 +176,16 @@ def once_each(prompts: list[Prompt], progress: Callable[[str], None]) -> list[Pr
             continue
         differs = [k for k in ("kind", "lang", "reference", "expect") if getattr(first, k) != getattr(p, k)]
         if differs:
-            raise ApplianceError(f"{p.where}: repeats the prompt of {first.where} ({short(p.prompt)}) with another "
+            raise ApplianceError(f"{p.where}: repeats the prompt of {first.where} ({_short(p.prompt)}) with another "
                                  f"{' / '.join(differs)}; keep one of the two (leave out the set or the record that "
                                  "should not count)")
         repeats.append(p.where or p.source or p.prompt)
     if repeats:
-        progress(f"note: {len(repeats)} repeated prompt(s) sent once (the first is kept): {once_listed(repeats)}")
+        progress(f"note: {len(repeats)} repeated prompt(s) sent once (the first is kept): {few(repeats)}")
     _note_unread(list(seen.values()), progress)
     return list(seen.values())
 
 
-def once_listed(items: list[str], shown: int = 3) -> str:
-    """The first few of ``items``, then "and N more"."""
-    more = f" and {len(items) - shown} more" if len(items) > shown else ""
-    return ", ".join(items[:shown]) + more
-
-
-def short(text: str, limit: int = 40) -> str:
-    """A prompt quoted on one line, cut at ``limit`` characters."""
-    return json.dumps(text if len(text) <= limit else text[:limit] + "...", ensure_ascii=False)
-
-
-_OTHER_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][\w-]*)\s*\}\}")
 # Latin letters of other languages (é, ü, ñ, ß, ø ...), ¿ and ¡: text the identity rule, which reads Chinese
 # and English, cannot judge
 _OTHER_LATIN = re.compile(r"[¿¡À-ÖØ-öø-ÿĀ-ž]")
@@ -211,13 +199,12 @@ def _note_unread(prompts: list[Prompt], progress: Callable[[str], None]) -> None
                and (p.lang not in ("zh", "en") or _OTHER_LATIN.search(p.prompt))]
     if foreign:
         progress(f"note: {len(foreign)} prompt(s) without \"kind\" in neither Chinese nor English, so counted as general "
-                 f"(a new-name answer there is a leak): {once_listed([p.where for p in foreign])}; give identity "
+                 f"(a new-name answer there is a leak): {few([p.where for p in foreign])}; give identity "
                  "questions \"kind\": \"identity\"")
     odd = [(p.where, m.group(0)) for p in prompts
-           for text in (p.prompt, p.reference or "", p.system or "", *p.expect) for m in _OTHER_PLACEHOLDER.finditer(text)]
+           for text in (p.prompt, p.reference or "", p.system or "", *p.expect) for m in ODD_PLACEHOLDER.finditer(text)]
     if odd:
-        progress(f"note: {once_listed([f'{w}: {ph}' for w, ph in odd])} sent as written: only {{{{name}}}} and "
-                 "{{author}} are filled in (a typo?)")
+        progress(f"note: {few([f'{w}: {ph}' for w, ph in odd])} sent as written: {ODD_PLACEHOLDER_NOTE}")
 
 
 def _note_repeated_models(cfg: EvalConfig, progress: Callable[[str], None]) -> None:

@@ -117,11 +117,6 @@ def refuse_special_tokens(tok: Any, examples: list) -> None:
                                      "template adds itself; remove it from the text")
 
 
-def few(sources: list[str], n: int = 3) -> str:
-    """The first ``n`` record names, and how many more."""
-    return ", ".join(sources[:n]) + (f" and {len(sources) - n} more" if len(sources) > n else "")
-
-
 def chat_tokenizer(path: str, model: str) -> Any:
     """The model's tokenizer, padding with its EOS token if it has no pad token; refused without a chat template."""
     from transformers import AutoTokenizer

@@ -20,6 +20,7 @@ import torch
 
 from appliance import data as data_mod
 from appliance import models, paths, rundir
+from appliance.datafiles import few
 from appliance.errors import ApplianceError
 from appliance.train_config import TrainConfig
 from appliance.trainlog import LogCallback, plot_loss
@@ -42,10 +43,11 @@ def _check_output(out: Path, cfg: TrainConfig) -> None:
         raise ApplianceError("--output is empty; give the run's folder, e.g. --output saves/archer")
     paths.refuse_file_on_path(out, "--output")
     flag = f"--output {cfg.output}"
-    inside = next((p for p in out.parents if _folder_kind(p) in ("lora-adapter", "merged-model", "base-model")), None)
+    inside = next(((p, kind) for p in out.parents
+                   if (kind := _folder_kind(p)) in ("lora-adapter", "merged-model", "base-model")), None)
     if inside is not None:
         # a run written into another run (or a model) would be deleted with it by the next --overwrite
-        raise ApplianceError(f"{flag}: is inside {inside}, which holds a {_folder_kind(inside)}; choose an --output "
+        raise ApplianceError(f"{flag}: is inside {inside[0]}, which holds a {inside[1]}; choose an --output "
                              "outside it, such as saves/NAME")
     if not out.exists():
         return
@@ -320,7 +322,7 @@ def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any, exam
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
     from appliance.sft import (FINDINGS, IGNORE, BatchCollator, Collator, TokenBatches, answer_only_loss, chat_tokenizer,
-                               encode, encode_all, few, refuse_special_tokens)
+                               encode, encode_all, refuse_special_tokens)
 
     cuda = torch.cuda.is_available()
     tok = chat_tokenizer(ref.path, cfg.model)

@@ -15,7 +15,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from appliance.datafiles import PLACEHOLDER, fill_placeholders, parse_json
+from appliance.datafiles import PLACEHOLDER, fill_placeholders, parse_json, text_parts
 from appliance.errors import ApplianceError
 from evals.jsonfiles import json_type as _json_type
 from evals.jsonfiles import read_records as _read_records
@@ -84,16 +84,13 @@ class _Mapping:
 
 
 def _text(content: object, where: str, key: str) -> object:
-    """OpenAI content parts (``[{"type": "text", "text": ...}]``) joined into one text; anything else as given."""
+    """OpenAI content parts (``[{"type": "text", "text": ...}]``) joined into one text, as training and vLLM join
+    them (anything but text parts is an error naming the part); any other value as given."""
     if not isinstance(content, list):
         return content
-    if not all(isinstance(part, dict) for part in content):
-        raise ApplianceError(f"{where}: '{key}' must be a string or a list of {{\"type\": \"text\", \"text\": ...}} parts")
-    other = next((part.get("type") for part in content if part.get("type") != "text" or not isinstance(part.get("text"), str)), None)
-    if other is not None or not content:
-        what = f"a {json.dumps(other)} part" if other else "no text"
-        raise ApplianceError(f"{where}: '{key}' holds {what}; eval sends text only: keep the text parts")
-    return "\n".join(part["text"] for part in content)  # as vLLM joins them
+    if not content:
+        raise ApplianceError(f"{where}: '{key}' is an empty list; give the turn's text")
+    return text_parts(content, where, key)
 
 
 def _sharegpt(conv: list, where: str, cols: dict) -> tuple[str | None, str | None, list[dict], str]:
@@ -102,26 +99,26 @@ def _sharegpt(conv: list, where: str, cols: dict) -> tuple[str | None, str | Non
     asst_tags = {cols.get("assistant_tag", "gpt"), "gpt", "assistant"}
     # OpenAI's newer name for the system role
     system_tags = {cols.get("system_tag", "system"), "system", "developer"}
-    system, turns = None, []
+    known = user_tags | asst_tags | system_tags
+    system, turns, numbers = None, [], []  # numbers: each kept turn's place in the record, for messages
     for n, msg in enumerate(conv, 1):
         if not isinstance(msg, dict):
             raise ApplianceError(f"{where}: conversation turns must be objects with '{role_tag}' and '{content_tag}'")
         role_key = role_tag if role_tag in msg else "role"
         key = content_tag if content_tag in msg else "content"
         role, content = msg.get(role_key), _text(msg.get(key), f"{where}: turn {n}", key)
-        if isinstance(role, str) and role not in user_tags | asst_tags | system_tags and \
-                role.lower() in user_tags | asst_tags | system_tags:
+        if isinstance(role, str) and role not in known and role.lower() in known:
             role = role.lower()  # "User", "Assistant"
-        if role not in user_tags | asst_tags | system_tags:
-            known = "/".join(sorted(user_tags | asst_tags | system_tags))
+        if role not in known:
             raise ApplianceError(f"{where}: turn {n}: '{role_key}' is {json.dumps(role, ensure_ascii=False)}, which eval "
-                                 f"cannot send (tool and function turns included); use {known}")
+                                 f"cannot send (tool and function turns included); use {'/'.join(sorted(known))}")
         if not isinstance(content, str):
             raise ApplianceError(f"{where}: turn {n}: '{key}' must be a string, not {_json_type(content)}")
         if role in system_tags:
             system = content
         else:
             turns.append({"role": "user" if role in user_tags else "assistant", "content": content})
+            numbers.append(n)
     reference = None
     if turns and turns[-1]["role"] == "assistant":
         reference = turns.pop()["content"]
@@ -129,7 +126,7 @@ def _sharegpt(conv: list, where: str, cols: dict) -> tuple[str | None, str | Non
         raise ApplianceError(f"{where}: conversation has no user turn to ask; give it a user turn (and optionally the "
                              "assistant's answer after it, used as the reference)")
     if turns[-1]["role"] != "user":
-        raise ApplianceError(f"{where}: turn {len(turns)} is an assistant turn before the last answer, where the question "
+        raise ApplianceError(f"{where}: turn {numbers[len(turns) - 1]} is an assistant turn before the last answer, where the question "
                              "should be; a conversation alternates user and assistant turns and ends with a user turn "
                              "or its answer")
     return turns[-1]["content"], reference, turns[:-1], system or ""

@@ -32,7 +32,7 @@ def test_openai_content_parts_and_roles_are_read(tmp_path):
 
 
 @pytest.mark.parametrize("messages, needle", [
-    ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], "turn 1: 'content' holds a \"image_url\" part"),
+    ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], "turn 1: field 'content[0]' is a part of type 'image_url'"),
     ([{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}], "turn 2: 'role' is \"tool\""),
     ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "assistant", "content": "c"}],
      "turn 2 is an assistant turn before the last answer"),
