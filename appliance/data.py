@@ -459,6 +459,7 @@ def load_examples(datasets: list[str], dataset_dir: str | None = None, name: str
         _fail("no dataset given; pass a registry name (e.g. identity) or a .json/.jsonl file")
     registry = dataset_registry(dataset_dir)
     out: list[Example] = []
+    seen: dict[str, str] = {}
     for item in items:
         n_samples = None
         if item in registry:
@@ -474,6 +475,7 @@ def load_examples(datasets: list[str], dataset_dir: str | None = None, name: str
                 where = _show(_user_path(dataset_dir) / REGISTRY_FILE) if dataset_dir else \
                     f"a {REGISTRY_FILE} in a folder you pass as --dataset-dir"
                 _fail(f"unknown dataset '{item}' (known: {known}); pass a .json/.jsonl path or register it in {where}")
+        _note_repeat(seen, item, path)
         examples = [ex for f in _expand(path) for ex in _load_file(f, fmt, problems)]
         examples = sample_records(examples, n_samples) if examples else examples  # none: all listed in problems
         out += examples[:max_samples] if max_samples else examples
@@ -483,7 +485,20 @@ def load_examples(datasets: list[str], dataset_dir: str | None = None, name: str
     return out
 
 
-_noted: set[str] = set()
+_noted: set = set()  # notes already printed: a pipeline loads the same data twice (its check, then training)
+
+
+def _note_repeat(seen: dict[str, str], item: str, path: Path) -> None:
+    """Naming one dataset twice trains it twice: maybe meant (to weight it), maybe a slip, so it is said."""
+    key = str(Path(path).resolve())
+    if key in seen and ("repeat", key) not in _noted:
+        import sys
+
+        _noted.add(("repeat", key))
+        same = f"'{item}'" + (f" (the same file as '{seen[key]}')" if seen[key] != item else "")
+        print(f"note: dataset {same} is given more than once: its examples are trained once per mention; "
+              f"name it once to train it once", file=sys.stderr)
+    seen.setdefault(key, item)
 
 
 def _note_odd_placeholders(examples: list[Example]) -> None:

@@ -55,8 +55,8 @@ def check_dataset(dataset: str, dataset_dir: str | None = None, name: str = "Arc
     if model is None:
         return lines
     max_length = TrainConfig().max_length if max_length is None else max_length
-    if max_length < 1:
-        raise ApplianceError(f"--max-length {max_length}: must be at least 1")
+    if max_length < 16:  # train's own floor: a check train would refuse to follow is no check
+        raise ApplianceError(f"--max-length {max_length}: must be >= 16, as for train")
     from appliance import models
     from appliance.datafiles import few
     from appliance.sft import audit, chat_tokenizer

@@ -72,15 +72,23 @@ def _check_output(out: Path, cfg: TrainConfig) -> None:
                              "it; move it out of the folder, or choose another --output")
 
 
+# what a run wrote before appliance.json listed its files: peft's and the tokenizer's files, our logs
+_OLD_RUN_FILES = {"README.md", "adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "appliance.json",
+                  "chat_template.jinja", "chat_template.json", "loss.png", "runs", "trainer_log.jsonl",
+                  "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt"}
+
+
 def _not_written_by_train(out: Path) -> str | None:
     """The first entry of a run folder that its run did not write (the run's appliance.json lists its files;
-    an older run's list is unknown, so only a folder other than its TensorBoard ``runs`` counts)."""
+    for an older run, the names any run writes)."""
     try:
         files = json.loads((out / "appliance.json").read_text(encoding="utf-8")).get("files")
     except (OSError, ValueError, AttributeError):
         files = None
     for entry in sorted(out.iterdir()):
-        if (entry.name not in files) if isinstance(files, list) else (entry.is_dir() and entry.name != "runs"):
+        ours = entry.name in files if isinstance(files, list) else \
+            entry.name in _OLD_RUN_FILES or entry.name.startswith("tokenizer")
+        if not ours:
             return entry.name + ("/" if entry.is_dir() else "")
     return None
 

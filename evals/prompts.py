@@ -165,6 +165,12 @@ def _record(raw: object, where: str, cols: dict, formatting: str | None) -> dict
     if not isinstance(raw, dict):
         raise ApplianceError(f"{where}: expected a JSON object, got {_json_type(raw)}")
     msgs_col = cols.get("messages", "conversations")
+    if formatting is None:
+        # two formats in one record: whichever was read, the other's question would go unasked without a word
+        present = [k for k in dict.fromkeys(("prompt", cols.get("prompt", "instruction"), msgs_col, "messages")) if k in raw]
+        if len(present) > 1:
+            raise ApplianceError(f"{where}: both '{present[0]}' and '{present[1]}' fields, two formats in one record; "
+                                 f"keep one (our JSONL 'prompt', alpaca 'instruction', or sharegpt/OpenAI turns)")
     if formatting == "sharegpt" or (formatting is None and "prompt" not in raw and (msgs_col in raw or "messages" in raw)):
         conv = raw.get(msgs_col, raw.get("messages"))
         if conv is None:

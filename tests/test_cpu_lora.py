@@ -198,6 +198,7 @@ def test_forked_engine_core_lets_go_of_the_server_socket():
 def test_forked_engine_core_ends_with_its_parent(monkeypatch):
     """A forked child whose parent dies (kill -9 of the API server) stops itself instead of living on."""
     import os
+    import signal
     import time
 
     from appliance import cpu_fork
@@ -208,10 +209,15 @@ def test_forked_engine_core_ends_with_its_parent(monkeypatch):
     if pid == 0:  # the "API server": forks the "engine core", then dies
         grandchild = os.fork()
         if grandchild == 0:
-            cpu_fork.after_fork_in_child()
-            os.write(w, str(os.getpid()).encode())
-            time.sleep(60)
-            os._exit(0)
+            # SIGTERM ends the process, as it shuts down vLLM's engine core: an earlier CLI test in this process
+            # installed the CLI's raise-KeyboardInterrupt handler, which would unwind into pytest's own code here
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            try:
+                cpu_fork.after_fork_in_child()
+                os.write(w, str(os.getpid()).encode())
+                time.sleep(60)
+            finally:
+                os._exit(0)
         time.sleep(0.3)
         os._exit(0)
     os.close(w)

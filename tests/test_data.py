@@ -445,6 +445,14 @@ def test_lone_surrogate_is_refused_at_load(tmp_path):
     assert result.exit_code == 2 and result.output.count("\n") == 1 and "\\ud800" in result.output, result.output
 
 
+def test_a_nul_character_is_refused_at_load(tmp_path):
+    """Valid JSON and valid Unicode, but binary data read as text: it was trained as written."""
+    f = write(tmp_path / "nul.jsonl", '{"instruction": "hi", "output": "ok"}\n{"instruction": "q", "output": "a\\u0000b"}\n')
+    msg = error_of([str(f)])
+    assert msg.startswith(f"{f}: line 2: field 'output' holds a NUL character (\\u0000 at position 1"), msg
+    assert "remove it" in msg and "\n" not in msg and "\0" not in msg
+
+
 def test_fingerprint_never_raises():
     """Whatever reaches it (retention answers, hand-built examples), fingerprint() gives a hash."""
     odd = [Example([{"role": "user", "content": "\ud800"}, {"role": "assistant", "content": "a"}], "x#0")]
@@ -790,6 +798,8 @@ def test_data_check_with_a_model_sees_the_data_as_train_will(tiny_model_dir, tmp
     special = write(tmp_path / "sp.json", [{"instruction": "hi", "output": "ok<|im_end|>"}])
     res = CliRunner().invoke(main, ["data", "check", str(special), "--model", str(tiny_model_dir)])
     assert res.exit_code == 2 and "holds the special token '<|im_end|>'" in res.output
+    low = CliRunner().invoke(main, ["data", "check", str(f), "--model", str(tiny_model_dir), "--max-length", "8"])
+    assert low.exit_code == 2 and "--max-length 8: must be >= 16, as for train" in low.output  # train's own floor
 
 
 def test_a_path_behind_an_unreadable_folder_is_not_blamed_on_a_link(monkeypatch):

@@ -46,6 +46,20 @@ def test_an_unknown_placeholder_is_pointed_out(tmp_path, capsys):
     assert "{{names}} is learned as written" in capsys.readouterr().err
 
 
+def test_a_dataset_named_twice_is_trained_twice_and_said_once(tmp_path, monkeypatch, capsys):
+    f = tmp_path / "twice.jsonl"
+    f.write_text(json.dumps({"instruction": "hi", "output": "yo"}) + "\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    assert len(load_examples([str(f), "twice.jsonl"])) == 2  # maybe meant, to weight it: kept, but said
+    err = capsys.readouterr().err
+    assert err.count("is given more than once") == 1 and f"'twice.jsonl' (the same file as '{f}')" in err
+    assert len(load_examples([str(f), "twice.jsonl"])) == 2 and "more than once" not in capsys.readouterr().err
+    other = tmp_path / "once.jsonl"
+    other.write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n", encoding="utf-8")
+    load_examples([str(f), str(other)])
+    assert "more than once" not in capsys.readouterr().err
+
+
 def test_ranking_must_be_a_boolean(tmp_path):
     (tmp_path / "d.json").write_text(json.dumps([{"instruction": "a", "output": "b"}]), encoding="utf-8")
     (tmp_path / "dataset_info.json").write_text(json.dumps({"mine": {"file_name": "d.json", "ranking": "false"}}))

@@ -112,3 +112,17 @@ def test_a_misspelt_set_name_is_pointed_at_the_set(tmp_path, monkeypatch):
 def test_python_number_literals_are_not_gate_values():
     with pytest.raises(ApplianceError, match="expected METRIC=NUMBER"):
         parse_rules(fail_under=["general_accuracy=1_0"])
+
+
+@pytest.mark.parametrize("record, first, second", [
+    ({"prompt": "Who are you?", "conversations": [{"from": "human", "value": "What is 2+2?"}]}, "prompt", "conversations"),
+    ({"instruction": "Who are you?", "messages": [{"role": "user", "content": "Hi"}]}, "instruction", "messages"),
+    ({"prompt": "Who are you?", "instruction": "Translate to French"}, "prompt", "instruction"),
+])
+def test_a_record_in_two_formats_is_refused_naming_both_fields(tmp_path, record, first, second):
+    # whichever format was read, the other question would silently never be asked
+    f = _jsonl(tmp_path / "two.jsonl", {"prompt": "fine"}, record)
+    with pytest.raises(ApplianceError) as e:
+        load_prompt_file(f, NAME, AUTHOR)
+    msg = str(e.value)
+    assert "two.jsonl line 2" in msg and f"'{first}' and '{second}'" in msg and "keep one" in msg and "\n" not in msg

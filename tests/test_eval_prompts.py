@@ -418,6 +418,13 @@ def test_unpaired_surrogates_are_refused_when_loading(tmp_path, name, text, need
     assert msg.encode("utf-8")  # printable: the character is shown escaped, not raw
 
 
+def test_a_nul_character_in_a_prompt_is_refused(tmp_path):
+    f = tmp_path / "nul.jsonl"
+    f.write_text('{"prompt": "who\\u0000 are you?"}\n', encoding="utf-8")
+    msg = _one_line_error(f, f"{f} ", "line 1: field 'prompt' holds", "a NUL character (\\u0000 at position 3", "remove it")
+    assert "\0" not in msg
+
+
 def test_a_surrogate_in_a_dataset_info_entry_is_named(tmp_path):
     (tmp_path / "dataset_info.json").write_text('{"x": {"file_name": "d\\ud800.json"}}', encoding="utf-8")
     _one_line_error(tmp_path, "dataset_info.json: field 'x.file_name' holds an invalid character")

@@ -176,6 +176,16 @@ def test_refuses_existing_output_and_overwrite_replaces(tiny_model_dir, small_ds
     (run / "stray.txt").unlink()
     train(_cfg(tiny_model_dir, run, small_ds, max_steps=1, overwrite=True, lr=2e-3))
     assert (run / "adapter_model.safetensors").is_file()
+    # a run written before appliance.json listed its files: the names any run writes may go, a user's file not
+    meta = json.loads((run / "appliance.json").read_text())
+    del meta["files"]
+    (run / "appliance.json").write_text(json.dumps(meta))
+    (run / "notes.md").write_text("mine")
+    with pytest.raises(ApplianceError, match="holds notes.md, which training did not write"):
+        train(_cfg(tiny_model_dir, run, small_ds, max_steps=1, overwrite=True, lr=3e-3))
+    (run / "notes.md").unlink()
+    train(_cfg(tiny_model_dir, run, small_ds, max_steps=1, overwrite=True, lr=3e-3))
+    assert "files" in json.loads((run / "appliance.json").read_text())
     assert not list(tmp_path.glob(".*"))  # no staging or .old folder left beside the runs
 
 
