@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,28 @@ def _use_name(folder: str, name: str) -> str:
 
 
 # ---------------------------------------------------------------- reading files
+_SPACE = re.compile(r"\s*")
+
+
+def _refuse_object_sequence(text: str, shown: str) -> None:
+    """Pretty-printed objects one after another (not one per line) are one mistake, not one per line."""
+    first = next(line for line in text.split("\n") if line.strip())
+    try:
+        json.loads(first)
+        return  # JSON lines: read line by line
+    except ValueError:
+        pass
+    decoder, pos, n = json.JSONDecoder(), 0, 0
+    try:
+        while (pos := _SPACE.match(text, pos).end()) < len(text):
+            pos = decoder.raw_decode(text, pos)[1]
+            n += 1
+    except ValueError:
+        return  # not whole objects either: the lines' own errors say where
+    _fail(f"{shown}: holds {n} pretty-printed JSON objects one after another; a .json dataset must be a JSON list "
+          "[{...}, {...}] (wrap them in [ ] with commas between), or one complete object per line")
+
+
 def _records(path: Path, problems: list[str] | None = None) -> list[tuple[str, str, Any]]:
     """``(label, source, record)`` for each record; ``label`` (``line N`` / ``record #N``) goes in error messages.
 
@@ -71,6 +94,7 @@ def _records(path: Path, problems: list[str] | None = None) -> list[tuple[str, s
             if e.msg != "Extra data":  # one broken object, not several lines: report where it breaks
                 _syntax_error(shown, e)
             as_lines = lines_in_json = True
+            _refuse_object_sequence(text, shown)
         else:
             _fail(f"{shown}: holds one JSON object; a .json dataset must be a list of records "
                   "([{...}, {...}]), or one object per line in a .jsonl file")

@@ -135,10 +135,10 @@ def _refuse_unsupported(where: str, entry: dict, formatting: str) -> None:
     if unknown:
         _fail(f"{where}: unknown key {_short(unknown[0])}; an entry takes "
               f"{', '.join(sorted(_ENTRY_KEYS - {'_dir'}))} (check the spelling)")
-    for col in entry.get("columns") or {}:
-        if col in _UNSUPPORTED_COLUMNS:
+    for col, value in (entry.get("columns") or {}).items():
+        if col in _UNSUPPORTED_COLUMNS and value is not None:  # null: not used (LLaMA-Factory writes tools: null)
             _fail(f"{where}: {_UNSUPPORTED_COLUMNS[col]}")
-        if col not in _COLUMN_KEYS[formatting]:
+        if col not in _COLUMN_KEYS[formatting] and col not in _UNSUPPORTED_COLUMNS:
             _fail(f"{where}: columns.{col} is not a column of {formatting} data; use "
                   f"{', '.join(sorted(_COLUMN_KEYS[formatting]))}")
     for tag in entry.get("tags") or {}:

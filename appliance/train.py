@@ -429,7 +429,7 @@ def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any, exam
     if 0 < cfg.max_steps <= warmup:
         # the schedule's first step runs at learning rate 0: a short run would end barely trained
         # (--max-steps 1 would write an adapter of zeros)
-        print(f"note: --warmup-steps {warmup} >= --max-steps {cfg.max_steps}: training without warm-up", file=sys.stderr)
+        print(f"note: warmup_steps {warmup} (a --config key) >= --max-steps {cfg.max_steps}: training without warm-up", file=sys.stderr)
         warmup = 0
     args = TrainingArguments(
         output_dir=str(stage / "checkpoints"), per_device_train_batch_size=per_device,
@@ -533,8 +533,16 @@ def _publish(src: Path, out: Path) -> None:
 
 
 def _last_checkpoint(d: Path) -> str | None:
-    cks = sorted(d.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) if d.is_dir() else []
-    return str(cks[-1]) if cks else None
+    """The newest complete checkpoint in ``d``. The Trainer writes trainer_state.json last, so a checkpoint
+    without a readable one was cut off mid-save (a kill); the one before it is still whole."""
+    cks = [p for p in d.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()] if d.is_dir() else []
+    for ck in sorted(cks, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
+        try:
+            json.loads((ck / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        return str(ck)
+    return None
 
 
 def _has_tensorboard() -> bool:

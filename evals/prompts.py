@@ -115,6 +115,8 @@ def _sharegpt(conv: list, where: str, cols: dict) -> tuple[str | None, str | Non
         if not isinstance(content, str):
             raise ApplianceError(f"{where}: turn {n}: '{key}' must be a string, not {_json_type(content)}")
         if role in system_tags:
+            if n != 1:  # it would be sent first, moved without a word
+                raise ApplianceError(f"{where}: turn {n} is a system turn; only the first turn may be the system prompt")
             system = content
         else:
             turns.append({"role": "user" if role in user_tags else "assistant", "content": content})
@@ -125,6 +127,12 @@ def _sharegpt(conv: list, where: str, cols: dict) -> tuple[str | None, str | Non
     if not turns:
         raise ApplianceError(f"{where}: conversation has no user turn to ask; give it a user turn (and optionally the "
                              "assistant's answer after it, used as the reference)")
+    art = {"user": "a user", "assistant": "an assistant"}
+    for i, turn in enumerate(turns):  # as training requires: turns alternate, opening with the user
+        want = "user" if i % 2 == 0 else "assistant"
+        if turn["role"] != want:
+            raise ApplianceError(f"{where}: turn {numbers[i]} is {art[turn['role']]} turn where {art[want]} turn belongs; "
+                                 "turns must alternate user and assistant (after an optional system turn)")
     if turns[-1]["role"] != "user":
         raise ApplianceError(f"{where}: turn {numbers[len(turns) - 1]} is an assistant turn before the last answer, where the question "
                              "should be; a conversation alternates user and assistant turns and ends with a user turn "
@@ -307,6 +315,9 @@ def _read_info(info: Path) -> dict[str, dict]:
     return _check_info(info, data)
 
 
+_NEEDED = {"prompt", "messages", "role_tag", "content_tag", "user_tag", "assistant_tag"}  # no null for these
+
+
 def _mapping(info: Path, key: str, entry: dict) -> _Mapping:
     """An entry's formatting, columns and tags, checked the way LLaMA-Factory would read them."""
     where = f"{info} entry '{key}'"
@@ -325,7 +336,8 @@ def _mapping(info: Path, key: str, entry: dict) -> _Mapping:
         if not isinstance(value, dict):
             raise ApplianceError(f"{where}: '{part}' must be an object of names like {example}, "
                                  f"not {_json_type(value)}")
-        bad = next((k for k, v in value.items() if not (isinstance(v, str) and v)), None)
+        # null leaves an optional column or tag unused, as in LLaMA-Factory (and training)
+        bad = next((k for k, v in value.items() if not (isinstance(v, str) and v) and (v is not None or k in _NEEDED)), None)
         if bad is not None:
             raise ApplianceError(f"{where}: '{part}.{bad}' must name a field (a non-empty string), not "
                                  f"{_json_type(value[bad])}; e.g. {example}")

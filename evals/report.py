@@ -23,7 +23,7 @@ from evals import metrics as M
 from evals.jsonfiles import read_text, refuse_bad_text
 
 # Per-model keys of report.json (sets are under "sets"); the gate accepts these and SET.KEY.
-MODEL_KEYS = ("n", "errors", "truncated", "bleu4", "rouge1", "rouge2", "rougeL", "identity_hit_rate", "identity_zh_hit_rate",
+MODEL_KEYS = ("n", "errors", "truncated", "references", "bleu4", "rouge1", "rouge2", "rougeL", "identity_hit_rate", "identity_zh_hit_rate",
               "identity_en_hit_rate", "identity_leak_rate", "general_accuracy", "general_correct", "general_total",
               "name_leak_rate", "name_leak_count", "output_tokens", "requests_per_s", "output_tokens_per_s",
               "ttft_p50_ms", "ttft_p95_ms", "tpot_ms", "latency_p50_ms", "latency_p95_ms")

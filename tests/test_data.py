@@ -320,8 +320,13 @@ def test_pretty_printed_objects_in_a_json_file(tmp_path):
     a .json dataset must be, not that each line must be one object (the file was never meant as JSON lines)."""
     f = write(tmp_path / "two.json", json.dumps(ALPACA_OK, indent=2) + "\n" + json.dumps(ALPACA_OK, indent=2) + "\n")
     assert error_of([str(f)]) == (
-        f"{f}: line 1 column 2: invalid JSON (expecting property name enclosed in double quotes); the file is neither "
-        "a JSON list nor JSON lines; a .json dataset must be a JSON list [{...}, {...}] (or one complete object per line)")
+        f"{f}: holds 2 pretty-printed JSON objects one after another; a .json dataset must be a JSON list "
+        "[{...}, {...}] (wrap them in [ ] with commas between), or one complete object per line")
+    # one mistake, so `data check` (which lists every bad record) says it once, not once per line of the file
+    res = CliRunner().invoke(main, ["data", "check", str(f)])
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and "2 pretty-printed JSON objects" in res.output
+    write(f, json.dumps(ALPACA_OK, indent=2) + "\n{\n oops\n}\n")  # not whole objects either: where it breaks
+    assert error_of([str(f)]).startswith(f"{f}: line 1 column 2: invalid JSON (expecting property name")
     write(f, json.dumps(ALPACA_OK) + "\n{oops}\n")  # JSON lines with a broken line: the same advice fits
     assert error_of([str(f)]).startswith(f"{f}: line 2 column 2: invalid JSON (")
 
@@ -757,6 +762,13 @@ def test_registry_entries_refuse_what_would_be_ignored(tmp_path):
     write(tmp_path / "dataset_info.json", {k: v[0] for k, v in entries.items()})
     for name, (_, msg) in entries.items():
         assert msg in error_of([name], dataset_dir=str(tmp_path)), name
+    # null leaves a column unused (LLaMA-Factory's own exports write "tools": null), so there is nothing to refuse
+    unused = {"file_name": "a.json", "columns": {"prompt": "instruction", "system": None, "tools": None, "images": None}}
+    write(tmp_path / "dataset_info.json", {"unused": unused, "chat": {"file_name": "chats.jsonl", "formatting": "sharegpt",
+                                                                     "columns": {"messages": "messages", "tools": None},
+                                                                     "tags": {"role_tag": "role", "content_tag": "content",
+                                                                              "user_tag": "user", "assistant_tag": "assistant"}}})
+    assert len(load_examples(["unused", "chat"], dataset_dir=str(tmp_path))) == 3
 
 
 def test_num_samples_draws_that_many_records_repeatably(tmp_path):

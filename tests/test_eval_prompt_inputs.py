@@ -37,6 +37,15 @@ def test_openai_content_parts_and_roles_are_read(tmp_path):
     ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "assistant", "content": "c"}],
      "turn 2 is an assistant turn before the last answer"),
     ([{"role": "user", "content": 5}], "turn 1: 'content' must be a string, not a number"),
+    # every place a conversation can fail to alternate, as training refuses them
+    ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "assistant", "content": "c"},
+      {"role": "user", "content": "d"}], "turn 3 is an assistant turn where a user turn belongs"),
+    ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}, {"role": "assistant", "content": "c"}],
+     "turn 2 is a user turn where an assistant turn belongs"),
+    ([{"role": "assistant", "content": "hello"}, {"role": "user", "content": "b"}], "turn 1 is an assistant turn where a user turn belongs"),
+    ([{"role": "system", "content": "s"}, {"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
+     "turn 3 is a user turn where an assistant turn belongs"),
+    ([{"role": "user", "content": "a"}, {"role": "system", "content": "s"}], "turn 2 is a system turn; only the first turn"),
 ])
 def test_bad_turns_name_the_turn_and_the_field(tmp_path, messages, needle):
     f = _jsonl(tmp_path / "bad.jsonl", {"messages": messages})

@@ -265,6 +265,17 @@ def test_dataset_info_columns_null_means_the_defaults(tmp_path):
         assert (p.prompt, p.reference) == ("hi", "x")
 
 
+def test_dataset_info_null_optional_columns_are_unused_as_in_training(tmp_path):
+    """A LLaMA-Factory entry training accepted (system/history null: not read) was refused by eval."""
+    _write(tmp_path / "d.json", [{"instruction": "hi", "input": "there", "output": "x", "system": "S"}])
+    cols = {"prompt": "instruction", "query": "input", "response": "output", "system": None, "history": None}
+    _write(tmp_path / "dataset_info.json", {"x": {"file_name": "d.json", "columns": cols}})
+    (p,) = load_prompts([str(tmp_path)], NAME, AUTHOR)
+    assert (p.prompt, p.reference, p.system) == ("hi\nthere", "x", None)  # the unused 'system' field is not read
+    _write(tmp_path / "dataset_info.json", {"x": {"file_name": "d.json", "columns": {"prompt": None}}})
+    _one_line_error(tmp_path, "entry 'x': 'columns.prompt' must name a field")  # the prompt cannot be left out
+
+
 def test_a_dataset_folder_loads_every_dataset_of_its_info(tmp_path):
     """`--prompts DIR` with a dataset_info.json in DIR is `--prompts DIR/dataset_info.json`."""
     _write(tmp_path / "a.json", [{"instruction": "Who are you?", "output": "I am {{name}}."}])

@@ -137,6 +137,11 @@ def test_gate_passes_and_fails_through_cli(answers):
     assert code == 1 and "identity_en.hit_rate = 0.5" in out
     code, out = _cli("--from-answers", str(answers), "--fail-under", "identity_zh.bleu4=86.1")
     assert code == 0, out
+    refs = json.loads((answers.parent / "report.json").read_text(encoding="utf-8"))["models"]["after"]["references"]
+    code, out = _cli("--from-answers", str(answers), "--fail-under", f"references={refs + 1}")  # a documented model key
+    assert code == 1 and f"references = {refs}, under {refs + 1}" in out
+    code, out = _cli("--from-answers", str(answers), "--fail-under", "identity_zh.bleu4=86.1")
+    assert code == 0, out
     gate = json.loads((answers.parent / "report.json").read_text(encoding="utf-8"))["gate"]
     assert gate == {"passed": True, "failures": [], "rules": ["--fail-under identity_zh.bleu4=86.1"]}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -227,6 +228,11 @@ def test_killed_run_leaves_no_output_and_resume_continues(tiny_model_dir, small_
     with pytest.raises(ApplianceError, match=r"other settings \(rank\)"):
         train(_cfg(tiny_model_dir, out, small_ds, max_steps=4, resume=True, rank=8))
     assert list((staging_dir(out) / "checkpoints").glob("checkpoint-2"))
+    # a kill in the middle of saving the next checkpoint leaves it without trainer_state.json (written last):
+    # resuming from it crashed with a traceback; the whole one before it is used
+    cut = staging_dir(out) / "checkpoints" / "checkpoint-3"
+    shutil.copytree(staging_dir(out) / "checkpoints" / "checkpoint-2", cut)
+    (cut / "trainer_state.json").unlink()
     meta = train(_cfg(tiny_model_dir, out, small_ds, max_steps=4, resume=True))
     r = meta["results"]
     assert r["resumed_from"].endswith("checkpoint-2")
