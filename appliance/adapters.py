@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance import paths
+from appliance.datafiles import bad_char
 from appliance.errors import ApplianceError
 from appliance.guard import is_allowed, real
 from appliance.urls import server_url
@@ -37,9 +38,23 @@ class AdapterInfo:
 def parse_spec(spec: str) -> tuple[str | None, str]:
     """``--adapter`` value: ``path`` or ``name=path`` (a name never contains a slash)."""
     name, sep, path = spec.partition("=")
-    if sep and name and "/" not in name and path:
+    if sep and name.strip() and "/" not in name and path.strip():
         return name, path
+    if sep and "/" not in name and not Path(paths.resolve_user_path(spec)).exists():
+        # "=saves/a1" or "x=": a name=path with a part left out, not a folder named so
+        if not name.strip():
+            raise ApplianceError(f"--adapter {spec}: empty name before '='; give name=path (e.g. archer=saves/archer), "
+                                 "or the path alone to serve it under its folder's name")
+        raise ApplianceError(f"--adapter {spec}: empty path after '='; give name=path (e.g. {name.strip()}=saves/{name.strip()})")
     return None, spec
+
+
+def check_name(name: str, what: str) -> None:
+    """An adapter name to send to the server: not blank, and text that can be sent (UTF-8)."""
+    if not name.strip():
+        raise ApplianceError(f"{what}: NAME is empty; give the name the adapter is served under (e.g. archer)")
+    if why := bad_char(name):
+        raise ApplianceError(f"{what}: NAME contains {why}; give a name in plain UTF-8 text (e.g. archer)")
 
 
 def servable_rank(rank: int, flag: str = "--adapter") -> int:
@@ -161,28 +176,79 @@ def unauthorized(what: str, key_sent: bool) -> ApplianceError:
     return ApplianceError(f"{what}: the server wants an API key; pass --api-key (or set APPLIANCE_API_KEY)")
 
 
-def _check(resp, what: str, key_sent: bool = False) -> None:
+def no_server(url: str, e: Exception | None = None) -> ApplianceError:
+    """Nothing answers at ``url``; a record of a server that died there says so, and how to clear it."""
+    from appliance.servers import find_record, is_alive
+
+    why = f" ({type(e).__name__})" if e is not None else ""
+    try:
+        rec = find_record(server_url(url))
+    except ApplianceError:
+        rec = None
+    if rec is not None and not is_alive(rec):
+        return ApplianceError(f"--url {url}: no server answers{why}; the server recorded on port {rec.port} is not "
+                              f"running: start one with `appliance up`, and `appliance down --port {rec.port}` clears "
+                              "its record")
+    return ApplianceError(f"--url {url}: no server answers{why}; start one with `appliance up`")
+
+
+def not_openai(url: str, status: int, request: str, what: str = "") -> ApplianceError:
+    """An error page that is not JSON (a web server's HTML): its text is no use to the user, the URL is wrong."""
+    return ApplianceError(f"--url {url}: the server there does not answer like an OpenAI-compatible one (HTTP {status} "
+                          f"on {request}){what}; check --url: point it at a server started by `appliance up`")
+
+
+def json_body(text: str) -> object | None:
+    """``text`` parsed as JSON, or None when it is not (an HTML error page)."""
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def error_message(body: object) -> str | None:
+    """vLLM's message in a JSON error (``{"error": {"message": ...}}``, ``{"message": ...}``), else None."""
+    if not isinstance(body, dict):
+        return None
+    err = body.get("error", body)
+    msg = err.get("message") if isinstance(err, dict) else err
+    return msg if isinstance(msg, str) and msg else None
+
+
+def _request_line(resp) -> str:
+    """``POST /v1/load_lora_adapter``: what was asked, as the error names it."""
+    try:
+        return f"{resp.request.method} {resp.request.url.path}"
+    except RuntimeError:  # a response made without a request (tests)
+        return "the request"
+
+
+def _check(resp, what: str, key_sent: bool = False, url: str | None = None, runtime: bool = False) -> None:
     if resp.status_code == 401:
         raise unauthorized(what, key_sent)
     if resp.status_code >= 400:
-        try:
-            msg = resp.json().get("error", {}).get("message") or resp.text
-        except ValueError:
-            msg = resp.text
+        body = json_body(resp.text)
+        if url is not None and not isinstance(body, (dict, list)):
+            raise not_openai(url, resp.status_code, _request_line(resp),
+                             ", so it does not support runtime LoRA loading" if runtime else "")
+        msg = error_message(body) or resp.text
         raise ApplianceError(f"{what}: server answered {resp.status_code}: {' '.join(str(msg).split())[:300]}")
 
 
 def _check_runtime(resp, what: str, url: str, key_sent: bool = False) -> None:
     """``_check`` for the runtime-LoRA endpoints, whose 404 means one of two things."""
-    if resp.status_code == 404 and "cannot be found" not in resp.text:
-        # the route itself is missing: vLLM mounts it only with LoRA and runtime updating on
+    if resp.status_code == 404 and isinstance(json_body(resp.text), dict) and "cannot be found" not in resp.text:
+        # the route itself is missing (FastAPI's {"detail": "Not Found"}): vLLM mounts it only with LoRA and
+        # runtime updating on
         raise ApplianceError(f"{what}: the server at {url} does not take adapters at runtime (started with --no-lora, "
                              "or not by `appliance up`, without VLLM_ALLOW_RUNTIME_LORA_UPDATING=true); "
                              "restart it with `appliance up --adapter ...`")
-    if resp.status_code == 404:
+    if resp.status_code == 404 and "cannot be found" in resp.text:
         raise ApplianceError(f"{what}: the server at {url} has no adapter by that name; "
                              "`appliance adapters list` shows the loaded ones")
-    _check(resp, what, key_sent)
+    _check(resp, what, key_sent, url=url, runtime=True)
 
 
 def list_served(url: str = DEFAULT_URL, api_key: str | None = None) -> list[dict]:
@@ -193,8 +259,8 @@ def list_served(url: str = DEFAULT_URL, api_key: str | None = None) -> list[dict
         with _client(url, api_key) as c:
             resp = c.get("/v1/models")
     except httpx.HTTPError as e:
-        raise ApplianceError(f"--url {url}: no server answers ({type(e).__name__}); start one with `appliance up`")
-    _check(resp, f"GET {url}/v1/models", key_sent=bool(api_key))
+        raise no_server(url, e) from None
+    _check(resp, f"GET {url}/v1/models", key_sent=bool(api_key), url=url)
     try:
         data = resp.json().get("data", [])
         if not isinstance(data, list) or not all(isinstance(m, dict) and "id" in m for m in data):
@@ -207,10 +273,11 @@ def list_served(url: str = DEFAULT_URL, api_key: str | None = None) -> list[dict
 
 def load(name: str, path: str, url: str = DEFAULT_URL, api_key: str | None = None,
          roots: list[str] | None = None, max_rank: int | None = None,
-         served_base: tuple[str, set[str]] | None = None) -> AdapterInfo:
+         served_base: tuple[str, set[str]] | tuple[str, set[str], str | None] | None = None) -> AdapterInfo:
     """Load an adapter into a running server under ``name``; refuses paths outside ``roots``."""
     import httpx
 
+    check_name(name, "adapters load")
     if max_rank == 0:  # whatever the adapter, this server cannot take one
         raise ApplianceError(f"adapters load {path}: the server at {url} was started without LoRA support (--no-lora); "
                              "restart it with `appliance up` without --no-lora to load adapters")
@@ -219,8 +286,12 @@ def load(name: str, path: str, url: str = DEFAULT_URL, api_key: str | None = Non
     if not is_allowed(target, allowed):  # before reading anything there
         raise ApplianceError(f"adapters load {path}: {target} is outside the allowed adapter roots "
                              f"({', '.join(allowed)}); move it under saves/ or restart `appliance up` with --adapter-root")
+    if why := bad_char(target):  # sent as JSON, it would not name the folder on the server's side
+        raise ApplianceError(f"adapters load {path}: the path contains {why}; rename the folder to a UTF-8 name")
     info = inspect_adapter(target, name=name, flag="adapters load")
-    if served_base and (info.base_path or info.base_name or info.base_hf_id) and not same_base(info, served_base[0], served_base[1], None):
+    # served_base: the served model's path, names and hub id (an adapter trained elsewhere records only the hub id)
+    if served_base and (info.base_path or info.base_name or info.base_hf_id) and \
+            not same_base(info, served_base[0], served_base[1], (served_base[2:] or (None,))[0]):
         # the check `appliance up` makes: an adapter of another base would load and answer nonsense
         trained = info.base_name or info.base_hf_id or info.base_path
         raise ApplianceError(f"adapters load {path}: trained on '{trained}' but the server at {url} serves "
@@ -232,7 +303,7 @@ def load(name: str, path: str, url: str = DEFAULT_URL, api_key: str | None = Non
         with _client(url, api_key) as c:
             resp = c.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": info.path})
     except httpx.HTTPError as e:
-        raise ApplianceError(f"--url {url}: no server answers ({type(e).__name__}); start one with `appliance up`")
+        raise no_server(url, e) from None
     if resp.status_code == 400 and "already been loaded" in resp.text:  # vLLM's hint (load_inplace) is not ours to give
         raise ApplianceError(f"adapters load {name}: the server at {url} already has an adapter named '{name}'; "
                              f"unload it first with `appliance adapters unload {name}`, or use another name")
@@ -244,12 +315,24 @@ def unload(name: str, url: str = DEFAULT_URL, api_key: str | None = None) -> Non
     """Remove adapter ``name`` from a running server."""
     import httpx
 
+    check_name(name, "adapters unload")
     try:
         with _client(url, api_key) as c:
             resp = c.post("/v1/unload_lora_adapter", json={"lora_name": name})
     except httpx.HTTPError as e:
-        raise ApplianceError(f"--url {url}: no server answers ({type(e).__name__}); start one with `appliance up`")
+        raise no_server(url, e) from None
+    if resp.status_code == 404 and "cannot be found" in resp.text and _is_base(name, url, api_key):
+        raise ApplianceError(f"adapters unload {name}: '{name}' is the base model of the server at {url}, which cannot "
+                             "be unloaded (only adapters can); `appliance adapters list` shows the adapters")
     _check_runtime(resp, f"adapters unload {name}", url, key_sent=bool(api_key))
+
+
+def _is_base(name: str, url: str, api_key: str | None) -> bool:
+    """Whether ``name`` is a base model (no parent) the server lists."""
+    try:
+        return any(m["id"] == name and not m.get("parent") for m in list_served(url, api_key))
+    except ApplianceError:  # then the server's own answer is all there is to say
+        return False
 
 
 def load_checked(name: str, path: str, url: str | None = None, api_key: str | None = None,
@@ -258,9 +341,10 @@ def load_checked(name: str, path: str, url: str | None = None, api_key: str | No
     from appliance.chat import default_url
     from appliance.servers import find_record
 
+    check_name(name, "adapters load")  # before the default URL, which may be an error of its own
     url = url or default_url()  # the only recorded server; several: the user must pick one
     rec = find_record(server_url(url))
     roots = (rec.adapter_roots if rec else [str(paths.saves_dir())]) + list(extra_roots or [])
-    served = (rec.model, set(rec.models[:1])) if rec else None
+    served = (rec.model, set(rec.models[:1]) | set(rec.base_names), rec.base_hf_id) if rec else None
     return load(name, path, url=url, api_key=api_key, roots=roots, max_rank=rec.max_lora_rank if rec else None,
                 served_base=served)

@@ -56,7 +56,13 @@ def local_dir(name: str) -> Path:
 
 
 def is_model_dir(path: Path) -> bool:
-    return (path / "config.json").is_file()
+    """A Hugging Face model folder: its config and its weights (a folder of config and tokenizer only, an
+    unfinished copy, is not one: vLLM and transformers fail on it after loading everything else)."""
+    return (path / "config.json").is_file() and has_weights(path)
+
+
+def has_weights(path: Path) -> bool:
+    return any(next(path.glob(pattern), None) is not None for pattern in ("*.safetensors", "*.bin", "*.pt", "*.pth"))
 
 
 def markers_for(path_or_name: str) -> list[str]:
@@ -139,13 +145,20 @@ def resolve(model: str) -> ModelRef:
     local_root = bool(first) and (Path(first).is_dir() or (paths.home() / first).is_dir())
     if p.exists() or model.startswith((".", "/", "~")) or os.sep in model and (local_root or not _looks_like_hub_id(model)):
         if not p.is_dir():
-            raise ApplianceError(f"--model {model}: directory not found; give a registry name (see `appliance models list`), a local HF model directory or a hub id")
-        if not is_model_dir(p):
+            what = "is a file, not a model folder" if p.exists() else "directory not found"
+            raise ApplianceError(f"--model {model}: {what}; give a registry name (see `appliance models list`), a local HF model directory or a hub id")
+        if not (p / "config.json").is_file():
             raise ApplianceError(f"--model {model}: {p} has no config.json; point it at a Hugging Face model directory")
+        if not has_weights(p):
+            raise ApplianceError(f"--model {model}: {p} has a config.json but no weights (*.safetensors or *.bin); "
+                                 "finish copying the model there, or point --model at a complete one")
         p = p.resolve()
         return ModelRef(local_name(p), str(p), None, markers_for(str(p)))
     if _looks_like_hub_id(model):
         return ModelRef(model.split("/")[-1].lower(), model, model, [], local=False)
+    if os.sep not in model and is_model_dir(local_dir(model)):  # a name `models list` shows (a merged model)
+        d = local_dir(model).resolve()
+        return ModelRef(local_name(d), str(d), None, markers_for(str(d)))
     known = ", ".join(sorted(registry()))
     raise ApplianceError(f"--model {model}: unknown model; use one of [{known}], a local HF model directory, or a hub id like Qwen/Qwen1.5-1.8B-Chat")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from appliance import paths
-from appliance.adapters import AdapterInfo, inspect_adapter, parse_spec, same_base, servable_rank
+from appliance.adapters import SUPPORTED_RANKS, AdapterInfo, inspect_adapter, parse_spec, same_base, servable_rank
 from appliance.errors import ApplianceError
 from appliance.guard import KEY_ENV, ROOTS_ENV, real
 from appliance.hw import cpu_has_native_bf16
@@ -80,6 +80,8 @@ class Plan:
     max_model_len: int | None = None
     extra_args: list[str] = field(default_factory=list)
     kv_cache_bytes: int | None = None  # CPU: the KV cache's size, from the share of the memory available
+    base_names: set[str] = field(default_factory=set)  # the served model's registry and recorded names
+    base_hf_id: str | None = None
 
     @property
     def url(self) -> str:
@@ -106,8 +108,11 @@ def preflight(cfg: UpConfig) -> Plan:
         # vLLM would read a stray word as its model (`appliance up saves/archer` serves the base, not the adapter)
         raise ApplianceError(f"unexpected argument '{cfg.extra_args[0]}': give adapters with --adapter (e.g. "
                              "`appliance up --adapter saves/archer`); vLLM's own flags go after `--`")
+    _refuse_own_flags(cfg.extra_args)
     for ok, flag, value, fix in (
             (1 <= cfg.port <= 65535, "--port", cfg.port, "use 1-65535"),
+            (0 < cfg.ready_timeout_s < 1e9, "--ready-timeout", cfg.ready_timeout_s,
+             "give the seconds to wait for the server, more than 0 (e.g. 600)"),
             (cfg.gpu_memory_utilization is None or 0 < cfg.gpu_memory_utilization <= 1, "--gpu-memory-utilization",
              cfg.gpu_memory_utilization, "give a share of memory above 0 and at most 1 (e.g. 0.3)"),
             (cfg.max_model_len is None or cfg.max_model_len >= 16, "--max-model-len", cfg.max_model_len,
@@ -157,7 +162,17 @@ def preflight(cfg: UpConfig) -> Plan:
                                  f"pass --model with the adapter's base (or drop --model to take it from the adapter)")
 
     max_rank = _max_lora_rank(cfg, infos)
-    roots = [str(paths.saves_dir())] + [a.path for a in infos] + list(cfg.adapter_roots)
+    extra_roots = []
+    for root in cfg.adapter_roots:
+        p = paths.resolve_user_path(root)  # as every path flag: the current directory, else $APPLIANCE_HOME
+        if not p.is_dir():
+            raise ApplianceError(f"--adapter-root {root}: {'is a file' if p.exists() else 'folder not found'}; give the "
+                                 "folder runtime adapter loads may read from (e.g. --adapter-root saves)")
+        if p.resolve() == Path(p.anchor):  # the guard would then let a runtime load read any file of the machine
+            raise ApplianceError(f"--adapter-root {root}: the whole file system is no guard; give the folder your "
+                                 "adapters are in")
+        extra_roots.append(str(p))
+    roots = [str(paths.saves_dir())] + [a.path for a in infos] + extra_roots
     roots = list(dict.fromkeys(real(r) for r in roots))
     _check_port(cfg.host, cfg.port)
     device = cfg.device or detect_device()
@@ -166,7 +181,8 @@ def preflight(cfg: UpConfig) -> Plan:
                 eager=cfg.eager, lora=cfg.lora, gpu_memory_utilization=cfg.gpu_memory_utilization,
                 max_model_len=cfg.max_model_len or (_cpu_context(ref.path) if device == "cpu" else None),
                 extra_args=list(cfg.extra_args),
-                kv_cache_bytes=_cpu_kv_cache_bytes(cfg, ref.path) if device == "cpu" else None)
+                kv_cache_bytes=_cpu_kv_cache_bytes(cfg, ref.path) if device == "cpu" else None,
+                base_names=base_names, base_hf_id=base_hf)
 
 
 def _cpu_context(model_path: str) -> int | None:
@@ -209,6 +225,25 @@ def _cpu_kv_cache_bytes(cfg: UpConfig, model_path: str) -> int | None:
 DEFAULT_RUNTIME_RANK = 16
 
 
+# vLLM flags `up` sets itself, and the `up` flag to use instead (None: not to be changed at all)
+_OWN_FLAGS = {"--port": "--port", "--host": "--host", "--model": "--model", "--served-model-name": "--served-name",
+              "--lora-modules": "--adapter", "--api-key": "--api-key", "--middleware": None,
+              "--gpu-memory-utilization": "--gpu-memory-utilization", "--max-model-len": "--max-model-len"}
+
+
+def _refuse_own_flags(extra_args: list[str]) -> None:
+    """A flag after `--` that `up` also sets: vLLM takes the last one, so `up` would wait on another port
+    (or model, or key) than the server has, until its ready timeout."""
+    for a in extra_args:
+        if not a.startswith("--"):
+            continue
+        flag = a.split("=", 1)[0].replace("_", "-")  # vLLM reads --served_model_name as --served-model-name
+        if flag in _OWN_FLAGS:
+            use = _OWN_FLAGS[flag]
+            fix = f"use `appliance up {use} ...` instead" if use else "`appliance up` needs its own"
+            raise ApplianceError(f"-- {a}: `appliance up` sets {flag} itself; {fix}, and leave it out after `--`")
+
+
 def _max_lora_rank(cfg: UpConfig, infos: list[AdapterInfo]) -> int:
     """The rank limit the server will have (0: no LoRA); a user's own ``--max-lora-rank`` wins and is recorded."""
     if not cfg.lora:
@@ -217,8 +252,10 @@ def _max_lora_rank(cfg: UpConfig, infos: list[AdapterInfo]) -> int:
     value = flag_value(cfg.extra_args, "--max-lora-rank")
     if value is None:
         return servable_rank(largest or DEFAULT_RUNTIME_RANK)
-    if not value.isdigit() or int(value) < (largest or 1):
-        raise ApplianceError(f"--max-lora-rank {value}: must be a whole number at least the adapters' rank ({largest or 1})")
+    if not value.isdigit() or int(value) < (largest or 1) or int(value) not in SUPPORTED_RANKS:
+        choices = ", ".join(str(r) for r in SUPPORTED_RANKS if r >= (largest or 1))
+        floor = f" (at least the adapters' rank, {largest})" if largest else ""
+        raise ApplianceError(f"--max-lora-rank {value}: vLLM accepts {choices}{floor}")
     return int(value)
 
 
@@ -233,6 +270,13 @@ def _base_from(infos: list[AdapterInfo]) -> str | None:
 
 
 def _check_port(host: str, port: int) -> None:
+    from appliance.servers import is_alive, read_records
+
+    # one record per port: another host's server there (::1 beside 127.0.0.1) would lose its record and its log
+    running = next((r for r in read_records() if r.port == port and is_alive(r)), None)
+    if running is not None:
+        raise ApplianceError(f"--port {port}: a server of this appliance home runs there ({running.url}); stop it "
+                             f"first (`appliance down --port {port}`) or pick another --port")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does, so TIME_WAIT is no conflict
@@ -386,10 +430,14 @@ def up(cfg: UpConfig, echo: Callable[[str], None] | None = None, cancel: threadi
 
 
 def down(port: int | None = None, all_servers: bool = False) -> dict[int | str, str]:
-    """Stop recorded servers (one port, or all); returns per port "stopped", "not running" or "unreadable"."""
+    """Stop the recorded server on ``port``, every one (``all_servers``), or the only one."""
+    if port is not None and not 1 <= port <= 65535:
+        raise ApplianceError(f"--port {port}: out of range; use 1-65535 (`appliance status` lists the recorded servers)")
+    if port is not None and all_servers:
+        raise ApplianceError(f"--port {port} and --all: pass one (--all stops every recorded server)")
     from appliance import servers
 
-    return servers.stop(port=port, all_servers=all_servers)
+    return servers.stop(port=port, all_servers=all_servers)  # per port: "stopped", "not running" or "unreadable"
 
 
 def status(api_key: str | None = None) -> list[dict]:

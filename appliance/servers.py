@@ -45,6 +45,9 @@ class ServerInfo:
     detached: bool = True
     started: str = ""
     pid_start: int = 0  # the leader's start time (clock ticks after boot, /proc/PID/stat): tells a recycled pid apart
+    # what else the served model is known as (registry name, hub id): `adapters load` checks an adapter's base with them
+    base_names: list[str] = field(default_factory=list)
+    base_hf_id: str | None = None
 
 
 def records_dir() -> Path:
@@ -68,11 +71,10 @@ def scan_records() -> tuple[list[ServerInfo], list[Path]]:
     return good, broken
 
 
-def live_records() -> list[ServerInfo]:
-    """The recorded servers whose process still runs, or every record if none does (so a dead
-    one's URL gives "no server answers" rather than the default port's)."""
-    recs = read_records()
-    return [r for r in recs if _is_vllm_group(r.pid, r.pid_start)] or recs
+def is_alive(rec: ServerInfo) -> bool:
+    """Whether the recorded server's API process still runs (in the group recorded, not a reused pid): what
+    `appliance status` calls alive."""
+    return _is_vllm_group(rec.pid, rec.pid_start) and _running(rec.pid)
 
 
 def find_record(url: str | None = None) -> ServerInfo | None:
@@ -180,6 +182,27 @@ def log_tail(log: str | Path, lines: int = 25) -> str:
 _EXCEPTION_LINE = re.compile(r"^(?:\(\w+ pid=\d+\) )?(?:ERROR [\d-]+ [\d:]+ \[[^\]]*\] )?((?:\w+\.)*\w*(?:Error|Exception): .+)$")
 
 
+# a base model given as a hub id that is neither cached nor downloadable (no network, or offline mode)
+_NO_HUB = ("ConnectError", "Name or service not known", "LocalEntryNotFoundError", "OfflineModeIsEnabled",
+           "couldn't connect to", "Temporary failure in name resolution")
+
+
+def _start_hint(cause: str | None) -> str:
+    """What to do about a start that failed for ``cause`` (empty if the cause says it already)."""
+    if not cause:
+        return ""
+    if "does not support LoRA" in cause:
+        return "; serve it merged instead: `appliance merge --adapter ...` then `appliance up --model <merged> --no-lora`"
+    if any(s in cause for s in _NO_HUB):
+        return ("; the model is not on this machine and the hub cannot be reached: pass --model with a local copy "
+                "(a folder with config.json and the weights), or `appliance models pull NAME` where the hub is reachable")
+    return ""
+
+
+# argparse's last word on a bad vLLM flag: "api_server.py: error: argument --max-lora-rank: invalid choice: 7 ..."
+_USAGE_ERROR = re.compile(r"^\S+\.py: (error: .+)$")
+
+
 def root_cause(log: str | Path) -> str | None:
     """The first exception vLLM's log reports ("ValueError: To serve at least one request ..."), if any.
 
@@ -187,7 +210,7 @@ def root_cause(log: str | Path) -> str | None:
     the line that says what to change comes first.
     """
     for line in log_tail(log, lines=400).splitlines():
-        m = _EXCEPTION_LINE.match(line.strip())
+        m = _EXCEPTION_LINE.match(line.strip()) or _USAGE_ERROR.match(line.strip())
         if m:
             return m.group(1)[:400]
     return None
@@ -224,7 +247,8 @@ def start(plan, argv: list[str], env: dict[str, str], detach: bool, ready_timeou
                       models=plan.served_models, adapters={a.name: a.path for a in plan.adapters},
                       adapter_roots=plan.adapter_roots, max_lora_rank=plan.max_lora_rank,
                       api_key_required=bool(plan.api_key), detached=detach,
-                      started=datetime.now(timezone.utc).isoformat(timespec="seconds"), pid_start=_start_ticks(proc.pid))
+                      started=datetime.now(timezone.utc).isoformat(timespec="seconds"), pid_start=_start_ticks(proc.pid),
+                      base_names=sorted(plan.base_names), base_hf_id=plan.base_hf_id)
     try:
         _wait_ready(proc, info, plan.api_key, ready_timeout_s, echo, cancel)
     except BaseException:  # also Ctrl-C while waiting: never leave a half-started server behind
@@ -250,10 +274,10 @@ def _wait_ready(proc: subprocess.Popen, info: ServerInfo, api_key: str | None, t
         if proc.poll() is not None:
             if tty:
                 sys.stderr.write("\n")
-            echo(log_tail(info.log))
             cause = root_cause(info.log)
-            hint = ("; serve it merged instead: `appliance merge --adapter ...` then `appliance up --model "
-                    "<merged> --no-lora`") if cause and "does not support LoRA" in cause else ""
+            if not cause:  # the error line below names the cause when one was found; else the log's end has to
+                echo(log_tail(info.log))
+            hint = _start_hint(cause)
             raise ApplianceError(f"vLLM exited with code {proc.returncode} while starting{': ' + cause if cause else ''}"
                                  f"{hint}; full log: {info.log}")
         if elapsed > timeout_s:
@@ -293,6 +317,10 @@ def serve_foreground(info: ServerInfo, echo: Callable[[str], None]) -> None:
     previous = {s: signal.signal(s, _raise) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         rc = proc.wait()
+        if rc in (0, -signal.SIGTERM, 128 + signal.SIGTERM):
+            # vLLM ends this way only when told to: `appliance down` (or a kill) from another shell
+            echo(f"vLLM was stopped from outside (exit code {rc}, e.g. `appliance down`)")
+            return
         echo(log_tail(info.log))
         raise ApplianceError(f"vLLM exited with code {rc}; full log: {info.log}")
     except (KeyboardInterrupt, _Stop):

@@ -65,6 +65,32 @@ def test_resolve_forms(appliance_home, tiny_model_dir):
         models.resolve(str(appliance_home))
 
 
+def test_a_model_folder_needs_its_weights_and_a_listed_name_resolves(appliance_home, tiny_model_dir):
+    """A folder of config and tokenizer only was listed as pulled, and vLLM failed on it after 19 s; a merged model
+    `models list` showed by name was "unknown" to --model."""
+    import shutil
+
+    from appliance import models
+
+    part = appliance_home / "models" / "noweights"
+    part.mkdir(parents=True)
+    for f in tiny_model_dir.iterdir():
+        if f.suffix not in (".safetensors", ".bin"):
+            shutil.copy(f, part / f.name)
+    with pytest.raises(ApplianceError, match=r"--model models/noweights: .* has a config.json but no weights"):
+        models.resolve("models/noweights")
+    assert "noweights" not in {r["name"] for r in models.list_models() if r["pulled"]}
+    merged = appliance_home / "models" / "a1-merged"
+    shutil.copytree(tiny_model_dir, merged)
+    row = next(r for r in models.list_models() if r["name"] == "a1-merged")
+    assert row["pulled"] and models.resolve(row["name"]).path == str(merged.resolve())
+    with pytest.raises(ApplianceError, match="unknown model"):
+        models.resolve("noweights")  # listed nowhere as a model
+    (appliance_home / "afile").write_text("x")
+    with pytest.raises(ApplianceError, match="--model afile: is a file, not a model folder"):
+        models.resolve("afile")
+
+
 @pytest.mark.parametrize("template,markers", [
     ("{{ '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>' }}",
      ["SmolLM", "Hugging Face"]),
@@ -98,6 +124,7 @@ def test_a_local_copy_of_a_registered_model_keeps_its_registry_markers(tmp_path,
               tmp_path / "hub" / "models--Qwen--Qwen2.5-0.5B-Instruct" / "snapshots" / "7ae557604adf67be50417f59c2c2f167def9a775"):
         d.mkdir(parents=True)
         (d / "config.json").write_text("{}")
+        (d / "model.safetensors").write_bytes(b"")  # only its presence is looked at here
         (d / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
         markers = models.markers_for(str(d))
         assert {"通义千问", "阿里云", "Qwen", "Alibaba Cloud"} <= set(markers) and len(markers) == len(set(markers))
@@ -105,6 +132,7 @@ def test_a_local_copy_of_a_registered_model_keeps_its_registry_markers(tmp_path,
     copy = appliance_home / "models" / "Qwen2.5-0.5B-Instruct"
     copy.mkdir(parents=True)
     (copy / "config.json").write_text("{}")
+    (copy / "model.safetensors").write_bytes(b"")
     row = next(r for r in models.list_models() if r["name"] == "Qwen2.5-0.5B-Instruct")
     assert row["hf_id"] == "Qwen/Qwen2.5-0.5B-Instruct" and row["description"] == "local copy of qwen2.5-0.5b-instruct"
 
@@ -172,6 +200,7 @@ def test_models_pull_of_a_model_already_there_says_so(appliance_home):
     d = appliance_home / "models" / "smollm2-135m"
     d.mkdir(parents=True)
     (d / "config.json").write_text("{}")
+    (d / "model.safetensors").write_bytes(b"")
     res = CliRunner().invoke(main, ["models", "pull", "smollm2-135m"])
     assert res.exit_code == 0 and res.output.startswith(f"already pulled smollm2-135m -> {d}"), res.output
 

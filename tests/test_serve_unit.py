@@ -91,8 +91,11 @@ def test_rank_limit_without_adapters_user_flag_and_no_lora(adapters, tiny_model_
     plan = preflight(UpConfig(model=str(tiny_model_dir), port=_free_port(), device="cpu", extra_args=["--max-lora-rank", "64"]))
     argv, _ = build_command(plan)
     assert plan.max_lora_rank == 64 and argv.count("--max-lora-rank") == 1 and argv[argv.index("--max-lora-rank") + 1] == "64"
-    with pytest.raises(ApplianceError, match="--max-lora-rank 8: must be a whole number at least the adapters' rank"):
+    with pytest.raises(ApplianceError, match=r"--max-lora-rank 8: vLLM accepts 16, 32, .* \(at least the adapters' rank, 12\)"):
         preflight(UpConfig(adapters=[str(adapters["r12"])], port=_free_port(), device="cpu", extra_args=["--max-lora-rank=8"]))
+    # a rank vLLM's own parser refuses (after a 17 s start and its whole usage text) is refused here at once
+    with pytest.raises(ApplianceError, match=r"--max-lora-rank 7: vLLM accepts 1, 8, 16, 32"):
+        preflight(UpConfig(model=str(tiny_model_dir), port=_free_port(), device="cpu", extra_args=["--max-lora-rank", "7"]))
     assert preflight(UpConfig(model=str(tiny_model_dir), port=_free_port(), device="cpu", lora=False)).max_lora_rank == 0
 
 
@@ -105,6 +108,26 @@ def test_runtime_load_checks_lora_and_base(adapters, real_model_dir, appliance_h
     with pytest.raises(ApplianceError, match="but the server at .* serves"):
         load("g", str(adapters["good"]), url="http://127.0.0.1:9", roots=roots, max_rank=16,
              served_base=(str(real_model_dir), {"smollm2-135m"}))
+
+
+
+def test_runtime_load_matches_a_base_known_only_by_hub_id(adapters, appliance_home, tmp_path):
+    """An adapter trained elsewhere records only its base's hub id: `up` accepted it, `adapters load` refused it,
+    because the server's record kept only the model's path and served name."""
+    from appliance.adapters import load
+
+    hub = tmp_path / "roots" / "hubbase"
+    shutil.copytree(adapters["good"], hub)
+    (hub / "appliance.json").unlink(missing_ok=True)
+    cfg = json.loads((hub / "adapter_config.json").read_text())
+    (hub / "adapter_config.json").write_text(json.dumps({**cfg, "base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct"}))
+    roots = [str(hub.parent)]
+    with pytest.raises(ApplianceError, match="no server answers"):  # past the base check, to the (absent) server
+        load("h", str(hub), url="http://127.0.0.1:9", roots=roots, max_rank=16,
+             served_base=("/srv/models/smollm2-135m", {"smollm2-135m"}, "HuggingFaceTB/SmolLM2-135M-Instruct"))
+    with pytest.raises(ApplianceError, match="trained on 'HuggingFaceTB/SmolLM2-135M-Instruct' but the server"):
+        load("h", str(hub), url="http://127.0.0.1:9", roots=roots, max_rank=16,
+             served_base=("/srv/models/other", {"other"}, "Org/Other"))
 
 
 def test_model_path_under_the_home_is_not_a_hub_id(appliance_home, tmp_path, monkeypatch):
@@ -663,6 +686,18 @@ def test_a_failed_start_names_vllms_first_exception(tmp_path):
     assert root_cause(log).startswith("ValueError: To serve at least one request")
     log.write_text("INFO nothing wrong\n")
     assert root_cause(log) is None
+    # vLLM's argument parser prints its whole usage, then one line that says what was wrong
+    log.write_text("usage: api_server.py [-h] [--host HOST]\n   [--max-lora-rank {1,8,16}]\n"
+                   "api_server.py: error: argument --max-lora-rank: invalid choice: 7 (choose from 1, 8, 16)\n")
+    assert root_cause(log) == "error: argument --max-lora-rank: invalid choice: 7 (choose from 1, 8, 16)"
+
+
+def test_a_start_that_needed_the_hub_says_to_pass_a_local_model():
+    from appliance.servers import _start_hint
+
+    assert "pass --model with a local copy" in _start_hint("httpcore.ConnectError: [Errno -2] Name or service not known")
+    assert "appliance merge" in _start_hint("ValueError: Qwen3NextForCausalLM does not support LoRA yet")
+    assert _start_hint("ValueError: To serve at least one request") == "" and _start_hint(None) == ""
 
 
 def test_runtime_adapter_404s_say_which_problem_it_is():
@@ -1013,3 +1048,83 @@ def test_status_of_a_server_whose_api_process_died_but_left_a_child(appliance_ho
         assert not row["alive"] and "exited but part of it still runs" in row["note"] and "appliance down --port 8999" in row["note"]
     finally:
         servers.kill_group(leader.pid, timeout_s=5)
+
+
+@pytest.mark.parametrize("extra, use", [
+    (["--port", "8341"], "use `appliance up --port ...` instead"),
+    (["--host=0.0.0.0"], "use `appliance up --host ...` instead"),
+    (["--served_model_name", "x"], "sets --served-model-name itself; use `appliance up --served-name ...`"),
+    (["--api-key", "k"], "use `appliance up --api-key ...` instead"),
+    (["--lora-modules", "a=saves/a"], "use `appliance up --adapter ...` instead"),
+    (["--max-num-seqs", "8", "--middleware", "x.y"], "`appliance up` needs its own"),
+])
+def test_vllm_flags_up_sets_itself_are_refused_after_the_separator(tiny_model_dir, extra, use):
+    """vLLM takes the last --port: `up` then waited on its own port until the ready timeout (10 minutes)."""
+    with pytest.raises(ApplianceError) as e:
+        preflight(UpConfig(model=str(tiny_model_dir), port=_free_port(), device="cpu", extra_args=extra))
+    assert use in str(e.value) and str(e.value).startswith("-- --") and "\n" not in str(e.value)
+    assert preflight(UpConfig(model=str(tiny_model_dir), port=_free_port(), device="cpu", extra_args=["--max-num-seqs", "8"]))
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf")])
+def test_a_ready_timeout_that_cannot_work_is_refused(tiny_model_dir, timeout):
+    with pytest.raises(ApplianceError, match="--ready-timeout .*: out of range; give the seconds to wait"):
+        preflight(UpConfig(model=str(tiny_model_dir), port=_free_port(), device="cpu", ready_timeout_s=timeout))
+
+
+@pytest.mark.parametrize("code, stopped", [("import time; time.sleep(30)", True), ("raise SystemExit(3)", False)])
+def test_a_foreground_server_stopped_from_outside_is_not_an_error(appliance_home, tmp_path, code, stopped):
+    """`appliance down` from another shell stops a foreground `up`: that said "error: vLLM exited with code 0" (exit 2)."""
+    import threading
+
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    servers._CHILDREN[proc.pid] = proc
+    log = tmp_path / "server.log"
+    log.write_text("vLLM's own last lines\n")
+    info = servers.ServerInfo(port=_free_port(), host="127.0.0.1", url="http://127.0.0.1:1", pid=proc.pid, log=str(log),
+                              model="m", models=["m"], detached=False)
+    if stopped:  # what `appliance down` does: SIGTERM to the server's process group
+        threading.Timer(1.0, os.killpg, (proc.pid, 15)).start()
+    said: list[str] = []
+    if stopped:
+        servers.serve_foreground(info, said.append)
+        assert any("stopped from outside" in s for s in said) and not any("vLLM's own last lines" in s for s in said)
+    else:  # a crash is still an error, with the log's last lines
+        with pytest.raises(ApplianceError, match="vLLM exited with code 3; full log"):
+            servers.serve_foreground(info, said.append)
+        assert any("vLLM's own last lines" in s for s in said)
+    assert proc.poll() is not None and proc.pid not in servers._CHILDREN
+
+
+def test_a_port_with_a_live_recorded_server_is_refused_whatever_the_host(appliance_home, tiny_model_dir):
+    """A second `up` on that port with another --host (::1 beside 127.0.0.1) passed the bind check, wiped the
+    running server's log and would have replaced its record."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "vllm"], start_new_session=True)
+    try:
+        info = servers.ServerInfo(port=port, host="::1", url=f"http://[::1]:{port}", pid=proc.pid, log="x.log", model="m",
+                                  models=["m"], pid_start=servers._start_ticks(proc.pid))
+        servers._write_record(info)
+        with pytest.raises(ApplianceError, match=rf"--port {port}: a server of this appliance home runs there "
+                                                 rf"\(http://\[::1\]:{port}\); stop it first \(`appliance down --port {port}`\)"):
+            preflight(UpConfig(model=str(tiny_model_dir), host="127.0.0.1", port=port, device="cpu"))
+    finally:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+    assert preflight(UpConfig(model=str(tiny_model_dir), host="127.0.0.1", port=port, device="cpu"))  # a dead record: free
+
+
+def test_adapter_roots_and_down_ports_are_checked(appliance_home, tiny_model_dir, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for root, needle in ((str(tmp_path / "nope"), "folder not found"), (str(afile), "is a file"),
+                         ("/", "the whole file system is no guard")):
+        with pytest.raises(ApplianceError, match=f"--adapter-root {re.escape(root)}: {needle}"):
+            preflight(UpConfig(model=str(tiny_model_dir), port=_free_port(), device="cpu", adapter_roots=[root]))
+    (appliance_home / "extra").mkdir()
+    plan = preflight(UpConfig(model=str(tiny_model_dir), port=_free_port(), device="cpu", adapter_roots=["extra"]))
+    assert str((appliance_home / "extra").resolve()) in plan.adapter_roots  # relative: under the home, as other paths
+    for args, needle in ((["--port", "0"], "--port 0: out of range"), (["--port", "-5"], "--port -5: out of range"),
+                         (["--port", "8310", "--all"], "--port 8310 and --all: pass one")):
+        res = CliRunner().invoke(main, ["down", *args])
+        assert res.exit_code == 2 and needle in res.output, res.output
