@@ -84,7 +84,11 @@ def inspect_adapter(path: str | Path, name: str | None = None, flag: str = "--ad
     """Check that ``path`` is a PEFT LoRA adapter vLLM can serve, and read its base model."""
     d = adapter_dir(path, flag)
     if not (d / "adapter_config.json").is_file():
-        raise ApplianceError(f"{flag} {path}: no adapter_config.json, so it is not a PEFT adapter; point it at an `appliance train` output")
+        if (d / "config.json").is_file():  # a whole model (a merged one): served on its own, not as an adapter
+            fix = f"it is a model: serve it with `appliance up --model {path}`" + (" --no-lora" if flag == "--adapter" else "")
+        else:
+            fix = "point it at an `appliance train` output"
+        raise ApplianceError(f"{flag} {path}: no adapter_config.json, so it is not a PEFT adapter; {fix}")
     cfg = read_adapter_config(d)
     if cfg.get("peft_type") != "LORA":
         raise ApplianceError(f"{flag} {path}: peft_type is {cfg.get('peft_type')!r}, vLLM serves only LORA adapters")

@@ -119,6 +119,9 @@ def preflight(cfg: UpConfig) -> Plan:
              "give the longest prompt + answer in tokens, at least 16 (e.g. 2048)")):
         if not ok:
             raise ApplianceError(f"{flag} {value}: out of range; {fix}")
+    if cfg.served_name is not None and not cfg.served_name.strip():  # "" was ignored, " " served as " "
+        raise ApplianceError("--served-name is empty; give the name clients ask for (e.g. archer), or leave it out "
+                             "to serve the model under its own name")
     if not cfg.lora and cfg.adapters:
         raise ApplianceError(f"--no-lora: cannot serve --adapter {cfg.adapters[0]} without LoRA; drop --no-lora or the adapters")
     infos = []

@@ -163,11 +163,18 @@ def test_preflight_refuses_unservable_adapters(adapters, kind, needle):
         assert "appliance merge" in msg
 
 
-def test_preflight_refuses_missing_and_non_peft_dirs(tmp_path):
+def test_preflight_refuses_missing_and_non_peft_dirs(tmp_path, tiny_model_dir):
     with pytest.raises(ApplianceError, match="directory not found"):
         preflight(UpConfig(adapters=[str(tmp_path / "nope")], port=_free_port(), device="cpu"))
-    with pytest.raises(ApplianceError, match="no adapter_config.json"):
+    with pytest.raises(ApplianceError, match="no adapter_config.json, so it is not a PEFT adapter; point it at an"):
         preflight(UpConfig(adapters=[str(tmp_path)], port=_free_port(), device="cpu"))
+    # a merged model given as an adapter: say how it is served
+    with pytest.raises(ApplianceError, match=rf"not a PEFT adapter; it is a model: serve it with `appliance up --model "
+                                             rf"{re.escape(str(tiny_model_dir))}` --no-lora"):
+        preflight(UpConfig(adapters=[str(tiny_model_dir)], port=_free_port(), device="cpu"))
+    for name in ("", "  "):
+        with pytest.raises(ApplianceError, match="--served-name is empty"):
+            preflight(UpConfig(model=str(tiny_model_dir), served_name=name, port=_free_port(), device="cpu"))
 
 
 def test_preflight_refuses_adapter_of_another_base(adapters, real_model_dir):
