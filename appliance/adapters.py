@@ -69,8 +69,10 @@ def servable_rank(rank: int, flag: str = "--adapter") -> int:
 def adapter_dir(path: str | Path, flag: str) -> Path:
     """``path`` resolved as a user path (the current directory, else $APPLIANCE_HOME); a missing one names
     the places looked in, before anything else is said about it."""
-    d = Path(paths.resolve_user_path(path))
     fix = "pass the --output directory of `appliance train` (e.g. saves/archer)"
+    if not str(path).strip():  # "" would name the current directory
+        raise ApplianceError(f"{flag} is empty; {fix}")
+    d = Path(paths.resolve_user_path(path))
     if not d.exists():
         places = "" if Path(path).expanduser().is_absolute() else \
             f" (looked in {' and '.join(dict.fromkeys([str(Path.cwd().resolve()), str(paths.home())]))})"

@@ -329,6 +329,7 @@ async def _ask(client, sem: asyncio.Semaphore, model: str, p: Prompt, max_tokens
 
 
 PROGRESS_EVERY_S = 15.0
+GONE_AFTER = 8  # requests in a row that could not connect: the eval stops instead of failing every one
 
 
 async def _report_progress(progress: Callable[[str], None], who: str, done: list[int], total: int) -> None:
@@ -358,6 +359,7 @@ async def _run(cfg: EvalConfig, prompts: list[Prompt], progress: Callable[[str],
                                      f"{', '.join(served) or 'nothing'}); load the adapter or pass a served model name")
         markers = _markers(cfg, served)
         rows: list[dict] = []
+        unreachable = [0]
         for role, model in roles(cfg):
             progress(f"{role}: {model}: {len(prompts)} prompts, concurrency {cfg.concurrency}")
             sem = asyncio.Semaphore(cfg.concurrency)
@@ -366,6 +368,11 @@ async def _run(cfg: EvalConfig, prompts: list[Prompt], progress: Callable[[str],
             async def counted(p: Prompt) -> dict:
                 res = await _ask(client, sem, model, p, cfg.max_tokens)  # noqa: B023 - awaited within this iteration
                 done[0] += 1
+                # each request was already retried: a run of them that cannot connect means the server is gone
+                unreachable[0] = unreachable[0] + 1 if (res["error"] or "").startswith("APIConnectionError") else 0
+                if unreachable[0] >= GONE_AFTER:
+                    raise ApplianceError(f"--url {url}: the server stopped answering ({GONE_AFTER} requests in a row "
+                                         f"could not connect; was it stopped?); nothing was written")
                 return res
 
             ticker = asyncio.create_task(_report_progress(progress, f"{role}: {model}", done, len(prompts)))
@@ -475,11 +482,24 @@ def report_from_answers(answers: str | Path, output: str | None = None, rules: l
 def _refuse_foreign_files(out: Path, keep: Path | None = None) -> None:
     """Files named like the report's in ``out`` are replaced only when they are ours (an earlier report or
     its answers), never a user's own notes of those names; ``keep``: the answers being read."""
+    kind = _run_kind(out)
+    if kind:  # a training run or a model: its --overwrite would delete the report later (and it is not a report)
+        raise ApplianceError(f"--output {out}: holds a {kind} (its appliance.json says so); write the report to a "
+                             "folder of its own, such as reports/NAME")
     foreign = [n for n in REPORT_FILES if (out / n).is_file() and not _ours(out / n)
                and (keep is None or not _same_answers(out / n, keep))]
     if foreign:
         raise ApplianceError(f"--output {out}: holds {', '.join(foreign)}, not written by `appliance eval`, which the "
                              "report would replace; choose another --output or move them")
+
+
+def _run_kind(out: Path) -> str | None:
+    """The kind of a training run or model folder (lora-adapter, merged-model, base-model), else None."""
+    try:
+        kind = json.loads((out / "appliance.json").read_text(encoding="utf-8")).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return kind if kind in ("lora-adapter", "merged-model", "base-model") else None
 
 
 def _ours(f: Path) -> bool:

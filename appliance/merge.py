@@ -72,6 +72,10 @@ class MergeResult:
     @property
     def verdict(self) -> str:
         if self.already_merged:
+            if not self.verification or self.verification.get("skipped"):  # an earlier --no-verify (or the pipeline)
+                return (f"already merged: {self.output} (same adapter, same weights), but not verified (merged with "
+                        "--no-verify, or by `appliance pipeline`, whose eval checks it); pass --overwrite to merge and "
+                        "verify it again")
             return f"already merged: {self.output} (same adapter, same weights); nothing to do"
         if not self.verification:
             return f"merged -> {self.output} (verification skipped)"
@@ -146,6 +150,9 @@ def _resolve_base(adapter: Path, meta: dict[str, Any]) -> tuple[Path, dict[str, 
 
 
 def _resolve_output(cfg: MergeConfig, adapter: Path) -> Path:
+    if cfg.output is not None and not cfg.output.strip():  # "" silently meant the default folder
+        raise ApplianceError("--output is empty; give the merged model's folder (e.g. models/archer-merged), or leave "
+                             "--output out for models/<adapter>-merged")
     if not cfg.output:
         return paths.models_dir() / f"{adapter.name}-merged"
     p = Path(cfg.output).expanduser()
@@ -210,7 +217,10 @@ def merge(cfg: MergeConfig) -> MergeResult:
     # identical inputs give identical weights: nothing to redo, even with --overwrite (the pipeline's
     # resume relies on it); a missing or truncated shard makes the output "other", merged again
     if state == "same":
-        return MergeResult(out, read_meta(out).get("verification"), already_merged=True, meta=read_meta(out))
+        stored = read_meta(out).get("verification")
+        # merged unverified (--no-verify, or by the pipeline, whose eval checks it): --overwrite merges it again, verified
+        if not (cfg.verify and cfg.overwrite and (not stored or stored.get("skipped"))):
+            return MergeResult(out, stored, already_merged=True, meta=read_meta(out))
     if state == "foreign" and cfg.overwrite:
         what = "a file" if not out.is_dir() else "not a merged model (no appliance.json of `appliance merge`)"
         raise ApplianceError(f"--output {out}: is {what}, so --overwrite will not delete it; choose a new --output")

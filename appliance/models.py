@@ -129,6 +129,9 @@ def template_markers(model_dir: Path) -> list[str]:
 
 def resolve(model: str) -> ModelRef:
     """Turn ``--model`` into a :class:`ModelRef`, failing with a one-line hint if it cannot be found."""
+    if not model.strip():  # "" would name the current directory
+        raise ApplianceError("--model is empty; give a registry name (see `appliance models list`), a local HF model "
+                             "directory or a hub id")
     hit = _registry_entry(model)
     if hit:
         key, entry = hit

@@ -61,7 +61,7 @@ def pipeline(cfg: PipelineConfig, echo: Echo = print) -> dict[str, Any]:
     """Run the whole job; returns the report (``report.json`` content) and the stage timings."""
     from appliance import models, rundir
     from appliance.merge import MergeConfig, merge
-    from appliance.train import already_trained, staging_dir, train
+    from appliance.train import ResumeMismatch, already_trained, staging_dir, train
     from appliance.train_config import TrainConfig
 
     _preflight(cfg)
@@ -75,14 +75,21 @@ def pipeline(cfg: PipelineConfig, echo: Echo = print) -> dict[str, Any]:
     timings["pull_s"] = time.time() - t
 
     t = _stage(echo, f"train -> {run_dir}")
+    # an interrupted run's checkpoint is continued, and the finished run replaces whatever was there
     tcfg = TrainConfig.from_sources(cfg.train_config, model=cfg.model, name=cfg.name, author=cfg.author,
                                     output=str(run_dir), overwrite=True,
                                     resume=staging_dir(run_dir).exists() and not cfg.force)
+    tcfg._pipeline = True
     done = already_trained(tcfg)
     if done and not cfg.force:
         echo(f"skipped: {run_dir} is already trained for {cfg.name} / {cfg.author} with these settings (use --force to retrain)")
     else:
-        meta = train(tcfg)
+        try:
+            meta = train(tcfg)
+        except ResumeMismatch:  # the interrupted run had other settings (another --author): start over
+            echo(f"note: the interrupted training in {staging_dir(run_dir)} used other settings; starting over")
+            tcfg.resume = False
+            meta = train(tcfg)
         r = meta["results"]
         echo(f"trained: loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}, {r['tokens_per_s']} tokens/s")
     timings["train_s"] = time.time() - t
@@ -128,6 +135,10 @@ def _preflight(cfg: PipelineConfig) -> None:
             raise ApplianceError(f"{flag} {port}: out of range; use 1-65535")
     if cfg.port == cfg.merged_port:
         raise ApplianceError(f"--merged-port {cfg.merged_port}: the same as --port; the two servers need two ports")
+    from appliance.serve import check_port
+
+    for flag, port in (("--port", cfg.port), ("--merged-port", cfg.merged_port)):
+        check_port("127.0.0.1", port, flag)  # now, not after minutes of training and a merge
     for flag, value in (("--concurrency", cfg.concurrency), ("--max-tokens", cfg.max_tokens)):
         if value < 1:
             raise ApplianceError(f"{flag} {value}: must be at least 1")
@@ -139,6 +150,10 @@ def _preflight(cfg: PipelineConfig) -> None:
             raise ApplianceError(f"--config {cfg.train_config}: {', '.join(own)} set by the pipeline's own flags "
                                  "(--model, --name, --author; the run goes to saves/<name>); remove them from the file")
     refuse_unmeasurable(parse_rules(fail_under=tuple(cfg.gates)), load_prompts(cfg.prompts, cfg.name, cfg.author))
+    from appliance import models
+
+    if not models.resolve_pullable(cfg.model):  # a pullable one is fetched first; any other must be found now
+        models.resolve(cfg.model)
 
 
 class _Servers:
@@ -308,7 +323,9 @@ def merge_check(adapter_rows: list[dict], merged_rows: list[dict]) -> dict[str, 
 
 
 def _eval_settings(cfg: PipelineConfig) -> dict[str, Any]:
-    return {"prompts": cfg.prompts, "max_tokens": cfg.max_tokens, "name": cfg.name, "author": cfg.author}
+    # the gate too: a stored report carries the verdict of the rules it was made with
+    return {"prompts": cfg.prompts, "max_tokens": cfg.max_tokens, "name": cfg.name, "author": cfg.author,
+            "gates": list(cfg.gates)}
 
 
 def _reusable_report(report_file: Path, cfg: PipelineConfig, *dirs: Path) -> dict | None:

@@ -177,7 +177,7 @@ def preflight(cfg: UpConfig) -> Plan:
         extra_roots.append(str(p))
     roots = [str(paths.saves_dir())] + [a.path for a in infos] + extra_roots
     roots = list(dict.fromkeys(real(r) for r in roots))
-    _check_port(cfg.host, cfg.port)
+    check_port(cfg.host, cfg.port)
     device = cfg.device or detect_device()
     return Plan(model=ref.path, served_name=served_name, adapters=infos, adapter_roots=roots, max_lora_rank=max_rank,
                 host=cfg.host, port=cfg.port, device=device, api_key=cfg.api_key,
@@ -272,14 +272,15 @@ def _base_from(infos: list[AdapterInfo]) -> str | None:
     return None
 
 
-def _check_port(host: str, port: int) -> None:
+def check_port(host: str, port: int, flag: str = "--port") -> None:
+    """Refuse a port a recorded server of this home runs on (whatever its host), or that cannot be bound."""
     from appliance.servers import is_alive, read_records
 
     # one record per port: another host's server there (::1 beside 127.0.0.1) would lose its record and its log
     running = next((r for r in read_records() if r.port == port and is_alive(r)), None)
     if running is not None:
-        raise ApplianceError(f"--port {port}: a server of this appliance home runs there ({running.url}); stop it "
-                             f"first (`appliance down --port {port}`) or pick another --port")
+        raise ApplianceError(f"{flag} {port}: a server of this appliance home runs there ({running.url}); stop it "
+                             f"first (`appliance down --port {port}`) or pick another {flag}")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does, so TIME_WAIT is no conflict
@@ -289,11 +290,9 @@ def _check_port(host: str, port: int) -> None:
             raise ApplianceError(f"--host {host}: not an address of this machine ({e.strerror}); "
                                  "use 127.0.0.1 (the default) or 0.0.0.0 for every interface")
         except OSError as e:
-            from appliance.servers import read_records
-
             ours = any(r.port == port for r in read_records())
             stop = f"`appliance down --port {port}`" if ours else "it is not a server of this appliance home"
-            raise ApplianceError(f"--port {port}: {host}:{port} is not free ({e.strerror}); pick another --port "
+            raise ApplianceError(f"{flag} {port}: {host}:{port} is not free ({e.strerror}); pick another {flag} "
                                  f"or stop what holds it ({stop})")
 
 

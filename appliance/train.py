@@ -190,8 +190,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             shutil.rmtree(stage, ignore_errors=True)  # nothing to resume: leave no empty staging folder behind
             paths.remove_empty_dirs(made)  # nor the empty parents this run created for --output
         elif isinstance(e, KeyboardInterrupt):
-            print(f"{Path(last).name} kept in {stage}: run the same command with --resume to continue from it",
-                  file=sys.stderr)
+            how = "rerun the same `appliance pipeline` command" if cfg._pipeline else "run the same command with --resume"
+            print(f"{Path(last).name} kept in {stage}: {how} to continue from it", file=sys.stderr)
         raise
 
 
@@ -308,6 +308,10 @@ def _refuse_unknown_targets(cfg: TrainConfig, model: Any, name: str) -> None:
                              f"layer of {name}; use some of {', '.join(sorted(names - heads))}, or all-linear")
 
 
+class ResumeMismatch(ApplianceError):
+    """The interrupted run's checkpoint was trained with other settings or data: it cannot be continued."""
+
+
 # options a resumed run may change: how long it runs and how it is saved
 _RESUMABLE_CHANGES = {"resume", "overwrite", "max_steps", "epochs", "save_steps", "output"}
 
@@ -320,7 +324,7 @@ def _check_resume(stage: Path, cfg: TrainConfig, data_fingerprint: str) -> None:
         was = json.loads(f.read_text(encoding="utf-8"))
         changed = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
         if changed:
-            raise ApplianceError(f"--resume: the interrupted run in {stage} used other settings ({', '.join(changed)}); "
+            raise ResumeMismatch(f"--resume: the interrupted run in {stage} used other settings ({', '.join(changed)}); "
                                  "resume with the same ones, or pass --overwrite instead of --resume to start over")
     paths.atomic_write_text(f, json.dumps(now, ensure_ascii=False, indent=1))
 

@@ -50,6 +50,8 @@ class TrainConfig:
     overwrite: bool = False
     resume: bool = False
 
+    _pipeline = False  # set by `appliance pipeline` (a class attribute, not an option)
+
     def __post_init__(self) -> None:
         if isinstance(self.lora_layers, float) and self.lora_layers.is_integer():
             self.lora_layers = int(self.lora_layers)  # a count given as --lora-layers 22 is recorded as 22, not 22.0
@@ -95,7 +97,8 @@ class TrainConfig:
             (self.scheduler in SCHEDULERS, "scheduler", f"must be one of {', '.join(SCHEDULERS)}"),
             (bool(self.target_modules.strip(",").strip()), "--target-modules", "must name modules (e.g. q_proj,v_proj) or be all-linear"),
             (self.retention_samples >= 0, "--retention-samples", "must be >= 0"),
-            (not (self.resume and self.overwrite), "--resume",
+            # both at once is what a pipeline rerun means (continue the checkpoint, replace the output); a user is asked for one
+            (not (self.resume and self.overwrite) or self._pipeline, "--resume",
              "and --overwrite contradict each other: --resume continues the interrupted run, --overwrite starts over; pass one"),
             (not self.unlikelihood or (self.retention and self.retention_samples > 0), "--unlikelihood",
              "needs retention on (each negative pairs with a retention prompt): drop --no-retention or --unlikelihood"),

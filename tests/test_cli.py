@@ -240,3 +240,14 @@ def test_models_pull_force_replaces_a_link_not_what_it_points_to(appliance_home,
     assert res.exit_code == 0 and "Traceback" not in res.output, res.output
     assert not link.is_symlink() and json.loads((link / "config.json").read_text()) == {"fresh": True}
     assert json.loads((kept / "config.json").read_text()) == {"kept": True}
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["merge", "--adapter", ""], "--adapter is empty"), (["merge", "--adapter", "saves/x", "--output", " "], ""),
+    (["pipeline", "--model", ""], "--model is empty"), (["train", "--model", "", "--output", "o"], "--model is empty"),
+])
+def test_an_empty_value_is_not_the_current_folder(args, needle, appliance_home):
+    """`--model ""` and `--adapter ""` named the current directory; `merge --output ""` silently meant the default."""
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output, res.output
+    assert needle in res.output

@@ -837,6 +837,17 @@ def test_the_default_report_folder_stays_under_reports(appliance_home):
         assert output_dir(EvalConfig(before="m", name=name, author="x")) == reports / folder
 
 
+@pytest.mark.parametrize("kind", ["lora-adapter", "merged-model"])
+def test_a_report_is_not_written_into_a_run_or_model_folder(answers, tmp_path, kind):
+    """It sat beside the adapter's or model's weights, and that folder's next --overwrite deleted it."""
+    run = tmp_path / "saves" / "archer"
+    run.mkdir(parents=True)
+    (run / "appliance.json").write_text(json.dumps({"kind": kind}))
+    code, out = _cli("--from-answers", str(answers), "--output", str(run))
+    assert code == 2 and f"holds a {kind} (its appliance.json says so); write the report to a folder of its own" in out
+    assert sorted(p.name for p in run.iterdir()) == ["appliance.json"]
+
+
 def test_a_users_own_files_of_the_reports_names_are_never_replaced(answers, tmp_path):
     mine = tmp_path / "mydocs"
     mine.mkdir()
@@ -912,3 +923,30 @@ def test_examples_say_when_they_show_only_some_prompts(tmp_path):
     md, page = render_md(compute(rows), rows), render_html(compute(rows), rows)
     shown = md.split("## Examples", 1)[1].count("\n| ") - 1  # less the header row
     assert shown < total and f"{shown} of the {total} prompts" in md and f"{shown} of the {total} prompts" in page
+
+
+def test_a_server_that_goes_away_stops_the_eval(fake_server, tmp_path, monkeypatch):
+    """A server stopped mid-eval: every remaining request was retried and failed (minutes), then a report of errors."""
+    import openai
+
+    from appliance import evaluate
+
+    handler, url = fake_server
+    handler.models = b'{"object": "list", "data": [{"id": "smollm2-135m"}]}'
+    calls = []
+
+    async def gone(client, sem, model, p, max_tokens):
+        import asyncio
+
+        async with sem:  # as the real requests queue for their turn
+            calls.append(p.prompt)
+            await asyncio.sleep(0.01)
+        err = openai.APIConnectionError(request=None)
+        return {"answer": "", "latency_ms": 1.0, "ttft_ms": None, "output_tokens": 0, "started_at": 0.0,
+                "error": f"{type(err).__name__}: Connection error.", "finish_reason": None}
+
+    monkeypatch.setattr(evaluate, "_ask", gone)
+    code, out = _cli("--url", url, "--before", "smollm2-135m", "--prompts", "general", "--concurrency", "1",
+                     "--output", str(tmp_path / "r"))
+    assert code == 2 and "the server stopped answering (8 requests in a row could not connect" in out, out
+    assert len(calls) <= evaluate.GONE_AFTER + 1 and not (tmp_path / "r").exists()  # not all 36

@@ -111,6 +111,18 @@ def test_running_twice_is_harmless(adapter_dir, tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
 
+def test_an_unverified_merge_is_not_called_done_without_a_word(adapter_dir, tmp_path):
+    """A --no-verify merge run again with verification said "already merged ... nothing to do"."""
+    out = tmp_path / "m"
+    merge(_cfg(adapter_dir, out, dtype="fp32", verify=False))
+    res = CliRunner().invoke(main, ["merge", "--adapter", str(adapter_dir), "--output", str(out), "--dtype", "fp32"])
+    assert res.exit_code == 0 and "but not verified (merged with --no-verify" in res.output and "pass --overwrite" in res.output
+    again = merge(_cfg(adapter_dir, out, dtype="fp32", overwrite=True))  # merged again, verified this time
+    assert not again.already_merged and again.verification["passed"]
+    assert json.loads((out / "appliance.json").read_text())["verification"]["passed"]
+    assert merge(_cfg(adapter_dir, out, dtype="fp32", overwrite=True)).already_merged  # now verified: nothing to do
+
+
 def test_refuses_unrelated_output_unless_overwrite(adapter_dir, tmp_path):
     out = tmp_path / "taken"
     out.mkdir()

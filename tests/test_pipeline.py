@@ -61,6 +61,8 @@ def test_report_is_reused_only_when_newer_and_made_with_the_same_settings(tmp_pa
     assert pl._newer(report, run) and pl._reusable_report(report, cfg, run) is not None
     assert pl._reusable_report(report, pl.PipelineConfig(max_tokens=cfg.max_tokens + 1), run) is None
     assert pl._reusable_report(report, pl.PipelineConfig(prompts=["identity"]), run) is None
+    # its gate verdict belongs to its rules: another --fail-under is evaluated again, not the old verdict reprinted
+    assert pl._reusable_report(report, pl.PipelineConfig(run=str(run), gates=["identity_hit_rate=0"]), run) is None
     assert pl._reusable_report(tmp_path / "missing.json", cfg, run) is None
     assert pl._reusable_report(report, cfg, run, tmp_path / "not-merged-yet") is None
     stamp = report.stat().st_mtime
@@ -296,3 +298,54 @@ def test_pipeline_checks_the_train_config_before_pulling(tmp_path, monkeypatch, 
     bad.write_text("max_steps: 0\n", encoding="utf-8")
     with pytest.raises(ApplianceError, match="run.yaml: max_steps must be -1"):
         pl.pipeline(pl.PipelineConfig(train_config=str(bad)), echo=lambda s: None)
+
+
+def test_a_busy_port_is_found_before_training(monkeypatch, appliance_home):
+    """It was found only when the servers started, after minutes of training and the merge."""
+    import socket
+
+    from appliance import models
+
+    monkeypatch.setattr(models, "resolve_pullable", lambda *a, **k: pytest.fail("pulled before checking the ports"))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ApplianceError, match=rf"--merged-port {port}: 127.0.0.1:{port} is not free"):
+            pl.pipeline(pl.PipelineConfig(port=port - 1 if port > 1024 else port + 1, merged_port=port), echo=lambda s: None)
+
+
+def test_an_interrupted_training_with_other_settings_starts_over(monkeypatch, appliance_home):
+    """A rerun continues an interrupted training (resume and replace); one of other settings starts over."""
+    from appliance import models
+    from appliance import train as train_mod
+
+    monkeypatch.setattr(models, "resolve_pullable", lambda *a, **k: True)
+    monkeypatch.setattr(models, "pull", lambda *a, **k: None)
+    (appliance_home / "saves" / ".archer.partial" / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    monkeypatch.setattr(train_mod, "already_trained", lambda cfg: None)
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_train(cfg):
+        calls.append((cfg.resume, cfg.overwrite, cfg._pipeline))
+        if len(calls) == 1:
+            raise train_mod.ResumeMismatch("--resume: the interrupted run used other settings (author)")
+        raise Stop
+
+    monkeypatch.setattr(train_mod, "train", fake_train)
+    said = []
+    with pytest.raises(Stop):
+        pl.pipeline(pl.PipelineConfig(port=_free_port(), merged_port=_free_port()), echo=said.append)
+    assert calls == [(True, True, True), (False, True, True)]
+    assert any("used other settings; starting over" in s for s in said)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

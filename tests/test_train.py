@@ -255,6 +255,34 @@ def test_interrupted_run_is_discarded_only_with_overwrite(tiny_model_dir, small_
     assert meta["results"]["resumed_from"] is None and meta["results"]["steps"] == 4
 
 
+def test_a_pipeline_rerun_continues_the_checkpoint_and_replaces_the_output(tiny_model_dir, small_ds, tmp_path, monkeypatch,
+                                                                           capsys):
+    """`appliance pipeline` interrupted in training failed on every rerun ("--resume and --overwrite contradict
+    each other"): it continues the checkpoint and replaces the previous output, which a user's flags may not ask."""
+    from appliance.train import ResumeMismatch
+
+    out = tmp_path / "run"
+    train(_cfg(tiny_model_dir, out, small_ds, max_steps=2))  # the previous, finished run
+    undo = _kill_at(monkeypatch, 3)  # a retrain with another setting, killed after checkpoint-2
+    piped = _cfg(tiny_model_dir, out, small_ds, max_steps=4, lr=2e-3, overwrite=True)
+    piped._pipeline = True
+    with pytest.raises(KeyboardInterrupt):
+        train(piped)
+    undo()
+    assert "rerun the same `appliance pipeline` command to continue" in capsys.readouterr().err
+    with pytest.raises(ApplianceError, match="--resume and --overwrite contradict"):  # from a user: ambiguous
+        train(_cfg(tiny_model_dir, out, small_ds, max_steps=4, lr=2e-3, overwrite=True, resume=True))
+    other = _cfg(tiny_model_dir, out, small_ds, max_steps=4, lr=3e-3, overwrite=True, resume=True)
+    other._pipeline = True
+    with pytest.raises(ResumeMismatch, match=r"other settings \(lr\)"):  # the pipeline then starts over
+        train(other)
+    again = _cfg(tiny_model_dir, out, small_ds, max_steps=4, lr=2e-3, overwrite=True, resume=True)
+    again._pipeline = True
+    meta = train(again)
+    assert meta["results"]["resumed_from"].endswith("checkpoint-2") and meta["results"]["steps"] == 4
+    assert json.loads((out / "appliance.json").read_text())["config"]["lr"] == 2e-3
+
+
 def test_resume_without_a_checkpoint_says_it_starts_over(tiny_model_dir, small_ds, tmp_path, capsys):
     meta = train(_cfg(tiny_model_dir, tmp_path / "run", small_ds, max_steps=1, resume=True))
     assert "no checkpoint in" in capsys.readouterr().err and meta["results"]["steps"] == 1
