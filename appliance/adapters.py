@@ -279,7 +279,7 @@ def list_served(url: str = DEFAULT_URL, api_key: str | None = None) -> list[dict
 
 def load(name: str, path: str, url: str = DEFAULT_URL, api_key: str | None = None,
          roots: list[str] | None = None, max_rank: int | None = None,
-         served_base: tuple[str, set[str]] | tuple[str, set[str], str | None] | None = None) -> AdapterInfo:
+         served_base: tuple[str, set[str], str | None] | None = None) -> AdapterInfo:
     """Load an adapter into a running server under ``name``; refuses paths outside ``roots``."""
     import httpx
 
@@ -297,7 +297,7 @@ def load(name: str, path: str, url: str = DEFAULT_URL, api_key: str | None = Non
     info = inspect_adapter(target, name=name, flag="adapters load")
     # served_base: the served model's path, names and hub id (an adapter trained elsewhere records only the hub id)
     if served_base and (info.base_path or info.base_name or info.base_hf_id) and \
-            not same_base(info, served_base[0], served_base[1], (served_base[2:] or (None,))[0]):
+            not same_base(info, *served_base):
         # the check `appliance up` makes: an adapter of another base would load and answer nonsense
         trained = info.base_name or info.base_hf_id or info.base_path
         raise ApplianceError(f"adapters load {path}: trained on '{trained}' but the server at {url} serves "

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from appliance import paths
+from appliance import paths, rundir
 from appliance.errors import ApplianceError
 from appliance.datafiles import ODD_PLACEHOLDER, ODD_PLACEHOLDER_NOTE, _short, bad_char, few
 from appliance.urls import URL_FIX, base_url
@@ -482,8 +482,8 @@ def report_from_answers(answers: str | Path, output: str | None = None, rules: l
 def _refuse_foreign_files(out: Path, keep: Path | None = None) -> None:
     """Files named like the report's in ``out`` are replaced only when they are ours (an earlier report or
     its answers), never a user's own notes of those names; ``keep``: the answers being read."""
-    kind = _run_kind(out)
-    if kind:  # a training run or a model: its --overwrite would delete the report later (and it is not a report)
+    kind = rundir.folder_kind(out)
+    if kind in rundir.RUN_KINDS:  # a training run or a model: its --overwrite would delete the report later (and it is not a report)
         raise ApplianceError(f"--output {out}: holds a {kind} (its appliance.json says so); write the report to a "
                              "folder of its own, such as reports/NAME")
     foreign = [n for n in REPORT_FILES if (out / n).is_file() and not _ours(out / n)
@@ -491,15 +491,6 @@ def _refuse_foreign_files(out: Path, keep: Path | None = None) -> None:
     if foreign:
         raise ApplianceError(f"--output {out}: holds {', '.join(foreign)}, not written by `appliance eval`, which the "
                              "report would replace; choose another --output or move them")
-
-
-def _run_kind(out: Path) -> str | None:
-    """The kind of a training run or model folder (lora-adapter, merged-model, base-model), else None."""
-    try:
-        kind = json.loads((out / "appliance.json").read_text(encoding="utf-8")).get("kind")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return kind if kind in ("lora-adapter", "merged-model", "base-model") else None
 
 
 def _ours(f: Path) -> bool:

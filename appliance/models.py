@@ -155,15 +155,18 @@ def resolve(model: str) -> ModelRef:
         if not has_weights(p):
             raise ApplianceError(f"--model {model}: {p} has a config.json but no weights (*.safetensors or *.bin); "
                                  "finish copying the model there, or point --model at a complete one")
-        p = p.resolve()
-        return ModelRef(local_name(p), str(p), None, markers_for(str(p)))
+        return _local_ref(p)
     if _looks_like_hub_id(model):
         return ModelRef(model.split("/")[-1].lower(), model, model, [], local=False)
     if os.sep not in model and is_model_dir(local_dir(model)):  # a name `models list` shows (a merged model)
-        d = local_dir(model).resolve()
-        return ModelRef(local_name(d), str(d), None, markers_for(str(d)))
+        return _local_ref(local_dir(model))
     known = ", ".join(sorted(registry()))
     raise ApplianceError(f"--model {model}: unknown model; use one of [{known}], a local HF model directory, or a hub id like Qwen/Qwen1.5-1.8B-Chat")
+
+
+def _local_ref(folder: Path) -> ModelRef:
+    p = folder.resolve()
+    return ModelRef(local_name(p), str(p), None, markers_for(str(p)))
 
 
 def _looks_like_hub_id(s: str) -> bool:

@@ -39,6 +39,19 @@ def read_meta(run_dir: str | Path, kind: str | None = None) -> dict[str, Any]:
     return meta
 
 
+# what `train` and `merge` write, and `models pull`: folders no other stage writes into
+RUN_KINDS = ("lora-adapter", "merged-model", "base-model")
+
+
+def folder_kind(out: Path) -> str | None:
+    """The ``kind`` an appliance.json in ``out`` records (one of RUN_KINDS, or another tool's), else None."""
+    try:
+        kind = json.loads(meta_path(out).read_text(encoding="utf-8")).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None if not meta_path(out).exists() else "folder with an unreadable appliance.json"
+    return kind if isinstance(kind, str) and kind else "folder of another tool"
+
+
 def write_meta(run_dir: str | Path, meta: dict[str, Any]) -> None:
     atomic_write_text(meta_path(run_dir), json.dumps(meta, indent=2, ensure_ascii=False, default=str) + "\n")
 

@@ -44,7 +44,7 @@ def _check_output(out: Path, cfg: TrainConfig) -> None:
     paths.refuse_file_on_path(out, "--output")
     flag = f"--output {cfg.output}"
     inside = next(((p, kind) for p in out.parents
-                   if (kind := _folder_kind(p)) in ("lora-adapter", "merged-model", "base-model")), None)
+                   if (kind := rundir.folder_kind(p)) in rundir.RUN_KINDS), None)
     if inside is not None:
         # a run written into another run (or a model) would be deleted with it by the next --overwrite
         raise ApplianceError(f"{flag}: is inside {inside[0]}, which holds a {inside[1]}; choose an --output "
@@ -52,12 +52,12 @@ def _check_output(out: Path, cfg: TrainConfig) -> None:
     if not out.exists():
         return
     if not cfg.overwrite:
-        if _folder_kind(out) == "lora-adapter":
+        if rundir.folder_kind(out) == "lora-adapter":
             return  # the same run again is harmless: train() compares its settings and data once they are read
         raise ApplianceError(f"{flag}: already exists; pass --overwrite to replace it, or choose another --output")
     # --overwrite replaces a previous run, never a folder of other things (".", saves/, the data's folder)
     cwd, home = Path.cwd().resolve(), paths.home()
-    kind = _folder_kind(out)
+    kind = rundir.folder_kind(out)
     if kind not in (None, "lora-adapter"):
         # a merged or pulled model (models/NAME, perhaps a link to the base that this run reads) is not ours to replace
         raise ApplianceError(f"{flag}: holds a {kind} (its appliance.json says so), not a training run, so --overwrite "
@@ -91,15 +91,6 @@ def _not_written_by_train(out: Path) -> str | None:
         if not ours:
             return entry.name + ("/" if entry.is_dir() else "")
     return None
-
-
-def _folder_kind(out: Path) -> str | None:
-    """The ``kind`` an appliance.json in ``out`` records (lora-adapter, merged-model, base-model), else None."""
-    try:
-        kind = json.loads((out / "appliance.json").read_text(encoding="utf-8")).get("kind")
-    except (OSError, ValueError, AttributeError):
-        return None if not (out / "appliance.json").exists() else "folder with an unreadable appliance.json"
-    return kind if isinstance(kind, str) and kind else "folder of another tool"
 
 
 def _qlora_compute_dtype(cuda: bool) -> torch.dtype:
@@ -211,7 +202,7 @@ def trained_as(out: Path, cfg: TrainConfig, examples_fingerprint: str | None = N
 
 def _compare_run(out: Path, cfg: TrainConfig, fp: str | None) -> tuple[dict[str, Any] | None, list[str]]:
     """``out``'s appliance.json (None if it is no adapter run) and what differs from ``cfg`` and the data."""
-    if not (out / "adapter_config.json").is_file() or _folder_kind(out) != "lora-adapter":
+    if not (out / "adapter_config.json").is_file() or rundir.folder_kind(out) != "lora-adapter":
         return None, []
     try:
         meta = rundir.read_meta(out)

@@ -107,7 +107,7 @@ def test_runtime_load_checks_lora_and_base(adapters, real_model_dir, appliance_h
         load("g", str(adapters["good"]), url="http://127.0.0.1:9", roots=roots, max_rank=0)
     with pytest.raises(ApplianceError, match="but the server at .* serves"):
         load("g", str(adapters["good"]), url="http://127.0.0.1:9", roots=roots, max_rank=16,
-             served_base=(str(real_model_dir), {"smollm2-135m"}))
+             served_base=(str(real_model_dir), {"smollm2-135m"}, None))
 
 
 
@@ -910,7 +910,7 @@ def test_loading_into_a_no_lora_server_says_so_before_the_base_check(adapters, r
     with pytest.raises(ApplianceError, match=r"was started without LoRA support \(--no-lora\); restart it with "
                                              r"`appliance up` without --no-lora"):
         load("g", str(adapters["good"]), url="http://127.0.0.1:9", roots=[str(adapters["good"].parent)], max_rank=0,
-             served_base=(str(real_model_dir), {"archer-merged"}))
+             served_base=(str(real_model_dir), {"archer-merged"}, None))
 
 
 def test_a_name_already_loaded_gets_our_hint_not_vllms(adapters):
