@@ -324,6 +324,7 @@ def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any, exam
     from peft import LoraConfig, get_peft_model
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
+    from appliance.rowsplit import RowSplitStep, parts_for, single_threaded_ops
     from appliance.sft import (FINDINGS, IGNORE, BatchCollator, Collator, TokenBatches, answer_only_loss, chat_tokenizer,
                                encode, encode_all, refuse_special_tokens)
 
@@ -440,18 +441,41 @@ def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any, exam
 
     class _Trainer(Trainer):
         samples_seen = 0
+        split: RowSplitStep | None = None  # CPU: each step's rows in two groups on two threads
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             self.samples_seen += int(inputs["input_ids"].shape[0])
-            loss, _ = answer_only_loss(model, inputs)
+            loss, n = answer_only_loss(model, inputs)
+            if num_items_in_batch:
+                # the Trainer then leaves the loss unscaled for accumulation: each micro-batch counts by its
+                # share of the accumulated batch's labelled tokens (a mean per micro-batch summed over
+                # --grad-accum N micro-batches was N times the loss and its gradient)
+                loss = loss * (n / float(num_items_in_batch))
             return (loss, None) if return_outputs else loss
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            if self.split is None or int(inputs["input_ids"].shape[0]) < 2:
+                return super().training_step(model, inputs, num_items_in_batch)
+            model.train()
+            self.samples_seen += int(inputs["input_ids"].shape[0])
+            inputs = self._prepare_inputs(inputs)
+            if num_items_in_batch:
+                return self.split(model, inputs, denominator=float(num_items_in_batch))
+            return self.split(model, inputs, scale=1.0 / self.current_gradient_accumulation_steps)
 
     log = LogCallback(stage / "trainer_log.jsonl", resume=cfg.resume)
     trainer = _Trainer(model=model, args=args, train_dataset=ds, data_collator=collator, callbacks=[log])
     trainer.remove_callback(PrinterCallback)  # our bar and JSONL log replace its raw dict prints
     last = _last_checkpoint(stage / "checkpoints") if cfg.resume else None
+    parts = parts_for(cuda, cfg.dropout)
+    trainer.split = RowSplitStep(parts) if parts > 1 else None
     t0 = time.time()
-    result = trainer.train(resume_from_checkpoint=last)
+    try:
+        with single_threaded_ops(parts):
+            result = trainer.train(resume_from_checkpoint=last)
+    finally:
+        if trainer.split is not None:
+            trainer.split.close()
     runtime = time.time() - t0
 
     final = stage / "final"
