@@ -107,7 +107,8 @@ def _adapter_weights(adapter: Path) -> Path:
             if name.endswith(".safetensors"):
                 _check_header(adapter / name)
             return adapter / name
-    raise ApplianceError(f"{adapter}: no adapter_model.safetensors; pass the --output directory of `appliance train`")
+    raise ApplianceError(f"--adapter {adapter}: no adapter_model.safetensors (an unfinished or copied-in-part run?); "
+                         "pass the --output directory of a finished `appliance train`")
 
 
 def _check_header(weights: Path) -> None:

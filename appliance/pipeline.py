@@ -271,18 +271,20 @@ def _serve_and_eval(cfg: PipelineConfig, servers: _Servers, report_dir: Path, ec
     timings["up_s"] = time.time() - t
     t = _stage(echo, "eval: base vs adapter")
     base_name = info.models[0]
-    part = run_eval(EvalConfig(before=base_name, after=[slug], url=info.url, name=cfg.name, author=cfg.author,
+    part = _eval_on(f"base + adapter server (port {cfg.port})", run_eval, echo,
+                    EvalConfig(before=base_name, after=[slug], url=info.url, name=cfg.name, author=cfg.author,
                                output=str(report_dir / "parts" / "adapter"), concurrency=cfg.concurrency,
-                               max_tokens=cfg.max_tokens, prompts=cfg.prompts), progress=echo)
+                               max_tokens=cfg.max_tokens, prompts=cfg.prompts))
     rows = _rows(report_dir / "parts" / "adapter")
     servers.stop("adapter")
     timings["eval_adapter_s"] = time.time() - t
     t = _stage(echo, f"up + eval: merged model on port {cfg.merged_port}")
     info = servers.get("merged")
     merged_name = info.models[0]
-    run_eval(EvalConfig(before=merged_name, url=info.url, name=cfg.name, author=cfg.author,
+    _eval_on(f"merged model's server (port {cfg.merged_port})", run_eval, echo,
+             EvalConfig(before=merged_name, url=info.url, name=cfg.name, author=cfg.author,
                         old_identity=part.get("old_identity") or [], output=str(report_dir / "parts" / "merged"),
-                        concurrency=cfg.concurrency, max_tokens=cfg.max_tokens, prompts=cfg.prompts), progress=echo)
+                        concurrency=cfg.concurrency, max_tokens=cfg.max_tokens, prompts=cfg.prompts))
     merged_rows = _rows(report_dir / "parts" / "merged")
     servers.stop("merged")
     # one report over both runs: the roles a single eval of all three models would give, and
@@ -308,6 +310,19 @@ def _serve_and_eval(cfg: PipelineConfig, servers: _Servers, report_dir: Path, ec
         raise CheckFailed(f"merge check failed: the merged model {merged_name} answered {check['prompts'] - check['identical']} "
                              f"of {check['prompts']} prompts differently from the adapter; compare them in {report_dir / 'report.md'}{also}")
     return report
+
+
+def _eval_on(server: str, run_eval: Callable, echo: Echo, ecfg: Any) -> dict:
+    """``run_eval`` against one of the pipeline's own servers: its errors name that server, not an --url
+    the pipeline does not have."""
+    try:
+        return run_eval(ecfg, progress=echo)
+    except ApplianceError as e:
+        msg, flag = str(e), f"--url {ecfg.url}"
+        if msg.startswith(flag):
+            msg = f"the pipeline's {server} at {ecfg.url}{msg[len(flag):]}".replace(" or fix --url", "")
+            e.args = (msg + ("" if "rerun" in msg else "; rerun the same `appliance pipeline` command"),)
+        raise
 
 
 def merge_check(adapter_rows: list[dict], merged_rows: list[dict]) -> dict[str, int]:

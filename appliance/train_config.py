@@ -197,8 +197,10 @@ def _read_yaml(path: str) -> dict[str, Any]:
     import yaml
 
     p = Path(path)
+    if p.is_dir():
+        raise ApplianceError(f"--config {path}: is a folder; give the YAML file, e.g. --config run.yaml")
     if not p.is_file():
-        raise ApplianceError(f"--config {path}: file not found")
+        raise ApplianceError(f"--config {path}: file not found; check the path")
     try:
         text = p.read_text(encoding="utf-8-sig")
         data = yaml.safe_load(text) or {}

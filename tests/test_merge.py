@@ -163,6 +163,11 @@ def test_corrupt_weights_and_an_unavailable_base_are_named_before_loading(adapte
     w.write_bytes(w.read_bytes()[:1000])
     with pytest.raises(ApplianceError, match="unreadable adapter weights .*corrupt or cut short"):
         merge(_cfg(cut, tmp_path / "m1", dtype="fp32"))
+    gone = tmp_path / "gone"
+    shutil.copytree(adapter_dir, gone)
+    (gone / "adapter_model.safetensors").unlink()  # a run copied in part
+    with pytest.raises(ApplianceError, match=r"^--adapter .*gone: no adapter_model.safetensors"):
+        merge(_cfg(gone, tmp_path / "m0", dtype="fp32"))
     ghost = tmp_path / "ghost"
     shutil.copytree(adapter_dir, ghost)
     meta = json.loads((ghost / "appliance.json").read_text())

@@ -150,6 +150,29 @@ def test_one_report_over_both_servers(tmp_path, monkeypatch):
     assert models["after2"]["identity_hit_rate"] == 1.0
 
 
+def test_a_server_that_goes_away_is_named_by_its_port_not_an_url_flag(tmp_path, monkeypatch):
+    from appliance import evaluate
+    from appliance.errors import ApplianceError
+
+    log = _fakes(tmp_path, monkeypatch, "cpu")
+
+    def gone(cfg, progress=print):
+        raise ApplianceError(f"--url {cfg.url}: the server stopped answering (8 requests in a row could not connect; "
+                             "was it stopped?); nothing was written")
+
+    monkeypatch.setattr(evaluate, "run_eval", gone)
+    cfg = pl.PipelineConfig(port=8123, merged_port=8124)
+    servers = _servers(tmp_path, cfg, start=True)
+    with pytest.raises(ApplianceError) as err:
+        pl._serve_and_eval(cfg, servers, tmp_path, lambda s: None, {})
+    servers.stop()
+    msg = str(err.value)
+    assert msg.startswith("the pipeline's base + adapter server (port 8123) at http://127.0.0.1:8123: the server "
+                          "stopped answering") and "--url" not in msg
+    assert msg.endswith("rerun the same `appliance pipeline` command")
+    assert ("down", 8123) in log and ("down", 8124) in log  # both servers stopped
+
+
 def test_merge_check_compares_the_served_answers():
     adapter = [{"prompt": p, "answer": a, "role": r} for p, a, r in
                (("q1", "x", "after"), ("q2", "y", "after"), ("q1", "base", "before"))]

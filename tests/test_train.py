@@ -472,6 +472,10 @@ def test_config_file_then_flags(tmp_path):
     cfg_file.write_text("learning_rate: 1\n")
     with pytest.raises(ApplianceError, match="unknown option"):
         TrainConfig.from_sources(str(cfg_file))
+    with pytest.raises(ApplianceError, match="--config .*: is a folder; give the YAML file"):
+        TrainConfig.from_sources(str(tmp_path))
+    with pytest.raises(ApplianceError, match="--config .*nope.yaml: file not found; check the path"):
+        TrainConfig.from_sources(str(tmp_path / "nope.yaml"))
 
 
 @pytest.mark.parametrize("args, needle", [
