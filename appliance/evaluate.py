@@ -391,6 +391,19 @@ async def _run(cfg: EvalConfig, prompts: list[Prompt], progress: Callable[[str],
     return rows, markers
 
 
+def failure_summary(rows: list[dict]) -> str | None:
+    """One line on the failed requests, by kind (the gate then fails on them; answers.jsonl keeps each error)."""
+    from collections import Counter
+
+    kinds = Counter((r.get("error") or "").split(":", 1)[0].split(" (", 1)[0] for r in rows if r.get("error"))
+    if not kinds:
+        return None
+    n = sum(kinds.values())
+    hint = ("; raise --timeout (seconds per request)" if "APITimeoutError" in kinds else
+            "; each row's error is in answers.jsonl")
+    return f"{n} of {len(rows)} requests failed: " + ", ".join(f"{k} x{c}" for k, c in kinds.most_common()) + hint
+
+
 def _prepare_output(out: Path) -> list[Path]:
     """Make sure the report can be written to ``out`` before any request is sent; the folders it created.
 
@@ -448,6 +461,9 @@ def run_eval(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
     except BaseException:
         paths.remove_empty_dirs(created)
         raise
+    failed = failure_summary(rows)
+    if failed:
+        progress(f"note: {failed}")
     run = {"url": url, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
            "config": {k: v for k, v in asdict(cfg).items() if k not in ("api_key", "rules")}}
     answers = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)

@@ -374,11 +374,14 @@ def fake_server():
         delay = 0.0  # seconds before each chat answer
 
         def _answer(self, body: bytes, ctype: str) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            try:
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up waiting (--timeout): nothing to print into a later test's output
 
         def do_GET(self):
             Handler.seen.append(f"GET {self.path}")
@@ -888,6 +891,25 @@ def test_a_long_eval_says_how_far_it_is(fake_server, tmp_path, monkeypatch):
                                           output=str(tmp_path / "r")), progress=lines.append)
     ticks = [line for line in lines if re.match(r"before: smollm2-135m: \d+/36 answered in \d+ s", line)]
     assert ticks and "to go" in ticks[-1], lines
+
+
+def test_failed_requests_are_summed_up_by_kind(fake_server, tmp_path):
+    """--timeout below the server's answer time failed every request with only "1 of 1 requests failed"."""
+    handler, url = fake_server
+    handler.models, handler.chat, handler.delay = SERVED, CHUNK, 1.0
+    f = tmp_path / "one.jsonl"
+    f.write_text('{"prompt": "What is the capital of France?", "expect": ["Paris"]}\n', encoding="utf-8")
+    code, out = _cli("--url", url, "--before", "smollm2-135m", "--prompts", str(f), "--output", str(tmp_path / "r"),
+                     "--timeout", "0.2")
+    assert code == 1 and "note: 1 of 1 requests failed: APITimeoutError x1; raise --timeout" in out, out
+    time.sleep(handler.delay + 0.2)  # the server's last delayed answer is over before the next test
+    from appliance.evaluate import failure_summary
+
+    rows = [{"error": None}, {"error": "EmptyStream: the server sent no chunk"}, {"error": "EmptyStream: again"},
+            {"error": "not an OpenAI chat completion stream (ValueError: x)"}]
+    assert failure_summary(rows) == ("3 of 4 requests failed: EmptyStream x2, not an OpenAI chat completion stream x1; "
+                                     "each row's error is in answers.jsonl")
+    assert failure_summary(rows[:1]) is None
 
 
 def test_a_server_that_accepts_but_never_answers_fails_fast(monkeypatch, tmp_path):
