@@ -14,6 +14,14 @@ from appliance.errors import ApplianceError
 from appliance.train_config import flag_help as _dflt  # light: the train defaults the help texts show
 
 
+def _pad(text: str, width: int) -> str:
+    """``text`` padded to ``width`` terminal columns: CJK characters take two (str.ljust counts them as one)."""
+    import unicodedata
+
+    cols = sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+    return text + " " * max(0, width - cols)
+
+
 class _Group(click.Group):
     """Turns :class:`ApplianceError` into a one-line message and exit code 2, never a traceback."""
 
@@ -88,7 +96,7 @@ def models_list() -> None:
 
     for row in list_models():
         mark = "pulled " if row["pulled"] else "       "
-        click.echo(f"{mark} {row['name']:<24} {row['hf_id'] or '':<40} {row['path']}")
+        click.echo(f"{mark} {_pad(row['name'], 24)} {_pad(row['hf_id'] or '', 40)} {row['path']}")
 
 
 @models.command("pull")
@@ -118,7 +126,7 @@ def data_list(dataset_dir: str | None) -> None:
     from appliance.data import dataset_registry
 
     for name, entry in dataset_registry(dataset_dir).items():
-        click.echo(f"{name:<24} {entry.get('formatting', 'alpaca'):<9} {entry.get('file_name', '')}")
+        click.echo(f"{_pad(name, 24)} {entry.get('formatting', 'alpaca'):<9} {entry.get('file_name', '')}")
 
 
 @data.command("check")
@@ -278,7 +286,8 @@ def adapters_list(url: str | None, api_key: str | None) -> None:
     from appliance.chat import default_url
 
     for m in list_served(url or default_url(), api_key):
-        click.echo(f"{m['id']:<24} {'adapter of ' + m['parent'] if m.get('parent') else 'base':<32} {m.get('root') or ''}")
+        parent = "adapter of " + m["parent"] if m.get("parent") else "base"
+        click.echo(f"{_pad(m['id'], 24)} {_pad(parent, 32)} {m.get('root') or ''}")
 
 
 @adapters.command("load")

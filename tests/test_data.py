@@ -864,3 +864,24 @@ def test_a_misspelt_field_is_named_with_the_one_meant(tmp_path):
     assert "line 2: field 'output' is missing (it has 'outptu': did you mean 'output'?)" in lines[0]
     assert "(it has 'instrucion': did you mean 'instruction'?)" in lines[1]
     assert "line 4: field 'output' is missing;" in lines[2]  # nothing like it: no guess
+
+
+def test_data_list_aligns_columns_under_chinese_names(tmp_path):
+    """`str.ljust` counts a CJK character as one column; a terminal shows it as two."""
+    import unicodedata
+
+    from click.testing import CliRunner
+
+    from appliance.cli import main
+
+    write(tmp_path / "a.json", [{"instruction": "p", "output": "o"}])
+    write(tmp_path / "dataset_info.json", {"身份数据": {"file_name": "a.json"}, "plain": {"file_name": "a.json"}})
+    res = CliRunner().invoke(main, ["data", "list", "--dataset-dir", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+
+    def column_of(line: str, needle: str) -> int:  # display column where ``needle`` starts
+        head = line[:line.index(needle)]
+        return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in head)
+
+    lines = {ln.split()[0]: ln for ln in res.output.splitlines() if ln.split()[0] in ("身份数据", "plain")}
+    assert column_of(lines["身份数据"], "alpaca") == column_of(lines["plain"], "alpaca") == 25
