@@ -444,7 +444,6 @@ def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any, exam
         split: RowSplitStep | None = None  # CPU: each step's rows in two groups on two threads
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            self.samples_seen += int(inputs["input_ids"].shape[0])
             loss, n = answer_only_loss(model, inputs)
             if num_items_in_batch:
                 # the Trainer then leaves the loss unscaled for accumulation: each micro-batch counts by its
@@ -454,10 +453,11 @@ def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any, exam
             return (loss, None) if return_outputs else loss
 
         def training_step(self, model, inputs, num_items_in_batch=None):
-            if self.split is None or int(inputs["input_ids"].shape[0]) < 2:
+            rows = int(inputs["input_ids"].shape[0])
+            self.samples_seen += rows  # one count for both paths (compute_loss runs only in the whole-batch one)
+            if self.split is None or rows < 2:
                 return super().training_step(model, inputs, num_items_in_batch)
             model.train()
-            self.samples_seen += int(inputs["input_ids"].shape[0])
             inputs = self._prepare_inputs(inputs)
             if num_items_in_batch:
                 return self.split(model, inputs, denominator=float(num_items_in_batch))
