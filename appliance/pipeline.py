@@ -62,7 +62,6 @@ def pipeline(cfg: PipelineConfig, echo: Echo = print) -> dict[str, Any]:
     from appliance import models, rundir
     from appliance.merge import MergeConfig, merge
     from appliance.train import ResumeMismatch, already_trained, staging_dir, train
-    from appliance.train_config import TrainConfig
 
     _preflight(cfg)
     run_dir, merged_dir, report_dir = cfg.dirs()
@@ -75,11 +74,7 @@ def pipeline(cfg: PipelineConfig, echo: Echo = print) -> dict[str, Any]:
     timings["pull_s"] = time.time() - t
 
     t = _stage(echo, f"train -> {run_dir}")
-    # an interrupted run's checkpoint is continued, and the finished run replaces whatever was there
-    tcfg = TrainConfig.from_sources(cfg.train_config, model=cfg.model, name=cfg.name, author=cfg.author,
-                                    output=str(run_dir), overwrite=True,
-                                    resume=staging_dir(run_dir).exists() and not cfg.force)
-    tcfg._pipeline = True
+    tcfg = _train_config(cfg, run_dir)
     done = already_trained(tcfg)
     if done and not cfg.force:
         echo(f"skipped: {run_dir} is already trained for {cfg.name} / {cfg.author} with these settings (use --force to retrain)")
@@ -102,7 +97,9 @@ def pipeline(cfg: PipelineConfig, echo: Echo = print) -> dict[str, Any]:
         # no probe verification here: the eval below checks the merged model more strictly, through
         # vLLM, on every prompt against the adapter's answers (and saves the probes' ~12 s)
         res = merge(MergeConfig(adapter=str(run_dir), output=str(merged_dir), overwrite=True, verify=False))
-        echo(res.verdict if res.already_merged else f"merged -> {merged_dir} (checked against the adapter in the eval)")
+        # (merge's own "already merged" line suggests its --overwrite, a flag the pipeline does not have)
+        echo(f"skipped: {merged_dir} is already merged from this adapter" if res.already_merged
+             else f"merged -> {merged_dir} (checked against the adapter in the eval)")
         timings["merge_s"] = time.time() - t
         if report is not None:
             echo(f"\n== eval: skipped, {report_file} is newer than the adapter and the merged model (use --force)")
@@ -115,6 +112,30 @@ def pipeline(cfg: PipelineConfig, echo: Echo = print) -> dict[str, Any]:
     _show_examples(report_dir, base, echo)
     echo(f"\nreport: {report_dir / 'report.md'}  (also report.html, report.json, answers.jsonl)")
     return {"report": report, "timings": timings}
+
+
+def _train_config(cfg: PipelineConfig, run_dir: Path):
+    """The train stage's config: an interrupted run's checkpoint is continued, and the finished run
+    replaces whatever was there."""
+    from appliance.train import staging_dir
+    from appliance.train_config import TrainConfig
+
+    tcfg = TrainConfig.from_sources(cfg.train_config, model=cfg.model, name=cfg.name, author=cfg.author,
+                                    output=str(run_dir), overwrite=True,
+                                    resume=staging_dir(run_dir).exists() and not cfg.force)
+    tcfg._pipeline = True
+    return tcfg
+
+
+def _all_done(cfg: PipelineConfig) -> bool:
+    """Every stage would be skipped: trained with these settings and data, merged, and a report made
+    after both with the same eval settings (so no server is started)."""
+    from appliance.train import already_trained
+
+    run_dir, merged_dir, report_dir = cfg.dirs()
+    if cfg.force or _reusable_report(report_dir / "report.json", cfg, run_dir, merged_dir) is None:
+        return False
+    return already_trained(_train_config(cfg, run_dir)) is not None
 
 
 def _preflight(cfg: PipelineConfig) -> None:
@@ -135,10 +156,6 @@ def _preflight(cfg: PipelineConfig) -> None:
             raise ApplianceError(f"{flag} {port}: out of range; use 1-65535")
     if cfg.port == cfg.merged_port:
         raise ApplianceError(f"--merged-port {cfg.merged_port}: the same as --port; the two servers need two ports")
-    from appliance.serve import check_port
-
-    for flag, port in (("--port", cfg.port), ("--merged-port", cfg.merged_port)):
-        check_port("127.0.0.1", port, flag)  # now, not after minutes of training and a merge
     for flag, value in (("--concurrency", cfg.concurrency), ("--max-tokens", cfg.max_tokens)):
         if value < 1:
             raise ApplianceError(f"{flag} {value}: must be at least 1")
@@ -150,6 +167,11 @@ def _preflight(cfg: PipelineConfig) -> None:
             raise ApplianceError(f"--config {cfg.train_config}: {', '.join(own)} set by the pipeline's own flags "
                                  "(--model, --name, --author; the run goes to saves/<name>); remove them from the file")
     refuse_unmeasurable(parse_rules(fail_under=tuple(cfg.gates)), load_prompts(cfg.prompts, cfg.name, cfg.author))
+    if not _all_done(cfg):  # a rerun that skips every stage starts no server: its ports may be taken
+        from appliance.serve import check_port
+
+        for flag, port in (("--port", cfg.port), ("--merged-port", cfg.merged_port)):
+            check_port("127.0.0.1", port, flag)  # now, not after minutes of training and a merge
     from appliance import models
 
     if not models.resolve_pullable(cfg.model):  # a pullable one is fetched first; any other must be found now

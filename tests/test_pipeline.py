@@ -338,6 +338,35 @@ def test_a_busy_port_is_found_before_training(monkeypatch, appliance_home):
             pl.pipeline(pl.PipelineConfig(port=port - 1 if port > 1024 else port + 1, merged_port=port), echo=lambda s: None)
 
 
+def test_a_rerun_that_skips_every_stage_does_not_need_its_ports(appliance_home):
+    """A finished pipeline's rerun starts no server, so a port the user's own server holds is no error;
+    with anything left to do (here: a report of other eval settings) the busy port is refused."""
+    import socket
+
+    from appliance import data as data_mod
+
+    cfg = pl.PipelineConfig()
+    run_dir, merged_dir, report_dir = cfg.dirs()
+    fp = data_mod.fingerprint(data_mod.load_examples(list(pl._train_config(cfg, run_dir).datasets),
+                                                     name=cfg.name, author=cfg.author))
+    _run_dir(run_dir, examples_fingerprint=fp)
+    merged_dir.mkdir(parents=True)
+    (merged_dir / "appliance.json").write_text(json.dumps({"kind": "merged-model"}))
+    report_dir.mkdir(parents=True)
+    (report_dir / "report.json").write_text(json.dumps({"run": {"eval": pl._eval_settings(cfg)}}))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = pl.PipelineConfig(port=port, merged_port=port + 1 if port < 65535 else port - 1)
+        assert pl._all_done(done)
+        pl._preflight(done)  # no error: nothing will be served
+        with pytest.raises(ApplianceError, match=rf"--port {port}: 127.0.0.1:{port} is not free"):
+            pl._preflight(pl.PipelineConfig(port=done.port, merged_port=done.merged_port, max_tokens=32))
+        with pytest.raises(ApplianceError, match=rf"--port {port}: 127.0.0.1:{port} is not free"):
+            pl._preflight(pl.PipelineConfig(port=done.port, merged_port=done.merged_port, force=True))
+
+
 def test_an_interrupted_training_with_other_settings_starts_over(monkeypatch, appliance_home):
     """A rerun continues an interrupted training (resume and replace); one of other settings starts over."""
     from appliance import models
