@@ -217,26 +217,32 @@ def _note_repeated_models(cfg: EvalConfig, progress: Callable[[str], None]) -> N
         progress(f"note: {flags}: the same model more than once, so it is compared with itself")
 
 
-def refuse_unmeasurable(rules: list[Rule], prompts: list[Prompt]) -> None:
+def refuse_unmeasurable(rules: list[Rule], prompts: list[Prompt] | list[dict], what: str = "these prompts") -> None:
     """A gate on a set these prompts do not make (a typo: ``genral.accuracy``) or a metric they cannot
-    measure would fail only after every request, looking like a regression: refused before the first."""
+    measure would fail only after every request, looking like a regression: refused before the first.
+    ``prompts`` may also be the rows of an answers.jsonl (``what="these answers"``): the same check offline."""
     from evals.report import compute, metric_value
 
     if not rules or not prompts:
         return
+    fields = ("prompt", "reference", "kind", "set", "lang", "expect")
+    if isinstance(prompts[0], dict):  # answers of several models: one model's prompts are every model's
+        first = prompts[0].get("model")
+        asked = [{k: r.get(k) for k in fields} for r in prompts if r.get("model") == first]
+    else:
+        asked = [{k: getattr(p, k) for k in fields} for p in prompts]
     # the metrics of empty answers: which exist depends on the prompts alone (markers stand in for the server's)
-    rows = [{"model": "m", "role": "after", "prompt": p.prompt, "answer": "", "reference": p.reference, "kind": p.kind,
-             "set": p.set, "lang": p.lang, "expect": p.expect, "latency_ms": 1.0, "ttft_ms": 1.0, "output_tokens": 1,
-             "started_at": 0.0, "error": None, "name": "n", "author": "a", "old_identity": ["x"]} for p in prompts]
+    rows = [{**a, "model": "m", "role": "after", "answer": "", "latency_ms": 1.0, "ttft_ms": 1.0, "output_tokens": 1,
+             "started_at": 0.0, "error": None, "name": "n", "author": "a", "old_identity": ["x"]} for a in asked]
     model = compute(rows)["models"]["after"]
     for rule in rules:
         if metric_value(model, rule.key) is not None:
             continue
         name = rule.key.split(".", 1)[0]
         if "." in rule.key and name not in model["sets"]:
-            raise ApplianceError(f"{rule}: these prompts make no set '{name}' (they make {', '.join(sorted(model['sets']))}); "
+            raise ApplianceError(f"{rule}: {what} make no set '{name}' (they make {', '.join(sorted(model['sets']))}); "
                                  "check the spelling")
-        raise ApplianceError(f"{rule}: these prompts cannot measure it (accuracy needs prompts with 'expect', BLEU/ROUGE "
+        raise ApplianceError(f"{rule}: {what} cannot measure it (accuracy needs prompts with 'expect', BLEU/ROUGE "
                              "with 'reference', hit rates identity prompts); gate on another metric or add such prompts")
 
 
@@ -485,7 +491,9 @@ def report_from_answers(answers: str | Path, output: str | None = None, rules: l
         raise ApplianceError(f"--from-answers {answers}: answers file not found (looked in {dirs}); check the path")
     out = user_output(output) if output is not None else src.parent
     paths.refuse_file_on_path(out, "--output")
-    load_answers(src)  # every row checked before the folder is looked at or anything is written
+    # every row checked before the folder is looked at or anything is written; a gate these answers
+    # cannot measure is refused (exit 2) as it is before a live eval, not failed (exit 1)
+    refuse_unmeasurable(list(rules), load_answers(src), "these answers")
     own = out / "answers.jsonl"
     if output is None and own.is_file() and not _same_answers(own, src):
         # only an explicit --output replaces a run's answers: they cost a server and minutes to take again

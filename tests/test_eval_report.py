@@ -831,6 +831,18 @@ def test_a_gate_these_prompts_cannot_measure_is_refused_before_any_request(spec,
                         prompts)
 
 
+def test_from_answers_refuses_a_gate_its_answers_cannot_measure(answers, tmp_path):
+    """It failed the gate (exit 1, "not measured by these prompts") where a live eval refuses it (exit 2)."""
+    out = tmp_path / "rebuilt"
+    code, text = _cli("--from-answers", str(answers), "--output", str(out), "--fail-under", "genral.accuracy=0.5")
+    assert code == 2 and "these answers make no set 'genral' (they make general, identity" in text, text
+    assert "Traceback" not in text and not (out / "report.json").exists()
+    code, text = _cli("--from-answers", str(answers), "--output", str(out), "--fail-under", "general.bleu4=10")
+    assert code == 2 and "these answers cannot measure it" in text, text
+    code, text = _cli("--from-answers", str(answers), "--output", str(out), "--fail-under", "general_accuracy=0")
+    assert code == 0 and (out / "report.json").is_file(), text
+
+
 def test_the_default_report_folder_stays_under_reports(appliance_home):
     """--name "../../evil" wrote /tmp/evil; "A/B" made reports/a/b."""
     from appliance.evaluate import EvalConfig, output_dir
