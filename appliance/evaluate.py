@@ -8,6 +8,8 @@ throughput figures do not disturb each other. Nothing here imports training code
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
 import os
 import re
@@ -233,7 +235,8 @@ def refuse_unmeasurable(rules: list[Rule], prompts: list[Prompt] | list[dict], w
         asked = [{k: getattr(p, k) for k in fields} for p in prompts]
     # the metrics of empty answers: which exist depends on the prompts alone (markers stand in for the server's)
     rows = [{**a, "model": "m", "role": "after", "answer": "", "latency_ms": 1.0, "ttft_ms": 1.0, "output_tokens": 1,
-             "started_at": 0.0, "error": None, "name": "n", "author": "a", "old_identity": ["x"]} for a in asked]
+             "started_at": 0.0, "error": None, "finish_reason": "stop", "name": "n", "author": "a", "old_identity": ["x"]}
+            for a in asked]
     model = compute(rows)["models"]["after"]
     for rule in rules:
         if metric_value(model, rule.key) is not None:
@@ -255,7 +258,8 @@ def _one_line(e: BaseException, limit: int = 200) -> str:
 MODELS_TIMEOUT_S = 30.0  # GET /models answers in milliseconds, even from a busy server
 
 
-async def _served_models(client, url: str) -> dict[str, str]:
+async def _served_models(client, url: str) -> tuple[dict[str, str], dict[str, int]]:
+    """The served model ids with their roots (an adapter's base), and the context length of those that say it (vLLM)."""
     import openai
 
     def not_openai(why: str) -> ApplianceError:
@@ -266,6 +270,7 @@ async def _served_models(client, url: str) -> dict[str, str]:
         # a server that accepts connections but never answers must not cost the requests' timeout and retries
         page = await client.with_options(timeout=MODELS_TIMEOUT_S, max_retries=0).models.list()
         served = {m.id: (getattr(m, "root", None) or m.id) for m in page.data}
+        lengths = {m.id: m.max_model_len for m in page.data if isinstance(getattr(m, "max_model_len", None), int)}
     except openai.AuthenticationError:
         from appliance.adapters import unauthorized
 
@@ -282,7 +287,7 @@ async def _served_models(client, url: str) -> dict[str, str]:
         raise not_openai('no {"data": [{"id": ...}]} model list') from None
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in served.items()):
         raise not_openai("model ids that are not strings")
-    return served
+    return served, lengths
 
 
 async def _ask(client, sem: asyncio.Semaphore, model: str, p: Prompt, max_tokens: int) -> dict:
@@ -358,11 +363,15 @@ async def _run(cfg: EvalConfig, prompts: list[Prompt], progress: Callable[[str],
     except Exception as e:  # its URL parser is stricter than urlsplit, and its errors vary by version
         raise ApplianceError(f"--url {cfg.url}: {_one_line(e)}; {URL_FIX}") from None
     async with client:
-        served = await _served_models(client, url)
+        served, lengths = await _served_models(client, url)
         for role, model in roles(cfg):
             if model not in served:
                 raise ApplianceError(f"--{role.rstrip('0123456789')} {model}: not served at {url} (it serves: "
                                      f"{', '.join(served) or 'nothing'}); load the adapter or pass a served model name")
+            if cfg.max_tokens >= lengths.get(model, cfg.max_tokens + 1):
+                # every request would be refused (400), each one a failed request of the report
+                raise ApplianceError(f"--max-tokens {cfg.max_tokens}: {model} at {url} has a context of {lengths[model]} "
+                                     "tokens, prompt and answer together; pass a smaller --max-tokens")
         markers = _markers(cfg, served)
         rows: list[dict] = []
         unreachable = [0]
@@ -456,7 +465,8 @@ def run_eval(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
         raise ApplianceError(f"--{rule.op.replace('_', '-')} {rule.key}={rule.value:g}: compares an --after model with "
                              "--before, and there is no --after; add --after MODEL or use --fail-under/--fail-over")
     if cfg.name is None or cfg.author is None:  # the identity comes from the server: a bad file fails before it is asked
-        load_prompts(cfg.prompts, DEFAULT_NAME, DEFAULT_AUTHOR)
+        with contextlib.redirect_stderr(io.StringIO()):  # its notes come once, with the load below
+            load_prompts(cfg.prompts, DEFAULT_NAME, DEFAULT_AUTHOR)
     cfg = resolve_identity(cfg, progress)
     out = output_dir(cfg)
     prompts = once_each(load_prompts(cfg.prompts, cfg.name, cfg.author), progress)

@@ -71,18 +71,22 @@ def rouge_scores(hypothesis: str, reference: str) -> dict[str, float]:
 
 
 def _is_word_char(c: str) -> bool:
-    return c.isalnum() and not _CJK_CHAR.match(c)
+    # "_" joins words in names and code: "foo" is not the answer in "foo_bar"
+    return (c.isalnum() or c == "_") and not _CJK_CHAR.match(c)
 
 
 def contains_whole_word(text: str, needle: str, case: bool = False) -> bool:
     """Case-insensitive (``case``: case-sensitive) match of ``needle`` as a whole word; CJK needles match as substrings.
 
     "4" is found in "2+2 is 4." and "答案是4。" but not in "14" or "4th"; full-width forms count as their
-    ASCII twins ("Ａｒｃｈｅｒ" is "Archer", "４" is "4"), as Chinese text often writes them.
+    ASCII twins ("Ａｒｃｈｅｒ" is "Archer", "４" is "4"), as Chinese text often writes them, and any run of
+    white space as one space ("New  York" and "New\nYork" are "New York").
     """
     if not needle:
         return False
-    hay, pat = _normal(text or ""), _normal(needle)
+    hay, pat = " ".join(_normal(text or "").split()), " ".join(_normal(needle).split())
+    if not pat:
+        return False
     if not case:
         hay, pat = hay.casefold(), pat.casefold()
     if has_cjk(pat):
@@ -149,10 +153,27 @@ def _strip_denials(answer: str, marker: str) -> str:
                   flags=re.IGNORECASE)
 
 
+def _names_marker(text: str, marker: str) -> bool:
+    """``marker`` as a whole word, or with a version glued to it: "SmolLM2", "Qwen2.5" name "SmolLM", "Qwen"."""
+    if contains_whole_word(text, marker):
+        return True
+    if has_cjk(marker) or not marker[-1:].isalpha():
+        return False
+    hay, pat = text.casefold(), marker.casefold()
+    start = hay.find(pat)
+    while start != -1:
+        end = start + len(pat)
+        if (start == 0 or not _is_word_char(hay[start - 1])) and hay[end:end + 1].isdigit():
+            return True
+        start = hay.find(pat, start + 1)
+    return False
+
+
 def identity_leak(answer: str, markers: Sequence[str]) -> bool:
-    """The answer still claims an old identity marker (negated mentions such as "not SmolLM" excepted)."""
+    """The answer still claims an old identity marker, versioned names included ("I am SmolLM2"; negated
+    mentions such as "not SmolLM" excepted)."""
     text = _normal(answer or "")  # so a denial in full-width letters is seen as one
-    return any(contains_whole_word(_strip_denials(text, mk), mk) for mk in markers if mk)
+    return any(_names_marker(_strip_denials(text, mk), mk) for mk in markers if mk)
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

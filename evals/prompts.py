@@ -56,6 +56,11 @@ class Prompt:
         return asdict(self)
 
 
+# sets the report makes by itself, from each prompt's kind, language, answers and reference
+BUILT_IN_SETS = {"identity": "all identity prompts (Chinese and English together)", "identity_zh": "Chinese identity prompts",
+                 "identity_en": "English identity prompts", "general": "general prompts with accepted answers",
+                 "open": "general prompts with a reference only"}
+
 def fill(text: str | None, name: str, author: str) -> str | None:
     """Replace ``{{name}}``/``{{author}}`` (LLaMA-Factory's identity.json placeholders)."""
     if text is None:
@@ -212,6 +217,8 @@ def _to_prompt(rec: dict, where: str, name: str, author: str, source: str) -> Pr
         raise ApplianceError(f"{where}: 'prompt' must be a non-empty string")
     if reference is not None and not isinstance(reference, str):
         raise ApplianceError(f"{where}: 'reference' must be a string, not {_json_type(reference)}")
+    if reference is not None and not reference.strip():
+        reference = None  # as an alpaca record's empty output: no reference, and the same prompt as one without
     expect = rec.get("expect")
     if expect is None:
         expect = []
@@ -242,6 +249,11 @@ def _to_prompt(rec: dict, where: str, name: str, author: str, source: str) -> Pr
     lang = _lang(rec.get("lang")) or guess_lang(prompt)
     default_set = f"identity_{lang}" if kind == "identity" else "general" if expect or not reference else "open"
     set_name = (rec.get("set") or "").strip() or default_set
+    if set_name != default_set and set_name in BUILT_IN_SETS:
+        # the report fills these by kind and language (and "identity" with every identity prompt): a prompt
+        # filed under one of them by hand would make its set's figures disagree with the model's own
+        raise ApplianceError(f"{where}: set \"{set_name}\" is the report's own set of {BUILT_IN_SETS[set_name]}, and this "
+                             f"prompt belongs in \"{default_set}\"; drop 'set' or give a name of your own")
     history = rec.get("history")
     if history is None:
         history = []
@@ -254,7 +266,18 @@ def _to_prompt(rec: dict, where: str, name: str, author: str, source: str) -> Pr
             isinstance(h, dict) and h.get("role") in ("user", "assistant") and isinstance(h.get("content"), str)
             for h in history):
         raise ApplianceError(f"{where}: 'history' must be a list of {{\"role\": \"user\"|\"assistant\", \"content\": ...}}")
+    for i, h in enumerate(history):
+        want = "user" if i % 2 == 0 else "assistant"
+        if h["role"] != want:
+            raise ApplianceError(f"{where}: 'history' turn {i + 1} is {'an' if h['role'] == 'assistant' else 'a'} "
+                                 f"{h['role']} turn where {'a user' if want == 'user' else 'an assistant'} turn belongs; "
+                                 "turns must alternate user, assistant, ..., the last an answer (the prompt is the next user turn)")
+    if len(history) % 2:
+        raise ApplianceError(f"{where}: 'history' ends with a user turn; add the assistant's answer to it, or make "
+                             "that turn the 'prompt'")
     history = [{"role": h["role"], "content": fill(h["content"], name, author)} for h in history]
+    if isinstance(system, str) and not system.strip():
+        system = None  # "" and "  " alike: the template's own default system prompt applies
     return Prompt(prompt=fill(prompt, name, author), kind=kind, set=set_name, lang=lang,
                   reference=fill(reference, name, author), expect=[fill(e, name, author) for e in expect],
                   system=fill(system, name, author) or None, history=history, source=source, where=where,
@@ -342,6 +365,14 @@ def _mapping(info: Path, key: str, entry: dict) -> _Mapping:
             raise ApplianceError(f"{where}: '{part}.{bad}' must name a field (a non-empty string), not "
                                  f"{_json_type(value[bad])}; e.g. {example}")
         cols.update(value)
+        if part == "columns":
+            # as LLaMA-Factory reads an entry with columns: a column they do not name is not read ({"prompt":
+            # "input", "response": "output"} asked "input" twice, once more as the default query column)
+            for col in ("prompt", "query", "response", "history", "system") if formatting == "alpaca" else ("system",):
+                cols.setdefault(col, None)
+            if formatting == "alpaca" and not cols["prompt"]:
+                raise ApplianceError(f"{where}: 'columns' names no 'prompt' column, the instruction; add "
+                                     '"prompt": "<its field>" (e.g. "instruction")')
     return _Mapping(info, key, formatting, cols)
 
 

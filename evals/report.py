@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -90,7 +91,39 @@ def _check_row(row: dict, where: str) -> dict:
     for key in ("ttft_ms", "output_tokens"):
         if row.get(key) is not None and not (_is_number(row[key]) and row[key] >= 0):
             raise wrong(key, "a number of at least 0, or null")
+    if row.get("ttft_ms") is not None and row["ttft_ms"] > row["latency_ms"]:
+        # the first token cannot come after the whole answer: TPOT would come out negative
+        raise wrong("ttft_ms", f"at most its latency_ms ({_shown(row['latency_ms'])})")
     return {**row, "expect": expect or []}
+
+
+def _asked(row: dict) -> str:
+    """What a row's model was asked: the same for every model of one eval."""
+    return json.dumps([row["prompt"], row["set"], row.get("system"), row.get("history") or []], ensure_ascii=False)
+
+
+def _check_aligned(rows: list[dict], source: str | Path) -> None:
+    """One model per role, and every role answering the same prompts: answers of two evals joined into one
+    file would be compared prompt set against prompt set, and the report would say "N prompts each"."""
+    by_role: dict[str, list[dict]] = {}
+    for r in rows:
+        by_role.setdefault(r["role"], []).append(r)
+    fix = "rebuild each report from the answers.jsonl of one `appliance eval`"
+    for role, rs in by_role.items():
+        models = list(dict.fromkeys(r["model"] for r in rs))
+        if len(models) > 1:
+            raise ApplianceError(f"{source}: role '{role}' holds the answers of {len(models)} models "
+                                 f"({', '.join(models[:3])}); a report has one model per role; {fix}")
+    (first, first_rows), *others = by_role.items()
+    want = Counter(_asked(r) for r in first_rows)
+    for role, rs in others:
+        got = Counter(_asked(r) for r in rs)
+        if got != want:
+            odd = next(iter((got - want) or (want - got)))
+            who = role if (got - want) else first
+            raise ApplianceError(f"{source}: '{role}' and '{first}' were not asked the same prompts ({len(rs)} and "
+                                 f"{len(first_rows)} answers; {json.loads(odd)[0][:60]!r} only or more often in "
+                                 f"'{who}'); {fix}")
 
 
 def parse_answers(text: str, source: str | Path) -> list[dict]:
@@ -115,6 +148,7 @@ def parse_answers(text: str, source: str | Path) -> list[dict]:
         rows.append(_check_row(row, where))
     if not rows:
         raise ApplianceError(f"{source}: no answers in it (the file is empty); {ANSWERS_FIX}")
+    _check_aligned(rows, source)
     return rows
 
 

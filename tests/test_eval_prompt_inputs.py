@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,62 @@ def test_a_record_in_two_formats_is_refused_naming_both_fields(tmp_path, record,
         load_prompt_file(f, NAME, AUTHOR)
     msg = str(e.value)
     assert "two.jsonl line 2" in msg and f"'{first}' and '{second}'" in msg and "keep one" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("rec, needle", [
+    ({"prompt": "Capital of France?", "expect": ["Paris"], "set": "identity"},
+     'set "identity" is the report\'s own set of all identity prompts (Chinese and English together), and this prompt '
+     'belongs in "general"'),
+    ({"prompt": "Who are you?", "reference": "I am {{name}}, by {{author}}.", "set": "identity_zh"},
+     'set "identity_zh" is the report\'s own set of Chinese identity prompts, and this prompt belongs in "identity_en"'),
+    ({"prompt": "Tell me a joke.", "reference": "A joke.", "set": "general"}, 'belongs in "open"'),
+    ({"prompt": "你是谁？", "kind": "identity", "set": "identity"}, 'belongs in "identity_zh"'),
+])
+def test_a_prompt_filed_under_a_built_in_set_it_does_not_belong_to_is_refused(tmp_path, rec, needle):
+    """A general question with set "identity" vanished from every set (the report's own "identity" set replaced
+    it), and a hand-filed identity_en made identity_en.hit_rate disagree with identity_en_hit_rate."""
+    with pytest.raises(ApplianceError, match=re.escape(needle)):
+        load_prompt_file(_jsonl(tmp_path / "p.jsonl", rec), NAME, AUTHOR)
+
+
+def test_a_built_in_set_named_as_the_report_would_file_it_and_own_sets_are_kept(tmp_path):
+    f = _jsonl(tmp_path / "p.jsonl", {"prompt": "Who are you?", "reference": "I am {{name}}, by {{author}}.", "set": "identity_en"},
+               {"prompt": "2+2?", "expect": ["4"], "set": "math"})
+    assert [p.set for p in load_prompt_file(f, NAME, AUTHOR)] == ["identity_en", "math"]
+
+
+@pytest.mark.parametrize("history, needle", [
+    ([{"role": "assistant", "content": "x"}], "'history' turn 1 is an assistant turn where a user turn belongs"),
+    ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
+     "'history' turn 2 is a user turn where an assistant turn belongs"),
+    ([{"role": "user", "content": "a"}], "'history' ends with a user turn"),
+])
+def test_jsonl_history_must_alternate_as_sharegpt_turns_must(tmp_path, history, needle):
+    """Two user turns in a row were sent as they were, where the same turns in sharegpt are refused."""
+    with pytest.raises(ApplianceError, match=re.escape(needle)):
+        load_prompt_file(_jsonl(tmp_path / "p.jsonl", {"prompt": "Q?", "history": history}), NAME, AUTHOR)
+
+
+def test_blank_reference_and_system_are_read_as_absent(tmp_path):
+    """An empty reference was no reference but a different prompt from one without; "  " replaced the template's
+    default system prompt while "" kept it."""
+    f = _jsonl(tmp_path / "p.jsonl", {"prompt": "Q?", "reference": " ", "system": "   "})
+    (p,) = load_prompt_file(f, NAME, AUTHOR)
+    assert (p.reference, p.system) == (None, None)
+    g = _jsonl(tmp_path / "q.jsonl", {"prompt": "Q?"})
+    assert len(once_each(load_prompts([str(f), str(g)], NAME, AUTHOR), lambda s: None)) == 1
+
+
+def test_a_registry_entry_with_columns_reads_only_the_columns_it_names(tmp_path):
+    """LLaMA-Factory's own webqa entry ({"prompt": "input", "response": "output"}) asked "what is 2+2\nwhat is 2+2":
+    the unnamed query column fell back to its default, "input", the prompt's own field."""
+    (tmp_path / "webqa.json").write_text(json.dumps([{"input": "what is 2+2", "output": "4", "system": "Be terse.",
+                                                      "history": [["hi", "hello"]]}]), encoding="utf-8")
+    info = {"webqa": {"file_name": "webqa.json", "columns": {"prompt": "input", "response": "output"}},
+            "bad": {"file_name": "webqa.json", "columns": {"response": "output"}}}
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"webqa": info["webqa"]}), encoding="utf-8")
+    (p,) = load_prompts([str(tmp_path)], NAME, AUTHOR)
+    assert (p.prompt, p.reference, p.system, p.history) == ("what is 2+2", "4", None, [])
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"bad": info["bad"]}), encoding="utf-8")
+    with pytest.raises(ApplianceError, match="'columns' names no 'prompt' column"):
+        load_prompts([str(tmp_path)], NAME, AUTHOR)

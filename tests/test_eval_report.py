@@ -507,6 +507,33 @@ def test_bad_input_is_refused_before_any_request(fake_server, tmp_path, args, ne
     assert handler.seen == [] and not (tmp_path / "r").exists()
 
 
+def test_max_tokens_beyond_the_served_context_is_refused_before_any_chat_request(fake_server, tmp_path):
+    """Every request failed with a 400 (max_tokens=100000 cannot be greater than max_model_len=2048), the report
+    was written full of failures and the gate failed (exit 1)."""
+    handler, url = fake_server
+    handler.models, handler.chat, handler.seen = b'{"data": [{"id": "smollm2-135m", "max_model_len": 2048}]}', CHUNK, []
+    base = ["--url", url, "--before", "smollm2-135m", "--prompts", "general", "--output", str(tmp_path / "r")]
+    code, out = _cli(*base, "--max-tokens", "100000")
+    assert code == 2 and "--max-tokens 100000: smollm2-135m at" in out and "has a context of 2048 tokens" in out, out
+    assert not [s for s in handler.seen if s.startswith("POST")] and not (tmp_path / "r").exists()
+    code, out = _cli(*base, "--max-tokens", "16")
+    assert code in (0, 1) and "Traceback" not in out and (tmp_path / "r" / "report.json").is_file(), out
+
+
+def test_a_data_folders_note_is_printed_once(fake_server, tmp_path):
+    """Without --name/--author the prompt files are read twice (checked before the server is asked for the
+    identity), and a LLaMA-Factory folder's "skipped" note came twice."""
+    handler, url = fake_server
+    handler.models, handler.chat = SERVED, CHUNK
+    lf = tmp_path / "lf"
+    lf.mkdir()
+    (lf / "q.json").write_text('[{"instruction": "What is the capital of France?", "output": "Paris."}]', encoding="utf-8")
+    (lf / "dataset_info.json").write_text('{"q": {"file_name": "q.json"}, "hub": {"hf_hub_url": "a/b"}}', encoding="utf-8")
+    res = CliRunner().invoke(main, ["eval", "--url", url, "--before", "smollm2-135m", "--prompts", str(lf),
+                                    "--output", str(tmp_path / "r")])
+    assert "Traceback" not in res.output and res.output.count("skipped hub (hub datasets are never downloaded)") == 1, res.output
+
+
 def test_a_lone_surrogate_in_a_server_answer_does_not_lose_the_eval(fake_server, tmp_path):
     """The server's text is not input to refuse: written as U+FFFD, the report is still written."""
     handler, url = fake_server
@@ -841,6 +868,34 @@ def test_from_answers_refuses_a_gate_its_answers_cannot_measure(answers, tmp_pat
     assert code == 2 and "these answers cannot measure it" in text, text
     code, text = _cli("--from-answers", str(answers), "--output", str(out), "--fail-under", "general_accuracy=0")
     assert code == 0 and (out / "report.json").is_file(), text
+
+
+@pytest.mark.parametrize("change,needle", [
+    # two evals' answers joined: the second run's prompts only in its own roles
+    (lambda rows: rows + [{**r, "prompt": "Tell me a joke."} for r in rows if r["role"] == "after"][:1],
+     "'after' and 'before' were not asked the same prompts (8 and 7 answers; 'Tell me a joke.' only or more often in 'after')"),
+    (lambda rows: [r for r in rows if not (r["role"] == "before" and r["prompt"] == "Who are you?")],
+     "'after' and 'before' were not asked the same prompts (7 and 6 answers; 'Who are you?' only or more often in 'after')"),
+    (lambda rows: rows + [{**r, "model": "other"} for r in rows if r["role"] == "before"][:1],
+     "role 'before' holds the answers of 2 models (smollm2-135m, other)"),
+    (lambda rows: [{**r, "ttft_ms": r["latency_ms"] + 1} if r["role"] == "after" else r for r in rows],
+     "'ttft_ms' must be at most its latency_ms (400.0)"),
+])
+def test_from_answers_refuses_answers_that_do_not_line_up(tmp_path, change, needle):
+    """Joined or edited answers gave "N prompts each" over different prompt sets, a model merged into another's
+    role, or a negative TPOT."""
+    src = _write_rows(tmp_path / "answers.jsonl", change(_rows()))
+    code, out = _cli("--from-answers", str(src), "--output", str(tmp_path / "r"))
+    assert code == 2 and needle in out and "Traceback" not in out, out
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_gate_on_truncated_answers_is_measurable(tmp_path):
+    """`--fail-over truncated=0` was refused: the stand-in rows of the check had no finish_reason."""
+    rows = [{**r, "finish_reason": "length" if r["prompt"] == "Describe rain." else "stop"} for r in _rows()]
+    src = _write_rows(tmp_path / "answers.jsonl", rows)
+    code, out = _cli("--from-answers", str(src), "--output", str(tmp_path / "r"), "--fail-over", "truncated=0")
+    assert code == 1 and "truncated = 1, over 0" in out, out
 
 
 def test_the_default_report_folder_stays_under_reports(appliance_home):

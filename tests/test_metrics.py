@@ -60,6 +60,9 @@ def test_rouge_default_tokenizer_would_drop_chinese():
     ("It is 4.5", "4", False), ("about 4,000", "4", False), ("It is 4.5", "5", False), ("It is -16", "16", False),
     ("pages 1-16", "16", True), ("It is 4, I think", "4", True), ("0.5", "0.5", True), ("It is -16", "-16", True),
     ("L’eau", "L'eau", True), ("“Paris”", "Paris", True),
+    # white space as one space; "_" joins words
+    ("New  York is big", "New York", True), ("New\nYork is big", "New York", True), ("call foo_bar now", "foo", False),
+    ("x", "  ", False),
 ])
 def test_contains_whole_word(text, needle, hit):
     assert M.contains_whole_word(text, needle) is hit
@@ -88,6 +91,17 @@ def test_identity_leak_ignores_denials():
     assert M.identity_leak("I am not ChatGPT but SmolLM.", markers)
     assert not M.identity_leak("SmolLMs are small", markers)  # whole words only
     assert not M.identity_leak("I am SmolLM", [])
+
+
+@pytest.mark.parametrize("answer,markers,leak", [
+    # a version glued to the old name still claims it (the markers are the family names)
+    ("I am SmolLM2.", ["SmolLM"], True), ("Hi, I'm SmolLM2-135M-Instruct!", ["SmolLM"], True),
+    ("I am Qwen2.5, a large language model.", ["Qwen"], True), ("我是Qwen2，由阿里开发。", ["Qwen"], True),
+    ("No, I am not SmolLM2.", ["SmolLM"], False), ("我不是Qwen2.5。", ["Qwen"], False),
+    ("SmolLMs are small", ["SmolLM"], False), ("MySmolLM2 is a repo", ["SmolLM"], False),
+])
+def test_identity_leak_sees_versioned_names(answer, markers, leak):
+    assert M.identity_leak(answer, markers) is leak
 
 
 def test_full_width_forms_match_their_ascii_twins():
