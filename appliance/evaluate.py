@@ -271,6 +271,9 @@ async def _served_models(client, url: str) -> tuple[dict[str, str], dict[str, in
         page = await client.with_options(timeout=MODELS_TIMEOUT_S, max_retries=0).models.list()
         served = {m.id: (getattr(m, "root", None) or m.id) for m in page.data}
         lengths = {m.id: m.max_model_len for m in page.data if isinstance(getattr(m, "max_model_len", None), int)}
+        for m in page.data:  # vLLM lists an adapter's context as null: it is its base's (its "parent")
+            if m.id not in lengths and isinstance(lengths.get(getattr(m, "parent", None)), int):
+                lengths[m.id] = lengths[m.parent]
     except openai.AuthenticationError:
         from appliance.adapters import unauthorized
 

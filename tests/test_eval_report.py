@@ -511,7 +511,11 @@ def test_max_tokens_beyond_the_served_context_is_refused_before_any_chat_request
     """Every request failed with a 400 (max_tokens=100000 cannot be greater than max_model_len=2048), the report
     was written full of failures and the gate failed (exit 1)."""
     handler, url = fake_server
-    handler.models, handler.chat, handler.seen = b'{"data": [{"id": "smollm2-135m", "max_model_len": 2048}]}', CHUNK, []
+    handler.models, handler.chat, handler.seen = (b'{"data": [{"id": "smollm2-135m", "max_model_len": 2048}, '
+                                                  b'{"id": "archer", "max_model_len": null, "parent": "smollm2-135m"}]}'), CHUNK, []
+    code, out = _cli("--url", url, "--before", "archer", "--prompts", "general", "--output", str(tmp_path / "r"),
+                     "--max-tokens", "2048", "--name", NAME, "--author", AUTHOR)
+    assert code == 2 and "--max-tokens 2048: archer at" in out and "has a context of 2048 tokens" in out, out
     base = ["--url", url, "--before", "smollm2-135m", "--prompts", "general", "--output", str(tmp_path / "r")]
     code, out = _cli(*base, "--max-tokens", "100000")
     assert code == 2 and "--max-tokens 100000: smollm2-135m at" in out and "has a context of 2048 tokens" in out, out
