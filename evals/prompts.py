@@ -249,9 +249,12 @@ def _to_prompt(rec: dict, where: str, name: str, author: str, source: str) -> Pr
     lang = _lang(rec.get("lang")) or guess_lang(prompt)
     default_set = f"identity_{lang}" if kind == "identity" else "general" if expect or not reference else "open"
     set_name = (rec.get("set") or "").strip() or default_set
-    if set_name != default_set and set_name in BUILT_IN_SETS:
-        # the report fills these by kind and language (and "identity" with every identity prompt): a prompt
-        # filed under one of them by hand would make its set's figures disagree with the model's own
+    if set_name == "identity" and kind == "identity":
+        set_name = default_set  # the report's "identity" set holds every identity prompt, this one included
+    elif set_name != default_set and set_name in BUILT_IN_SETS and (kind == "identity" or set_name.startswith("identity")):
+        # the report fills these by kind and language (and "identity" with every identity prompt): a prompt of
+        # another kind or language filed under one by hand would vanish from the report ("identity") or make
+        # its set's figures disagree with the model's own (identity_en.hit_rate against identity_en_hit_rate)
         raise ApplianceError(f"{where}: set \"{set_name}\" is the report's own set of {BUILT_IN_SETS[set_name]}, and this "
                              f"prompt belongs in \"{default_set}\"; drop 'set' or give a name of your own")
     history = rec.get("history")

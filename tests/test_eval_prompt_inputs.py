@@ -144,8 +144,8 @@ def test_a_record_in_two_formats_is_refused_naming_both_fields(tmp_path, record,
      'belongs in "general"'),
     ({"prompt": "Who are you?", "reference": "I am {{name}}, by {{author}}.", "set": "identity_zh"},
      'set "identity_zh" is the report\'s own set of Chinese identity prompts, and this prompt belongs in "identity_en"'),
-    ({"prompt": "Tell me a joke.", "reference": "A joke.", "set": "general"}, 'belongs in "open"'),
-    ({"prompt": "你是谁？", "kind": "identity", "set": "identity"}, 'belongs in "identity_zh"'),
+    ({"prompt": "你是谁？", "kind": "identity", "set": "general"}, 'belongs in "identity_zh"'),
+    ({"prompt": "2+2?", "expect": ["4"], "set": "identity_en"}, 'belongs in "general"'),
 ])
 def test_a_prompt_filed_under_a_built_in_set_it_does_not_belong_to_is_refused(tmp_path, rec, needle):
     """A general question with set "identity" vanished from every set (the report's own "identity" set replaced
@@ -155,9 +155,12 @@ def test_a_prompt_filed_under_a_built_in_set_it_does_not_belong_to_is_refused(tm
 
 
 def test_a_built_in_set_named_as_the_report_would_file_it_and_own_sets_are_kept(tmp_path):
+    """"identity" on an identity prompt is where the report counts it anyway (under its language's set too);
+    general and open differ only in what a general prompt is scored by, so either may hold one."""
     f = _jsonl(tmp_path / "p.jsonl", {"prompt": "Who are you?", "reference": "I am {{name}}, by {{author}}.", "set": "identity_en"},
-               {"prompt": "2+2?", "expect": ["4"], "set": "math"})
-    assert [p.set for p in load_prompt_file(f, NAME, AUTHOR)] == ["identity_en", "math"]
+               {"prompt": "2+2?", "expect": ["4"], "set": "math"}, {"prompt": "你是谁？", "kind": "identity", "set": "identity"},
+               {"prompt": "Tell me a joke.", "reference": "A joke.", "set": "general"})
+    assert [p.set for p in load_prompt_file(f, NAME, AUTHOR)] == ["identity_en", "math", "identity_zh", "general"]
 
 
 @pytest.mark.parametrize("history, needle", [
