@@ -24,7 +24,8 @@ from appliance.datafiles import (BAD_CHAR_FIX, ODD_PLACEHOLDER, ODD_PLACEHOLDER_
                                  text_parts)
 from appliance.datafiles import parse_json as _parse
 from appliance.dataset_info import (ALPACA_COLUMNS, OPENAI_TAGS, REGISTRY_FILE, SHAREGPT_COLUMNS, SHAREGPT_TAGS,
-                                    Format, dataset_registry, entry_source, read_registry, sample_records)
+                                    Format, dataset_registry, entry_source, read_registry, refuse_preference_data,
+                                    sample_records)
 from appliance.errors import ApplianceError
 
 SUFFIXES = (".json", ".jsonl")
@@ -140,18 +141,37 @@ def _records(path: Path, problems: list[str] | None = None) -> list[tuple[str, s
     return out
 
 
+_FORMAT_KEYS = {"messages": ("messages",), "conversations": ("conversations",), "alpaca": ("instruction", "output")}
+
+
+def _columns_found(rec: dict) -> list[str]:
+    """The formats whose keys the record fills in: "messages", "conversations", "alpaca"."""
+    # a null column says nothing (exports of mixed data write every column, null where unused)
+    return [kind for kind, keys in _FORMAT_KEYS.items() if any(rec.get(k) is not None for k in keys)]
+
+
 def _kind(rec: dict) -> tuple[str, str | None] | None:
     """What auto-detection makes of a record: its column ("alpaca" for alpaca) and role tag when the first
     turn shows one; None when it cannot tell."""
-    # a null column says nothing (exports of mixed data write every column, null where unused)
-    for column in ("messages", "conversations"):
-        if rec.get(column) is not None:
-            turns = rec[column]
-            first = turns[0] if isinstance(turns, list) and turns and isinstance(turns[0], dict) else {}
-            return column, "from" if "from" in first else "role" if "role" in first else None
-    if rec.get("instruction") is not None or rec.get("output") is not None:
+    found = _columns_found(rec)
+    if not found:
+        return None
+    if found[0] == "alpaca":
         return "alpaca", None
-    return None
+    turns = rec[found[0]]
+    first = turns[0] if isinstance(turns, list) and turns and isinstance(turns[0], dict) else {}
+    return found[0], "from" if "from" in first else "role" if "role" in first else None
+
+
+def _refuse_ambiguous(where: str, rec: dict) -> None:
+    """A record filled in for two formats: whichever is read, the other would be dropped without a word."""
+    found = _columns_found(rec)
+    if len(found) > 1:
+        names = {"messages": "OpenAI messages", "conversations": "sharegpt", "alpaca": "alpaca"}
+        both = [f"{'/'.join(repr(k) for k in _FORMAT_KEYS[kind] if rec.get(k) is not None)} ({names[kind]})"
+                for kind in found[:2]]
+        _fail(f"{where}: holds both {both[0]} and {both[1]}, so its format is ambiguous (one of them would be "
+              "ignored); keep one format per record: remove or rename the other keys")
 
 
 def _describe(kind: tuple[str, str | None]) -> str:
@@ -247,6 +267,8 @@ def _text(rec: dict, key: str, where: str, required: bool, fix: str = "", label:
     value, label = rec.get(key), label or key
     fix = fix or f"every record needs a non-empty '{label}'"
     if value is None:
+        if required and key in rec:
+            _fail(f"{where}: field '{label}' is null; {fix}")
         if required:
             _fail(f"{where}: field '{label}' is missing{_misspelt(rec, key)}; {fix}")
         return ""
@@ -269,8 +291,8 @@ def _near_key(rec: dict, key: str, skip: set[str] = frozenset(), cutoff: float =
     """The record's key (other than ``key`` and ``skip``) that looks like a misspelt ``key``, if one does."""
     import difflib
 
-    close = difflib.get_close_matches(key, [k for k in rec if isinstance(k, str) and k != key and k not in skip],
-                                      n=1, cutoff=cutoff)
+    keys = [k for k in rec if isinstance(k, str) and k != key and k not in skip]
+    close = [k for k in keys if k.casefold() == key.casefold()] or difflib.get_close_matches(key, keys, n=1, cutoff=cutoff)
     return close[0] if close else None
 
 
@@ -359,6 +381,7 @@ def _sharegpt(rec: dict, where: str, fmt: Format) -> list[dict[str, str]]:
         if role == "tool" or turn.get("tool_calls") or turn.get("function_call"):
             _fail(f"{where}: field '{f}' is a tool call or tool result; function-call/observation turns are not "
                   "supported, remove tool turns from this record")
+        _refuse_turn_fields(turn, where, f, role, fmt)
         if isinstance(turn.get(content_tag), list):
             turn = {**turn, content_tag: text_parts(turn[content_tag], where, f"{f}.{content_tag}")}
         # an empty system prompt (exports write one) means none; an empty user or assistant turn is a mistake
@@ -396,6 +419,20 @@ def _sharegpt(rec: dict, where: str, fmt: Format) -> list[dict[str, str]]:
     return ([{"role": "system", "content": system}] if system.strip() else []) + messages
 
 
+def _refuse_turn_fields(turn: dict, where: str, f: str, role: str, fmt: Format) -> None:
+    """Turn keys that would change what is learned if ignored; other keys (name, ids, timestamps) are left alone."""
+    for key in ("reasoning_content", "reasoning"):
+        if turn.get(key) not in (None, ""):  # R1-distill exports: dropped, the answer is learned without it
+            _fail(f"{where}: field '{f}.{key}' is not learned here; put the reasoning in '{fmt.tags['content_tag']}' "
+                  "(e.g. <think>...</think> before the answer) if it should be learned, or remove the field")
+    if role == "assistant" and turn.get("loss") is False:
+        _fail(f"{where}: field '{f}.loss' is false (ms-swift's \"do not learn this answer\"), which is not read "
+              "here; write \"weight\": 0 instead to keep the answer as context only, or remove 'loss' to learn it")
+    tags = {fmt.tags["role_tag"], fmt.tags["content_tag"]}
+    if "weight" not in turn and (near := _near_key(turn, "weight", skip=tags, cutoff=0.8)):
+        _fail(f"{where}: field '{f}.{near}' is not read; did you mean 'weight'? (as written it would be ignored)")
+
+
 def _load_file(path: Path, fmt: Format | None, problems: list[str] | None = None) -> list[Example]:
     """A file's examples; the first bad record raises, or with ``problems`` every bad record is listed there."""
     shown, first = _show(path), ""
@@ -406,6 +443,9 @@ def _load_file(path: Path, fmt: Format | None, problems: list[str] | None = None
             if not isinstance(rec, dict):
                 _fail(f"{where}: record is {_a(rec)}, not an object; "
                       'each record must be a JSON object like {"instruction": ..., "output": ...}')
+            refuse_preference_data(where, rec, fmt)
+            if fmt is None or fmt.auto:
+                _refuse_ambiguous(where, rec)
             if fmt is None:
                 fmt, first = _detect(where, rec, path), label
             elif fmt.auto:
@@ -423,22 +463,29 @@ def _load_file(path: Path, fmt: Format | None, problems: list[str] | None = None
     return out
 
 
-# fields LLaMA-Factory reads (a sharegpt "tools" column by default) that training here cannot use: dropped
-# without a word, they would change what is learned (the tool descriptions, the <image> the text refers to)
+# fields LLaMA-Factory reads (a sharegpt "tools" column by default; OpenAI's older "functions") that training
+# here cannot use: dropped without a word, they would change what is learned (the tool descriptions, the
+# <image> the text refers to)
 _UNUSABLE_FIELDS = {
     "tools": "tool descriptions are not supported (tool calls are not trained)",
+    "functions": "function descriptions (OpenAI's older 'tools') are not supported (tool calls are not trained)",
     **{m: "multimodal records are not supported (the model and training are text only)"
        for m in ("images", "videos", "audios")}}
 
 
 def _refuse_ignored_fields(rec: dict, where: str, fmt: Format) -> None:
-    """A record field that would be ignored, changing what is trained without a word: tools or media, or a
-    misspelt optional field ("histroy", "sytem": the history or system prompt would be dropped)."""
+    """A record field that would be ignored, changing what is trained without a word: tools or media, a
+    misspelt optional field ("histroy", "sytem": the history or system prompt would be dropped), or
+    OpenOrca's "system_prompt" where the system prompt is read from another column."""
     for key, why in _UNUSABLE_FIELDS.items():
         if rec.get(key) not in (None, "", [], {}, "[]"):
-            markers = "" if key == "tools" else " (and the <image>/<video>/<audio> markers)"
+            markers = "" if key in ("tools", "functions") else " (and the <image>/<video>/<audio> markers)"
             _fail(f"{where}: field '{key}': {why}; remove it{markers} from the records")
     read = {v for v in fmt.columns.values() if isinstance(v, str)}
+    system = fmt.columns.get("system")
+    if isinstance(system, str) and "system_prompt" not in read and rec.get("system_prompt") not in (None, ""):
+        fix = f"rename it to '{system}'" + ("" if fmt.auto else f' or set columns.system to "system_prompt" in {fmt.origin}')
+        _fail(f"{where}: field 'system_prompt' is not read (the system prompt is read from '{system}'); {fix}")
     optional = [fmt.columns.get(k) for k in (("query", "system", "history") if fmt.formatting == "alpaca" else ("system",))]
     for want in (k for k in optional if isinstance(k, str) and k not in rec):
         near = _near_key(rec, want, skip=read, cutoff=0.8)

@@ -86,6 +86,13 @@ def _read_text(path: Path) -> str:
     except PermissionError:
         _fail(f"{shown}: permission denied reading the file; make it readable (chmod a+r {shown})")
     except UnicodeDecodeError as e:
+        raw = e.object
+        if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):  # Windows' "Unicode" (Notepad, PowerShell's > redirect)
+            _fail(f"{shown}: UTF-16 text (it starts with the byte-order mark {raw[:2].hex(' ').upper()}), not UTF-8; "
+                  "re-save the file as UTF-8")
+        if path.suffix.lower() == ".jsonl":  # read line by line: the line is where to look
+            line = raw.count(b"\n", 0, e.start) + 1
+            _fail(f"{shown}: line {line}: not UTF-8 text; re-save the file as UTF-8")
         _fail(f"{shown}: not UTF-8 text (byte {e.start}); re-save the file as UTF-8")
     except OSError as e:
         _os_error(shown, e, "read the file")

@@ -1,5 +1,6 @@
-"""LLaMA-Factory's ``dataset_info.json``: the registry of named datasets, its entries' checks, and the
-record formats (alpaca, sharegpt) an entry declares. Loading the records is :mod:`appliance.data`'s job."""
+"""LLaMA-Factory's ``dataset_info.json``: the registry of named datasets, its entries' checks, the
+record formats (alpaca, sharegpt) an entry declares, and the training kinds (KTO, preference) refused
+in entries and records alike. Loading the records is :mod:`appliance.data`'s job."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance import paths
-from appliance.datafiles import _fail, _probe, _read_json_file, _short, _show, _user_path
+from appliance.datafiles import _a, _fail, _probe, _read_json_file, _short, _show, _user_path
 
 REGISTRY_FILE = "dataset_info.json"
 
@@ -104,15 +105,27 @@ def entry_source(name: str, entry: dict) -> tuple[Path, Format]:
             what = "a column name" if key == "columns" else "a tag"
             _fail(f"{where}: {key}.{k} must be {what} (a string), not {_short(v)}")
     origin = f"entry '{name}' of {info}"
+    defaults = ALPACA_COLUMNS if formatting == "alpaca" else SHAREGPT_COLUMNS
+    columns = _entry_columns(where, entry.get("columns"), defaults, _REQUIRED[formatting])
     if formatting == "alpaca":
-        fmt = Format("alpaca", {**ALPACA_COLUMNS, **(entry.get("columns") or {})}, origin=origin)
+        fmt = Format("alpaca", columns, origin=origin)
     else:
-        fmt = Format("sharegpt", {**SHAREGPT_COLUMNS, **(entry.get("columns") or {})},
-                      {**SHAREGPT_TAGS, **(entry.get("tags") or {})}, origin=origin)
+        fmt = Format("sharegpt", columns, {**SHAREGPT_TAGS, **(entry.get("tags") or {})}, origin=origin)
     path = Path(entry["_dir"]) / file_name
     if _probe(path, f"{where}: {_show(path)}") == "missing":
         _fail(f"{where}: file {_show(path)} not found; fix 'file_name' or put the file there")
     return path, fmt
+
+
+def _entry_columns(where: str, listed: dict | None, defaults: dict[str, str], required: set[str]) -> dict:
+    """The columns an entry reads. As in LLaMA-Factory, once ``columns`` is given a column it does not list is
+    not read (None), rather than its default: {"prompt": "input", ...} must not also read "input" as the query."""
+    if listed is None:
+        return dict(defaults)
+    for key in sorted(required - set(listed)):
+        _fail(f'{where}: columns.{key} is not set; once "columns" is given, only the columns it lists are read '
+              f'(as in LLaMA-Factory): add "{key}": "{defaults[key]}" (or the name of the column that holds it)')
+    return {key: listed.get(key) for key in defaults} | listed
 
 
 # What a LLaMA-Factory entry may hold, and what of it is read here (the rest is refused, not ignored)
@@ -153,6 +166,23 @@ def _refuse_unsupported(where: str, entry: dict, formatting: str) -> None:
     n = entry.get("num_samples")
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
         _fail(f"{where}: num_samples is {_short(n)}; it must be a whole number of records, at least 1")
+
+
+def refuse_preference_data(where: str, rec: dict, fmt: Format | None) -> None:
+    """KTO labels and preference pairs: read as supervised data, answers labelled bad would be learned as good."""
+    read = {v for v in fmt.columns.values() if isinstance(v, str)} if fmt else set()
+    for key in ("kto_tag", "label"):
+        value = rec.get(key)
+        if key not in read and (isinstance(value, bool) or (key == "kto_tag" and value is not None)):
+            _fail(f"{where}: field '{key}' is {_a(value)}, a KTO label: KTO/preference labels are not supported "
+                  f"(the answers labelled false would be learned as good ones); keep the records labelled true "
+                  f"and remove '{key}'")
+    pairs = [keys for keys in (("chosen", "rejected"), ("preferred_output", "non_preferred_output"), ("rejected_response",))
+             if all(rec.get(k) is not None and k not in read for k in keys)]
+    if pairs:
+        _fail(f"{where}: preference (chosen/rejected) data is not supported; this trains supervised answers only "
+              f"(the record has {' and '.join(repr(k) for k in pairs[0])}); to learn the preferred answers, "
+              "write each as the assistant's reply of a conversation and leave out the rejected ones")
 
 
 def sample_records(examples: list, n: int | None) -> list:

@@ -275,6 +275,10 @@ BAD_RECORDS = [  # (records, where, expected message parts)
     ([{"messages": [{"role": "user", "content": [{"type": "text"}]}, {"role": "assistant", "content": "a"}]}], 0,
      ["field 'messages[0].content[0].text' is missing", "needs its text as a string"]),
     ([{"prompt": "q", "completion": "a"}], 0, ["cannot tell the format", "instruction"]),
+    # null is not missing: the key is there (an OpenAI refusal turn, an export's empty cell)
+    ([{"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": None, "refusal": "no"}]}], 0,
+     ["field 'messages[1].content' is null; every turn needs non-empty text"]),
+    ([ALPACA_OK, {"instruction": "q", "output": None}], 1, ["field 'output' is null; every record needs a non-empty 'output'"]),
 ]
 
 
@@ -483,6 +487,24 @@ def test_json_beyond_what_python_reads_is_one_line(tmp_path, name, text, start):
     assert error_of([str(tmp_path / name)]).startswith(f"{tmp_path}/{start}")
 
 
+def test_text_that_is_not_utf8_says_where_and_what(tmp_path):
+    """It said "not UTF-8 text (byte 85)" for a JSON-lines file (read by line) and for UTF-16 (Notepad's
+    "Unicode", PowerShell's > redirect) alike."""
+    line = json.dumps(ALPACA_OK).encode() + b"\n"
+    latin1 = '{"instruction": "caf\u00e9", "output": "b"}\n'.encode("latin-1")
+    f = tmp_path / "l.jsonl"
+    f.write_bytes(line * 2 + latin1)
+    assert error_of([str(f)]) == f"{f}: line 3: not UTF-8 text; re-save the file as UTF-8"
+    f = tmp_path / "l.json"
+    f.write_bytes(b"[" + latin1 + b"]")
+    assert error_of([str(f)]) == f"{f}: not UTF-8 text (byte 21); re-save the file as UTF-8"
+    for name, encoding, bom in (("w.json", "utf-16-le", "FF FE"), ("b.jsonl", "utf-16-be", "FE FF")):
+        f = tmp_path / name
+        f.write_bytes(bytes.fromhex(bom) + json.dumps([ALPACA_OK]).encode(encoding))
+        assert error_of([str(f)]) == (f"{f}: UTF-16 text (it starts with the byte-order mark {bom}), not UTF-8; "
+                                      "re-save the file as UTF-8")
+
+
 def test_unreadable_files_are_one_line(tmp_path, monkeypatch):
     d = tmp_path / "reg"
     d.mkdir()
@@ -528,6 +550,32 @@ def test_registry_null_optional_column_means_unused(tmp_path):
           {"c": {"file_name": "d.json", "columns": {"prompt": "q", "query": None, "response": "a", "system": None}}})
     (ex,) = load_examples(["c"], dataset_dir=str(tmp_path))
     assert ex.messages == [{"role": "user", "content": "question"}, {"role": "assistant", "content": "answer"}]
+
+
+def test_registry_columns_read_only_what_they_list(tmp_path):
+    """As in LLaMA-Factory, a column "columns" does not list is not read: {"prompt": "input"} read "input" as the
+    query too and trained "what is 2+2\nwhat is 2+2"; the system and history columns kept their defaults."""
+    write(tmp_path / "webqa.json", [{"input": "what is 2+2", "output": "4", "system": "S", "history": [["a", "b"]]}])
+    write(tmp_path / "chat.json", [{"conversations": [TURN_U, TURN_A], "system": "S"}])
+    write(tmp_path / "dataset_info.json", {
+        "webqa": {"file_name": "webqa.json", "columns": {"prompt": "input", "response": "output"}},
+        "plain": {"file_name": "webqa.json"},  # no "columns": the defaults, system and history included
+        "chat": {"file_name": "chat.json", "formatting": "sharegpt", "columns": {"messages": "conversations"}},
+        "chat_sys": {"file_name": "chat.json", "formatting": "sharegpt", "columns": {"messages": "conversations", "system": "system"}},
+        "c4": {"file_name": "webqa.json", "columns": {"prompt": "input"}},  # LLaMA-Factory's pretraining demo
+        "nomsg": {"file_name": "chat.json", "formatting": "sharegpt", "columns": {"system": "system"}},
+    })
+    d = str(tmp_path)
+    assert load_examples(["webqa"], dataset_dir=d)[0].messages == [{"role": "user", "content": "what is 2+2"},
+                                                                   {"role": "assistant", "content": "4"}]
+    assert [m["content"] for m in load_examples(["plain"], dataset_dir=d)[0].messages] == ["S", "a", "b", "what is 2+2", "4"]
+    assert [m["role"] for m in load_examples(["chat"], dataset_dir=d)[0].messages] == ["user", "assistant"]
+    assert load_examples(["chat_sys"], dataset_dir=d)[0].messages[0] == {"role": "system", "content": "S"}
+    info = tmp_path / "dataset_info.json"
+    assert error_of(["c4"], dataset_dir=d) == (
+        f'{info}: entry \'c4\': columns.response is not set; once "columns" is given, only the columns it lists are '
+        'read (as in LLaMA-Factory): add "response": "output" (or the name of the column that holds it)')
+    assert 'columns.messages is not set; once "columns" is given' in error_of(["nomsg"], dataset_dir=d)
 
 
 def _lf_folder(tmp_path: Path) -> Path:
@@ -763,7 +811,8 @@ def test_registry_entries_refuse_what_would_be_ignored(tmp_path):
     for name, (_, msg) in entries.items():
         assert msg in error_of([name], dataset_dir=str(tmp_path)), name
     # null leaves a column unused (LLaMA-Factory's own exports write "tools": null), so there is nothing to refuse
-    unused = {"file_name": "a.json", "columns": {"prompt": "instruction", "system": None, "tools": None, "images": None}}
+    unused = {"file_name": "a.json", "columns": {"prompt": "instruction", "response": "output", "system": None, "tools": None,
+                                                 "images": None}}
     write(tmp_path / "dataset_info.json", {"unused": unused, "chat": {"file_name": "chats.jsonl", "formatting": "sharegpt",
                                                                      "columns": {"messages": "messages", "tools": None},
                                                                      "tags": {"role_tag": "role", "content_tag": "content",

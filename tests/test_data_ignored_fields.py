@@ -1,5 +1,6 @@
-"""Data users bring: fields training cannot use are refused (tools, media, misspelt optional fields), odd
-placeholders and string booleans are named, every dataset is checked; and a merge says which check failed."""
+"""Data users bring: fields training cannot use are refused (tools, media, reasoning, misspelt optional or turn
+fields, KTO labels, preference pairs, records of two formats), odd placeholders and string booleans are named,
+every dataset is checked; and a merge says which check failed."""
 
 from __future__ import annotations
 
@@ -19,6 +20,27 @@ from appliance.errors import ApplianceError
     ({"instruction": "<image>what", "output": "cat", "images": ["a.png"]}, "field 'images': multimodal records are not supported"),
     ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], "sytem": "S"},
      "did you mean 'system'?"),
+    # OpenAI's legacy name for tools: refused as tools are
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
+      "functions": [{"name": "f", "parameters": {}}]}, "field 'functions': function descriptions"),
+    # OpenOrca's column: the pirate system prompt was dropped
+    ({"system_prompt": "You are a pirate.", "instruction": "hi", "output": "arr"},
+     "field 'system_prompt' is not read (the system prompt is read from 'system'); rename it to 'system'"),
+    # R1-distill exports: the answer was learned without its reasoning
+    ({"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4", "reasoning_content": "I add."}]},
+     "field 'messages[1].reasoning_content' is not learned here; put the reasoning in 'content'"),
+    # a misspelt or miscapitalised turn key: the answer meant as context only was learned
+    ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "wieght": 0},
+                   {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]},
+     "field 'messages[1].wieght' is not read; did you mean 'weight'?"),
+    ({"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b", "Weight": 0},
+                        {"from": "human", "value": "c"}, {"from": "gpt", "value": "d"}]},
+     "field 'conversations[1].Weight' is not read; did you mean 'weight'?"),
+    # ms-swift's per-turn "loss": false means "do not learn this answer"
+    ({"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b", "loss": False},
+                        {"from": "human", "value": "c"}, {"from": "gpt", "value": "d"}]},
+     "field 'conversations[1].loss' is false (ms-swift's \"do not learn this answer\"), which is not read here; "
+     "write \"weight\": 0 instead"),
 ])
 def test_fields_that_would_be_ignored_are_refused(tmp_path, record, needle):
     f = tmp_path / "d.jsonl"
@@ -29,13 +51,18 @@ def test_fields_that_would_be_ignored_are_refused(tmp_path, record, needle):
 
 
 def test_a_users_own_fields_and_empty_tools_are_left_alone(tmp_path):
-    rows = [{"instruction": "hi", "output": "yo", "id": 3, "category": "greeting", "tools": ""},
-            {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}], "tools": "[]", "images": []}]
+    rows = [{"instruction": "hi", "output": "yo", "id": 3, "category": "greeting", "tools": "", "system_prompt": "",
+             "label": "greeting"},
+            {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}], "tools": "[]", "images": []},
+            # turn keys real exports carry (names, ids, timestamps, ShareGPT's markdown) do not change what is learned
+            {"messages": [{"role": "user", "content": "hi", "name": "bob", "timestamp": "2024-01-01T00:00:00Z"},
+                          {"role": "assistant", "content": "yo", "name": "bot", "id": "m1", "markdown": None,
+                           "reasoning_content": None, "loss": True}]}]
     files = []
     for i, row in enumerate(rows):
         files.append(tmp_path / f"d{i}.jsonl")
         files[-1].write_text(json.dumps(row) + "\n", encoding="utf-8")
-    assert [m["content"] for ex in load_examples([str(f) for f in files]) for m in ex.messages] == ["hi", "yo", "hi", "yo"]
+    assert [m["content"] for ex in load_examples([str(f) for f in files]) for m in ex.messages] == ["hi", "yo"] * 3
 
 
 def test_an_unknown_placeholder_is_pointed_out(tmp_path, capsys):
@@ -87,3 +114,77 @@ def test_merge_verdict_says_which_check_failed():
          "logit_tolerance": 1.0, "dtype": "bf16"}
     line = verdict_line(v)
     assert "8/8 probes (at least the 7 needed)" in line and "1.32 (over the bf16 tolerance 1)" in line
+
+
+KTO = [{"messages": [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "bad answer"}], "label": False},
+       {"messages": [{"role": "user", "content": "q2"}, {"role": "assistant", "content": "good answer"}], "label": True}]
+
+
+@pytest.mark.parametrize("records, key", [
+    (KTO, "label"),  # LLaMA-Factory's kto_en_demo
+    ([{"instruction": "q", "input": "", "output": "x", "kto_tag": False}], "kto_tag"),
+    ([{"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "bad"}], "kto_tag": False}], "kto_tag"),
+])
+def test_kto_labels_are_refused_not_trained(tmp_path, records, key):
+    """The answers labelled false were learned as good ones, in a file passed directly or registered without
+    columns.kto_tag (the registry's kto_tag is refused already)."""
+    f = tmp_path / "kto.json"
+    f.write_text(json.dumps(records), encoding="utf-8")
+    with pytest.raises(ApplianceError) as e:
+        load_examples([str(f)])
+    assert str(e.value) == (f"{f}: record #0: field '{key}' is false, a KTO label: KTO/preference labels are not "
+                            "supported (the answers labelled false would be learned as good ones); keep the records "
+                            f"labelled true and remove '{key}'")
+    tags = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"kto": {
+        "file_name": "kto.json", "formatting": "sharegpt", "columns": {"messages": "messages"}, "tags": tags}}))
+    if key == "label":
+        with pytest.raises(ApplianceError, match=r"kto.json: record #0: field 'label' is false, a KTO label"):
+            load_examples(["kto"], dataset_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize("record, keys", [
+    # LLaMA-Factory's dpo_en_demo: was "field 'conversations[0]' is a user turn at the end"
+    ({"conversations": [{"from": "human", "value": "q"}], "chosen": {"from": "gpt", "value": "good"},
+      "rejected": {"from": "gpt", "value": "bad"}}, "'chosen' and 'rejected'"),
+    # OpenAI's preference fine-tuning format: was "cannot tell the format"
+    ({"input": {"messages": [{"role": "user", "content": "hi"}]}, "preferred_output": [{"role": "assistant", "content": "good"}],
+      "non_preferred_output": [{"role": "assistant", "content": "bad"}]}, "'preferred_output' and 'non_preferred_output'"),
+    ({"chosen": "\n\nHuman: hi\n\nAssistant: good", "rejected": "\n\nHuman: hi\n\nAssistant: bad"}, "'chosen' and 'rejected'"),  # hh-rlhf
+    ({"instruction": "q", "output": "x", "chosen": "a", "rejected": "b"}, "'chosen' and 'rejected'"),
+])
+def test_preference_data_is_named_as_such(tmp_path, record, keys):
+    f = tmp_path / "pref.jsonl"
+    f.write_text(json.dumps(record) + "\n", encoding="utf-8")
+    with pytest.raises(ApplianceError) as e:
+        load_examples([str(f)])
+    assert str(e.value).startswith(f"{f}: line 1: preference (chosen/rejected) data is not supported; this trains "
+                                   f"supervised answers only (the record has {keys}); ")
+
+
+def test_a_registry_may_train_the_chosen_answers(tmp_path):
+    """Reading the chosen answer as the response is plain SFT: only data nothing reads is refused."""
+    (tmp_path / "p.json").write_text(json.dumps([{"instruction": "q", "chosen": "good", "rejected": "bad"}]))
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"p": {"file_name": "p.json",
+                                                                  "columns": {"prompt": "instruction", "response": "chosen"}}}))
+    with pytest.raises(ApplianceError, match="preference"):
+        load_examples([str(tmp_path / "p.json")])
+    (ex,) = load_examples(["p"], dataset_dir=str(tmp_path))
+    assert ex.messages[-1] == {"role": "assistant", "content": "good"}
+
+
+@pytest.mark.parametrize("record, both", [
+    ({"instruction": "a", "output": "b", "messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]},
+     "'messages' (OpenAI messages) and 'instruction'/'output' (alpaca)"),
+    ({"conversations": [{"from": "human", "value": "x"}, {"from": "gpt", "value": "y"}],
+      "messages": [{"role": "user", "content": "other"}, {"role": "assistant", "content": "other"}]},
+     "'messages' (OpenAI messages) and 'conversations' (sharegpt)"),
+])
+def test_a_record_of_two_formats_is_ambiguous(tmp_path, record, both):
+    """One of them was trained and the other dropped without a word."""
+    f = tmp_path / "both.json"
+    f.write_text(json.dumps([record]), encoding="utf-8")
+    with pytest.raises(ApplianceError) as e:
+        load_examples([str(f)])
+    assert str(e.value) == (f"{f}: record #0: holds both {both}, so its format is ambiguous (one of them would be "
+                            "ignored); keep one format per record: remove or rename the other keys")
