@@ -934,3 +934,17 @@ def test_data_list_aligns_columns_under_chinese_names(tmp_path):
 
     lines = {ln.split()[0]: ln for ln in res.output.splitlines() if ln.split()[0] in ("身份数据", "plain")}
     assert column_of(lines["身份数据"], "alpaca") == column_of(lines["plain"], "alpaca") == 25
+
+
+def test_a_file_named_relative_to_the_dataset_dir_is_pointed_at(tmp_path, monkeypatch, appliance_home):
+    """`data check my_set.jsonl --dataset-dir ./mydata` said only "file not found (looked in .)"."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "x.jsonl").write_text('{"instruction": "a", "output": "b"}\n', encoding="utf-8")
+    (tmp_path / "m" / "dataset_info.json").write_text('{"x": {"file_name": "x.jsonl"}}', encoding="utf-8")
+    with pytest.raises(ApplianceError, match=re.escape("x.jsonl: file not found (looked in ") + ".*" +
+                       re.escape("; it is in --dataset-dir: pass m/x.jsonl")):
+        load_examples(["x.jsonl"], dataset_dir="m")
+    with pytest.raises(ApplianceError, match=re.escape("; check the path")):
+        load_examples(["y.jsonl"], dataset_dir="m")
+    assert len(load_examples(["x"], dataset_dir="m")) == len(load_examples(["m/x.jsonl"])) == 1
