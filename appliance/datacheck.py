@@ -31,10 +31,11 @@ class BadRecords(ApplianceError):
 
 
 def _position(problem: str) -> tuple[str, int]:
-    """(file, line or record number) of a problem as the loader words it ("f.jsonl: line 3 ...")."""
+    """(file, line or record number) of a problem as the loader words it ("f.jsonl: line 3 ...") or as an
+    example's source names it ("f.jsonl:3: ...", "f.json#2: ...")."""
     import re
 
-    m = re.match(r"(.*?): (?:line |record #)(\d+)\b", problem)
+    m = re.match(r"(.*?)(?:: (?:line |record #)|:|#)(\d+)\b", problem)
     return (m.group(1), int(m.group(2))) if m else (problem, -1)
 
 
@@ -48,21 +49,25 @@ def check_dataset(dataset: str, dataset_dir: str | None = None, name: str = "Arc
 
     problems: list[str] = []
     examples = load_examples([dataset], dataset_dir=dataset_dir, name=name, author=author, problems=problems)
-    if problems:
-        raise BadRecords(dataset, problems)
-    n = len(examples)
-    lines = [f"{dataset}: {n} conversation{'' if n == 1 else 's'}, ok"]
     if model is None:
-        return lines
+        if problems:
+            raise BadRecords(dataset, problems)
+        return [_count(dataset, len(examples))]
     max_length = TrainConfig().max_length if max_length is None else max_length
     if max_length < 16:  # train's own floor: a check train would refuse to follow is no check
         raise ApplianceError(f"--max-length {max_length}: must be >= 16, as for train")
     from appliance import models
     from appliance.datafiles import few
-    from appliance.sft import audit, chat_tokenizer
+    from appliance.sft import audit, chat_tokenizer, special_token_problems
 
     ref = models.resolve(model)
-    found = audit(chat_tokenizer(ref.path, model), examples, max_length)
+    tok = chat_tokenizer(ref.path, model)
+    problems += special_token_problems(tok, examples)  # with the rest, not one more run of the check later
+    if problems:
+        raise BadRecords(dataset, problems)
+    n = len(examples)
+    lines = [_count(dataset, n)]
+    found = audit(tok, examples, max_length)
     if len(found["refused"]) == n:
         raise ApplianceError(f"--model {model}: its chat template refuses every example of {dataset} "
                              f"({few(found['refused'])}); `train` would refuse it")
@@ -81,6 +86,10 @@ def check_dataset(dataset: str, dataset_dir: str | None = None, name: str = "Arc
     if len(lines) == 1:
         lines.append(f"  with {ref.name} at --max-length {max_length}: every example fits and renders as vLLM will")
     return lines
+
+
+def _count(dataset: str, n: int) -> str:
+    return f"{dataset}: {n} conversation{'' if n == 1 else 's'}, ok"
 
 
 def check_datasets(datasets: list[str], echo: Callable[[str], None], echo_err: Callable[[str], None],

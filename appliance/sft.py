@@ -105,16 +105,26 @@ def encode(tok: Any, messages: list[dict[str, str]], max_length: int, source: st
     return Encoded(ids, labels, matches, truncated, last_only)
 
 
-def refuse_special_tokens(tok: Any, examples: list) -> None:
-    """Text holding the template's own markers (``<|im_end|>``) would end or fake turns mid-answer once learned."""
-    specials = special_tokens(tok)
+def special_token_problems(tok: Any, examples: list) -> list[str]:
+    """One line per example whose text holds the template's own markers (``<|im_end|>``): once learned they
+    would end or fake turns mid-answer."""
+    specials, out = special_tokens(tok), []
     for ex in examples:
         for m in ex.messages:
             hit = next((t for t in specials if t in m["content"]), None)
             if hit:
                 turn = "an assistant" if m["role"] == "assistant" else f"a {m['role']}"
-                raise ApplianceError(f"{ex.source}: {turn} turn holds the special token {hit!r}, which the chat "
-                                     "template adds itself; remove it from the text")
+                out.append(f"{ex.source}: {turn} turn holds the special token {hit!r}, which the chat "
+                           "template adds itself; remove it from the text")
+                break
+    return out
+
+
+def refuse_special_tokens(tok: Any, examples: list) -> None:
+    """Raise for the first example holding a special token (:func:`special_token_problems`)."""
+    problems = special_token_problems(tok, examples)
+    if problems:
+        raise ApplianceError(problems[0])
 
 
 def chat_tokenizer(path: str, model: str) -> Any:

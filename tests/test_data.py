@@ -863,6 +863,21 @@ def test_data_check_with_a_model_sees_the_data_as_train_will(tiny_model_dir, tmp
     assert low.exit_code == 2 and "--max-length 8: must be >= 16, as for train" in low.output  # train's own floor
 
 
+def test_data_check_with_a_model_lists_special_tokens_with_the_other_bad_records(tmp_path, tiny_model_dir):
+    """A file with an empty answer and two special tokens took three runs of the check to see them all."""
+    f = tmp_path / "m.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in [
+        {"messages": [{"role": "user", "content": "a<|endoftext|>"}, {"role": "assistant", "content": "b"}]},
+        {"messages": [{"role": "user", "content": "c"}, {"role": "assistant", "content": "d<|im_end|>"}]},
+        {"messages": [{"role": "user", "content": "e"}, {"role": "assistant", "content": ""}]}]) + "\n", encoding="utf-8")
+    res = CliRunner().invoke(main, ["data", "check", str(f), "--model", str(tiny_model_dir)])
+    assert res.exit_code == 2 and "3 bad records (listed above)" in res.output and "Traceback" not in res.output, res.output
+    lines = res.output.splitlines()
+    assert f"{f}:1: a user turn holds the special token '<|endoftext|>'" in lines[0]
+    assert f"{f}:2: an assistant turn holds the special token '<|im_end|>'" in lines[1]
+    assert f"{f}: line 3: field 'messages[1].content' is empty" in lines[2]
+
+
 def test_a_path_behind_an_unreadable_folder_is_not_blamed_on_a_link(monkeypatch):
     from appliance import paths
 
