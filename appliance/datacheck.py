@@ -96,6 +96,10 @@ def check_datasets(datasets: list[str], echo: Callable[[str], None], echo_err: C
                    **options: Any) -> None:
     """``appliance data check``: every dataset is checked, so one bad file does not hide the next one's
     problems; raises the one failure, or, after naming each, one line counting them."""
+    if options.get("max_length") is not None and options.get("model") is None:
+        # lengths are counted in the model's tokens: without one, the flag would change nothing
+        raise ApplianceError(f"--max-length {options['max_length']}: needs --model (lengths are counted in that "
+                             "model's tokens); add --model MODEL, or leave --max-length out")
     failed: list[tuple[str, ApplianceError]] = []
     for ds in datasets:
         try:

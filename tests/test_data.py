@@ -861,6 +861,8 @@ def test_data_check_with_a_model_sees_the_data_as_train_will(tiny_model_dir, tmp
     assert res.exit_code == 2 and "holds the special token '<|im_end|>'" in res.output
     low = CliRunner().invoke(main, ["data", "check", str(f), "--model", str(tiny_model_dir), "--max-length", "8"])
     assert low.exit_code == 2 and "--max-length 8: must be >= 16, as for train" in low.output  # train's own floor
+    alone = CliRunner().invoke(main, ["data", "check", str(f), "--max-length", "100"])  # it changed nothing
+    assert alone.exit_code == 2 and "--max-length 100: needs --model" in alone.output and "Traceback" not in alone.output
 
 
 def test_data_check_with_a_model_lists_special_tokens_with_the_other_bad_records(tmp_path, tiny_model_dir):
