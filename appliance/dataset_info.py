@@ -122,6 +122,9 @@ def _entry_columns(where: str, listed: dict | None, defaults: dict[str, str], re
     not read (None), rather than its default: {"prompt": "input", ...} must not also read "input" as the query."""
     if listed is None:
         return dict(defaults)
+    if set(listed) == {"prompt"}:  # LLaMA-Factory's pretraining entries (c4_demo, wiki_demo): text, no answers
+        _fail(f'{where}: columns name only "prompt", plain text for pre-training; this trains supervised answers '
+              'only: use a dataset with a "response" column (alpaca) or conversations (sharegpt)')
     for key in sorted(required - set(listed)):
         _fail(f'{where}: columns.{key} is not set; once "columns" is given, only the columns it lists are read '
               f'(as in LLaMA-Factory): add "{key}": "{defaults[key]}" (or the name of the column that holds it)')

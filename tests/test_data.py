@@ -563,6 +563,7 @@ def test_registry_columns_read_only_what_they_list(tmp_path):
         "chat": {"file_name": "chat.json", "formatting": "sharegpt", "columns": {"messages": "conversations"}},
         "chat_sys": {"file_name": "chat.json", "formatting": "sharegpt", "columns": {"messages": "conversations", "system": "system"}},
         "c4": {"file_name": "webqa.json", "columns": {"prompt": "input"}},  # LLaMA-Factory's pretraining demo
+        "noresp": {"file_name": "webqa.json", "columns": {"prompt": "input", "query": "q"}},
         "nomsg": {"file_name": "chat.json", "formatting": "sharegpt", "columns": {"system": "system"}},
     })
     d = str(tmp_path)
@@ -573,7 +574,10 @@ def test_registry_columns_read_only_what_they_list(tmp_path):
     assert load_examples(["chat_sys"], dataset_dir=d)[0].messages[0] == {"role": "system", "content": "S"}
     info = tmp_path / "dataset_info.json"
     assert error_of(["c4"], dataset_dir=d) == (
-        f'{info}: entry \'c4\': columns.response is not set; once "columns" is given, only the columns it lists are '
+        f'{info}: entry \'c4\': columns name only "prompt", plain text for pre-training; this trains supervised answers '
+        'only: use a dataset with a "response" column (alpaca) or conversations (sharegpt)')
+    assert error_of(["noresp"], dataset_dir=d) == (
+        f'{info}: entry \'noresp\': columns.response is not set; once "columns" is given, only the columns it lists are '
         'read (as in LLaMA-Factory): add "response": "output" (or the name of the column that holds it)')
     assert 'columns.messages is not set; once "columns" is given' in error_of(["nomsg"], dataset_dir=d)
 
