@@ -39,7 +39,14 @@ def parse_spec(spec: str) -> tuple[str | None, str]:
     """``--adapter`` value: ``path`` or ``name=path`` (a name never contains a slash)."""
     name, sep, path = spec.partition("=")
     if sep and name.strip() and "/" not in name and path.strip():
+        check_name(name, f"--adapter {spec}")
         return name, path
+    if sep and "/" in name and not name.startswith(("/", "~", ".")) and path.strip() \
+            and not Path(paths.resolve_user_path(spec)).exists():
+        # a path with '=' in it, or a name with '/': neither is there, so say both
+        raise ApplianceError(f"--adapter {spec}: directory not found, and an adapter name cannot hold '/' (so it was "
+                             f"read as a path); give name=path with a name without '/' (e.g. "
+                             f"{name.replace('/', '-').strip()}={path}), or an existing directory")
     if sep and "/" not in name and not Path(paths.resolve_user_path(spec)).exists():
         # "=saves/a1" or "x=": a name=path with a part left out, not a folder named so
         if not name.strip():
@@ -55,6 +62,16 @@ def check_name(name: str, what: str) -> None:
         raise ApplianceError(f"{what}: NAME is empty; give the name the adapter is served under (e.g. archer)")
     if why := bad_char(name):
         raise ApplianceError(f"{what}: NAME contains {why}; give a name in plain UTF-8 text (e.g. archer)")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):  # a line break in a name splits every listing it is in
+        raise ApplianceError(f"{what}: NAME {name!r} holds a control character (a line break?); give a name on one line")
+
+
+def check_new_name(name: str, what: str) -> None:
+    """A name to load an adapter under: as :func:`check_name`, and without '/', as `up --adapter name=dir` needs."""
+    check_name(name, what)
+    if "/" in name:
+        raise ApplianceError(f"{what}: NAME {name!r} holds '/', which `up --adapter name=dir` cannot give a name; "
+                             f"give a name without '/' (e.g. {name.replace('/', '-')})")
 
 
 def servable_rank(rank: int, flag: str = "--adapter") -> int:
@@ -87,11 +104,15 @@ def inspect_adapter(path: str | Path, name: str | None = None, flag: str = "--ad
     d = adapter_dir(path, flag)
     if not (d / "adapter_config.json").is_file():
         if (d / "config.json").is_file():  # a whole model (a merged one): served on its own, not as an adapter
-            fix = f"it is a model: serve it with `appliance up --model {path}`" + (" --no-lora" if flag == "--adapter" else "")
+            fix = f"it is a model: serve it with `appliance up --model {path}{' --no-lora' if flag == '--adapter' else ''}`"
         else:
             fix = "point it at an `appliance train` output"
         raise ApplianceError(f"{flag} {path}: no adapter_config.json, so it is not a PEFT adapter; {fix}")
     cfg = read_adapter_config(d)
+    if not any((d / f).is_file() for f in ("adapter_model.safetensors", "adapter_model.bin", "adapter_model.pt")):
+        # vLLM finds this out ~30 s into a start ("doesn't contain tensors"), or answers a runtime load with a 500
+        raise ApplianceError(f"{flag} {path}: no adapter_model.safetensors (an unfinished or copied-in-part run?); "
+                             "pass the --output directory of a finished `appliance train`")
     if cfg.get("peft_type") != "LORA":
         raise ApplianceError(f"{flag} {path}: peft_type is {cfg.get('peft_type')!r}, vLLM serves only LORA adapters")
     merge_hint = f"run `appliance merge --adapter {path}` and serve the merged model with `appliance up --model`"
@@ -283,7 +304,7 @@ def load(name: str, path: str, url: str = DEFAULT_URL, api_key: str | None = Non
     """Load an adapter into a running server under ``name``; refuses paths outside ``roots``."""
     import httpx
 
-    check_name(name, "adapters load")
+    check_new_name(name, "adapters load")
     if max_rank == 0:  # whatever the adapter, this server cannot take one
         raise ApplianceError(f"adapters load {path}: the server at {url} was started without LoRA support (--no-lora); "
                              "restart it with `appliance up` without --no-lora to load adapters")
@@ -347,7 +368,7 @@ def load_checked(name: str, path: str, url: str | None = None, api_key: str | No
     from appliance.chat import default_url
     from appliance.servers import find_record
 
-    check_name(name, "adapters load")  # before the default URL, which may be an error of its own
+    check_new_name(name, "adapters load")  # before the default URL, which may be an error of its own
     url = url or default_url()  # the only recorded server; several: the user must pick one
     rec = find_record(server_url(url))
     roots = (rec.adapter_roots if rec else [str(paths.saves_dir())]) + list(extra_roots or [])

@@ -207,7 +207,8 @@ def chat(cfg: ChatConfig, prompt: str | None = None, stdin: TextIO | None = None
         return answer
     history, answer = list(base), ""
     tty = _isatty(stdin)
-    write(f"chatting with {cfg.model} at {cfg.url}; /reset clears the history, /exit or Ctrl-D leaves\n")
+    if tty:  # the banner and the model's name before each answer: piped, stdout holds the answers alone
+        write(f"chatting with {cfg.model} at {cfg.url}; /reset clears the history, /exit or Ctrl-D leaves\n")
     lineno = 0
     while True:
         line = _read_line(stdin, write, tty)
@@ -226,16 +227,17 @@ def chat(cfg: ChatConfig, prompt: str | None = None, stdin: TextIO | None = None
                  "the chat goes on")
             continue
         history.append({"role": "user", "content": text})
-        write(f"{cfg.model}> ")
+        if tty:
+            write(f"{cfg.model}> ")
         try:
             answer = reply(cfg, history, write)
         except ServerRefused as e:  # about this message only (too long for the context): the session goes on
-            write("\n")
+            write("\n" if tty else "")
             history.pop()
             warn(f"error: {e}; the message was dropped from the history (/reset clears the history if it grew too long)")
             continue
         except ApplianceError:  # the session ends: the error goes on a line of its own
-            write("\n")
+            write("\n" if tty else "")
             raise
         write("\n")
         history.append({"role": "assistant", "content": answer})

@@ -119,6 +119,9 @@ def preflight(cfg: UpConfig) -> Plan:
              "give the longest prompt + answer in tokens, at least 16 (e.g. 2048)")):
         if not ok:
             raise ApplianceError(f"{flag} {value}: out of range; {fix}")
+    if cfg.api_key is not None and not cfg.api_key.strip():  # --api-key "$KEY" with KEY unset served without one
+        raise ApplianceError("--api-key is empty (an unset variable?); pass the key, or leave --api-key out to serve "
+                             "without one")
     if cfg.served_name is not None and not cfg.served_name.strip():  # "" was ignored, " " served as " "
         raise ApplianceError("--served-name is empty; give the name clients ask for (e.g. archer), or leave it out "
                              "to serve the model under its own name")

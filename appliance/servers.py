@@ -258,6 +258,15 @@ def start(plan, argv: list[str], env: dict[str, str], detach: bool, ready_timeou
     return info
 
 
+def host_note(host: str, key: bool) -> str | None:
+    """A line for a server that is not on loopback only: its URL names 127.0.0.1 (what a client here uses)."""
+    if host in ("127.0.0.1", "localhost", "::1"):
+        return None
+    where = "every network interface" if host in ("0.0.0.0", "::", "") else host
+    return (f"note: --host {host}: listening on {where}, so other machines can reach it"
+            + ("" if key else "; no --api-key is set, so anyone who can reach it may use it"))
+
+
 def _wait_ready(proc: subprocess.Popen, info: ServerInfo, api_key: str | None, timeout_s: float,
                 echo: Callable[[str], None], cancel: threading.Event | None = None) -> None:
     import httpx
@@ -267,6 +276,8 @@ def _wait_ready(proc: subprocess.Popen, info: ServerInfo, api_key: str | None, t
     tty = sys.stderr.isatty()
     spinner, last_line = "|/-\\", 0.0
     echo(f"starting vLLM on {info.url} (log: {info.log})")
+    if note := host_note(info.host, info.api_key_required):
+        echo(note)
     while True:
         elapsed = time.monotonic() - t0
         if cancel is not None and cancel.is_set():

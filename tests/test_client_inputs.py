@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -107,11 +108,16 @@ def html_server(tmp_path):
 
 
 def _adapter(appliance_home: Path, name: str = "a2") -> Path:
-    """A minimal servable LoRA adapter under saves/ (a config is all `load` reads before sending)."""
+    """A minimal servable LoRA adapter under saves/ (its config and a weights file are all `load` reads before sending)."""
+    import torch
+    from safetensors.torch import save_file
+
     d = appliance_home / "saves" / name
     d.mkdir(parents=True)
     (d / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8, "target_modules": ["q_proj"],
                                                        "base_model_name_or_path": "HuggingFaceTB/x"}), encoding="utf-8")
+    save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(8, 4)},
+              str(d / "adapter_model.safetensors"))
     return d
 
 
@@ -163,7 +169,7 @@ def test_piped_lines_that_are_not_utf8_are_skipped_and_the_chat_goes_on():
         assert res.exit_code == 0 and "Traceback" not in res.output, res.output
         assert res.stderr.count("\n") == 2 and "error: stdin line 1: contains an invalid character" in res.stderr, res.stderr
         assert "error: stdin line 3: contains a NUL character" in res.stderr
-        assert "archer> echo: hello\n" in res.stdout and "archer> echo: again\n" in res.stdout
+        assert res.stdout == "echo: hello\necho: again\n", res.stdout  # piped: the answers alone
         # only the good lines were sent, and the skipped ones are not in the history
         assert [[m["content"] for m in msgs] for msgs in srv.chats()] == [["hello"], ["hello", "echo: hello", "again"]]
 
@@ -181,7 +187,7 @@ def test_a_4xx_in_a_session_drops_that_message_and_the_chat_goes_on():
     assert "/reset clears the history" in line
     # the refused message is not in the history the next message is sent with
     assert [m["content"] for m in sent[-1]] == ["hi", "echo: hi", "again"]
-    assert out.getvalue().count("archer> ") == 3 and out.getvalue().endswith("archer> echo: again\n")
+    assert out.getvalue() == "echo: hi\necho: again\n"  # piped: the answers alone, no line for the dropped one
 
 
 def test_a_4xx_for_a_one_shot_prompt_still_exits_2():
@@ -260,8 +266,9 @@ def test_adapter_spec_with_an_empty_part_says_which(spec, needle):
 
 def test_adapter_specs_that_are_whole_still_parse(tmp_path, monkeypatch):
     assert parse_spec("a=saves/a1") == ("a", "saves/a1")
-    assert parse_spec("saves/run=1") == (None, "saves/run=1")  # a slash before '=': a path
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "saves" / "run=1").mkdir(parents=True)
+    assert parse_spec("saves/run=1") == (None, "saves/run=1")  # a slash before '=': a path
     (tmp_path / "odd=").mkdir()  # a folder really named so is a path, not an empty one
     assert parse_spec("odd=") == (None, "odd=")
 
@@ -320,7 +327,28 @@ class _Tty(io.StringIO):
 def test_the_prompt_is_shown_on_a_terminal_only():
     with _Server(_vllm_like) as srv:
         res = CliRunner().invoke(main, ["chat", "--url", srv.url, "--model", "archer"], input="hi\n")
-        assert res.exit_code == 0 and "you>" not in res.stdout and "archer> echo: hi\n" in res.stdout, res.output
+        # piped, stdout holds the answers alone: no banner, no "you>" or "archer>"
+        assert res.exit_code == 0 and res.stdout == "echo: hi\n" and res.stderr == "", res.output
         out = io.StringIO()
         chat(ChatConfig(url=srv.url, model="archer"), stdin=_Tty("hi\n"), out=out, err=io.StringIO())
         assert out.getvalue().count("you> ") == 2  # before "hi" and before the end of input
+        assert out.getvalue().startswith("chatting with archer") and "archer> echo: hi\n" in out.getvalue()
+
+
+def test_adapter_names_follow_one_rule_in_up_and_adapters_load(appliance_home):
+    """`up --adapter a/b=dir` said "directory not found" while `adapters load a/b` loaded it; a name with a line
+    break was loaded and broke the `adapters list` table."""
+    from appliance.adapters import parse_spec
+
+    with pytest.raises(ApplianceError, match=re.escape("--adapter a/b=saves/archer: directory not found, and an adapter "
+                                                       "name cannot hold '/' (so it was read as a path); give name=path with "
+                                                       "a name without '/' (e.g. a-b=saves/archer), or an existing directory")):
+        parse_spec("a/b=saves/archer")
+    with pytest.raises(ApplianceError, match="holds a control character"):
+        parse_spec("a\nb=saves/archer")
+    assert parse_spec("archer 2=saves/archer") == ("archer 2", "saves/archer")
+    _adapter(appliance_home)
+    res = CliRunner().invoke(main, ["adapters", "load", "a/b", "saves/a2", "--url", "http://127.0.0.1:9"])
+    _one_line_error(res, "adapters load: NAME 'a/b' holds '/'")
+    res = CliRunner().invoke(main, ["adapters", "load", "a\nb", "saves/a2", "--url", "http://127.0.0.1:9"])
+    _one_line_error(res, "adapters load: NAME 'a\\nb' holds a control character")

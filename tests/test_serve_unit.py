@@ -170,11 +170,27 @@ def test_preflight_refuses_missing_and_non_peft_dirs(tmp_path, tiny_model_dir):
         preflight(UpConfig(adapters=[str(tmp_path)], port=_free_port(), device="cpu"))
     # a merged model given as an adapter: say how it is served
     with pytest.raises(ApplianceError, match=rf"not a PEFT adapter; it is a model: serve it with `appliance up --model "
-                                             rf"{re.escape(str(tiny_model_dir))}` --no-lora"):
+                                             rf"{re.escape(str(tiny_model_dir))} --no-lora`"):
         preflight(UpConfig(adapters=[str(tiny_model_dir)], port=_free_port(), device="cpu"))
     for name in ("", "  "):
         with pytest.raises(ApplianceError, match="--served-name is empty"):
             preflight(UpConfig(model=str(tiny_model_dir), served_name=name, port=_free_port(), device="cpu"))
+        # --api-key "$KEY" with KEY unset: a server without a key, said nowhere
+        with pytest.raises(ApplianceError, match=re.escape("--api-key is empty (an unset variable?)")):
+            preflight(UpConfig(model=str(tiny_model_dir), api_key=name, port=_free_port(), device="cpu"))
+
+
+def test_an_adapter_without_weights_is_refused_before_vllm_starts(adapters, tmp_path, appliance_home):
+    """vLLM found it ~30 s into the start ("doesn't contain tensors"); a runtime load got a 500 naming "<path>"."""
+    from appliance.adapters import inspect_adapter
+
+    empty = tmp_path / "saves" / "nosafe"
+    shutil.copytree(adapters["good"], empty)
+    (empty / "adapter_model.safetensors").unlink()
+    with pytest.raises(ApplianceError, match=re.escape(f"--adapter {empty}: no adapter_model.safetensors (an unfinished")):
+        preflight(UpConfig(adapters=[str(empty)], port=_free_port(), device="cpu"))
+    with pytest.raises(ApplianceError, match=re.escape(f"PATH {empty}: no adapter_model.safetensors")):
+        inspect_adapter(empty, flag="PATH")
 
 
 def test_preflight_refuses_adapter_of_another_base(adapters, real_model_dir):
@@ -1135,3 +1151,13 @@ def test_adapter_roots_and_down_ports_are_checked(appliance_home, tiny_model_dir
                          (["--port", "8310", "--all"], "--port 8310 and --all: pass one")):
         res = CliRunner().invoke(main, ["down", *args])
         assert res.exit_code == 2 and needle in res.output, res.output
+
+
+def test_a_server_off_loopback_says_who_can_reach_it():
+    """`up --host 0.0.0.0` printed only http://127.0.0.1:PORT, never that every interface listens."""
+    from appliance.servers import host_note
+
+    assert host_note("127.0.0.1", False) is None and host_note("localhost", False) is None
+    assert host_note("0.0.0.0", True) == "note: --host 0.0.0.0: listening on every network interface, so other machines can reach it"
+    assert host_note("10.0.0.5", False).endswith("listening on 10.0.0.5, so other machines can reach it; no --api-key is "
+                                                 "set, so anyone who can reach it may use it")
