@@ -158,7 +158,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     ref = models.resolve(cfg.model)
     _check_model_shape(cfg, ref.path, ref.name)
     fingerprint = data_mod.fingerprint(ident)
-    if out.exists() and not cfg.overwrite:
+    # an interrupted run is continued into the output it was started for: the run it replaces when it
+    # finishes was given up with the --overwrite it was started with (the interrupt says "--resume")
+    resuming = cfg.resume and _last_checkpoint(staging_dir(out) / "checkpoints")
+    if out.exists() and not cfg.overwrite and not resuming:
         done, changed = _compare_run(out, cfg, fingerprint)
         if done is None or changed:
             raise ApplianceError(f"--output {cfg.output}: already holds a run trained with other settings or data "
@@ -303,8 +306,10 @@ class ResumeMismatch(ApplianceError):
     """The interrupted run's checkpoint was trained with other settings or data: it cannot be continued."""
 
 
-# options a resumed run may change: how long it runs and how it is saved
-_RESUMABLE_CHANGES = {"resume", "overwrite", "max_steps", "epochs", "save_steps", "output"}
+# options a resumed run may change: how it is saved. Not how long it runs (max_steps, epochs): the learning-rate
+# schedule is laid out over the whole run, so a resumed run of another length would follow two schedules and
+# still record itself as a plain run of the new length
+_RESUMABLE_CHANGES = {"resume", "overwrite", "save_steps", "output"}
 
 
 def _check_resume(stage: Path, cfg: TrainConfig, data_fingerprint: str) -> None:

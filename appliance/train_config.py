@@ -97,9 +97,6 @@ class TrainConfig:
             (self.scheduler in SCHEDULERS, "scheduler", f"must be one of {', '.join(SCHEDULERS)}"),
             (bool(self.target_modules.strip(",").strip()), "--target-modules", "must name modules (e.g. q_proj,v_proj) or be all-linear"),
             (self.retention_samples >= 0, "--retention-samples", "must be >= 0"),
-            # both at once is what a pipeline rerun means (continue the checkpoint, replace the output); a user is asked for one
-            (not (self.resume and self.overwrite) or self._pipeline, "--resume",
-             "and --overwrite contradict each other: --resume continues the interrupted run, --overwrite starts over; pass one"),
             (not self.unlikelihood or (self.retention and self.retention_samples > 0), "--unlikelihood",
              "needs retention on (each negative pairs with a retention prompt): drop --no-retention or --unlikelihood"),
             (bool(self.datasets), "--dataset", "give at least one dataset name or file"),

@@ -270,17 +270,36 @@ def test_a_pipeline_rerun_continues_the_checkpoint_and_replaces_the_output(tiny_
         train(piped)
     undo()
     assert "rerun the same `appliance pipeline` command to continue" in capsys.readouterr().err
-    with pytest.raises(ApplianceError, match="--resume and --overwrite contradict"):  # from a user: ambiguous
-        train(_cfg(tiny_model_dir, out, small_ds, max_steps=4, lr=2e-3, overwrite=True, resume=True))
     other = _cfg(tiny_model_dir, out, small_ds, max_steps=4, lr=3e-3, overwrite=True, resume=True)
     other._pipeline = True
     with pytest.raises(ResumeMismatch, match=r"other settings \(lr\)"):  # the pipeline then starts over
         train(other)
-    again = _cfg(tiny_model_dir, out, small_ds, max_steps=4, lr=2e-3, overwrite=True, resume=True)
-    again._pipeline = True
+    # a user's --resume (with or without the --overwrite the run was started with) does the same
+    again = _cfg(tiny_model_dir, out, small_ds, max_steps=4, lr=2e-3, resume=True)
     meta = train(again)
     assert meta["results"]["resumed_from"].endswith("checkpoint-2") and meta["results"]["steps"] == 4
     assert json.loads((out / "appliance.json").read_text())["config"]["lr"] == 2e-3
+
+
+def test_a_user_resumes_an_interrupted_overwrite_run(tiny_model_dir, small_ds, tmp_path, monkeypatch, capsys):
+    """`train --overwrite` interrupted said "run the same command with --resume", which was refused ("--resume and
+    --overwrite contradict"), and --resume alone was refused too ("already holds a run trained with other
+    settings"): the checkpoint could only be thrown away. Nor may a resumed run change its length (max_steps):
+    its learning-rate schedule followed two lengths and it recorded itself as a plain run of the new one."""
+    out = tmp_path / "run"
+    train(_cfg(tiny_model_dir, out, small_ds, max_steps=2))  # the previous, finished run
+    before = (out / "adapter_model.safetensors").read_bytes()
+    undo = _kill_at(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(tiny_model_dir, out, small_ds, max_steps=4, overwrite=True))
+    undo()
+    assert "run the same command with --resume" in capsys.readouterr().err
+    assert (out / "adapter_model.safetensors").read_bytes() == before  # untouched until the new run is complete
+    with pytest.raises(ApplianceError, match=r"other settings \(max_steps\)"):
+        train(_cfg(tiny_model_dir, out, small_ds, max_steps=6, overwrite=True, resume=True))
+    meta = train(_cfg(tiny_model_dir, out, small_ds, max_steps=4, overwrite=True, resume=True))
+    assert meta["results"]["resumed_from"].endswith("checkpoint-2") and meta["results"]["steps"] == 4
+    assert json.loads((out / "appliance.json").read_text())["config"]["max_steps"] == 4
 
 
 def test_resume_without_a_checkpoint_says_it_starts_over(tiny_model_dir, small_ds, tmp_path, capsys):
@@ -454,7 +473,6 @@ def test_yaml_values_take_the_options_types(tmp_path, yaml_text, expected):
     # the same option twice: YAML would keep the last without a word
     ("epochs: 2\nlr: 0.001\nepochs: 3\n", "line 3: 'epochs' sets epochs again (first on line 1)"),
     ("batch-size: 2\nbatch_size: 3\n", "line 2: 'batch_size' sets batch_size again"),
-    ("resume: true\noverwrite: true\n", "c.yaml: resume and --overwrite contradict each other"),
 ])
 def test_bad_yaml_values_are_one_line_errors(tmp_path, yaml_text, needle):
     f = tmp_path / "c.yaml"
