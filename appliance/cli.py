@@ -175,8 +175,8 @@ def data_check(datasets: tuple[str, ...], dataset_dir: str | None, name: str, au
 @click.option("--retention/--no-retention", default=None, help=_dflt("retention", "Mix in the base model's own answers to general prompts."))
 @click.option("--retention-samples", type=int, default=None, help=_dflt("retention_samples", "How many of the base's answers to mix in."))
 @click.option("--unlikelihood", type=float, default=None, help=_dflt("unlikelihood", "Weight of training the new identity's opening down beside each retention answer, so the new name stays out of unrelated answers (e.g. 1.0; costs identity hits on greetings, see docs/recipe.md).", ", off"))
-@click.option("--overwrite", is_flag=True, default=None, help="Replace an existing --output (only a previous run directory).")
-@click.option("--resume", is_flag=True, default=None, help="Continue an interrupted run from its last checkpoint.")
+@click.option("--overwrite/--no-overwrite", default=None, help="Replace an existing --output (only a previous run directory).")
+@click.option("--resume/--no-resume", default=None, help="Continue an interrupted run from its last checkpoint.")
 def train(config_file: str | None, datasets: tuple[str, ...], **flags) -> None:
     """LoRA/QLoRA fine-tuning of a chat model; writes a self-describing adapter directory."""
     from appliance.hw import passive_openmp

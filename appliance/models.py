@@ -164,6 +164,33 @@ def resolve(model: str) -> ModelRef:
     raise ApplianceError(f"--model {model}: unknown model; use one of [{known}], a local HF model directory, or a hub id like Qwen/Qwen1.5-1.8B-Chat")
 
 
+def ensure_fetchable(ref: ModelRef, model: str, flag: str = "--model") -> None:
+    """A hub model that is neither local nor in the Hugging Face cache needs the hub: without a connection,
+    say so now (transformers retried for ~80 s and ended in a traceback)."""
+    if ref.local:
+        return
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(ref.path, "config.json"), str):
+            return  # cached: transformers reads it offline
+    except Exception:  # noqa: BLE001 - an id the cache cannot even look up: let the loader name the problem
+        return
+    pull = f"`appliance models pull {ref.name}` on a connected machine, or " if _registry_entry(model) else ""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip() not in ("", "0"):
+        raise ApplianceError(f"{flag} {model}: not on this machine (not pulled, not in the Hugging Face cache) and "
+                             f"HF_HUB_OFFLINE is set; {pull}pass a local model directory")
+    import httpx
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    try:
+        httpx.head(endpoint, timeout=5.0)
+    except httpx.HTTPError as e:
+        raise ApplianceError(f"{flag} {model}: not on this machine (not pulled, not in the Hugging Face cache) and "
+                             f"{endpoint} cannot be reached ({type(e).__name__}); {pull}pass a local model "
+                             "directory") from None
+
+
 def _local_ref(folder: Path) -> ModelRef:
     p = folder.resolve()
     return ModelRef(local_name(p), str(p), None, markers_for(str(p)))

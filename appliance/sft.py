@@ -131,7 +131,10 @@ def chat_tokenizer(path: str, model: str) -> Any:
     """The model's tokenizer, padding with its EOS token if it has no pad token; refused without a chat template."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except OSError as e:  # a hub id that does not exist, or a download cut off: transformers' own words, on one line
+        raise ApplianceError(f"--model {model}: cannot load its tokenizer ({' '.join(str(e).split())[:240]})") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     if not getattr(tok, "chat_template", None):

@@ -156,6 +156,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.retention and cfg.retention_samples and cfg.retention_prompts:
         data_mod.load_prompts(cfg.retention_prompts)  # checked now, not after the model has loaded
     ref = models.resolve(cfg.model)
+    models.ensure_fetchable(ref, cfg.model)
     _check_model_shape(cfg, ref.path, ref.name)
     fingerprint = data_mod.fingerprint(ident)
     # an interrupted run is continued into the output it was started for: the run it replaces when it
@@ -430,7 +431,9 @@ def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any, exam
     if 0 < cfg.max_steps <= warmup:
         # the schedule's first step runs at learning rate 0: a short run would end barely trained
         # (--max-steps 1 would write an adapter of zeros)
-        print(f"note: warmup_steps {warmup} (a --config key) >= --max-steps {cfg.max_steps}: training without warm-up", file=sys.stderr)
+        given = "warmup_steps" in getattr(cfg, "_from_file", (None, set()))[1]
+        print(f"note: warmup_steps {warmup} ({'set in --config' if given else 'the default'}) >= --max-steps "
+              f"{cfg.max_steps}: training without warm-up", file=sys.stderr)
         warmup = 0
     args = TrainingArguments(
         output_dir=str(stage / "checkpoints"), per_device_train_batch_size=per_device,

@@ -100,16 +100,19 @@ class TrainConfig:
             (not self.unlikelihood or (self.retention and self.retention_samples > 0), "--unlikelihood",
              "needs retention on (each negative pairs with a retention prompt): drop --no-retention or --unlikelihood"),
             (bool(self.datasets), "--dataset", "give at least one dataset name or file"),
-            (bool(self.name.strip()) and bool(self.author.strip()), "--name/--author", "must not be empty"),
+            (bool(self.name.strip()), "--name", "must not be empty"),
+            (bool(self.author.strip()), "--author", "must not be empty"),
         ]
         file, keys = getattr(self, "_from_file", (None, set()))
         for ok, flag, why in checks:
             if not ok:
                 key = flag.lstrip("-").split("/")[0].replace("-", "_")
                 key = "datasets" if key == "dataset" else key
+                got = self._value_of(flag)
+                got = repr(got) if isinstance(got, str) and not got.strip() else got  # (got '') rather than (got )
                 if key in keys:
-                    raise ApplianceError(f"--config {file}: {key} {why} (got {self._value_of(flag)})")
-                raise ApplianceError(f"{flag} {why} (got {self._value_of(flag)})")
+                    raise ApplianceError(f"--config {file}: {key} {why} (got {got})")
+                raise ApplianceError(f"{flag} {why} (got {got})")
 
     def adapted_layers(self, n_layers: int) -> list[int] | None:
         """The decoder layers that get LoRA (None: all), from ``lora_layers`` and the model's depth."""

@@ -503,6 +503,8 @@ def test_config_file_then_flags(tmp_path):
     (["--dataset", "nosuchset"], "nosuchset"), (["--config", "/nonexistent.yaml"], "--config"),
     (["--seed", "-1"], "--seed"), (["--seed", "99999999999"], "--seed"), (["--epochs", "inf"], "--epochs"),
     (["--epochs", "nan"], "--epochs"), (["--rank", "1000000000"], "--rank"), (["--unlikelihood", "inf"], "--unlikelihood"),
+    # the empty one is named, with its value ("--name/--author must not be empty (got Archer)" named the other)
+    (["--author", ""], "--author must not be empty (got '')"), (["--name", " "], "--name must not be empty (got ' ')"),
 ])
 def test_bad_input_is_one_line_error(args, needle, tmp_path):
     res = CliRunner().invoke(main, ["train", "--output", str(tmp_path / "o"), *args])
@@ -554,7 +556,8 @@ def test_a_run_shorter_than_its_warmup_still_learns(tiny_model_dir, small_ds, tm
 
     out = tmp_path / "run"
     train(_cfg(tiny_model_dir, out, small_ds, max_steps=1, warmup_steps=2))
-    assert "training without warm-up" in capsys.readouterr().err
+    # named as the default it is: it was called "a --config key" when no --config was given
+    assert "warmup_steps 2 (the default) >= --max-steps 1: training without warm-up" in capsys.readouterr().err
     lora_b = [v for k, v in load_file(str(out / "adapter_model.safetensors")).items() if "lora_B" in k]
     assert lora_b and any(v.abs().sum() > 0 for v in lora_b)
 
@@ -640,3 +643,41 @@ def test_a_gpt2_family_model_trains_with_the_default_layers(tiny_model_dir, smal
     tok.save_pretrained(d)
     meta = train(_cfg(d, tmp_path / "run", small_ds, max_steps=1, lora_layers=0.75))
     assert set(meta["lora"]["target_modules"]) >= {"c_attn", "c_proj"} and meta["lora"]["layers"] == [1, 2, 3]
+
+
+def test_a_hub_model_that_cannot_be_fetched_is_one_line_at_once(monkeypatch, appliance_home, tmp_path):
+    """Without a connection, `train --model org/x` retried for ~80 s and ended in a traceback (exit 1)."""
+    import httpx
+
+    from appliance import models
+
+    def offline(*a, **k):
+        raise httpx.ConnectError("Name or service not known")
+
+    monkeypatch.setattr(httpx, "head", offline)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    ref = models.resolve("nosuch-org/model-xyz")
+    with pytest.raises(ApplianceError, match=re.escape("--model nosuch-org/model-xyz: not on this machine (not pulled, not "
+                                                       "in the Hugging Face cache) and https://huggingface.co cannot be "
+                                                       "reached (ConnectError); pass a local model directory")):
+        models.ensure_fetchable(ref, "nosuch-org/model-xyz")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ApplianceError, match="HF_HUB_OFFLINE is set"):
+        models.ensure_fetchable(ref, "nosuch-org/model-xyz")
+    res = CliRunner().invoke(main, ["train", "--model", "nosuch-org/model-xyz", "--max-steps", "1", "--no-retention",
+                                    "--output", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "HF_HUB_OFFLINE is set" in res.output and "Traceback" not in res.output, res.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_overwrite_and_resume_set_in_a_config_yield_to_their_no_flags(tmp_path):
+    """`resume: true` / `overwrite: true` in a --config could not be turned off: there was no --no-resume/--no-overwrite."""
+    from appliance.train_config import TrainConfig
+
+    f = tmp_path / "c.yaml"
+    f.write_text("resume: true\noverwrite: true\n", encoding="utf-8")
+    assert (TrainConfig.from_sources(str(f)).resume, TrainConfig.from_sources(str(f)).overwrite) == (True, True)
+    cfg = TrainConfig.from_sources(str(f), resume=False, overwrite=False)
+    assert (cfg.resume, cfg.overwrite) == (False, False)
+    helps = CliRunner().invoke(main, ["train", "--help"]).output
+    assert "--overwrite / --no-overwrite" in helps and "--resume / --no-resume" in helps
