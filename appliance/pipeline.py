@@ -369,7 +369,12 @@ def _reusable_report(report_file: Path, cfg: PipelineConfig, *dirs: Path) -> dic
     """The finished report, if it is newer than ``dirs`` and was made with the same prompts and settings."""
     if not report_file.is_file() or not _newer(report_file, *dirs):
         return None
-    report = json.loads(report_file.read_text(encoding="utf-8"))
+    try:
+        report = json.loads(report_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):  # cut off or edited: evaluated again, not a traceback
+        return None
+    if not isinstance(report, dict) or not isinstance(report.get("run") or {}, dict):
+        return None
     return report if (report.get("run") or {}).get("eval") == _eval_settings(cfg) else None
 
 

@@ -64,6 +64,10 @@ def test_report_is_reused_only_when_newer_and_made_with_the_same_settings(tmp_pa
     # its gate verdict belongs to its rules: another --fail-under is evaluated again, not the old verdict reprinted
     assert pl._reusable_report(report, pl.PipelineConfig(run=str(run), gates=["identity_hit_rate=0"]), run) is None
     assert pl._reusable_report(tmp_path / "missing.json", cfg, run) is None
+    for broken in ('{"run": {"ev', "[1, 2]", '{"run": 5}', "\udcff"):  # cut off or edited: evaluated again
+        bad = tmp_path / "broken.json"
+        bad.write_text(broken, encoding="utf-8", errors="surrogateescape")
+        assert pl._reusable_report(bad, cfg, run) is None
     assert pl._reusable_report(report, cfg, run, tmp_path / "not-merged-yet") is None
     stamp = report.stat().st_mtime
     os.utime(run / "appliance.json", (stamp + 10, stamp + 10))  # retrained after the report
