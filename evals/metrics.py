@@ -75,8 +75,9 @@ def _is_word_char(c: str) -> bool:
     return (c.isalnum() or c == "_") and not _CJK_CHAR.match(c)
 
 
-def contains_whole_word(text: str, needle: str, case: bool = False) -> bool:
+def contains_whole_word(text: str, needle: str, case: bool = False, versioned: bool = False) -> bool:
     """Case-insensitive (``case``: case-sensitive) match of ``needle`` as a whole word; CJK needles match as substrings.
+    With ``versioned``, a name may have a version glued to it ("SmolLM2", "Qwen2.5" hold "SmolLM", "Qwen").
 
     "4" is found in "2+2 is 4." and "答案是4。" but not in "14" or "4th"; full-width forms count as their
     ASCII twins ("Ａｒｃｈｅｒ" is "Archer", "４" is "4"), as Chinese text often writes them, and any run of
@@ -95,7 +96,8 @@ def contains_whole_word(text: str, needle: str, case: bool = False) -> bool:
     while start != -1:
         end = start + len(pat)
         before_ok = start == 0 or not _is_word_char(hay[start - 1]) or not _is_word_char(pat[0])
-        after_ok = end == len(hay) or not _is_word_char(hay[end]) or not _is_word_char(pat[-1])
+        after_ok = end == len(hay) or not _is_word_char(hay[end]) or not _is_word_char(pat[-1]) \
+            or (versioned and pat[-1].isalpha() and hay[end].isdigit())
         if before_ok and after_ok and not _inside_number(hay, start, end, pat):
             return True
         start = hay.find(pat, start + 1)
@@ -153,27 +155,11 @@ def _strip_denials(answer: str, marker: str) -> str:
                   flags=re.IGNORECASE)
 
 
-def _names_marker(text: str, marker: str) -> bool:
-    """``marker`` as a whole word, or with a version glued to it: "SmolLM2", "Qwen2.5" name "SmolLM", "Qwen"."""
-    if contains_whole_word(text, marker):
-        return True
-    if has_cjk(marker) or not marker[-1:].isalpha():
-        return False
-    hay, pat = text.casefold(), marker.casefold()
-    start = hay.find(pat)
-    while start != -1:
-        end = start + len(pat)
-        if (start == 0 or not _is_word_char(hay[start - 1])) and hay[end:end + 1].isdigit():
-            return True
-        start = hay.find(pat, start + 1)
-    return False
-
-
 def identity_leak(answer: str, markers: Sequence[str]) -> bool:
     """The answer still claims an old identity marker, versioned names included ("I am SmolLM2"; negated
     mentions such as "not SmolLM" excepted)."""
     text = _normal(answer or "")  # so a denial in full-width letters is seen as one
-    return any(_names_marker(_strip_denials(text, mk), mk) for mk in markers if mk)
+    return any(contains_whole_word(_strip_denials(text, mk), mk, versioned=True) for mk in markers if mk)
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

@@ -61,6 +61,7 @@ BUILT_IN_SETS = {"identity": "all identity prompts (Chinese and English together
                  "identity_en": "English identity prompts", "general": "general prompts with accepted answers",
                  "open": "general prompts with a reference only"}
 
+
 def fill(text: str | None, name: str, author: str) -> str | None:
     """Replace ``{{name}}``/``{{author}}`` (LLaMA-Factory's identity.json placeholders)."""
     if text is None:
