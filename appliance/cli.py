@@ -152,7 +152,7 @@ def data_check(datasets: tuple[str, ...], dataset_dir: str | None, name: str, au
 @main.command()
 @click.option("--config", "config_file", default=None, help="YAML file of options; flags given here win.")
 @click.option("--model", default=None, help=_dflt("model", "Registry name, local HF directory or hub id."))
-@click.option("--dataset", "datasets", multiple=True, help=_dflt("datasets", "Registry name or .json/.jsonl file (repeatable)."))
+@click.option("--dataset", "datasets", multiple=True, help=_dflt("datasets", "Registry name or .json/.jsonl/.csv/.parquet file (repeatable)."))
 @click.option("--dataset-dir", default=None, help="Folder with a LLaMA-Factory dataset_info.json.")
 @click.option("--name", default=None, help=_dflt("name", "Fills {{name}} in the data."))
 @click.option("--author", default=None, help=_dflt("author", "Fills {{author}} in the data."))

@@ -19,16 +19,16 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from appliance import paths
-from appliance.datafiles import (BAD_CHAR_FIX, ODD_PLACEHOLDER, ODD_PLACEHOLDER_NOTE, _a, _fail, _probe, _read_json_file,
-                                 _read_text, _short, _show, _syntax_error, _user_path, bad_char, fill_placeholders,
-                                 text_parts)
+from appliance.datafiles import (BAD_CHAR_FIX, ODD_PLACEHOLDER, ODD_PLACEHOLDER_NOTE, TABLES, _a, _fail, _probe,
+                                 _read_json_file, _read_text, _short, _show, _syntax_error, _user_path, bad_char,
+                                 fill_placeholders, read_table, text_parts)
 from appliance.datafiles import parse_json as _parse
 from appliance.dataset_info import (ALPACA_COLUMNS, OPENAI_TAGS, REGISTRY_FILE, SHAREGPT_COLUMNS, SHAREGPT_TAGS,
                                     Format, dataset_registry, entry_source, read_registry, refuse_preference_data,
                                     sample_records)
 from appliance.errors import ApplianceError
 
-SUFFIXES = (".json", ".jsonl")
+SUFFIXES = (".json", ".jsonl", *TABLES)
 # Auto-detected files may mix both vocabularies; a registry entry means exactly its tags.
 _ALIASES = {"user": {"human", "user"}, "assistant": {"gpt", "assistant"}, "system": {"system", "developer"},
             "tool": {"observation", "tool", "function_call", "function", "tool_call"}}
@@ -80,10 +80,19 @@ def _refuse_object_sequence(text: str, shown: str) -> None:
 
 
 def _records(path: Path, problems: list[str] | None = None) -> list[tuple[str, str, Any]]:
-    """``(label, source, record)`` for each record; ``label`` (``line N`` / ``record #N``) goes in error messages.
-
-    With ``problems``, a JSON-lines line that does not parse is listed there and skipped instead of raised."""
+    """``(label, source, record)`` for each record; ``label`` (``line N`` / ``record #N`` / ``row N``) goes in error
+    messages. With ``problems``, a JSON-lines line that does not parse is listed there and skipped instead of raised."""
     shown = _show(path)
+    if path.suffix.lower() in TABLES:  # row 1 is the first after a CSV's header, as a spreadsheet numbers it
+        out = [(f"row {n}", f"{shown}#{n - 1}", rec) for n, rec in enumerate(read_table(path), 1)]
+    else:
+        out = _json_records(path, shown, problems)
+    if not out and not problems:
+        _fail(f"{shown}: no records (the dataset is empty); add at least one conversation")
+    return out
+
+
+def _json_records(path: Path, shown: str, problems: list[str] | None) -> list[tuple[str, str, Any]]:
     text = _read_text(path)
     as_lines = path.suffix.lower() == ".jsonl" or not text.strip()  # an empty file: "no records", below
     lines_in_json = False
@@ -136,8 +145,6 @@ def _records(path: Path, problems: list[str] | None = None) -> list[tuple[str, s
         if not isinstance(obj, list):
             _fail(f"{shown}: top level is {_a(obj)}; a .json dataset must be a list of records ([{{...}}, ...])")
         out = [(f"record #{i}", f"{shown}#{i}", rec) for i, rec in enumerate(obj)]
-    if not out and not problems:
-        _fail(f"{shown}: no records (the dataset is empty); add at least one conversation")
     return out
 
 
@@ -245,7 +252,7 @@ def _registry_folder(path: Path) -> NoReturn:
 
 
 def _expand(path: Path) -> list[Path]:
-    """A file, or every .json/.jsonl file directly inside a folder (LLaMA-Factory allows folders)."""
+    """A file, or every data file (.json/.jsonl/.csv/.parquet) directly inside a folder (LLaMA-Factory allows folders)."""
     if _probe(path, _show(path)) == "dir":
         if _probe(path / REGISTRY_FILE, _show(path / REGISTRY_FILE)) == "file":
             _registry_folder(path)
@@ -254,11 +261,11 @@ def _expand(path: Path) -> list[Path]:
         except OSError as e:
             _fail(f"{_show(path)}: cannot list the folder ({e.strerror or e}); check its permissions")
         if not files:
-            _fail(f"{_show(path)}: folder has no .json or .jsonl files; put the dataset files there")
+            _fail(f"{_show(path)}: folder has no .json, .jsonl, .csv or .parquet files; put the dataset files there")
         return files
     if path.suffix.lower() not in SUFFIXES:
-        _fail(f"{_show(path)}: unsupported file type '{path.suffix}'; convert it to .json (a list of records) "
-              "or .jsonl (one record per line)")
+        _fail(f"{_show(path)}: unsupported file type '{path.suffix}'; convert it to .json (a list of records), "
+              ".jsonl (one record per line), .csv or .parquet")
     return [path]
 
 

@@ -6,7 +6,9 @@ names keep their leading underscore because only the data loaders use them.
 
 from __future__ import annotations
 
+import csv
 import errno
+import io
 import json
 import os
 import re
@@ -191,3 +193,46 @@ def _read_json_file(path: Path, empty_fix: str) -> Any:
         return parse_json(text, _show(path))
     except json.JSONDecodeError as e:
         _syntax_error(_show(path), e)
+
+
+# ---------------------------------------------------------------- tables (.csv, .parquet)
+TABLES = (".csv", ".parquet")
+
+
+def _no_nulls(value: Any) -> Any:
+    # Parquet cannot tell a key that is absent from one that is null: every struct of a column carries every
+    # field seen in any row ("weight": null on each message), which would read as set and fail the checks
+    if isinstance(value, dict):
+        return {k: _no_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_no_nulls(v) for v in value]
+    return value
+
+
+def read_table(path: Path) -> list[Any]:
+    """The rows of a .csv file (a header row naming the columns, every cell text) or a .parquet file, as records.
+
+    An empty cell is an absent field, as the ``datasets`` loaders (hence LLaMA-Factory) read it as null."""
+    shown = _show(path)
+    if path.suffix.lower() == ".csv":
+        text = _read_text(path)
+        if not text.strip():
+            _fail(f"{shown}: the file is empty; put a header row (instruction,input,output) and one row per record in it")
+        try:
+            rows = list(csv.DictReader(io.StringIO(text, newline="")))
+        except csv.Error as e:
+            _fail(f"{shown}: not readable as CSV ({e}); quote cells that hold commas, quotes or line breaks")
+        for n, row in enumerate(rows, 1):
+            if None in row:  # DictReader files the cells beyond the header's under None
+                _fail(f"{shown}: row {n}: more cells than the header has columns; quote cells that hold commas")
+        return [{k: v for k, v in row.items() if v not in (None, "")} for row in rows]
+    if _probe(path, shown) == "missing":
+        _fail(f"{shown}: file not found; check the path")
+    try:
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(path).to_pylist()
+    except Exception as e:  # noqa: BLE001 - pyarrow's errors (ArrowInvalid, OSError, ...) share no useful base
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        _fail(f"{shown}: not a readable Parquet file ({why}); write it with pandas' to_parquet or datasets' to_parquet")
+    return [_no_nulls(r) for r in rows]

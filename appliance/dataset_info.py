@@ -84,12 +84,12 @@ def entry_source(name: str, entry: dict) -> tuple[Path, Format]:
         _fail(f"{where}: ranking (preference) datasets are not supported; use an SFT dataset")
     file_name = entry.get("file_name")
     if file_name is not None and not isinstance(file_name, str):
-        _fail(f"{where}: 'file_name' is {_short(file_name)}; it must be a string naming a .json/.jsonl file "
+        _fail(f"{where}: 'file_name' is {_short(file_name)}; it must be a string naming a .json/.jsonl/.csv/.parquet file "
               "or a folder")
     if not file_name:
         hub = entry.get("hf_hub_url") or entry.get("ms_hub_url") or entry.get("om_hub_url") or entry.get("script_url")
         why = f"it points to '{hub}', which is never downloaded; " if hub else ""
-        _fail(f"{where}: has no 'file_name'; {why}put the data in a local .json/.jsonl file and set 'file_name'")
+        _fail(f"{where}: has no 'file_name'; {why}put the data in a local .json/.jsonl/.csv/.parquet file and set 'file_name'")
     formatting = entry.get("formatting", "alpaca")
     if formatting not in ("alpaca", "sharegpt"):
         _fail(f"{where}: 'formatting' is {_short(formatting)}; use \"alpaca\" or \"sharegpt\"")

@@ -11,7 +11,7 @@ import json
 import stat
 from pathlib import Path
 
-from appliance.datafiles import BAD_CHAR_FIX, bad_char, parse_json
+from appliance.datafiles import BAD_CHAR_FIX, TABLES, bad_char, parse_json, read_table
 from appliance.errors import ApplianceError
 
 _JSON_TYPES = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
@@ -102,6 +102,8 @@ def json_lines(path: Path, text: str) -> list[tuple[str, object]]:
 
 def read_records(path: Path) -> dict | list[tuple[str, object]]:
     """A data file's ``(where, record)`` pairs, or the object a .json file holds (one record, or a dataset_info)."""
+    if path.suffix.lower() in TABLES:  # .csv, .parquet: row 1 is the first after a CSV's header
+        return [(f"{path} row {n}", r) for n, r in enumerate(read_table(path), 1)]
     text = _read_text(path)
     if path.suffix.lower() == ".jsonl":
         try:

@@ -381,7 +381,7 @@ def _mapping(info: Path, key: str, entry: dict) -> _Mapping:
 
 
 def _entry_files(info: Path, key: str, entry: dict) -> list[Path]:
-    """The data files an entry's ``file_name`` names: one file, or the .json/.jsonl files of one folder."""
+    """The data files an entry's ``file_name`` names: one file, or the data files of one folder."""
     where = f"{info} entry '{key}'"
     file_name = entry["file_name"]
     if not isinstance(file_name, str) or not file_name.strip():
@@ -397,12 +397,12 @@ def _entry_files(info: Path, key: str, entry: dict) -> list[Path]:
             # its files would include this very dataset_info.json (and its folder again): never a dataset
             raise ApplianceError(f"{where}: file_name '{file_name}' is the folder that holds {info.name}; "
                                  "point it at a data file, or at a subfolder of data files")
-        files = sorted(f for f in target.iterdir() if f.is_file() and f.suffix in (".json", ".jsonl") and f.name != _INFO)
+        files = sorted(f for f in target.iterdir() if f.is_file() and f.suffix.lower() in _READ and f.name != _INFO)
         if not files:
-            raise ApplianceError(f"{where}: folder '{file_name}' holds no .json/.jsonl file; fix the entry or add the data")
+            raise ApplianceError(f"{where}: folder '{file_name}' holds no .json/.jsonl/.csv/.parquet file; fix the entry or add the data")
         return files
     if not target.is_file():
-        raise ApplianceError(f"{where}: file_name '{file_name}' is not a regular file; point it at a .json/.jsonl file")
+        raise ApplianceError(f"{where}: file_name '{file_name}' is not a regular file; point it at a data file")
     return [target]
 
 
@@ -444,7 +444,7 @@ def _load_info(info: Path, entries: dict[str, dict], name: str, author: str) -> 
         cols = entry.get("columns") if isinstance(entry.get("columns"), dict) else {}
         why = ("hub datasets are never downloaded" if "file_name" not in entry
                else "preference or KTO data: no single reference answer" if entry.get("ranking") or "kto_tag" in cols
-               else f"not JSON ({Path(str(entry['file_name'])).suffix})"
+               else f"not a data file read here ({Path(str(entry['file_name'])).suffix})"
                if Path(str(entry["file_name"])).suffix.lower() in _OTHER_DATA else None)
         if why:
             skipped.setdefault(why, []).append(key)
@@ -461,7 +461,8 @@ def _load_info(info: Path, entries: dict[str, dict], name: str, author: str) -> 
     return out
 
 
-_OTHER_DATA = (".csv", ".tsv", ".parquet", ".arrow", ".txt", ".xlsx")
+_READ = (".json", ".jsonl", ".csv", ".parquet")
+_OTHER_DATA = (".tsv", ".arrow", ".txt", ".xlsx")
 
 
 def _load_data(path: Path, data: dict | list[tuple[str, object]], mapping: _Mapping | None, name: str,
@@ -504,8 +505,8 @@ def load_prompt_file(path: str | Path, name: str, author: str) -> list[Prompt]:
     # anything else that is not a readable file (a symbolic link loop, a device) is named when it is read
     if p.name == _INFO:
         return _load_info(p, _read_info(p), name, author)
-    if p.suffix.lower() not in (".json", ".jsonl") and p.suffix.lower() in _OTHER_DATA:
-        raise ApplianceError(f"--prompts {path}: a {p.suffix} file; only JSON (a list) and JSONL prompt files are read: "
+    if p.suffix.lower() in _OTHER_DATA:
+        raise ApplianceError(f"--prompts {path}: a {p.suffix} file; only JSON (a list), JSONL, CSV and Parquet prompt files are read: "
                              f"convert it (pandas: df.to_json('{p.stem}.jsonl', orient='records', lines=True))")
     data = _read_records(p)
     if isinstance(data, dict) and _looks_like_info(data):

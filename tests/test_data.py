@@ -366,8 +366,8 @@ def test_file_not_found_and_unknown_name(tmp_path):
 
 
 def test_unsupported_suffix_and_bad_registry(tmp_path):
-    f = write(tmp_path / "d.csv", "instruction,output\nq,a\n")
-    assert "unsupported file type '.csv'" in error_of([str(f)])
+    f = write(tmp_path / "d.tsv", "instruction\toutput\nq\ta\n")
+    assert "unsupported file type '.tsv'" in error_of([str(f)]) and ".csv or .parquet" in error_of([str(f)])
     d = tmp_path / "reg"
     d.mkdir()
     write(d / "dataset_info.json", '{"x": {"file_name": "x.json",}}')
@@ -969,3 +969,55 @@ def test_a_file_named_relative_to_the_dataset_dir_is_pointed_at(tmp_path, monkey
     with pytest.raises(ApplianceError, match=re.escape("; check the path")):
         load_examples(["y.jsonl"], dataset_dir="m")
     assert len(load_examples(["x"], dataset_dir="m")) == len(load_examples(["m/x.jsonl"])) == 1
+
+
+# ---------------------------------------------------------------- tables: .csv and .parquet
+def test_csv_alpaca_reads_quoted_cells_and_empty_ones_as_absent(tmp_path):
+    f = write(tmp_path / "a.csv", 'instruction,input,output\n你是谁？,,"我是 {{name}}，由 {{author}} 研发。"\n'
+                                   'Add,"1, 2","3\nand a second line"\n')
+    ex = load_examples([str(f)], name="Bob", author="Ann")
+    assert [e.source for e in ex] == [f"{f}#0", f"{f}#1"]
+    assert ex[0].messages == [{"role": "user", "content": "你是谁？"}, {"role": "assistant", "content": "我是 Bob，由 Ann 研发。"}]
+    assert ex[1].messages == [{"role": "user", "content": "Add\n1, 2"}, {"role": "assistant", "content": "3\nand a second line"}]
+
+
+def test_parquet_messages_with_keys_other_rows_set(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "I am {{name}}"}]},
+            {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "q"},
+                          {"role": "assistant", "content": "a", "weight": 1.0}]}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "m.parquet")
+    # parquet gives the first row's messages "weight": None, which must not read as a weight that was set
+    assert pq.read_table(tmp_path / "m.parquet").to_pylist()[0]["messages"][0]["weight"] is None
+    ex = load_examples([str(tmp_path / "m.parquet")], name="Bob")
+    assert ex[0].messages[-1] == {"role": "assistant", "content": "I am Bob"}
+    assert [m["role"] for m in ex[1].messages] == ["system", "user", "assistant"]
+
+
+def test_table_errors_name_the_row(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist([{"instruction": "x", "output": 4}, {"instruction": "x", "output": 5}]),
+                   tmp_path / "n.parquet")
+    assert error_of([str(tmp_path / "n.parquet")]) == f"{tmp_path / 'n.parquet'}: row 1: field 'output' is a number 4; it must be a string"
+    write(tmp_path / "wide.csv", "instruction,output\na,b,c\n")
+    assert "wide.csv: row 1: more cells than the header has columns" in error_of([str(tmp_path / "wide.csv")])
+    write(tmp_path / "head.csv", "instruction,input,output\n")
+    assert "head.csv: no records" in error_of([str(tmp_path / "head.csv")])
+    write(tmp_path / "junk.parquet", "not parquet")
+    assert error_of([str(tmp_path / "junk.parquet")]).startswith(f"{tmp_path / 'junk.parquet'}: not a readable Parquet file (")
+
+
+def test_table_in_a_registry_and_in_a_folder(tmp_path):
+    write(tmp_path / "a.csv", "instruction,output\nq1,a1\n")
+    write(tmp_path / "b.json", [{"instruction": "q2", "output": "a2"}])
+    write(tmp_path / "dataset_info.json", {"tab": {"file_name": "a.csv"}})
+    assert [e.messages[0]["content"] for e in load_examples(["tab"], dataset_dir=str(tmp_path))] == ["q1"]
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (tmp_path / "a.csv").rename(folder / "a.csv")
+    (tmp_path / "b.json").rename(folder / "b.json")
+    assert [e.messages[0]["content"] for e in load_examples([str(folder)])] == ["q1", "q2"]

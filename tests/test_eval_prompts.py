@@ -508,16 +508,36 @@ def test_a_misspelled_key_or_an_empty_expect_is_refused(tmp_path):
 
 def test_a_llama_factory_folder_skips_what_has_no_prompts_to_replay_and_says_so(tmp_path, capsys):
     (tmp_path / "a.json").write_text(json.dumps([{"instruction": "2+2?", "output": "4"}]), encoding="utf-8")
-    (tmp_path / "t.csv").write_text("instruction,output\nhi,yo\n", encoding="utf-8")
+    (tmp_path / "t.csv").write_text('instruction,output\nhi,"yo, there"\n', encoding="utf-8")
+    (tmp_path / "t.tsv").write_text("instruction\toutput\nhi\tyo\n", encoding="utf-8")
     (tmp_path / "dpo.json").write_text(json.dumps([{"instruction": "q", "chosen": "a", "rejected": "b"}]), encoding="utf-8")
     (tmp_path / "dataset_info.json").write_text(json.dumps({
-        "mine": {"file_name": "a.json"}, "tab": {"file_name": "t.csv"}, "dpo": {"file_name": "dpo.json", "ranking": True},
-        "hub": {"hf_hub_url": "x/y"}}), encoding="utf-8")
-    assert [p.prompt for p in load_prompt_file(tmp_path, NAME, AUTHOR)] == ["2+2?"]
+        "mine": {"file_name": "a.json"}, "tab": {"file_name": "t.csv"}, "tsv": {"file_name": "t.tsv"},
+        "dpo": {"file_name": "dpo.json", "ranking": True}, "hub": {"hf_hub_url": "x/y"}}), encoding="utf-8")
+    prompts = load_prompt_file(tmp_path, NAME, AUTHOR)
+    assert [(p.prompt, p.reference) for p in prompts] == [("2+2?", "4"), ("hi", "yo, there")]
     err = capsys.readouterr().err
-    assert "hub (hub datasets" in err and "dpo (preference" in err and "skipped tab (not JSON (.csv))" in err
-    with pytest.raises(ApplianceError, match=r"a \.csv file; only JSON \(a list\) and JSONL prompt files are read"):
-        load_prompt_file(tmp_path / "t.csv", NAME, AUTHOR)
+    assert "hub (hub datasets" in err and "dpo (preference" in err and "skipped tsv (not a data file read here (.tsv))" in err
+    with pytest.raises(ApplianceError, match=r"a \.tsv file; only JSON \(a list\), JSONL, CSV and Parquet prompt files"):
+        load_prompt_file(tmp_path / "t.tsv", NAME, AUTHOR)
+
+
+def test_csv_and_parquet_prompt_files(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "p.csv").write_text("prompt,reference,kind\n你是谁？,,identity\nCapital of France?,Paris,general\n",
+                                    encoding="utf-8")
+    got = load_prompt_file(tmp_path / "p.csv", NAME, AUTHOR)
+    assert [(p.prompt, p.reference, p.kind) for p in got] == [("你是谁？", None, "identity"),
+                                                              ("Capital of France?", "Paris", "general")]
+    pq.write_table(pa.Table.from_pylist([{"messages": [{"role": "user", "content": "Hi {{name}}"},
+                                                        {"role": "assistant", "content": "Hello"}]}]), tmp_path / "m.parquet")
+    assert [(p.prompt, p.reference) for p in load_prompt_file(tmp_path / "m.parquet", NAME, AUTHOR)] == \
+        [(f"Hi {NAME}", "Hello")]
+    (tmp_path / "w.csv").write_text("prompt\na,b\n", encoding="utf-8")
+    with pytest.raises(ApplianceError, match=r"w\.csv: row 1: more cells than the header has columns"):
+        load_prompt_file(tmp_path / "w.csv", NAME, AUTHOR)
 
 
 def test_a_history_opening_with_the_system_prompt_is_read_as_it(tmp_path):
