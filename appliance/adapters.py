@@ -334,6 +334,9 @@ def load(name: str, path: str, url: str = DEFAULT_URL, api_key: str | None = Non
     if resp.status_code == 400 and "already been loaded" in resp.text:  # vLLM's hint (load_inplace) is not ours to give
         raise ApplianceError(f"adapters load {name}: the server at {url} already has an adapter named '{name}'; "
                              f"unload it first with `appliance adapters unload {name}`, or use another name")
+    if 400 <= resp.status_code < 500 and _is_base(name, url, api_key):
+        raise ApplianceError(f"adapters load {name}: '{name}' is the name of the base model the server at {url} serves; "
+                             f"load the adapter under another NAME")
     _check_runtime(resp, f"adapters load {name}", url, key_sent=bool(api_key))
     return info
 

@@ -942,6 +942,49 @@ def test_a_name_already_loaded_gets_our_hint_not_vllms(adapters):
     assert "already has an adapter named 'good'; unload it first with `appliance adapters unload good`, or use another name" in msg
 
 
+def test_loading_under_the_base_models_name_says_so(adapters):
+    """vLLM refuses an adapter named like the served base (a 400 of its own wording): the error says why."""
+    import http.server
+    import threading
+
+    from appliance.adapters import load
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _send(self, code: int, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            self._send(200, {"object": "list", "data": [{"id": "base-m", "parent": None, "root": "/m"},
+                                                        {"id": "good", "parent": "base-m", "root": "/saves/good"}]})
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self._send(400, {"error": {"message": "The lora adapter 'base-m' conflicts.", "type": "BadRequestError",
+                                       "code": 400}})
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_port}"
+    try:
+        with pytest.raises(ApplianceError, match=r"^adapters load base-m: 'base-m' is the name of the base model the "
+                                                 r"server at .* serves; load the adapter under another NAME$"):
+            load("base-m", str(adapters["good"]), url=url, roots=[str(adapters["good"].parent)])
+        with pytest.raises(ApplianceError) as e:  # any other name: the server's own message
+            load("other", str(adapters["good"]), url=url, roots=[str(adapters["good"].parent)])
+        assert "conflicts" in str(e.value) and "name of the base model" not in str(e.value)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 def test_chat_with_an_unknown_model_names_what_the_server_serves():
     """vLLM's 404 lists only the base's aliases; the error names every served model, adapters included."""
     import threading
