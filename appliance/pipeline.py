@@ -103,6 +103,8 @@ def pipeline(cfg: PipelineConfig, echo: Echo = print) -> dict[str, Any]:
         timings["merge_s"] = time.time() - t
         if report is not None:
             echo(f"\n== eval: skipped, {report_file} is newer than the adapter and the merged model (use --force)")
+            # the failed merge check of an earlier run is still failed: a rerun must not turn it into success
+            _refuse_failed_merge(report, report_dir, merged_dir.name)
         else:
             servers.prestart("merged")
             report = _serve_and_eval(cfg, servers, report_dir, echo, timings)
@@ -326,12 +328,21 @@ def _serve_and_eval(cfg: PipelineConfig, servers: _Servers, report_dir: Path, ec
     # the answers and the reports computed from them are published as one set
     report = write_report(report_dir, rules, answers_text="".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
                           run={"pipeline": True, "timings": timings, "eval": _eval_settings(cfg), "merge_check": check})
+    _refuse_failed_merge(report, report_dir, merged_name)
+    return report
+
+
+def _refuse_failed_merge(report: dict, report_dir: Path, merged_name: str) -> None:
+    """CheckFailed when the report's merge check (``run.merge_check``) did not pass."""
+    check = (report.get("run") or {}).get("merge_check")
+    if not isinstance(check, dict) or not all(isinstance(check.get(k), int) for k in ("identical", "required", "prompts")):
+        return
     if check["identical"] < check["required"]:
         gate = report.get("gate") or {}
         also = f"; the gate failed too: {'; '.join(gate.get('failures', []))}" if gate.get("passed") is False else ""
         raise CheckFailed(f"merge check failed: the merged model {merged_name} answered {check['prompts'] - check['identical']} "
-                             f"of {check['prompts']} prompts differently from the adapter; compare them in {report_dir / 'report.md'}{also}")
-    return report
+                          f"of {check['prompts']} prompts differently from the adapter; compare them in "
+                          f"{report_dir / 'report.md'}{also}")
 
 
 def _eval_on(server: str, run_eval: Callable, echo: Echo, ecfg: Any) -> dict:

@@ -405,3 +405,37 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("identical, fails", [(103, True), (104, False)])
+def test_a_rerun_over_a_failed_merge_check_fails_again(identical, fails, monkeypatch, appliance_home):
+    """The report of a run whose merge check failed is reused by a rerun (every stage done): the rerun exits 1
+    again, naming the check, instead of 0."""
+    from types import SimpleNamespace
+
+    from appliance import merge as merge_mod
+    from appliance import models
+    from appliance import train as train_mod
+    from appliance.errors import CheckFailed
+
+    monkeypatch.setattr(pl, "_preflight", lambda cfg: None)  # checks the model is pulled: not what is tested here
+    monkeypatch.setattr(models, "resolve_pullable", lambda *a, **k: False)
+    monkeypatch.setattr(train_mod, "already_trained", lambda cfg: {"kind": "lora-adapter"})
+    monkeypatch.setattr(merge_mod, "merge", lambda cfg: SimpleNamespace(already_merged=True))
+    cfg = pl.PipelineConfig(port=_free_port(), merged_port=_free_port())
+    run_dir, merged_dir, report_dir = cfg.dirs()
+    _run_dir(run_dir)
+    merged_dir.mkdir(parents=True)
+    (merged_dir / "appliance.json").write_text(json.dumps({"kind": "merged-model"}))
+    report_dir.mkdir(parents=True)
+    check = {"identical": identical, "prompts": 118, "required": 104}
+    (report_dir / "report.json").write_text(json.dumps({"run": {"eval": pl._eval_settings(cfg), "merge_check": check},
+                                                        "gate": {"passed": True}}))
+    said = []
+    if fails:
+        with pytest.raises(CheckFailed, match=r"^merge check failed: the merged model archer-merged answered 15 of 118 "
+                                              r"prompts differently from the adapter; compare them in .*report\.md$"):
+            pl.pipeline(cfg, echo=said.append)
+    else:
+        assert pl.pipeline(cfg, echo=said.append)["report"]["run"]["merge_check"] == check
+    assert any("eval: skipped" in s for s in said)
