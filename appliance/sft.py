@@ -38,6 +38,11 @@ def _render(tok: Any, messages: list[dict[str, str]], generation_prompt: bool, s
     try:
         return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
     except Exception as e:  # noqa: BLE001 - jinja2's TemplateError, or whatever a template's own code raises
+        from jinja2 import TemplateSyntaxError
+
+        if isinstance(e, TemplateSyntaxError):  # the template itself is broken: no conversation would render
+            raise ApplianceError(f"the model's chat template is not valid Jinja ({e.message}, line {e.lineno} of the "
+                                 "template); fix it in the model's chat_template.jinja or tokenizer_config.json") from None
         raise TemplateRefused(source, " ".join(str(e).split())[:120] or type(e).__name__) from None
 
 

@@ -609,6 +609,22 @@ def test_examples_a_chat_template_refuses_are_skipped_and_said(tiny_model_dir, t
         train(_cfg(model, tmp_path / "run2", str(only), max_steps=1))
 
 
+def test_a_chat_template_with_a_syntax_error_is_named_not_the_data(tiny_model_dir, tmp_path):
+    """A broken template was reported as "its chat template refuses every one of your 181 example(s)"."""
+    from transformers import AutoTokenizer
+
+    model = _with_template(tiny_model_dir, tmp_path / "broken", "{% for m in messages %}{{ m['content'] }{% endfor %}")
+    f = tmp_path / "d.json"
+    f.write_text(json.dumps([{"instruction": "hi", "output": "I am {{name}}."}]), encoding="utf-8")
+    with pytest.raises(ApplianceError) as e:
+        train(_cfg(model, tmp_path / "run", str(f), max_steps=1))
+    msg = str(e.value)
+    assert msg.startswith("the model's chat template is not valid Jinja (unexpected '}', line 1 of the template); fix it")
+    assert "refuses" not in msg
+    with pytest.raises(ApplianceError, match="chat template is not valid Jinja"):
+        encode(AutoTokenizer.from_pretrained(model), [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], 64)
+
+
 def test_a_template_that_rewrites_earlier_turns_learns_the_last_answer(tiny_model_dir, tmp_path, capsys):
     from transformers import AutoTokenizer
 
