@@ -61,6 +61,7 @@ def check_dataset(dataset: str, dataset_dir: str | None = None, name: str = "Arc
     from appliance.sft import audit, chat_tokenizer, special_token_problems
 
     ref = models.resolve(model)
+    models.ensure_fetchable(ref, model)  # offline, a hub id not cached: one line now, not ~1 min of retries
     tok = chat_tokenizer(ref.path, model)
     problems += special_token_problems(tok, examples)  # with the rest, not one more run of the check later
     if problems:

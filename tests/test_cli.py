@@ -137,6 +137,23 @@ def test_a_local_copy_of_a_registered_model_keeps_its_registry_markers(tmp_path,
     assert row["hf_id"] == "Qwen/Qwen2.5-0.5B-Instruct" and row["description"] == "local copy of qwen2.5-0.5b-instruct"
 
 
+def test_a_folder_here_named_like_an_unpulled_registry_entry_is_used(tmp_path, appliance_home, monkeypatch):
+    """`--model Qwen2.5-0.5B-Instruct` beside ./Qwen2.5-0.5B-Instruct said "not on this machine ... pass a local
+    model directory": the registry alias hid the folder."""
+    from appliance import models
+
+    monkeypatch.chdir(tmp_path)
+    d = tmp_path / "Qwen2.5-0.5B-Instruct"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    (d / "model.safetensors").write_bytes(b"")
+    ref = models.resolve("Qwen2.5-0.5B-Instruct")
+    assert ref.local and ref.path == str(d.resolve()) and ref.hf_id == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert "通义千问" in ref.identity_markers
+    (d / "model.safetensors").unlink()  # not a model folder: the registry's hub model, as before
+    assert not models.resolve("Qwen2.5-0.5B-Instruct").local
+
+
 def test_pull_unknown_and_hub_models_are_refused():
     res = CliRunner().invoke(main, ["models", "pull", "nope"])
     assert res.exit_code == 2 and "unknown model" in res.output

@@ -684,6 +684,8 @@ def test_a_hub_model_that_cannot_be_fetched_is_one_line_at_once(monkeypatch, app
                                     "--output", str(tmp_path / "o")])
     assert res.exit_code == 2 and "HF_HUB_OFFLINE is set" in res.output and "Traceback" not in res.output, res.output
     assert not (tmp_path / "o").exists()
+    res = CliRunner().invoke(main, ["data", "check", "identity", "--model", "nosuch-org/model-xyz"])  # ~1 min of retries
+    assert res.exit_code == 2 and "HF_HUB_OFFLINE is set" in res.output and "Traceback" not in res.output, res.output
 
 
 def test_overwrite_and_resume_set_in_a_config_yield_to_their_no_flags(tmp_path):
