@@ -413,13 +413,22 @@ def failure_summary(rows: list[dict]) -> str | None:
     """One line on the failed requests, by kind (the gate then fails on them; answers.jsonl keeps each error)."""
     from collections import Counter
 
-    kinds = Counter((r.get("error") or "").split(":", 1)[0].split(" (", 1)[0] for r in rows if r.get("error"))
+    def kind(error: str) -> str:
+        return error.split(":", 1)[0].split(" (", 1)[0]
+
+    kinds = Counter(kind(r["error"]) for r in rows if r.get("error"))
     if not kinds:
         return None
     n = sum(kinds.values())
     hint = ("; raise --timeout (seconds per request)" if "APITimeoutError" in kinds else
             "; each row's error is in answers.jsonl")
-    return f"{n} of {len(rows)} requests failed: " + ", ".join(f"{k} x{c}" for k, c in kinds.most_common()) + hint
+    # the cause, not only its class: "BadRequestError x2" alone hid a template's "System role not supported"
+    top = kinds.most_common(1)[0][0]
+    first = next(r["error"] for r in rows if r.get("error") and kind(r["error"]) == top)
+    said = re.search(r"""'message': (['"])(.*?)\1""", first)
+    detail = said.group(2) if said else first[len(top):].lstrip(": ").strip()
+    detail = f"; the first {top}: {detail[:150]}" if detail and top != "APITimeoutError" else ""
+    return f"{n} of {len(rows)} requests failed: " + ", ".join(f"{k} x{c}" for k, c in kinds.most_common()) + detail + hint
 
 
 def _prepare_output(out: Path) -> list[Path]:

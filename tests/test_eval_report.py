@@ -979,7 +979,13 @@ def test_failed_requests_are_summed_up_by_kind(fake_server, tmp_path):
     rows = [{"error": None}, {"error": "EmptyStream: the server sent no chunk"}, {"error": "EmptyStream: again"},
             {"error": "not an OpenAI chat completion stream (ValueError: x)"}]
     assert failure_summary(rows) == ("3 of 4 requests failed: EmptyStream x2, not an OpenAI chat completion stream x1; "
-                                     "each row's error is in answers.jsonl")
+                                     "the first EmptyStream: the server sent no chunk; each row's error is in answers.jsonl")
+    # the server's own message, not only the error's class (a template's "System role not supported" was hidden)
+    said = ("BadRequestError: Error code: 400 - {'error': {'message': 'System role not supported', 'type': "
+            "'BadRequestError', 'param': None, 'code': 400}}")
+    assert failure_summary([{"error": said}, {"error": said}]) == (
+        "2 of 2 requests failed: BadRequestError x2; the first BadRequestError: System role not supported; "
+        "each row's error is in answers.jsonl")
     assert failure_summary(rows[:1]) is None
 
 
