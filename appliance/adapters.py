@@ -177,14 +177,37 @@ def _read_base(d: Path, cfg: dict, info: AdapterInfo) -> None:
 
 
 def same_base(info: AdapterInfo, path: str | None, names: set[str], hf_id: str | None) -> bool:
-    """Whether ``info`` was trained on the served model (same directory, registry name or hub id)."""
-    if info.base_path and path and Path(info.base_path).exists() and real(info.base_path) == real(path):
-        return True
+    """Whether ``info`` was trained on the served model (same directory, registry name or hub id).
+
+    A base folder still on this machine whose config differs from the served one's (another architecture or
+    size) is another model, whatever the names say: a local folder's name is only its folder's name."""
+    if info.base_path and path and Path(info.base_path).exists():
+        if real(info.base_path) == real(path):
+            return True
+        if _shapes_differ(Path(info.base_path), Path(path)):
+            return False
     if info.base_name and info.base_name.lower() in {n.lower() for n in names}:
         return True
     if info.base_hf_id and hf_id and info.base_hf_id.lower() == hf_id.lower():
         return True
     return False
+
+
+_SHAPE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads",
+               "num_key_value_heads", "vocab_size")
+
+
+def _shapes_differ(a: Path, b: Path) -> bool:
+    """Both folders' config.json readable and some size or the model type differs (unknown: False)."""
+    import json
+
+    try:
+        ca, cb = (json.loads((d / "config.json").read_text(encoding="utf-8")) for d in (a, b))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(ca, dict) or not isinstance(cb, dict):
+        return False
+    return any(k in ca and k in cb and ca[k] != cb[k] for k in _SHAPE_KEYS)
 
 
 # ---------------------------------------------------------------- runtime (a running server)

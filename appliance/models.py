@@ -105,20 +105,23 @@ _DEFAULT_IDENTITY = re.compile(
     rf"(?:an? [\w -]{{0,40}}? )?(?:created|trained|developed|made|built) by ([A-Z][\w-]*(?:\.\w+)*(?: {_WORD}){{0,3}})")
 
 
+def chat_template_text(model_dir: Path) -> str:
+    """A model folder's chat template, where transformers and vLLM look for it ("" if it has none)."""
+    if (model_dir / "chat_template.jinja").is_file():
+        return (model_dir / "chat_template.jinja").read_text(encoding="utf-8")
+    for name in ("chat_template.json", "tokenizer_config.json"):
+        if (model_dir / name).is_file():
+            template = json.loads((model_dir / name).read_text(encoding="utf-8")).get("chat_template")
+            # a list of named templates ({"name": ..., "template": ...}) is searched whole
+            text = template if isinstance(template, str) else json.dumps(template) if template else ""
+            if text:
+                return text
+    return ""
+
+
 def template_markers(model_dir: Path) -> list[str]:
     """The name and maker a model's chat template claims when no system prompt is given ([] if none)."""
-    text = ""
-    if (model_dir / "chat_template.jinja").is_file():
-        text = (model_dir / "chat_template.jinja").read_text(encoding="utf-8")
-    else:
-        for name in ("chat_template.json", "tokenizer_config.json"):
-            if (model_dir / name).is_file():
-                template = json.loads((model_dir / name).read_text(encoding="utf-8")).get("chat_template")
-                # a list of named templates ({"name": ..., "template": ...}) is searched whole
-                text = template if isinstance(template, str) else json.dumps(template or "")
-                if text:
-                    break
-    m = _DEFAULT_IDENTITY.search(text)
+    m = _DEFAULT_IDENTITY.search(chat_template_text(model_dir))
     if not m:
         return []
     name, maker = m.groups()

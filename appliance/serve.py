@@ -136,7 +136,8 @@ def preflight(cfg: UpConfig) -> Plan:
     if dup:
         raise ApplianceError(f"--adapter: served name '{sorted(dup)[0]}' is used twice; give one of them a name with name=path")
 
-    base = cfg.model or _base_from(infos) or models.DEFAULT_MODEL
+    recorded, giver = _base_from(infos)
+    base = cfg.model or recorded or models.DEFAULT_MODEL
     try:
         ref = models.resolve(base)
     except ApplianceError as e:
@@ -144,8 +145,17 @@ def preflight(cfg: UpConfig) -> Plan:
             raise
         # the base came from the adapter's own record, not from a flag: say so
         why = str(e).split(": ", 1)[-1] if str(e).startswith("--model") else str(e)
-        raise ApplianceError(f"--adapter {infos[0].path}: its base model '{base}' cannot be served here ({why.rstrip('.')}); "
+        raise ApplianceError(f"--adapter {giver.path}: its base model '{base}' cannot be served here ({why.rstrip('.')}); "
                              "pass --model with a local copy of that base") from None
+    if ref.local and not any(a.split("=", 1)[0] == "--chat-template" for a in cfg.extra_args):
+        try:
+            templated = bool(models.chat_template_text(Path(ref.path)).strip())
+        except (OSError, ValueError):  # an unreadable tokenizer config: vLLM's own error will name it
+            templated = True
+        if not templated:  # vLLM starts (~40 s), then refuses every chat request with a 400
+            raise ApplianceError(f"--model {base}: has no chat template (no chat_template.jinja, none in "
+                                 "tokenizer_config.json), so every chat request would be refused; serve an "
+                                 "instruct/chat model, or give a template: appliance up ... -- --chat-template FILE")
     served_name = cfg.served_name or ref.name
     base_names, base_hf = {ref.name}, ref.hf_id
     meta = Path(ref.path) / "appliance.json"
@@ -164,6 +174,9 @@ def preflight(cfg: UpConfig) -> Plan:
                 raise ApplianceError(f"--adapter {a.path}: records no base model; pass --model with the model it was trained on")
         elif not same_base(a, ref.path if ref.local else None, base_names, base_hf):
             trained = a.base_name or a.base_hf_id or a.base_path
+            if not cfg.model:  # the base came from the first adapter: the adapters disagree, not a flag
+                raise ApplianceError(f"--adapter {a.path}: trained on '{trained}', but --adapter {giver.path} on "
+                                     f"'{base}'; adapters of different bases need one server each (its own --port)")
             raise ApplianceError(f"--adapter {a.path}: trained on '{trained}' but the served model is '{ref.path}'; "
                                  f"pass --model with the adapter's base (or drop --model to take it from the adapter)")
 
@@ -265,14 +278,14 @@ def _max_lora_rank(cfg: UpConfig, infos: list[AdapterInfo]) -> int:
     return int(value)
 
 
-def _base_from(infos: list[AdapterInfo]) -> str | None:
-    """The first adapter's base, as something :func:`appliance.models.resolve` accepts."""
+def _base_from(infos: list[AdapterInfo]) -> tuple[str, AdapterInfo] | tuple[None, None]:
+    """The first adapter's base, as something :func:`appliance.models.resolve` accepts, and that adapter."""
     for a in infos:
         if a.base_path and Path(a.base_path).is_dir():
-            return a.base_path
+            return a.base_path, a
         if a.base_name or a.base_hf_id:
-            return a.base_name or a.base_hf_id
-    return None
+            return a.base_name or a.base_hf_id, a
+    return None, None
 
 
 def check_port(host: str, port: int, flag: str = "--port") -> None:

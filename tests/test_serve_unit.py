@@ -111,6 +111,58 @@ def test_runtime_load_checks_lora_and_base(adapters, real_model_dir, appliance_h
 
 
 
+def test_a_folder_named_like_the_base_but_of_another_shape_is_not_the_base(adapters, tiny_model_dir, tmp_path,
+                                                                          appliance_home):
+    """A Qwen2 model in a folder named like the adapter's Llama base was accepted by `up` and `adapters load`
+    (a local base is matched by its folder's name); a copy of the same model under that name still is."""
+    from appliance.adapters import inspect_adapter, load, same_base
+
+    info = inspect_adapter(adapters["good"])
+    for kind, change in (("copy", {}), ("other", {"num_hidden_layers": 3, "model_type": "qwen2"})):
+        d = tmp_path / kind / tiny_model_dir.name
+        shutil.copytree(tiny_model_dir, d)
+        cfg = json.loads((d / "config.json").read_text())
+        (d / "config.json").write_text(json.dumps(cfg | change))
+        assert same_base(info, str(d), {tiny_model_dir.name}, None) == (kind == "copy")
+    with pytest.raises(ApplianceError, match=r"--adapter .*good: trained on .* but the served model is .*other"):
+        preflight(UpConfig(model=str(tmp_path / "other" / tiny_model_dir.name), adapters=[str(adapters["good"])],
+                           port=_free_port(), device="cpu"))
+    with pytest.raises(ApplianceError, match="but the server at .* serves"):
+        load("g", str(adapters["good"]), url="http://127.0.0.1:9", roots=[str(adapters["good"].parent)],
+             served_base=(str(tmp_path / "other" / tiny_model_dir.name), {tiny_model_dir.name}, None))
+    plan = preflight(UpConfig(model=str(tmp_path / "copy" / tiny_model_dir.name), adapters=[str(adapters["good"])],
+                              port=_free_port(), device="cpu"))
+    assert plan.adapters[0].path == str(adapters["good"])
+
+
+def test_adapters_of_two_bases_without_model_say_they_disagree(adapters, tmp_path, appliance_home):
+    """It said "pass --model with the adapter's base (or drop --model ...)" to a command without --model."""
+    other = tmp_path / "other"
+    shutil.copytree(adapters["good"], other)
+    meta = json.loads((other / "appliance.json").read_text())
+    meta["base_model"] = {"name": "other-base", "path": None, "hf_id": "org/other-base"}
+    (other / "appliance.json").write_text(json.dumps(meta))
+    with pytest.raises(ApplianceError) as e:
+        preflight(UpConfig(adapters=[str(adapters["good"]), f"o={other}"], port=_free_port(), device="cpu"))
+    msg = str(e.value)
+    assert msg.startswith(f"--adapter {other}: trained on 'other-base', but --adapter {adapters['good']} on ")
+    assert msg.endswith("adapters of different bases need one server each (its own --port)") and "--model" not in msg
+
+
+def test_a_model_without_a_chat_template_is_refused_before_vllm_starts(tiny_model_dir, tmp_path, appliance_home):
+    """vLLM started it (~40 s), then answered every chat request with a 400 about the missing template."""
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_model_dir, bare)
+    (bare / "chat_template.jinja").unlink(missing_ok=True)
+    tc = json.loads((bare / "tokenizer_config.json").read_text())
+    tc.pop("chat_template", None)
+    (bare / "tokenizer_config.json").write_text(json.dumps(tc))
+    with pytest.raises(ApplianceError, match=r"^--model .*bare: has no chat template .*-- --chat-template FILE$"):
+        preflight(UpConfig(model=str(bare), port=_free_port(), device="cpu"))
+    for given in (["--chat-template", "t.jinja"], ["--chat-template=t.jinja"]):
+        assert preflight(UpConfig(model=str(bare), port=_free_port(), device="cpu", extra_args=given)).model == str(bare)
+
+
 def test_runtime_load_matches_a_base_known_only_by_hub_id(adapters, appliance_home, tmp_path):
     """An adapter trained elsewhere records only its base's hub id: `up` accepted it, `adapters load` refused it,
     because the server's record kept only the model's path and served name."""
