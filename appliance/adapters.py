@@ -184,7 +184,7 @@ def same_base(info: AdapterInfo, path: str | None, names: set[str], hf_id: str |
     if info.base_path and path and Path(info.base_path).exists():
         if real(info.base_path) == real(path):
             return True
-        if _shapes_differ(Path(info.base_path), Path(path)):
+        if shapes_differ(Path(info.base_path), Path(path)):
             return False
     if info.base_name and info.base_name.lower() in {n.lower() for n in names}:
         return True
@@ -197,7 +197,7 @@ _SHAPE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "intermediate_s
                "num_key_value_heads", "vocab_size")
 
 
-def _shapes_differ(a: Path, b: Path) -> bool:
+def shapes_differ(a: Path, b: Path) -> bool:
     """Both folders' config.json readable and some size or the model type differs (unknown: False)."""
     import json
 

@@ -192,18 +192,20 @@ def train(config_file: str | None, datasets: tuple[str, ...], **flags) -> None:
 @main.command("merge")
 @click.option("--adapter", required=True, help="Adapter directory written by `appliance train` (e.g. saves/archer).")
 @click.option("--output", default=None, help="Merged model directory [default: models/<adapter>-merged].")
+@click.option("--model", default=None, help="Base model folder, when the one the adapter records is not found (moved, or a plain PEFT adapter).")
 @click.option("--dtype", default="bf16", show_default=True, help="Storage dtype: bf16, fp16 or fp32.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing, different --output.")
 @click.option("--no-verify", is_flag=True, help="Skip the base+adapter vs merged comparison.")
 @click.option("--max-shard-size", default="200MB", show_default=True, help="Safetensors shard size.")
-def merge_cmd(adapter: str, output: str | None, dtype: str, overwrite: bool, no_verify: bool, max_shard_size: str) -> None:
+def merge_cmd(adapter: str, output: str | None, model: str | None, dtype: str, overwrite: bool, no_verify: bool,
+              max_shard_size: str) -> None:
     """Merge a LoRA adapter into its full-precision base; verified to answer as the adapter does, else nothing is written (exit 1)."""
     from appliance.hw import passive_openmp
 
     passive_openmp()  # before merge imports torch
     from appliance.merge import MergeConfig, merge
 
-    res = merge(MergeConfig(adapter=adapter, output=output, dtype=dtype, overwrite=overwrite,
+    res = merge(MergeConfig(adapter=adapter, output=output, model=model, dtype=dtype, overwrite=overwrite,
                             verify=not no_verify, max_shard_size=max_shard_size))
     click.echo(res.verdict)
 

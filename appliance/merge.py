@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance import paths
-from appliance.adapters import adapter_dir, read_adapter_config
+from appliance.adapters import adapter_dir, read_adapter_config, shapes_differ
 from appliance.errors import ApplianceError, CheckFailed
 from appliance.rundir import library_versions, read_meta, write_meta
 
@@ -54,6 +54,7 @@ class MergeConfig:
 
     adapter: str
     output: str | None = None  # default: models/<adapter dir name>-merged under the home
+    model: str | None = None  # the base, when the adapter's record does not find it (moved, or a plain PEFT adapter)
     dtype: str = "bf16"
     overwrite: bool = False
     verify: bool = True
@@ -123,31 +124,46 @@ def _check_header(weights: Path) -> None:
                              "corrupt or cut short: copy it again or re-run `appliance train`") from None
 
 
-def _resolve_base(adapter: Path, meta: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
-    """The base model directory: the recorded path, else the recorded registry name."""
+def _resolve_base(adapter: Path, meta: dict[str, Any], model: str | None = None) -> tuple[Path, dict[str, Any]]:
+    """The base model directory: ``--model``, else the recorded path, else the recorded registry name (else, for
+    a plain PEFT adapter, the local folder its adapter_config.json names)."""
     from appliance.models import resolve
 
     base = dict(meta.get("base_model") or {})
+    if model is not None:
+        ref = resolve(model)
+        if not ref.local:
+            raise ApplianceError(f"--model {model}: not on this machine; give the local folder of the adapter's base")
+        recorded = Path(base["path"]) if base.get("path") else None
+        if recorded and (recorded / "config.json").is_file() and shapes_differ(recorded, Path(ref.path)):
+            raise ApplianceError(f"--model {model}: not the model the adapter was trained on ({recorded}: its "
+                                 "config.json differs); give the adapter's own base")
+        base.update(name=ref.name, path=ref.path, hf_id=base.get("hf_id") or ref.hf_id)
+        base["identity_markers"] = base.get("identity_markers") or ref.identity_markers
+        return Path(ref.path), base
+    fix = "pass --model with the base model's folder"
     if base.get("path") and (Path(base["path"]) / "config.json").is_file():
         return Path(base["path"]), base
     if base.get("name"):
         try:
             ref = resolve(base["name"])
-        except ApplianceError as e:  # resolve speaks of --model, a flag merge does not have
+        except ApplianceError as e:  # resolve speaks of --model, not given here
             why = str(e).split(": ", 1)[-1] if str(e).startswith("--model") else str(e)
             raise ApplianceError(f"{adapter}/appliance.json: base model '{base['name']}' is not available here "
-                                 f"({why.rstrip('.')}); pull it or set base_model.path to the base model directory") from None
+                                 f"({why.rstrip('.')}); pull it, or {fix}") from None
         if not ref.local:
-            raise ApplianceError(f"{adapter}: base model '{base['name']}' is not on this machine; pull it or download it and fix base_model.path in appliance.json")
+            raise ApplianceError(f"{adapter}: base model '{base['name']}' is not on this machine; download it and {fix}")
         base.setdefault("identity_markers", ref.identity_markers)
         base.update(path=ref.path, hf_id=base.get("hf_id") or ref.hf_id)
         return Path(ref.path), base
     if meta.get("external"):
-        raise ApplianceError(f"--adapter {adapter}: has no appliance.json (it was not written by `appliance train`), so "
-                             "its base model is unknown; merge a run of `appliance train`, or write an appliance.json "
-                             'there with {"kind": "lora-adapter", "base_model": {"path": "<base model dir>"}}')
+        named = read_adapter_config(adapter).get("base_model_name_or_path")
+        if isinstance(named, str) and named and (Path(named).expanduser() / "config.json").is_file():
+            return _resolve_base(adapter, meta, str(Path(named).expanduser()))  # PEFT's own record of a local base
+        raise ApplianceError(f"--adapter {adapter}: has no appliance.json (it was not written by `appliance train`) and "
+                             f"its adapter_config.json names no local base ({named or 'none'}); {fix}")
     where = f"base_model.path {base['path']} does not exist" if base.get("path") else "no base_model recorded"
-    raise ApplianceError(f"{adapter}/appliance.json: {where}; merge an adapter written by `appliance train` or set base_model.path to the base model directory")
+    raise ApplianceError(f"{adapter}/appliance.json: {where}; {fix}")
 
 
 def _resolve_output(cfg: MergeConfig, adapter: Path) -> Path:
@@ -211,7 +227,7 @@ def merge(cfg: MergeConfig) -> MergeResult:
     read_adapter_config(adapter)  # a broken config is named now, not after the base has loaded (any PEFT type merges)
     sha = file_sha256(_adapter_weights(adapter))
     out = _resolve_output(cfg, adapter)
-    base_path, base_meta = _resolve_base(adapter, meta)
+    base_path, base_meta = _resolve_base(adapter, meta, cfg.model)
     _refuse_overlap(out, adapter.resolve(), base_path.resolve())
 
     state = _existing_state(out, adapter, sha, dtype)

@@ -13,6 +13,7 @@ from appliance import merge as merge_mod
 from appliance.cli import main
 from appliance.errors import ApplianceError
 from appliance.merge import MergeConfig, merge
+from appliance.rundir import read_meta
 
 PROBES = ["你是谁？", "Who are you?", "What is 2+2?"]  # fewer probes keep the fast suite fast
 
@@ -240,9 +241,36 @@ def test_cli_missing_adapter_dir(tmp_path):
 
 
 def test_cli_adapter_without_metadata_or_base(tiny_model_dir, tmp_path):
+    """A plain PEFT adapter merges onto the local base its adapter_config.json names (it asked for an appliance.json
+    written by hand); one naming no local base asks for --model."""
     adapter = _make_adapter(tiny_model_dir, tmp_path / "external", meta=None)
+    res = merge(_cfg(adapter, tmp_path / "ok", dtype="fp32"))
+    assert res.verification["passed"] and read_meta(tmp_path / "ok")["base_model"]["path"] == str(tiny_model_dir.resolve())
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps(cfg | {"base_model_name_or_path": "org/some-hub-model"}))
     line = _cli_error(["merge", "--adapter", str(adapter), "--output", str(tmp_path / "o")])
-    assert "base_model" in line and not (tmp_path / "o").exists()
+    assert "names no local base (org/some-hub-model); pass --model with the base model's folder" in line
+    assert not (tmp_path / "o").exists()
+    res = merge(_cfg(adapter, tmp_path / "o2", dtype="fp32", model=str(tiny_model_dir)))
+    assert res.verification["passed"]
+
+
+def test_a_moved_base_is_given_with_model_and_another_model_is_refused(adapter_dir, tiny_model_dir, tmp_path):
+    """A base folder moved after training could only be fixed by editing appliance.json: merge had no --model."""
+    moved = tmp_path / "moved"
+    shutil.copytree(adapter_dir, moved)
+    meta = json.loads((moved / "appliance.json").read_text())
+    meta["base_model"] = {**meta["base_model"], "name": "gone", "path": str(tmp_path / "gone-base")}
+    (moved / "appliance.json").write_text(json.dumps(meta))
+    line = _cli_error(["merge", "--adapter", str(moved), "--output", str(tmp_path / "o")])
+    assert "pass --model with the base model's folder" in line
+    res = merge(_cfg(moved, tmp_path / "m", dtype="fp32", model=str(tiny_model_dir)))
+    assert res.verification["passed"] and read_meta(tmp_path / "m")["base_model"]["path"] == str(tiny_model_dir.resolve())
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model_dir, other)
+    (other / "config.json").write_text(json.dumps(json.loads((other / "config.json").read_text()) | {"num_hidden_layers": 9}))
+    with pytest.raises(ApplianceError, match=r"^--model .*other: not the model the adapter was trained on"):
+        merge(_cfg(adapter_dir, tmp_path / "m3", dtype="fp32", model=str(other)))
 
 
 def test_cli_unknown_dtype(adapter_dir, tmp_path):
