@@ -79,6 +79,8 @@ def pipeline(cfg: PipelineConfig, echo: Echo = print) -> dict[str, Any]:
     if done and not cfg.force:
         echo(f"skipped: {run_dir} is already trained for {cfg.name} / {cfg.author} with these settings (use --force to retrain)")
     else:
+        if not done:  # --force over the same settings replaces nothing the user would miss
+            _note_replaced(run_dir, echo)
         try:
             meta = train(tcfg)
         except ResumeMismatch:  # the interrupted run had other settings (another --author): start over
@@ -114,6 +116,22 @@ def pipeline(cfg: PipelineConfig, echo: Echo = print) -> dict[str, Any]:
     _show_examples(report_dir, base, echo)
     echo(f"\nreport: {report_dir / 'report.md'}  (also report.html, report.json, answers.jsonl)")
     return {"report": report, "timings": timings}
+
+
+def _note_replaced(run_dir: Path, echo: Echo) -> None:
+    """A finished run of other settings in the run's folder is replaced: said, since another --name keeps it."""
+    from appliance import rundir
+
+    if not (run_dir / rundir.META_FILE).is_file():
+        return
+    try:
+        old = rundir.read_meta(run_dir)
+    except ApplianceError:  # unreadable: nothing to describe, train replaces it all the same
+        old = {}
+    base = (old.get("base_model") or {}).get("name") or "?"
+    who = old.get("identity") if isinstance(old.get("identity"), dict) else {}
+    echo(f"note: replacing the run in {run_dir} (trained on {base} for {who.get('name', '?')} / {who.get('author', '?')}, "
+         "other settings); give --name another value to keep it")
 
 
 def _train_config(cfg: PipelineConfig, run_dir: Path):

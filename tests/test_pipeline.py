@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import re
 import os
 import time
@@ -439,3 +440,29 @@ def test_a_rerun_over_a_failed_merge_check_fails_again(identical, fails, monkeyp
     else:
         assert pl.pipeline(cfg, echo=said.append)["report"]["run"]["merge_check"] == check
     assert any("eval: skipped" in s for s in said)
+
+
+def test_a_finished_run_of_other_settings_is_replaced_with_a_note(monkeypatch, appliance_home):
+    """`pipeline --model other` replaced saves/archer (trained on another base) without a word."""
+    from appliance import models
+    from appliance import train as train_mod
+
+    class Stop(Exception):
+        pass
+
+    monkeypatch.setattr(pl, "_preflight", lambda cfg: None)
+    monkeypatch.setattr(models, "resolve_pullable", lambda *a, **k: False)
+    monkeypatch.setattr(train_mod, "already_trained", lambda cfg: None)
+    monkeypatch.setattr(train_mod, "train", lambda cfg: (_ for _ in ()).throw(Stop()))
+    run = _run_dir(appliance_home / "saves" / "archer")
+    meta = json.loads((run / "appliance.json").read_text())
+    (run / "appliance.json").write_text(json.dumps(meta | {"base_model": {"name": "tg-gemma"}}))
+    said = []
+    with pytest.raises(Stop):
+        pl.pipeline(pl.PipelineConfig(port=_free_port(), merged_port=_free_port()), echo=said.append)
+    assert any(s.startswith(f"note: replacing the run in {run} (trained on tg-gemma for Archer / 意琦行") for s in said)
+    said.clear()
+    shutil.rmtree(run)
+    with pytest.raises(Stop):
+        pl.pipeline(pl.PipelineConfig(port=_free_port(), merged_port=_free_port()), echo=said.append)
+    assert not any("replacing" in s for s in said)
