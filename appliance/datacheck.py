@@ -78,7 +78,8 @@ def check_dataset(dataset: str, dataset_dir: str | None = None, name: str = "Arc
     told = {"refused": "skipped by train: the chat template refuses them (vLLM would too)",
             "dropped": f"dropped by train (its first answer starts after --max-length {max_length})",
             "cut": f"trained with an answer cut at --max-length {max_length}",
-            "last_only": "learned from their last answer only (the template renders earlier turns otherwise later on)",
+            "last_only": ("learned from their last answer only (the template does not render the conversation so far as the start of "
+                          "the whole: it rewrites earlier turns, or adds text after the last one)"),
             "mismatched": "prompt tokens differ from what vLLM will see (a token spans the end of the prompt and "
                           "the start of the answer)"}
     for key, what in told.items():
