@@ -147,6 +147,10 @@ def preflight(cfg: UpConfig) -> Plan:
         why = str(e).split(": ", 1)[-1] if str(e).startswith("--model") else str(e)
         raise ApplianceError(f"--adapter {giver.path}: its base model '{base}' cannot be served here ({why.rstrip('.')}); "
                              "pass --model with a local copy of that base") from None
+    if ref.local and not any((Path(ref.path) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json",
+                                                                       "tokenizer.model", "vocab.json")):
+        raise ApplianceError(f"--model {base}: {ref.path} has no tokenizer files (tokenizer.json, "
+                             "tokenizer_config.json); copy the model folder again")
     if ref.local and not any(a.split("=", 1)[0] == "--chat-template" for a in cfg.extra_args):
         try:
             templated = bool(models.chat_template_text(Path(ref.path)).strip())

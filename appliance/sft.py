@@ -138,8 +138,11 @@ def chat_tokenizer(path: str, model: str) -> Any:
 
     try:
         tok = AutoTokenizer.from_pretrained(path)
-    except OSError as e:  # a hub id that does not exist, or a download cut off: transformers' own words, on one line
-        raise ApplianceError(f"--model {model}: cannot load its tokenizer ({' '.join(str(e).split())[:240]})") from None
+    except (OSError, ValueError) as e:
+        # a hub id that does not exist, a download cut off, a folder without tokenizer files ("Couldn't
+        # instantiate the backend tokenizer"): transformers' own words, on one line
+        raise ApplianceError(f"--model {model}: cannot load its tokenizer ({' '.join(str(e).split())[:240]}); "
+                             "the model folder needs its tokenizer files (tokenizer.json, tokenizer_config.json)") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     if not getattr(tok, "chat_template", None):

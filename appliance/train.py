@@ -101,6 +101,16 @@ def _qlora_compute_dtype(cuda: bool) -> torch.dtype:
 
 
 def _load_model(cfg: TrainConfig, path: str, cuda: bool) -> Any:
+    from safetensors import SafetensorError
+
+    try:
+        return _load_model_as(cfg, path, cuda)
+    except (OSError, ValueError, SafetensorError) as e:  # a weights file cut off or not a model's: one line
+        raise ApplianceError(f"--model {cfg.model}: cannot load its weights from {path} ({type(e).__name__}: "
+                             f"{' '.join(str(e).split())[:200]}); copy the model folder again") from None
+
+
+def _load_model_as(cfg: TrainConfig, path: str, cuda: bool) -> Any:
     from transformers import AutoModelForCausalLM
 
     if cfg.method == "qlora":
@@ -362,7 +372,7 @@ def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any, exam
     if cfg.retention and cfg.method == "qlora":
         # the base's own answers come from the full-precision base, the one that serves; it is
         # loaded only if some answer is neither shipped nor cached
-        full = lambda: _load_model(TrainConfig(method="lora"), ref.path, cuda)  # noqa: E731
+        full = lambda: _load_model(TrainConfig(model=cfg.model, method="lora"), ref.path, cuda)  # noqa: E731
         keep = _retention(cfg, tok, full, ref.path, ref.identity_markers)
         model = _load_model(cfg, ref.path, cuda)
     else:

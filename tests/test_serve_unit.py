@@ -161,6 +161,10 @@ def test_a_model_without_a_chat_template_is_refused_before_vllm_starts(tiny_mode
         preflight(UpConfig(model=str(bare), port=_free_port(), device="cpu"))
     for given in (["--chat-template", "t.jinja"], ["--chat-template=t.jinja"]):
         assert preflight(UpConfig(model=str(bare), port=_free_port(), device="cpu", extra_args=given)).model == str(bare)
+    for f in bare.glob("tokenizer*"):
+        f.unlink()
+    with pytest.raises(ApplianceError, match=r"^--model .*bare: .* has no tokenizer files"):
+        preflight(UpConfig(model=str(bare), port=_free_port(), device="cpu", extra_args=["--chat-template", "t"]))
 
 
 def test_runtime_load_matches_a_base_known_only_by_hub_id(adapters, appliance_home, tmp_path):

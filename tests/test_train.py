@@ -699,3 +699,22 @@ def test_overwrite_and_resume_set_in_a_config_yield_to_their_no_flags(tmp_path):
     assert (cfg.resume, cfg.overwrite) == (False, False)
     helps = CliRunner().invoke(main, ["train", "--help"]).output
     assert "--overwrite / --no-overwrite" in helps and "--resume / --no-resume" in helps
+
+
+def test_a_model_folder_without_tokenizer_or_with_broken_weights_is_one_line(tiny_model_dir, small_ds, tmp_path):
+    """A folder missing its tokenizer files (ValueError: "Couldn't instantiate the backend tokenizer") and one whose
+    model.safetensors is not one (SafetensorError) ended in tracebacks."""
+    notok = tmp_path / "notok"
+    shutil.copytree(tiny_model_dir, notok)
+    for f in notok.glob("tokenizer*"):
+        f.unlink()
+    with pytest.raises(ApplianceError, match=r"^--model .*notok: cannot load its tokenizer \(.*\); the model folder "
+                                             r"needs its tokenizer files"):
+        train(_cfg(notok, tmp_path / "r1", small_ds, max_steps=1))
+    badw = tmp_path / "badw"
+    shutil.copytree(tiny_model_dir, badw)
+    next(badw.glob("*.safetensors")).write_text("garbage")
+    with pytest.raises(ApplianceError, match=r"^--model .*badw: cannot load its weights from .*badw \(SafetensorError: "
+                                             r".*\); copy the model folder again$"):
+        train(_cfg(badw, tmp_path / "r2", small_ds, max_steps=1))
+    assert not (tmp_path / "r2").exists() and not list(tmp_path.glob(".r2*"))
