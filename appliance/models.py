@@ -141,8 +141,10 @@ def resolve(model: str) -> ModelRef:
         d = local_dir(key)
         if is_model_dir(d):
             return ModelRef(key, str(d), entry.get("hf_id"), list(entry.get("identity_markers", [])))
-        here = paths.resolve_user_path(model)
-        if here.is_dir() and is_model_dir(here):  # a local copy named like the entry (./Qwen2.5-0.5B-Instruct)
+        # a local copy named like the entry: ./Qwen2.5-0.5B-Instruct, or models/<name> as `models list` shows it
+        for here in [paths.resolve_user_path(model)] + ([local_dir(model)] if os.sep not in model else []):
+            if not (here.is_dir() and is_model_dir(here)):
+                continue
             ref = _local_ref(here)
             return ModelRef(ref.name, ref.path, entry.get("hf_id"),
                             ref.identity_markers or list(entry.get("identity_markers", [])))
@@ -168,6 +170,11 @@ def resolve(model: str) -> ModelRef:
         return ModelRef(model.split("/")[-1].lower(), model, model, [], local=False)
     if os.sep not in model and is_model_dir(local_dir(model)):  # a name `models list` shows (a merged model)
         return _local_ref(local_dir(model))
+    if os.sep not in model and local_dir(model).is_dir():  # a folder under models/, but not a whole model
+        d = local_dir(model)
+        what = "has no config.json" if not (d / "config.json").is_file() else "has a config.json but no weights"
+        raise ApplianceError(f"--model {model}: {d} {what}; finish copying the model there, or point --model at a "
+                             "complete model folder")
     known = ", ".join(sorted(registry()))
     raise ApplianceError(f"--model {model}: unknown model; use one of [{known}], a local HF model directory, or a hub id like Qwen/Qwen1.5-1.8B-Chat")
 

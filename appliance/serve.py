@@ -147,6 +147,7 @@ def preflight(cfg: UpConfig) -> Plan:
         why = str(e).split(": ", 1)[-1] if str(e).startswith("--model") else str(e)
         raise ApplianceError(f"--adapter {giver.path}: its base model '{base}' cannot be served here ({why.rstrip('.')}); "
                              "pass --model with a local copy of that base") from None
+    models.ensure_fetchable(ref, base)  # offline and not cached: one line now, not vLLM's failure ~30 s in
     if ref.local and not any((Path(ref.path) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json",
                                                                        "tokenizer.model", "vocab.json")):
         raise ApplianceError(f"--model {base}: {ref.path} has no tokenizer files (tokenizer.json, "

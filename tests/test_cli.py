@@ -84,8 +84,8 @@ def test_a_model_folder_needs_its_weights_and_a_listed_name_resolves(appliance_h
     shutil.copytree(tiny_model_dir, merged)
     row = next(r for r in models.list_models() if r["name"] == "a1-merged")
     assert row["pulled"] and models.resolve(row["name"]).path == str(merged.resolve())
-    with pytest.raises(ApplianceError, match="unknown model"):
-        models.resolve("noweights")  # listed nowhere as a model
+    with pytest.raises(ApplianceError, match=r"^--model noweights: .* has a config.json but no weights"):
+        models.resolve("noweights")  # listed nowhere as a model, but named as what it lacks (was "unknown model")
     (appliance_home / "afile").write_text("x")
     with pytest.raises(ApplianceError, match="--model afile: is a file, not a model folder"):
         models.resolve("afile")
@@ -152,6 +152,18 @@ def test_a_folder_here_named_like_an_unpulled_registry_entry_is_used(tmp_path, a
     assert "通义千问" in ref.identity_markers
     (d / "model.safetensors").unlink()  # not a model folder: the registry's hub model, as before
     assert not models.resolve("Qwen2.5-0.5B-Instruct").local
+    listed = appliance_home / "models" / "Qwen2.5-0.5B-Instruct"  # `models list` shows it as a local copy
+    listed.mkdir(parents=True)
+    (listed / "config.json").write_text("{}")
+    (listed / "model.safetensors").write_bytes(b"")
+    assert models.resolve("Qwen2.5-0.5B-Instruct").path == str(listed.resolve())
+    half = appliance_home / "models" / "half"  # a bare name of a folder there that is not a whole model
+    half.mkdir()
+    with pytest.raises(ApplianceError, match=r"^--model half: .*half has no config.json; finish copying"):
+        models.resolve("half")
+    (half / "config.json").write_text("{}")
+    with pytest.raises(ApplianceError, match=r"^--model half: .*half has a config.json but no weights"):
+        models.resolve("half")
 
 
 def test_pull_unknown_and_hub_models_are_refused():

@@ -1260,3 +1260,10 @@ def test_a_server_off_loopback_says_who_can_reach_it():
     assert host_note("0.0.0.0", True) == "note: --host 0.0.0.0: listening on every network interface, so other machines can reach it"
     assert host_note("10.0.0.5", False).endswith("listening on 10.0.0.5, so other machines can reach it; no --api-key is "
                                                  "set, so anyone who can reach it may use it")
+
+
+def test_an_uncached_hub_model_offline_is_refused_before_vllm_starts(monkeypatch, appliance_home):
+    """`up --model org/x` without the hub started vLLM, which failed ~30 s later."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ApplianceError, match=r"^--model nosuch-org/model-xyz: not on this machine .*HF_HUB_OFFLINE is set"):
+        preflight(UpConfig(model="nosuch-org/model-xyz", port=_free_port(), device="cpu"))
