@@ -216,6 +216,16 @@ class TrainBenchConfig:
             raise ApplianceError(f"--variant {','.join(bad)}: use {', '.join(VARIANTS)}")
         if self.batch_tokens < 64:
             raise ApplianceError(f"--batch-tokens {self.batch_tokens}: must be >= 64")
+        check_bench_common(self.threads, self.out_dir)
+
+
+def check_bench_common(threads: int | None, out_dir: str | None) -> None:
+    """--threads and --out, checked before minutes of benching (torch raised on -1 in the worker; 0 was ignored;
+    an --out that is a file failed at the very end)."""
+    if threads is not None and threads < 1:
+        raise ApplianceError(f"--threads {threads}: must be >= 1 (leave it out for one per core)")
+    if out_dir:
+        paths.refuse_file_on_path(Path(out_dir), "--out")
 
 
 VARIANTS = ("naive", "default", "fast")

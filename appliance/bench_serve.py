@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance import paths
-from appliance.bench import check_shape, in_subprocess, machine_info, md_table, resolve_bench_model, write_report
+from appliance.bench import check_bench_common, check_shape, in_subprocess, machine_info, md_table, resolve_bench_model, write_report
 from appliance.errors import ApplianceError
 
 GPU_SWEEP = [1, 2, 4, 8, 16, 32, 64, 128, 256]
@@ -68,6 +68,10 @@ class ServeBenchConfig:
         check_shape(c.shape)
         if not 1 <= c.port <= 65535:  # checked here, before the model loads and the adapters are written
             raise ApplianceError(f"--port {c.port}: out of range; use 1-65535")
+        for flag, value in (("--num-prompts", self.num_prompts), ("--client-procs", self.client_procs)):
+            if value is not None and value < 1:  # 0 silently meant the default, a negative one ran no request
+                raise ApplianceError(f"{flag} {value}: must be >= 1 (leave it out for the default)")
+        check_bench_common(c.threads, c.out_dir)
         bad = [s for s in c.scenarios if s not in ("base", "adapter", "adapters")]
         if bad or min(c.concurrency) < 1 or c.input_len < 1 or c.output_len < 1 or c.n_adapters < 1:
             raise ApplianceError(f"bench serve: invalid settings (scenarios {bad or c.scenarios}, concurrency {c.concurrency}, "
@@ -333,6 +337,15 @@ def bench_serve(cfg: ServeBenchConfig) -> dict[str, Any]:
     return payload
 
 
+def all_failed(payload: dict[str, Any]) -> str | None:
+    """A line for the sweep points where every request failed (their figures measure nothing), else None."""
+    bad = [row for row in payload["results"].get("sweep", []) if row.get("requests") and row["errors"] == row["requests"]]
+    if not bad:
+        return None
+    where = ", ".join(f"{row['scenario']} x{row['concurrency']}" for row in bad)
+    return f"every request failed at {len(bad)} sweep point(s) ({where}); the first error: {bad[0]['first_error']}"
+
+
 def _served_dtype(cuda: bool) -> str:
     """The dtype ``appliance up`` asks vLLM for (no extra vLLM args here), "auto" = the model's own."""
     from appliance.serve import cpu_dtype
@@ -360,6 +373,8 @@ def _markdown(p: dict[str, Any]) -> str:
             f"cold start to ready: {r.get('cold_start_s')} s; runtime adapter load: {load.get('load_ms_p50')} ms "
             f"(first request after it: {load.get('first_request_ms_p50')} ms)\n\n"
             + md_table(r["sweep"], cols)
+            + "".join(f"\nerrors at {row['scenario']} x{row['concurrency']}: {row['errors']} of {row['requests']}, the first: "
+                      f"{row['first_error']}\n" for row in r["sweep"] if row.get("errors"))
             + ("\ntransformers generate (same model, batch = concurrency):\n\n"
                + md_table(r["generate"], ["concurrency", "output_tokens", "duration_s", "output_tok_s", "dtype", "torch_threads"])
                if r.get("generate") else "\ntransformers generate: not run (--no-generate)\n")

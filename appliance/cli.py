@@ -468,7 +468,7 @@ def bench_serve_cmd(model, shape, concurrency, num_prompts, input_len, output_le
     """Through `appliance up`: throughput, TTFT, TPOT for base / 1 adapter / N adapters, cold start, runtime loads."""
     from pathlib import Path
 
-    from appliance.bench_serve import ServeBenchConfig, bench_serve, parse_sweep
+    from appliance.bench_serve import ServeBenchConfig, all_failed, bench_serve, parse_sweep
 
     cfg = ServeBenchConfig(model=model, shape=shape, concurrency=parse_sweep(concurrency), num_prompts=num_prompts,
                            input_len=input_len, output_len=output_len, n_adapters=n_adapters, port=port,
@@ -477,6 +477,9 @@ def bench_serve_cmd(model, shape, concurrency, num_prompts, input_len, output_le
     res = bench_serve(cfg)
     click.echo(Path(res["report_dir"], "serve.md").read_text(encoding="utf-8").split("\nsettings:")[0])
     click.echo(f"report: {res['report_dir']}")
+    if failed := all_failed(res):
+        click.echo(f"error: {failed}", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -97,6 +97,7 @@ class TrainConfig:
             (self.scheduler in SCHEDULERS, "scheduler", f"must be one of {', '.join(SCHEDULERS)}"),
             (bool(self.target_modules.strip(",").strip()), "--target-modules", "must name modules (e.g. q_proj,v_proj) or be all-linear"),
             (self.retention_samples >= 0, "--retention-samples", "must be >= 0"),
+            (self.retention_max_new_tokens >= 1, "retention_max_new_tokens", "must be >= 1 (the base's answers' length)"),
             (not self.unlikelihood or (self.retention and self.retention_samples > 0), "--unlikelihood",
              "needs retention on (each negative pairs with a retention prompt): drop --no-retention or --unlikelihood"),
             (bool(self.datasets), "--dataset", "give at least one dataset name or file"),
@@ -203,7 +204,8 @@ def _read_yaml(path: str) -> dict[str, Any]:
         raise ApplianceError(f"--config {path}: file not found; check the path")
     try:
         text = p.read_text(encoding="utf-8-sig")
-        data = yaml.safe_load(text) or {}
+        data = yaml.safe_load(text)
+        data = {} if data is None else data  # an empty file (or only comments): no settings; [] or 0 is refused below
         _refuse_repeated_keys(path, yaml.compose(text, Loader=yaml.SafeLoader))
     except UnicodeDecodeError:
         raise ApplianceError(f"--config {path}: not UTF-8 text; save the file as UTF-8") from None

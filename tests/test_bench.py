@@ -97,7 +97,13 @@ def test_bad_inputs_are_one_line_errors(tiny_model_dir):
     for args, needle in ((["bench", "train", "--method", "full"], "--method full"),
                          (["bench", "train", "--shape", "gpt-5"], "--shape gpt-5"),
                          (["bench", "serve", "--concurrency", "1,x"], "--concurrency 1,x"),
-                         (["bench", "serve", "--port", "0"], "--port 0: out of range")):  # before the model loads
+                         (["bench", "serve", "--port", "0"], "--port 0: out of range"),  # before the model loads
+                         (["bench", "serve", "--num-prompts", "-5"], "--num-prompts -5: must be >= 1"),
+                         (["bench", "serve", "--num-prompts", "0"], "--num-prompts 0: must be >= 1"),
+                         (["bench", "serve", "--client-procs", "0"], "--client-procs 0: must be >= 1"),
+                         (["bench", "train", "--threads", "-1"], "--threads -1: must be >= 1"),
+                         (["bench", "serve", "--threads", "0"], "--threads 0: must be >= 1"),
+                         (["bench", "train", "--out", __file__], "is a file, not a folder")):
         res = CliRunner().invoke(main, args)
         assert res.exit_code == 2, res.output
         lines = [ln for ln in res.output.splitlines() if ln.strip()]
@@ -167,3 +173,20 @@ def test_bench_serve_report_says_when_generate_was_skipped(generate):
     md = _markdown(payload)
     assert ("not run (--no-generate)" in md) == (not generate)
     assert ("| concurrency | output_tokens |" in md) == bool(generate)
+
+
+def test_a_sweep_point_where_every_request_failed_is_named():
+    """100% errors (prompts longer than the context) were only in serve.json, and bench serve exited 0."""
+    from appliance.bench_serve import _markdown, all_failed
+
+    row = {"scenario": "base", "models": 1, "concurrency": 1, "requests": 2, "errors": 2,
+           "first_error": "BadRequestError: maximum context length is 2048"}
+    ok = {**row, "concurrency": 4, "errors": 0, "first_error": None}
+    payload = {"machine": {"label": "cpu", "loadavg_1m": 0.1},
+               "settings": {"model_path": "m", "shape": None, "input_len": 3000, "output_len": 4, "client": "openai"},
+               "results": {"sweep": [row, ok], "generate": []}}
+    assert all_failed(payload) == ("every request failed at 1 sweep point(s) (base x1); the first error: "
+                                   "BadRequestError: maximum context length is 2048")
+    assert "errors at base x1: 2 of 2, the first: BadRequestError: maximum context length" in _markdown(payload)
+    payload["results"]["sweep"] = [ok, {**row, "errors": 1}]
+    assert all_failed(payload) is None

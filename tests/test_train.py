@@ -718,3 +718,20 @@ def test_a_model_folder_without_tokenizer_or_with_broken_weights_is_one_line(tin
                                              r".*\); copy the model folder again$"):
         train(_cfg(badw, tmp_path / "r2", small_ds, max_steps=1))
     assert not (tmp_path / "r2").exists() and not list(tmp_path.glob(".r2*"))
+
+
+def test_a_config_of_a_falsy_non_mapping_or_no_answer_length_is_refused(tmp_path):
+    """`[]`, `0` or `false` as the whole file trained with every default; retention_max_new_tokens: 0 ended in
+    generate()'s traceback."""
+    from appliance.train_config import TrainConfig
+
+    f = tmp_path / "c.yaml"
+    for text in ("[]\n", "0\n", "false\n"):
+        f.write_text(text, encoding="utf-8")
+        with pytest.raises(ApplianceError, match="must be a mapping of option: value"):
+            TrainConfig.from_sources(str(f))
+    f.write_text("# nothing set yet\n", encoding="utf-8")
+    assert TrainConfig.from_sources(str(f)).epochs == TrainConfig().epochs
+    f.write_text("retention_max_new_tokens: 0\n", encoding="utf-8")
+    with pytest.raises(ApplianceError, match="retention_max_new_tokens.*must be >= 1"):
+        TrainConfig.from_sources(str(f)).validate()
