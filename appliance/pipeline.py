@@ -181,11 +181,14 @@ def _preflight(cfg: PipelineConfig) -> None:
             raise ApplianceError(f"{flag} {value}: must be at least 1")
     TrainConfig.from_sources(cfg.train_config, model=cfg.model, name=cfg.name, author=cfg.author).validate()
     if cfg.train_config:
-        own = sorted(TrainConfig.from_sources(cfg.train_config)._from_file[1] & {"model", "name", "author", "output"})
+        own = sorted(TrainConfig.from_sources(cfg.train_config)._from_file[1]
+                     & {"model", "name", "author", "output", "overwrite", "resume"})
         if own:
-            # the pipeline's flags would silently win over them (and output is saves/<name>)
-            raise ApplianceError(f"--config {cfg.train_config}: {', '.join(own)} set by the pipeline's own flags "
-                                 "(--model, --name, --author; the run goes to saves/<name>); remove them from the file")
+            # the pipeline's flags would silently win over them (output is saves/<name>, and the pipeline
+            # itself resumes an interrupted training and replaces a finished one of other settings)
+            raise ApplianceError(f"--config {cfg.train_config}: {', '.join(own)} set by the pipeline itself (--model, "
+                                 "--name, --author; the run goes to saves/<name>, an interrupted one is resumed, "
+                                 "--force retrains); remove them from the file")
     refuse_unmeasurable(parse_rules(fail_under=tuple(cfg.gates)), load_prompts(cfg.prompts, cfg.name, cfg.author))
     if not _all_done(cfg):  # a rerun that skips every stage starts no server: its ports may be taken
         from appliance.serve import check_port

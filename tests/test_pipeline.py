@@ -50,7 +50,10 @@ def test_training_is_skipped_only_for_the_same_identity_recipe_and_data(tmp_path
 def test_pipeline_config_file_may_not_set_the_pipelines_own_flags(tmp_path):
     f = tmp_path / "p.yaml"
     f.write_text("name: Zed\nmax-steps: 8\n")
-    with pytest.raises(ApplianceError, match=r"--config .*p.yaml: name set by the pipeline's own flags"):
+    with pytest.raises(ApplianceError, match=r"--config .*p.yaml: name set by the pipeline itself"):
+        pl._preflight(pl.PipelineConfig(train_config=str(f)))
+    f.write_text("overwrite: false\nresume: false\nmax-steps: 8\n")  # were silently replaced by the pipeline's own
+    with pytest.raises(ApplianceError, match=r"--config .*p.yaml: overwrite, resume set by the pipeline itself"):
         pl._preflight(pl.PipelineConfig(train_config=str(f)))
 
 
