@@ -862,10 +862,10 @@ def test_chat_refuses_bad_options_before_any_request(kw, prompt, needle):
 
 # ---------------------------------------------------------------- walkthrough rough edges
 class _Answering:
-    """A local HTTP server answering every request with ``status`` and a JSON ``body``; records the
-    Authorization headers it saw."""
+    """A local HTTP server answering every request with ``status`` and a JSON ``body`` (a GET with 200 and
+    ``get``, when given: a model list); records the Authorization headers it saw."""
 
-    def __init__(self, status: int, body: dict):
+    def __init__(self, status: int, body: dict, get: dict | None = None):
         import http.server
         import threading
 
@@ -876,8 +876,9 @@ class _Answering:
                 seen.append(self.headers.get("Authorization"))
                 n = int(self.headers.get("Content-Length") or 0)
                 self.rfile.read(n)
-                data = json.dumps(body).encode()
-                self.send_response(status)
+                listing = get is not None and self.command == "GET"
+                data = json.dumps(get if listing else body).encode()
+                self.send_response(200 if listing else status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -1000,45 +1001,18 @@ def test_a_name_already_loaded_gets_our_hint_not_vllms(adapters):
 
 def test_loading_under_the_base_models_name_says_so(adapters):
     """vLLM refuses an adapter named like the served base (a 400 of its own wording): the error says why."""
-    import http.server
-    import threading
-
     from appliance.adapters import load
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def _send(self, code: int, body: dict) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self):
-            self._send(200, {"object": "list", "data": [{"id": "base-m", "parent": None, "root": "/m"},
-                                                        {"id": "good", "parent": "base-m", "root": "/saves/good"}]})
-
-        def do_POST(self):
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            self._send(400, {"error": {"message": "The lora adapter 'base-m' conflicts.", "type": "BadRequestError",
-                                       "code": 400}})
-
-        def log_message(self, *a):
-            pass
-
-    srv = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{srv.server_port}"
-    try:
+    served = {"object": "list", "data": [{"id": "base-m", "parent": None, "root": "/m"},
+                                         {"id": "good", "parent": "base-m", "root": "/saves/good"}]}
+    vllm_says = {"error": {"message": "The lora adapter 'base-m' conflicts.", "type": "BadRequestError", "code": 400}}
+    with _Answering(400, vllm_says, get=served) as srv:
         with pytest.raises(ApplianceError, match=r"^adapters load base-m: 'base-m' is the name of the base model the "
                                                  r"server at .* serves; load the adapter under another NAME$"):
-            load("base-m", str(adapters["good"]), url=url, roots=[str(adapters["good"].parent)])
+            load("base-m", str(adapters["good"]), url=srv.url, roots=[str(adapters["good"].parent)])
         with pytest.raises(ApplianceError) as e:  # any other name: the server's own message
-            load("other", str(adapters["good"]), url=url, roots=[str(adapters["good"].parent)])
-        assert "conflicts" in str(e.value) and "name of the base model" not in str(e.value)
-    finally:
-        srv.shutdown()
-        srv.server_close()
+            load("other", str(adapters["good"]), url=srv.url, roots=[str(adapters["good"].parent)])
+    assert "conflicts" in str(e.value) and "name of the base model" not in str(e.value)
 
 
 def test_chat_with_an_unknown_model_names_what_the_server_serves():
