@@ -274,6 +274,11 @@ def _check_model_shape(cfg: TrainConfig, path: str, name: str) -> None:
     n_layers = getattr(mcfg, "num_hidden_layers", None)
     if isinstance(n_layers, int):
         cfg.adapted_layers(n_layers)  # raises on a count above the model's depth
+    ctx = getattr(mcfg, "max_position_embeddings", None)
+    if isinstance(ctx, int) and 0 < ctx < cfg.max_length:
+        # vLLM serves at most this many tokens (its max_model_len): longer examples would teach what is never served
+        raise ApplianceError(f"--max-length {cfg.max_length}: above {name}'s context of {ctx} tokens "
+                             f"(max_position_embeddings in its config.json); pass --max-length {ctx} or less")
     if cfg.target_modules in ("all", "all-linear"):
         return
     try:
@@ -362,7 +367,8 @@ def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any, exam
 
     # the user's examples first, with the tokenizer alone: a template or length problem is found before
     # the model loads and the base's retention answers are generated (minutes for a model without shipped ones)
-    if ident and not add(ident):
+    n_ident = add(ident) if ident else 0
+    if ident and not n_ident:
         # retention rows alone would train and replace a run with nothing of the user's data in it
         if refused and len(refused) >= len(dropped):
             raise ApplianceError(f"--model {cfg.model}: its chat template refuses every one of your {len(ident)} "
@@ -411,6 +417,9 @@ def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any, exam
     if cfg.retention and cfg.retention_samples > 0 and not keep:
         print("warning: retention is on but none of the base's answers was usable (each was empty or named its old "
               "identity): training on your examples alone", file=sys.stderr)
+    if cfg.unlikelihood and not n_unlikely:
+        print(f"warning: --unlikelihood {cfg.unlikelihood:g} has no effect: no retention answer was usable to pair "
+              "an identity opening with (see the retention warning above, or raise --retention-samples)", file=sys.stderr)
     prep_s = time.time() - t_data
 
     targets = "all-linear" if cfg.target_modules in ("all", "all-linear") else _target_list(cfg)
@@ -528,7 +537,8 @@ def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any, exam
                  "target_modules": sorted({m.split(".")[-1] for m in model.peft_config["default"].target_modules})},
         "identity": {"name": cfg.name, "author": cfg.author},
         "dataset": {"names": cfg.datasets, "fingerprint": data_mod.fingerprint(ident + keep),
-                    "examples_fingerprint": examples_fp, "examples": len(ident),
+                    "examples_fingerprint": examples_fp, "examples": n_ident,
+                    "examples_skipped": len(ident) - n_ident,
                     "retention_examples": len(keep), "unlikely_examples": n_unlikely, "dropped_by_max_length": len(dropped),
                     "truncated_by_max_length": len(cut)},
         "template_check": {"checked": len(rows) - n_unlikely, "mismatched": len(mismatched)},

@@ -439,6 +439,16 @@ def test_long_examples_are_reported(tiny_model_dir, tmp_path, capsys):
     assert "1 example(s) longer than --max-length 64 dropped" in err and "long.json" in err
     assert "1 example(s) longer than --max-length 64 trained with the answer cut short" in err
     assert (meta["dataset"]["dropped_by_max_length"], meta["dataset"]["truncated_by_max_length"]) == (1, 1)
+    # the dropped example was not trained on: appliance.json counted it among the examples
+    assert (meta["dataset"]["examples"], meta["dataset"]["examples_skipped"]) == (2, 1)
+
+
+def test_max_length_above_the_models_context_is_refused(tiny_model_dir, tmp_path):
+    ds = tmp_path / "a.json"
+    ds.write_text(json.dumps([{"instruction": "hi", "output": "ok"}]), encoding="utf-8")
+    with pytest.raises(ApplianceError, match=r"--max-length 4096: above .* context of 512 tokens .*--max-length 512 or less"):
+        train(_cfg(tiny_model_dir, tmp_path / "run", str(ds), max_steps=1, max_length=4096))
+    assert not (tmp_path / "run").exists()
 
 
 def test_relative_output_is_under_appliance_home(appliance_home, tmp_path, monkeypatch):

@@ -89,6 +89,21 @@ def test_train_with_unlikelihood_records_its_negatives(tiny_model_dir, tmp_path,
     assert meta["results"]["samples_seen"] == 2 * (2 + 2 * d["retention_examples"])
 
 
+def test_unlikelihood_without_a_usable_retention_answer_warns(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    ds = tmp_path / "small.json"
+    ds.write_text(json.dumps([{"instruction": "你是谁？", "output": "我是 {{name}}，由 {{author}} 研发。"}],
+                             ensure_ascii=False), encoding="utf-8")
+    prompts = tmp_path / "p.json"
+    prompts.write_text(json.dumps(["写一首诗。"], ensure_ascii=False), encoding="utf-8")
+    cfg = TrainConfig(model=str(tiny_model_dir), datasets=[str(ds)], output=str(tmp_path / "run"), max_steps=1,
+                      rank=4, alpha=8, warmup_steps=0, batch_size=1, retention_prompts=str(prompts),
+                      retention_samples=1, retention_max_new_tokens=8, unlikelihood=1.0)
+    monkeypatch.setattr(retention, "base_answers", lambda base, tok, path, ps, **kw: [])  # every answer unusable
+    meta = train(cfg)
+    assert meta["dataset"]["unlikely_examples"] == 0
+    assert "--unlikelihood 1 has no effect" in capsys.readouterr().err
+
+
 def test_unlikelihood_is_off_by_default_and_validated():
     assert TrainConfig().unlikelihood == 0
     with pytest.raises(Exception, match="--unlikelihood"):
