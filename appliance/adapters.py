@@ -210,6 +210,40 @@ def shapes_differ(a: Path, b: Path) -> bool:
     return any(k in ca and k in cb and ca[k] != cb[k] for k in _SHAPE_KEYS)
 
 
+def fits(adapter: str | Path, model: str | Path) -> tuple[bool | None, str]:
+    """Whether every LoRA weight of ``adapter`` sits on a linear layer of the local ``model`` with the same
+    sizes (True / False and why), or None when that cannot be told (no config.json, an architecture
+    transformers cannot build). Read from the safetensors header and a meta-device skeleton: nothing loads."""
+    import json
+
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    f = Path(adapter) / "adapter_model.safetensors"
+    try:
+        mcfg = AutoConfig.from_pretrained(str(model))
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(mcfg)
+        with safe_open(str(f), framework="pt") as st:
+            shapes = {k: st.get_slice(k).get_shape() for k in st.keys()}
+    except (OSError, ValueError, json.JSONDecodeError, KeyError, ImportError, RuntimeError):
+        return None, ""
+    for key, shape in sorted(shapes.items()):
+        for part, dim, attr in ((".lora_A.", 1, "in_features"), (".lora_B.", 0, "out_features")):
+            if part not in key or len(shape) != 2:
+                continue
+            where = key.split(part)[0].removeprefix("base_model.model.")
+            try:
+                layer = skeleton.get_submodule(where)
+            except AttributeError:
+                return False, f"the model has no layer {where}"
+            size = getattr(layer, attr, None)
+            if size != shape[dim]:
+                return False, f"{where} has {attr} {size}, the adapter's {key} expects {shape[dim]}"
+    return True, ""
+
+
 # ---------------------------------------------------------------- runtime (a running server)
 def _client(url: str, api_key: str | None):
     import httpx

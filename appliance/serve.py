@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from appliance import paths
-from appliance.adapters import SUPPORTED_RANKS, AdapterInfo, inspect_adapter, parse_spec, same_base, servable_rank
+from appliance.adapters import (SUPPORTED_RANKS, AdapterInfo, fits, inspect_adapter, parse_spec, same_base,
+                               servable_rank)
 from appliance.errors import ApplianceError
 from appliance.guard import KEY_ENV, ROOTS_ENV, real
 from appliance.hw import cpu_has_native_bf16
@@ -182,7 +183,14 @@ def preflight(cfg: UpConfig) -> Plan:
             if not cfg.model:  # the base came from the first adapter: the adapters disagree, not a flag
                 raise ApplianceError(f"--adapter {a.path}: trained on '{trained}', but --adapter {giver.path} on "
                                      f"'{base}'; adapters of different bases need one server each (its own --port)")
-            raise ApplianceError(f"--adapter {a.path}: trained on '{trained}' but the served model is '{ref.path}'; "
+            gone = bool(a.base_path) and not Path(a.base_path).exists()
+            ok, why = fits(a.path, ref.path) if gone and ref.local else (None, "")
+            if ok:  # the recorded base was moved or deleted: --model stands in for it, its layers fit
+                print(f"note: --adapter {a.path}: trained on '{trained}' ({a.base_path}, no longer there); its LoRA "
+                      f"weights fit --model {base}'s layers, serving it on that", file=sys.stderr)
+                continue
+            why = f" ({why})" if why else ""
+            raise ApplianceError(f"--adapter {a.path}: trained on '{trained}' but the served model is '{ref.path}'{why}; "
                                  f"pass --model with the adapter's base (or drop --model to take it from the adapter)")
 
     max_rank = _max_lora_rank(cfg, infos)

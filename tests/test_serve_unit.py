@@ -135,6 +135,29 @@ def test_a_folder_named_like_the_base_but_of_another_shape_is_not_the_base(adapt
     assert plan.adapters[0].path == str(adapters["good"])
 
 
+def test_an_adapter_whose_base_was_moved_serves_on_a_model_its_weights_fit(adapters, tiny_model_dir, tmp_path,
+                                                                           appliance_home, capsys):
+    """The recorded base folder gone and --model under another name: refused even when it was the same model."""
+    moved = tmp_path / "moved"
+    shutil.copytree(adapters["good"], moved)
+    meta = json.loads((moved / "appliance.json").read_text())
+    meta["base_model"] = {"name": "was-here", "path": str(tmp_path / "deleted-base"), "hf_id": None}
+    (moved / "appliance.json").write_text(json.dumps(meta))
+    plan = preflight(UpConfig(model=str(tiny_model_dir), adapters=[str(moved)], port=_free_port(), device="cpu"))
+    assert plan.adapters[0].path == str(moved) and plan.model == str(tiny_model_dir)
+    assert "trained on 'was-here'" in capsys.readouterr().err
+    wide = tmp_path / "wide"
+    shutil.copytree(tiny_model_dir, wide)
+    cfg = json.loads((wide / "config.json").read_text())
+    (wide / "config.json").write_text(json.dumps(cfg | {"num_key_value_heads": cfg["num_attention_heads"]}))
+    with pytest.raises(ApplianceError, match=r"trained on 'was-here' but the served model is .*wide' \(model\.layers"
+                                             r"\.0\.self_attn\.v_proj has out_features 64, the adapter's .* expects 32\)"):
+        preflight(UpConfig(model=str(wide), adapters=[str(moved)], port=_free_port(), device="cpu"))
+    (wide / "config.json").write_text(json.dumps(cfg | {"num_hidden_layers": 1}))
+    with pytest.raises(ApplianceError, match=r"\(the model has no layer model\.layers\.1\."):
+        preflight(UpConfig(model=str(wide), adapters=[str(moved)], port=_free_port(), device="cpu"))
+
+
 def test_adapters_of_two_bases_without_model_say_they_disagree(adapters, tmp_path, appliance_home):
     """It said "pass --model with the adapter's base (or drop --model ...)" to a command without --model."""
     other = tmp_path / "other"
