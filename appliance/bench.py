@@ -75,7 +75,8 @@ def peak_flops() -> float | None:
 def write_report(kind: str, payload: dict[str, Any], markdown: str, out_dir: str | None = None) -> Path:
     """``reports/bench/<timestamp>/<kind>.json`` and ``<kind>.md``, each written atomically."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    d = Path(out_dir) if out_dir else paths.reports_dir() / "bench" / stamp
+    # a relative --out as eval's --output: the current directory's folder if there is one, else under $APPLIANCE_HOME
+    d = paths.output_folder(out_dir, "--out") if out_dir else paths.reports_dir() / "bench" / stamp
     paths.atomic_write_text(d / f"{kind}.json", json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n")
     paths.atomic_write_text(d / f"{kind}.md", markdown)
     return d
@@ -194,7 +195,7 @@ class TrainBenchConfig:
     model: str | None = None  # default: the embedded model
     shape: str | None = None  # e.g. qwen1.5-1.8b: random weights, exact architecture
     method: str = "lora"  # lora | qlora
-    steps: int = 10  # optimizer steps per variant
+    steps: int | None = None  # optimizer steps per variant (default: 10, 3 with quick)
     max_length: int = 512
     rank: int = 16
     alpha: int = 32
@@ -203,13 +204,13 @@ class TrainBenchConfig:
     batch_tokens: int = 16384  # the fast variant's micro-batch: padded tokens, not samples
     threads: int | None = None  # torch threads on CPU (default: torch's choice, one per core)
     out_dir: str | None = None
-    quick: bool = False  # tests: 3 steps
+    quick: bool = False  # tests: 3 steps unless steps is given
 
     def validate(self) -> None:
         if self.method not in ("lora", "qlora"):
             raise ApplianceError(f"--method {self.method}: use lora or qlora")
         check_shape(self.shape)
-        if self.steps < 1:
+        if self.steps is not None and self.steps < 1:
             raise ApplianceError(f"--steps {self.steps}: must be >= 1")
         bad = [v for v in self.variants if v not in VARIANTS]
         if bad:
@@ -224,8 +225,8 @@ def check_bench_common(threads: int | None, out_dir: str | None) -> None:
     an --out that is a file failed at the very end)."""
     if threads is not None and threads < 1:
         raise ApplianceError(f"--threads {threads}: must be >= 1 (leave it out for one per core)")
-    if out_dir:
-        paths.refuse_file_on_path(Path(out_dir), "--out")
+    if out_dir is not None:
+        paths.refuse_file_on_path(paths.output_folder(out_dir, "--out"), "--out")
 
 
 VARIANTS = ("naive", "default", "fast")
@@ -397,7 +398,7 @@ def bench_train(cfg: TrainBenchConfig) -> dict[str, Any]:
 
     cfg.validate()
     machine = machine_info()  # before the runs: the load average then is other people's work
-    steps = 3 if cfg.quick else cfg.steps
+    steps = cfg.steps or (3 if cfg.quick else 10)  # an explicit --steps wins over --quick's 3
     model_path = resolve_bench_model(cfg.model, cfg.shape)
     common = dict(model_path=model_path, method=cfg.method, steps=steps, max_length=cfg.max_length,
                   rank=cfg.rank, alpha=cfg.alpha, seed=cfg.seed)

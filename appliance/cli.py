@@ -425,11 +425,11 @@ def bench() -> None:
 @click.option("--model", default=None, help="Registry name or model directory [default: the embedded model].")
 @click.option("--shape", default=None, help="Random weights with this model's exact architecture, e.g. qwen1.5-1.8b.")
 @click.option("--method", default="lora", show_default=True, help="lora or qlora.")
-@click.option("--steps", default=10, show_default=True, help="Optimizer steps per variant.")
+@click.option("--steps", type=int, default=None, help="Optimizer steps per variant [default: 10, 3 with --quick].")
 @click.option("--variant", "variants", multiple=True, help="naive, default and/or fast (repeatable) [default: all three on a GPU, naive and default on a CPU].")
 @click.option("--batch-tokens", type=int, default=None, help="The fast variant's token budget per micro-batch [default: 16384].")
 @click.option("--threads", type=int, default=None, help="torch threads on CPU [default: one per core].")
-@click.option("--quick", is_flag=True, help="Tiny settings (3 steps) for tests; its speeds are mostly the first "
+@click.option("--quick", is_flag=True, help="Tiny settings (3 steps unless --steps) for tests; its speeds are mostly the first "
               "step's overhead (compare the 'after step 1' figures).")
 @click.option("--out", "out_dir", default=None, help="Report directory [default: reports/bench/<timestamp>].")
 def bench_train_cmd(model, shape, method, steps, variants, batch_tokens, threads, quick, out_dir) -> None:

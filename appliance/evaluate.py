@@ -58,17 +58,8 @@ def output_dir(cfg: EvalConfig) -> Path:
 
 
 def user_output(output: str) -> Path:
-    """A ``--output`` folder. A relative one is found where a relative ``--prompts``/``--from-answers`` is
-    read from (paths.resolve_user_path): the current directory when it exists there, else $APPLIANCE_HOME,
-    where a new one is created. So ``--from-answers out/r/answers.jsonl --output out/r`` names one folder."""
-    if not output.strip():
-        # an empty value would silently mean the default folder, or the current directory
-        raise ApplianceError("--output is empty; give a report folder, or leave --output out for the default")
-    p = Path(output).expanduser()
-    if p.is_absolute():
-        return p
-    here = Path.cwd() / p
-    return here if os.path.lexists(here) else paths.home() / p
+    """A ``--output`` folder, relative ones as :func:`appliance.paths.output_folder` finds them."""
+    return paths.output_folder(output, "--output")
 
 
 def roles(cfg: EvalConfig) -> list[tuple[str, str]]:

@@ -52,6 +52,22 @@ def resource_dir(name: str) -> Path:
     return _PKG.parent / name
 
 
+def output_folder(output: str, flag: str = "--output") -> Path:
+    """A user-given output folder. A relative one is found where a relative input is read from
+    (:func:`resolve_user_path`): the current directory when it exists there, else $APPLIANCE_HOME, where a
+    new one is created. So ``--from-answers out/r/answers.jsonl --output out/r`` names one folder."""
+    from appliance.errors import ApplianceError
+
+    if not output.strip():
+        # an empty value would silently mean the default folder, or the current directory
+        raise ApplianceError(f"{flag} is empty; give a folder, or leave {flag} out for the default")
+    p = Path(output).expanduser()
+    if p.is_absolute():
+        return p
+    here = Path.cwd() / p
+    return here if os.path.lexists(here) else home() / p
+
+
 def resolve_user_path(path: str | os.PathLike) -> Path:
     """A user-given path: absolute, or relative to the current directory if it exists there, else to the home."""
     from appliance.errors import ApplianceError

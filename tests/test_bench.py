@@ -47,13 +47,13 @@ def test_bench_train_quick_runs_both_variants(tiny_model_dir, appliance_home):
 
 def test_bench_train_fast_variant_batches_by_tokens(tiny_model_dir, appliance_home):
     res = CliRunner().invoke(main, ["bench", "train", "--model", str(tiny_model_dir), "--quick", "--variant", "fast",
-                                    "--batch-tokens", "512"])
+                                    "--batch-tokens", "512", "--steps", "2"])  # --steps wins over --quick's 3
     assert res.exit_code == 0, res.output
     payload = json.loads(next((appliance_home / "reports" / "bench").glob("*/train.json")).read_text(encoding="utf-8"))
     (r,) = payload["results"]
-    assert r["variant"] == "fast" and r["steps"] == 3 and "512 tokens" in r["batch"] and "grad ckpt" in r["batch"]
+    assert r["variant"] == "fast" and r["steps"] == 2 and "512 tokens" in r["batch"] and "grad ckpt" in r["batch"]
     assert TRAIN_FIELDS <= set(r) and all(r[k] > 0 for k in POSITIVE)
-    assert r["samples"] > 3 * 4  # a 512-token budget holds more ~60-token samples than the default batch of 4
+    assert r["samples"] > 2 * 4  # a 512-token budget holds more ~60-token samples than the default batch of 4
     assert payload["settings"]["batch_tokens"] == 512
 
 
@@ -190,3 +190,17 @@ def test_a_sweep_point_where_every_request_failed_is_named():
     assert "errors at base x1: 2 of 2, the first: BadRequestError: maximum context length" in _markdown(payload)
     payload["results"]["sweep"] = [ok, {**row, "errors": 1}]
     assert all_failed(payload) is None
+
+
+def test_a_relative_out_is_placed_as_evals_output(appliance_home, tmp_path, monkeypatch):
+    """--out was relative to the current directory only, while eval's --output and train's --output go under
+    $APPLIANCE_HOME: the same relative folder name ended up in two places."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    d = bench.write_report("train", {"x": 1}, "# t\n", "mybench")
+    assert d == appliance_home / "mybench" and (d / "train.json").is_file() and not (elsewhere / "mybench").exists()
+    (elsewhere / "here").mkdir()  # a folder that exists where the command runs is that one
+    assert bench.write_report("train", {"x": 1}, "# t\n", "here") == elsewhere / "here"
+    with pytest.raises(ApplianceError, match="^--out is empty"):
+        bench.check_bench_common(None, "")
