@@ -277,8 +277,8 @@ def _check_model_shape(cfg: TrainConfig, path: str, name: str) -> None:
     ctx = getattr(mcfg, "max_position_embeddings", None)
     if isinstance(ctx, int) and 0 < ctx < cfg.max_length:
         # vLLM serves at most this many tokens (its max_model_len): longer examples would teach what is never served
-        raise ApplianceError(f"--max-length {cfg.max_length}: above {name}'s context of {ctx} tokens "
-                             f"(max_position_embeddings in its config.json); pass --max-length {ctx} or less")
+        raise ApplianceError(f"{cfg.named('max_length')} {cfg.max_length}: above {name}'s context of {ctx} tokens "
+                             f"(max_position_embeddings in its config.json); use {ctx} or less")
     if cfg.target_modules in ("all", "all-linear"):
         return
     try:

@@ -124,11 +124,14 @@ class TrainConfig:
         else:
             k = int(self.lora_layers)
             if k > n_layers:
-                file, keys = getattr(self, "_from_file", (None, set()))
-                where = f"--config {file}: lora_layers" if "lora_layers" in keys else "--lora-layers"
-                raise ApplianceError(f"{where} {k}: the model has {n_layers} decoder layers; use at most {n_layers}, "
+                raise ApplianceError(f"{self.named('lora_layers')} {k}: the model has {n_layers} decoder layers; use at most {n_layers}, "
                                      "a share below 1 (e.g. 0.75) or 0 for all")
         return None if k >= n_layers else list(range(n_layers - k, n_layers))
+
+    def named(self, key: str) -> str:
+        """How an error names option ``key``: ``--config FILE: key`` when that file set it, else its flag."""
+        file, keys = getattr(self, "_from_file", (None, set()))
+        return f"--config {file}: {key}" if key in keys else "--" + key.replace("_", "-")
 
     def _value_of(self, flag: str) -> Any:
         key = flag.lstrip("-").split("/")[0].replace("-", "_")

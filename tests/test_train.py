@@ -446,9 +446,13 @@ def test_long_examples_are_reported(tiny_model_dir, tmp_path, capsys):
 def test_max_length_above_the_models_context_is_refused(tiny_model_dir, tmp_path):
     ds = tmp_path / "a.json"
     ds.write_text(json.dumps([{"instruction": "hi", "output": "ok"}]), encoding="utf-8")
-    with pytest.raises(ApplianceError, match=r"--max-length 4096: above .* context of 512 tokens .*--max-length 512 or less"):
+    with pytest.raises(ApplianceError, match=r"^--max-length 4096: above .* context of 512 tokens .*use 512 or less$"):
         train(_cfg(tiny_model_dir, tmp_path / "run", str(ds), max_steps=1, max_length=4096))
     assert not (tmp_path / "run").exists()
+    conf = tmp_path / "run.yaml"
+    conf.write_text(f"max_length: 4096\nmodel: {tiny_model_dir}\n", encoding="utf-8")
+    with pytest.raises(ApplianceError, match=r"^--config .*run.yaml: max_length 4096: above "):
+        train(TrainConfig.from_sources(str(conf), datasets=[str(ds)], output=str(tmp_path / "run"), retention=False))
 
 
 def test_relative_output_is_under_appliance_home(appliance_home, tmp_path, monkeypatch):
