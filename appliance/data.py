@@ -13,13 +13,15 @@ import hashlib
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 from appliance import paths
 from appliance.datafiles import (ODD_PLACEHOLDER, ODD_PLACEHOLDER_NOTE, TABLES, _a, _fail, _probe, _read_json_file,
-                                 _read_text, _short, _show, _syntax_error, _user_path, fill_placeholders, read_table)
+                                 _read_text, _short, _show, _syntax_error, _user_path, fill_placeholders, read_saved_dataset,
+                                 read_table, saved_dataset)
 from appliance.datafiles import parse_json as _parse
 from appliance.dataset_info import (ALPACA_COLUMNS, OPENAI_TAGS, REGISTRY_FILE, SHAREGPT_COLUMNS, SHAREGPT_TAGS,
                                     Format, dataset_registry, entry_source, read_registry, refuse_preference_data,
@@ -73,8 +75,9 @@ def _records(path: Path, problems: list[str] | None = None) -> list[tuple[str, s
     """``(label, source, record)`` for each record; ``label`` (``line N`` / ``record #N`` / ``row N``) goes in error
     messages. With ``problems``, a JSON-lines line that does not parse is listed there and skipped instead of raised."""
     shown = _show(path)
-    if path.suffix.lower() in TABLES:  # row 1 is the first after a CSV's header, as a spreadsheet numbers it
-        out = [(f"row {n}", f"{shown}#{n - 1}", rec) for n, rec in enumerate(read_table(path), 1)]
+    if path.suffix.lower() in TABLES or path.is_dir():  # row 1 is the first after a CSV's header, as a spreadsheet numbers it
+        rows = read_saved_dataset(path) if path.is_dir() else read_table(path)
+        out = [(f"row {n}", f"{shown}#{n - 1}", rec) for n, rec in enumerate(rows, 1)]
     else:
         out = _json_records(path, shown, problems)
     if not out and not problems:
@@ -217,16 +220,26 @@ def _registry_folder(path: Path) -> NoReturn:
 
 
 def _expand(path: Path) -> list[Path]:
-    """A file, or every data file (.json/.jsonl/.csv/.parquet) directly inside a folder (LLaMA-Factory allows folders)."""
+    """A file, a ``datasets`` save_to_disk folder, or every data file (.json/.jsonl/.csv/.parquet) directly inside a
+    folder (LLaMA-Factory allows folders)."""
     if _probe(path, _show(path)) == "dir":
+        if saved_dataset(path):  # before the registry check: save_to_disk writes a dataset_info.json of its own
+            return [path]
         if _probe(path / REGISTRY_FILE, _show(path / REGISTRY_FILE)) == "file":
             _registry_folder(path)
         try:  # probing each file: a broken link among them is an error, not silently skipped
             files = sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIXES and _probe(p, _show(p)) == "file")
+            subs = sorted(p.name for p in path.iterdir() if p.is_dir() and (saved_dataset(p) or any(
+                f.suffix.lower() in SUFFIXES for f in p.iterdir())))
         except OSError as e:
             _fail(f"{_show(path)}: cannot list the folder ({e.strerror or e}); check its permissions")
+        inside = f" (only its subfolders {', '.join(subs)} hold data: pass the one to train on, e.g. " \
+                 f"{_show(path / subs[0])})" if subs else ""
         if not files:
-            _fail(f"{_show(path)}: folder has no .json, .jsonl, .csv or .parquet files; put the dataset files there")
+            _fail(f"{_show(path)}: folder has no .json, .jsonl, .csv or .parquet files{inside or '; put the dataset files there'}")
+        if subs:  # the files directly inside are read, as LLaMA-Factory reads a folder; subfolders never are
+            print(f"note: {_show(path)}: reading the files directly inside it, not its subfolders {', '.join(subs)}",
+                  file=sys.stderr)
         return files
     if path.suffix.lower() not in SUFFIXES:
         _fail(f"{_show(path)}: unsupported file type '{path.suffix}'; convert it to .json (a list of records), "
@@ -336,8 +349,6 @@ def _note_repeat(seen: dict[str, str], item: str, path: Path) -> None:
     """Naming one dataset twice trains it twice: maybe meant (to weight it), maybe a slip, so it is said."""
     key = str(Path(path).resolve())
     if key in seen and ("repeat", key) not in _noted:
-        import sys
-
         _noted.add(("repeat", key))
         same = f"'{item}'" + (f" (the same file as '{seen[key]}')" if seen[key] != item else "")
         print(f"note: dataset {same} is given more than once: its examples are trained once per mention; "
@@ -351,8 +362,6 @@ def _note_odd_placeholders(examples: list[Example]) -> None:
     hits = [(ex.source, m.group(0)) for ex in examples for msg in ex.messages
             for m in ODD_PLACEHOLDER.finditer(msg["content"])]
     if hits and hits[0] not in _noted:
-        import sys
-
         _noted.add(hits[0])
         more = f" (and {len(hits) - 1} more)" if len(hits) > 1 else ""
         print(f"note: {hits[0][0]}: {hits[0][1]}{more} is learned as written: {ODD_PLACEHOLDER_NOTE}", file=sys.stderr)

@@ -236,3 +236,33 @@ def read_table(path: Path) -> list[Any]:
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
         _fail(f"{shown}: not a readable Parquet file ({why}); write it with pandas' to_parquet or datasets' to_parquet")
     return [_no_nulls(r) for r in rows]
+
+
+def saved_dataset(path: Path) -> bool:
+    """Whether ``path`` is a folder written by datasets' ``save_to_disk`` (a Dataset or a DatasetDict)."""
+    return (path / "dataset_dict.json").is_file() or ((path / "state.json").is_file() and any(path.glob("*.arrow")))
+
+
+def read_saved_dataset(path: Path) -> list[Any]:
+    """The rows of a ``save_to_disk`` folder as records (nulls are absent fields, as for Parquet); of a
+    DatasetDict, its ``train`` split (or its only one)."""
+    shown = _show(path)
+    try:
+        from datasets import DatasetDict, load_from_disk
+
+        ds = load_from_disk(str(path))
+    except Exception as e:  # noqa: BLE001 - datasets and pyarrow raise many unrelated types for a broken folder
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        _fail(f"{shown}: not a readable datasets folder ({why}); write it with Dataset.save_to_disk, or export it "
+              "with to_json / to_parquet")
+    if isinstance(ds, DatasetDict):
+        splits = list(ds)
+        split = "train" if "train" in ds else splits[0] if len(splits) == 1 else None
+        if split is None:
+            _fail(f"{shown}: a DatasetDict with splits {', '.join(splits)} and none named 'train'; pass one split's "
+                  f"folder, e.g. {_show(path / splits[0])}")
+        if len(splits) > 1:
+            print(f"note: {shown}: a DatasetDict; reading its 'train' split (not {', '.join(s for s in splits if s != split)})",
+                  file=sys.stderr)
+        ds = ds[split]
+    return [_no_nulls(r) for r in ds.to_list()]

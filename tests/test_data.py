@@ -996,6 +996,35 @@ def test_parquet_messages_with_keys_other_rows_set(tmp_path):
     assert [m["role"] for m in ex[1].messages] == ["system", "user", "assistant"]
 
 
+def test_a_datasets_save_to_disk_folder_is_read_as_a_dataset(tmp_path, capsys):
+    """save_to_disk writes a dataset_info.json of its own: the folder was refused as a LLaMA-Factory registry."""
+    from datasets import Dataset, DatasetDict
+
+    rows = [{"instruction": "你是谁？", "input": None, "output": "我是 {{name}}。"}, {"instruction": "q", "output": "a"}]
+    Dataset.from_list(rows).save_to_disk(str(tmp_path / "ds"))
+    ex = load_examples([str(tmp_path / "ds")], name="Bob")
+    assert [e.messages for e in ex] == [[{"role": "user", "content": "你是谁？"}, {"role": "assistant", "content": "我是 Bob。"}],
+                                        [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]]
+    assert ex[1].source == f"{tmp_path / 'ds'}#1"
+    d = Dataset.from_list(rows[1:])
+    DatasetDict(train=d, test=Dataset.from_list(rows)).save_to_disk(str(tmp_path / "dd"))
+    assert len(load_examples([str(tmp_path / "dd")])) == 1  # the train split, said
+    assert "reading its 'train' split (not test)" in capsys.readouterr().err
+    DatasetDict(a=d, b=d).save_to_disk(str(tmp_path / "ab"))
+    assert "splits a, b and none named 'train'; pass one split's folder, e.g. " in error_of([str(tmp_path / "ab")])
+
+
+def test_a_folder_whose_data_is_in_subfolders_says_so(tmp_path, capsys):
+    for split in ("train", "test"):
+        (tmp_path / "d" / split).mkdir(parents=True)
+        write(tmp_path / "d" / split / "a.jsonl", '{"instruction": "q", "output": "a"}\n')
+    assert error_of([str(tmp_path / "d")]).endswith(f"(only its subfolders test, train hold data: pass the one to "
+                                                    f"train on, e.g. {tmp_path / 'd' / 'test'})")
+    write(tmp_path / "d" / "top.jsonl", '{"instruction": "q", "output": "a"}\n')
+    assert len(load_examples([str(tmp_path / "d")])) == 1
+    assert "not its subfolders test, train" in capsys.readouterr().err
+
+
 def test_table_errors_name_the_row(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
