@@ -15,7 +15,8 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from appliance.datafiles import PLACEHOLDER, fill_placeholders, parse_json, text_parts
+from appliance.datafiles import (PLACEHOLDER, fill_placeholders, parse_json, read_saved_dataset, saved_dataset,
+                                 text_parts)
 from appliance.errors import ApplianceError
 from evals.jsonfiles import json_type as _json_type
 from evals.jsonfiles import read_records as _read_records
@@ -487,9 +488,12 @@ def _load_data(path: Path, data: dict | list[tuple[str, object]], mapping: _Mapp
 
 
 def load_prompt_file(path: str | Path, name: str, author: str) -> list[Prompt]:
-    """Load one ``--prompts`` file: our JSONL, alpaca JSON, sharegpt, or a LLaMA-Factory dataset_info.json
-    (or the folder that holds one)."""
+    """Load one ``--prompts`` file: our JSONL, alpaca JSON, sharegpt, CSV/Parquet, a LLaMA-Factory dataset_info.json
+    (or the folder that holds one), or a ``datasets`` save_to_disk folder."""
     p = Path(path)
+    if p.is_dir() and saved_dataset(p):  # datasets' save_to_disk: its own dataset_info.json is no registry
+        rows = [(f"{p} row {n}", r) for n, r in enumerate(read_saved_dataset(p), 1)]
+        return _load_data(p, rows, _sibling_mapping(p), name, author)
     if p.is_dir():
         if not (p / _INFO).is_file():
             raise ApplianceError(f"--prompts {path}: is a folder without a {_INFO}; give a file in it, or add a "

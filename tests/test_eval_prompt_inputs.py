@@ -198,3 +198,14 @@ def test_a_registry_entry_with_columns_reads_only_the_columns_it_names(tmp_path)
     (tmp_path / "dataset_info.json").write_text(json.dumps({"bad": info["bad"]}), encoding="utf-8")
     with pytest.raises(ApplianceError, match="'columns' names no 'prompt' column"):
         load_prompts([str(tmp_path)], NAME, AUTHOR)
+
+
+def test_a_datasets_save_to_disk_folder_is_a_prompt_file(tmp_path):
+    """Read as training reads it: the folder's own dataset_info.json (datasets' metadata) is no registry."""
+    from datasets import Dataset
+
+    Dataset.from_dict({"prompt": ["你是谁？", "2+2?"], "reference": ["我是 {{name}}。", None], "expect": [None, ["4"]],
+                       "kind": ["identity", "general"]}).save_to_disk(str(tmp_path / "ds"))
+    first, second = load_prompt_file(tmp_path / "ds", NAME, AUTHOR)
+    assert (first.prompt, first.reference, first.kind) == ("你是谁？", "我是 Archer。", "identity")
+    assert (second.expect, second.reference, second.where) == (["4"], None, f"{tmp_path / 'ds'} row 2")
