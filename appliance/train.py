@@ -23,74 +23,9 @@ from appliance import models, paths, rundir
 from appliance.datafiles import few
 from appliance.errors import ApplianceError
 from appliance.train_config import TrainConfig
+from appliance.train_output import (check_output, keep_or_discard_checkpoint, last_checkpoint, make_dirs, output_path,
+                                    publish, staging_dir)
 from appliance.trainlog import LogCallback, plot_loss
-
-
-def staging_dir(out: Path) -> Path:
-    """Where an unfinished run of ``out`` is built (and resumed from)."""
-    return out.parent / f".{out.name}.partial"
-
-
-def output_path(output: str) -> Path:
-    """``--output`` as a path: absolute, or under $APPLIANCE_HOME (as merge and eval place theirs)."""
-    p = Path(output).expanduser()
-    return (p if p.is_absolute() else paths.home() / p).resolve()
-
-
-def _check_output(out: Path, cfg: TrainConfig) -> None:
-    """Refuse, before any work, an --output that --overwrite would have to destroy to use."""
-    if not str(cfg.output or "").strip():  # "" would name $APPLIANCE_HOME itself
-        raise ApplianceError("--output is empty; give the run's folder, e.g. --output saves/archer")
-    paths.refuse_file_on_path(out, "--output")
-    flag = f"--output {cfg.output}"
-    inside = next(((p, kind) for p in out.parents
-                   if (kind := rundir.folder_kind(p)) in rundir.RUN_KINDS), None)
-    if inside is not None:
-        # a run written into another run (or a model) would be deleted with it by the next --overwrite
-        raise ApplianceError(f"{flag}: is inside {inside[0]}, which holds a {inside[1]}; choose an --output "
-                             "outside it, such as saves/NAME")
-    if not out.exists():
-        return
-    if not cfg.overwrite:
-        if rundir.folder_kind(out) == "lora-adapter":
-            return  # the same run again is harmless: train() compares its settings and data once they are read
-        raise ApplianceError(f"{flag}: already exists; pass --overwrite to replace it, or choose another --output")
-    # --overwrite replaces a previous run, never a folder of other things (".", saves/, the data's folder)
-    cwd, home = Path.cwd().resolve(), paths.home()
-    kind = rundir.folder_kind(out)
-    if kind not in (None, "lora-adapter"):
-        # a merged or pulled model (models/NAME, perhaps a link to the base that this run reads) is not ours to replace
-        raise ApplianceError(f"{flag}: holds a {kind} (its appliance.json says so), not a training run, so --overwrite "
-                             "will not delete it; choose a new --output such as saves/NAME")
-    is_run = kind == "lora-adapter" or ((out / "adapter_config.json").is_file() and not (out / "config.json").is_file())
-    if out in (cwd, home, *cwd.parents, *home.parents) or (any(out.iterdir()) and not is_run):
-        raise ApplianceError(f"{flag}: is not a run directory (no appliance.json), so --overwrite will not delete it; "
-                             "choose a new --output")
-    foreign = _not_written_by_train(out)
-    if foreign:
-        raise ApplianceError(f"{flag}: holds {foreign}, which training did not write, so --overwrite will not delete "
-                             "it; move it out of the folder, or choose another --output")
-
-
-# what a run wrote before appliance.json listed its files: peft's and the tokenizer's files, our logs
-_OLD_RUN_FILES = {"README.md", "adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "appliance.json",
-                  "chat_template.jinja", "chat_template.json", "loss.png", "runs", "trainer_log.jsonl",
-                  "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt"}
-
-
-def _not_written_by_train(out: Path) -> str | None:
-    """The first entry of a run folder that its run did not write (the run's appliance.json lists its files;
-    for an older run, the names any run writes)."""
-    try:
-        files = json.loads((out / "appliance.json").read_text(encoding="utf-8")).get("files")
-    except (OSError, ValueError, AttributeError):
-        files = None
-    for entry in sorted(out.iterdir()):
-        ours = entry.name in files if isinstance(files, list) else \
-            entry.name in _OLD_RUN_FILES or entry.name.startswith("tokenizer")
-        if not ours:
-            return entry.name + ("/" if entry.is_dir() else "")
-    return None
 
 
 def _qlora_compute_dtype(cuda: bool) -> torch.dtype:
@@ -160,7 +95,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     """
     cfg.validate()
     out = output_path(cfg.output)
-    _check_output(out, cfg)
+    check_output(out, cfg)
     # every record is validated here, before any model is loaded
     ident = data_mod.load_examples(cfg.datasets, dataset_dir=cfg.dataset_dir, name=cfg.name, author=cfg.author)
     if cfg.retention and cfg.retention_samples and cfg.retention_prompts:
@@ -171,7 +106,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     fingerprint = data_mod.fingerprint(ident)
     # an interrupted run is continued into the output it was started for: the run it replaces when it
     # finishes was given up with the --overwrite it was started with (the interrupt says "--resume")
-    resuming = cfg.resume and _last_checkpoint(staging_dir(out) / "checkpoints")
+    resuming = cfg.resume and last_checkpoint(staging_dir(out) / "checkpoints")
     if out.exists() and not cfg.overwrite and not resuming:
         done, changed = _compare_run(out, cfg, fingerprint)
         if done is None or changed:
@@ -184,13 +119,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     set_seed(cfg.seed)
     stage = staging_dir(out)
-    _keep_or_discard_checkpoint(stage, cfg)
-    made = _make_dirs(stage, cfg.output)
+    keep_or_discard_checkpoint(stage, cfg)
+    made = make_dirs(stage, cfg.output)
     try:
         _check_resume(stage, cfg, fingerprint)
         return _train(cfg, out, stage, ident, ref, fingerprint)
     except BaseException as e:
-        last = _last_checkpoint(stage / "checkpoints")
+        last = last_checkpoint(stage / "checkpoints")
         if not last:
             shutil.rmtree(stage, ignore_errors=True)  # nothing to resume: leave no empty staging folder behind
             paths.remove_empty_dirs(made)  # nor the empty parents this run created for --output
@@ -236,31 +171,6 @@ def already_trained(cfg: TrainConfig) -> dict[str, Any] | None:
     """The ``appliance.json`` of ``cfg.output`` if it was trained with these settings and data, else None."""
     ident = data_mod.load_examples(cfg.datasets, dataset_dir=cfg.dataset_dir, name=cfg.name, author=cfg.author)
     return trained_as(output_path(cfg.output), cfg, data_mod.fingerprint(ident))
-
-
-def _keep_or_discard_checkpoint(stage: Path, cfg: TrainConfig) -> None:
-    """An interrupted run's checkpoint is continued (--resume), discarded (--overwrite) or kept (refused)."""
-    last = _last_checkpoint(stage / "checkpoints")
-    if cfg.resume:
-        if not last:
-            print(f"note: --resume: no checkpoint in {stage}, so training starts from step 0", file=sys.stderr)
-        return
-    if last and not cfg.overwrite:
-        raise ApplianceError(f"--output {cfg.output}: an interrupted run left {Path(last).name} in {stage}; "
-                             "pass --resume to continue it, or --overwrite to start over")
-    if last:
-        print(f"note: --overwrite: discarding the interrupted run's {Path(last).name} in {stage}", file=sys.stderr)
-    if stage.exists():
-        shutil.rmtree(stage)
-
-
-def _make_dirs(stage: Path, output: str) -> list[Path]:
-    """Create the staging folder; returns the folders it created, to remove on failure."""
-    try:
-        return paths.make_dirs(stage)
-    except OSError as e:
-        raise ApplianceError(f"--output {output}: cannot create {stage.parent / Path(output).name} "
-                             f"({e.strerror}); choose a --output in a folder you can write") from None
 
 
 def _check_model_shape(cfg: TrainConfig, path: str, name: str) -> None:
@@ -332,7 +242,7 @@ def _check_resume(stage: Path, cfg: TrainConfig, data_fingerprint: str) -> None:
     """Record the run's settings in its staging folder; a --resume with other settings or data is refused."""
     f = stage / "run_settings.json"
     now = {**{k: v for k, v in cfg.to_dict().items() if k not in _RESUMABLE_CHANGES}, "data": data_fingerprint}
-    if cfg.resume and f.is_file() and _last_checkpoint(stage / "checkpoints"):
+    if cfg.resume and f.is_file() and last_checkpoint(stage / "checkpoints"):
         was = json.loads(f.read_text(encoding="utf-8"))
         changed = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
         if changed:
@@ -494,7 +404,7 @@ def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any, exam
     log = LogCallback(stage / "trainer_log.jsonl", resume=cfg.resume)
     trainer = _Trainer(model=model, args=args, train_dataset=ds, data_collator=collator, callbacks=[log])
     trainer.remove_callback(PrinterCallback)  # our bar and JSONL log replace its raw dict prints
-    last = _last_checkpoint(stage / "checkpoints") if cfg.resume else None
+    last = last_checkpoint(stage / "checkpoints") if cfg.resume else None
     parts = parts_for(cuda, cfg.dropout)
     trainer.split = RowSplitStep(parts) if parts > 1 else None
     t0 = time.time()
@@ -548,7 +458,7 @@ def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any, exam
     meta["files"] = sorted({p.name for p in final.iterdir()} | {rundir.meta_path(final).name})
     rundir.write_meta(final, meta)
     paths.share_like_umask(final)
-    _publish(final, out)
+    publish(final, out)
     shutil.rmtree(stage, ignore_errors=True)
     return meta
 
@@ -568,29 +478,6 @@ def summary(cfg: TrainConfig, meta: dict[str, Any]) -> str:
     return (f"adapter written to {output_path(cfg.output)}: {r['steps']} steps, loss {loss(r['first_loss'])} -> "
             f"{loss(r['last_loss'])}, {r['tokens_per_s']} tokens/s, {r['train_runtime_s']} s; "
             f"template check {check['checked'] - check['mismatched']}/{check['checked']} prompts match serving")
-
-
-def _publish(src: Path, out: Path) -> None:
-    """Move the finished run into place; an old run is replaced only once the new one is complete."""
-    old = out.parent / f".{out.name}.old"
-    if out.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-    os.replace(src, out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _last_checkpoint(d: Path) -> str | None:
-    """The newest complete checkpoint in ``d``. The Trainer writes trainer_state.json last, so a checkpoint
-    without a readable one was cut off mid-save (a kill); the one before it is still whole."""
-    cks = [p for p in d.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()] if d.is_dir() else []
-    for ck in sorted(cks, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
-        try:
-            json.loads((ck / "trainer_state.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        return str(ck)
-    return None
 
 
 def _has_tensorboard() -> bool:
