@@ -50,6 +50,8 @@ def fingerprint(examples: list[Example]) -> str:
 
 # ---------------------------------------------------------------- reading files
 _SPACE = re.compile(r"\s*")
+# a split's files as the hub names them: train-00000-of-00001.parquet, test.jsonl, validation_0.json
+_SPLIT = re.compile(r"(train|test|validation|valid|val|eval|dev)(?=[-_.])", re.IGNORECASE)
 
 
 def _refuse_object_sequence(text: str, shown: str) -> None:
@@ -67,8 +69,8 @@ def _refuse_object_sequence(text: str, shown: str) -> None:
             n += 1
     except ValueError:
         return  # not whole objects either: the lines' own errors say where
-    _fail(f"{shown}: holds {n} pretty-printed JSON objects one after another; a .json dataset must be a JSON list "
-          "[{...}, {...}] (wrap them in [ ] with commas between), or one complete object per line")
+    _fail(f"{shown}: holds {n} pretty-printed JSON objects one after another; a dataset must be a JSON list "
+          "[{...}, {...}] in a .json file (wrap them in [ ] with commas between), or one complete object per line")
 
 
 def _records(path: Path, problems: list[str] | None = None) -> list[tuple[str, str, Any]]:
@@ -77,7 +79,9 @@ def _records(path: Path, problems: list[str] | None = None) -> list[tuple[str, s
     shown = _show(path)
     if path.suffix.lower() in TABLES or path.is_dir():  # row 1 is the first after a CSV's header, as a spreadsheet numbers it
         rows = read_saved_dataset(path) if path.is_dir() else read_table(path)
-        out = [(f"row {n}", f"{shown}#{n - 1}", rec) for n, rec in enumerate(rows, 1)]
+        out = [(f"row {n}", f"{shown}#{n - 1}", rec) for n, rec in enumerate(rows, 1) if rec != {}]
+        if len(out) < len(rows):  # a spreadsheet's rows of empty cells (",,,"), as LLaMA-Factory skips them
+            print(f"note: {shown}: {len(rows) - len(out)} row(s) with every cell empty skipped", file=sys.stderr)
     else:
         out = _json_records(path, shown, problems)
     if not out and not problems:
@@ -92,15 +96,19 @@ def _json_records(path: Path, shown: str, problems: list[str] | None) -> list[tu
     if not as_lines and text.lstrip().startswith("{"):
         # datasets' json loader (hence LLaMA-Factory) reads JSON lines from a .json file too.
         try:
-            _parse(text, shown)
+            one = _parse(text, shown)
         except json.JSONDecodeError as e:
             if e.msg != "Extra data":  # one broken object, not several lines: report where it breaks
                 _syntax_error(shown, e)
             as_lines = lines_in_json = True
             _refuse_object_sequence(text, shown)
         else:
-            _fail(f"{shown}: holds one JSON object; a .json dataset must be a list of records "
-                  "([{...}, {...}]), or one object per line in a .jsonl file")
+            if not (isinstance(one, dict) and _kind(one)):
+                _fail(f"{shown}: holds one JSON object; a .json dataset must be a list of records "
+                      "([{...}, {...}]), or one object per line in a .jsonl file")
+            return [("record #0", f"{shown}#0", one)]  # one record: JSON lines of one line, as datasets reads it
+    elif as_lines and text.lstrip().startswith("{"):
+        _refuse_object_sequence(text, shown)  # pretty-printed objects in a .jsonl: one mistake, not one per line
     array_fix = ""
     if as_lines and text.lstrip().startswith("["):
         # a JSON list (often pretty-printed) saved as .jsonl: json would name only the first line's bracket
@@ -115,6 +123,7 @@ def _json_records(path: Path, shown: str, problems: list[str] | None) -> list[tu
     out: list[tuple[str, str, Any]] = []
     if as_lines:
         for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): JSON strings may hold U+2028
+            line = line.removeprefix("\ufeff")  # files joined with `cat`: each one's byte order mark
             if not line.strip():
                 continue
             try:
@@ -155,6 +164,8 @@ def _kind(rec: dict) -> tuple[str, str | None] | None:
     turn shows one; None when it cannot tell."""
     found = _columns_found(rec)
     if not found:
+        if rec.get("prompt") is not None and rec.get("completion") is not None:  # TRL's prompt-completion
+            return "prompt_completion", "role" if isinstance(rec["prompt"], list) else None
         return None
     if found[0] == "alpaca":
         return "alpaca", None
@@ -177,7 +188,9 @@ def _refuse_ambiguous(where: str, rec: dict) -> None:
 def _describe(kind: tuple[str, str | None]) -> str:
     return {("alpaca", None): "alpaca (instruction/output)", ("messages", "from"): "'messages' with from/value turns",
             ("conversations", "role"): "sharegpt with role/content turns",
-            ("conversations", "from"): "sharegpt (from/value turns)"}.get(kind) or \
+            ("conversations", "from"): "sharegpt (from/value turns)",
+            ("prompt_completion", None): "prompt/completion text (TRL)",
+            ("prompt_completion", "role"): "prompt/completion messages (TRL)"}.get(kind) or \
         ("OpenAI messages" if kind[0] == "messages" else "sharegpt")
 
 
@@ -189,6 +202,12 @@ def _detect(where: str, rec: dict, path: Path) -> Format:
     column, role_tag = kind
     if column == "alpaca":
         return Format("alpaca", dict(ALPACA_COLUMNS), auto=True, kind=kind, origin=str(path))
+    if column == "prompt_completion":  # TRL's: text as alpaca's, messages joined into one conversation
+        if role_tag is None:
+            return Format("alpaca", {"prompt": "prompt", "response": "completion", "system": "system"}, auto=True,
+                          kind=kind, origin=str(path))
+        return Format("sharegpt", {**SHAREGPT_COLUMNS, "messages": "prompt+completion"}, dict(OPENAI_TAGS), True, kind,
+                      str(path))
     # turns that show no role key yet: the column's own convention (sharegpt's from/value, OpenAI's role/content)
     openai = role_tag == "role" or (role_tag is None and column == "messages")
     tags = dict(OPENAI_TAGS) if openai else dict(SHAREGPT_TAGS)
@@ -240,6 +259,13 @@ def _expand(path: Path) -> list[Path]:
         if subs:  # the files directly inside are read, as LLaMA-Factory reads a folder; subfolders never are
             print(f"note: {_show(path)}: reading the files directly inside it, not its subfolders {', '.join(subs)}",
                   file=sys.stderr)
+        splits = {p: m.group(1).lower() for p in files if (m := _SPLIT.match(p.name))}
+        if "train" in splits.values():  # a hub snapshot's data/ (train-0000.parquet, test-0000.parquet): train only
+            held = [p.name for p in files if splits.get(p) not in (None, "train")]
+            if held:
+                print(f"note: {_show(path)}: training on its train files, not {', '.join(held)} (another split)",
+                      file=sys.stderr)
+                files = [p for p in files if p.name not in held]
         return files
     if path.suffix.lower() not in SUFFIXES:
         _fail(f"{_show(path)}: unsupported file type '{path.suffix}'; convert it to .json (a list of records), "
@@ -265,6 +291,8 @@ def _load_file(path: Path, fmt: Format | None, problems: list[str] | None = None
             elif fmt.auto:
                 _same_format(where, rec, fmt, first)
             convert = alpaca_messages if fmt.formatting == "alpaca" else sharegpt_messages
+            if fmt.columns.get("messages") == "prompt+completion":
+                rec = _joined(rec, where)
             refuse_ignored_fields(rec, where, fmt)
             try:
                 out.append(Example(convert(rec, where, fmt), source))
@@ -277,10 +305,20 @@ def _load_file(path: Path, fmt: Format | None, problems: list[str] | None = None
     return out
 
 
+def _joined(rec: dict, where: str) -> dict:
+    """A TRL conversational prompt-completion record as one conversation, under the key the messages are read from."""
+    for key in ("prompt", "completion"):
+        if not isinstance(rec.get(key), list):
+            _fail(f"{where}: field '{key}' is {_a(rec.get(key))}; in a file of conversational prompt-completion records "
+                  "(as its first record) 'prompt' and 'completion' are both lists of {role, content} messages")
+    return {**{k: v for k, v in rec.items() if k not in ("prompt", "completion")},
+            "prompt+completion": rec["prompt"] + rec["completion"]}
+
+
 def _declared_mismatch(rec: dict, fmt: Format) -> str:
     """For a registry entry: what its records look like, when that is not the formatting it declares."""
     kind = None if fmt.auto else _kind(rec)
-    if kind is None or (kind[0] == "alpaca") == (fmt.formatting == "alpaca"):
+    if kind is None or kind[0] == "prompt_completion" or (kind[0] == "alpaca") == (fmt.formatting == "alpaca"):
         return ""
     fix = ('set "formatting": "sharegpt" with "columns": {"messages": "%s"} and the matching "tags"' % kind[0]) \
         if kind[0] != "alpaca" else 'remove "formatting" (alpaca is the default)'
@@ -339,6 +377,7 @@ def load_examples(datasets: list[str], dataset_dir: str | None = None, name: str
     for ex in out:
         ex.messages = [{**m, "content": fill_placeholders(m["content"], name, author)} for m in ex.messages]
     _note_odd_placeholders(out)
+    _note_bare_placeholders(out)
     return out
 
 
@@ -365,6 +404,22 @@ def _note_odd_placeholders(examples: list[Example]) -> None:
         _noted.add(hits[0])
         more = f" (and {len(hits) - 1} more)" if len(hits) > 1 else ""
         print(f"note: {hits[0][0]}: {hits[0][1]}{more} is learned as written: {ODD_PLACEHOLDER_NOTE}", file=sys.stderr)
+
+
+_BARE = re.compile(r"\b(NAME|AUTHOR)\b")
+
+
+def _note_bare_placeholders(examples: list[Example]) -> None:
+    """LLaMA-Factory's older identity.json wrote NAME and AUTHOR for the user to replace by hand: trained as
+    they are, the model would call itself NAME. Said once, since the word may be meant."""
+    hits = [(ex.source, m.group(1)) for ex in examples for msg in ex.messages if msg["role"] == "assistant"
+            for m in _BARE.finditer(msg["content"])]
+    if hits and ("bare", hits[0][0]) not in _noted:
+        _noted.add(("bare", hits[0][0]))
+        words = " and ".join(sorted({w for _, w in hits}, reverse=True))
+        print(f"note: {hits[0][0]}: {words} in {len(hits)} answer(s) are learned as written (LLaMA-Factory's older "
+              "identity.json left them for you to replace); write {{name}} and {{author}} to have --name and "
+              "--author filled in", file=sys.stderr)
 
 
 def load_prompts(path: str | None = None) -> list[str]:

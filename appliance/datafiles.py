@@ -218,10 +218,18 @@ def read_table(path: Path) -> list[Any]:
         text = _read_text(path)
         if not text.strip():
             _fail(f"{shown}: the file is empty; put a header row (instruction,input,output) and one row per record in it")
+        # strict: a quote left open swallowed the rest of the file, a stray one was dropped, without a word
+        reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+        rows = []
         try:
-            rows = list(csv.DictReader(io.StringIO(text, newline="")))
+            for row in reader:
+                rows.append(row)
         except csv.Error as e:
-            _fail(f"{shown}: not readable as CSV ({e}); quote cells that hold commas, quotes or line breaks")
+            _fail(f"{shown}: row {len(rows) + 1}: not readable as CSV ({e}); quote cells that hold commas, quotes or "
+                  'line breaks, close every quoted cell, and double a quote inside one ("")')
+        header = reader.fieldnames or []
+        if twice := next((h for h in header if header.count(h) > 1), None):
+            _fail(f"{shown}: the header names column '{twice}' twice (one of them would be dropped); rename or remove one")
         for n, row in enumerate(rows, 1):
             if None in row:  # DictReader files the cells beyond the header's under None
                 _fail(f"{shown}: row {n}: more cells than the header has columns; quote cells that hold commas")
@@ -261,8 +269,8 @@ def read_saved_dataset(path: Path) -> list[Any]:
         if split is None:
             _fail(f"{shown}: a DatasetDict with splits {', '.join(splits)} and none named 'train'; pass one split's "
                   f"folder, e.g. {_show(path / splits[0])}")
-        if len(splits) > 1:
-            print(f"note: {shown}: a DatasetDict; reading its 'train' split (not {', '.join(s for s in splits if s != split)})",
-                  file=sys.stderr)
+        if len(splits) > 1 or split != "train":
+            others = f" (not {', '.join(s for s in splits if s != split)})" if len(splits) > 1 else " (it has no 'train')"
+            print(f"note: {shown}: a DatasetDict; reading its '{split}' split{others}", file=sys.stderr)
         ds = ds[split]
     return [_no_nulls(r) for r in ds.to_list()]

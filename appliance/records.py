@@ -4,6 +4,7 @@ field by field, with one-line errors naming the record, the field and the fix (s
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 from pathlib import Path
@@ -67,6 +68,17 @@ def _text(rec: dict, key: str, where: str, required: bool, fix: str = "", label:
     return value
 
 
+# what other instruction datasets call the answer (Dolly: response; others: completion, answer, target)
+_ANSWER_KEYS = ("response", "completion", "answer", "target", "outputs", "answers")
+
+
+def _csv_fix(where: str, value: Any) -> str:
+    """For a list written into a CSV cell (pandas' and datasets' to_csv write its Python text): what to do."""
+    if isinstance(value, str) and ".csv:" in where.lower():
+        return " (a CSV cell holds text, not a list: export the dataset as JSONL or Parquet, e.g. to_json or to_parquet)"
+    return ""
+
+
 def _misspelt(rec: dict, key: str) -> str:
     """" (it has 'outptu': did you mean 'output'?)" when one of the record's keys looks like a misspelt ``key``."""
     close = near_key(rec, key)
@@ -99,6 +111,12 @@ def alpaca_messages(rec: dict, where: str, fmt: Format) -> list[dict[str, str]]:
               + (f" (or '{query}')" if query else ""))
     user = "\n".join(p for p in parts if p.strip())
     output = rec.get(c["response"])
+    if output is None and fmt.auto and (alt := next((k for k in _ANSWER_KEYS if rec.get(k) is not None), None)):
+        # Dolly's instruction/context/response: renaming the one field would still drop 'context' without a word
+        query = next((q for q in ("input", "context") if rec.get(q) is not None), None)
+        cols = {"prompt": prompt, **({"query": query} if query else {}), "response": alt}
+        _fail(f"{where}: field '{c['response']}' is missing, and the record has '{alt}'; describe the file's columns "
+              f"in a dataset_info.json entry, \"columns\": {json.dumps(cols)}, and pass --dataset-dir with its name")
     if isinstance(output, list):
         _fail(f"{where}: field '{c['response']}' is a list (a ranking dataset?); it must be one string")
     output = _text(rec, c["response"], where, required=True)
@@ -110,7 +128,7 @@ def alpaca_messages(rec: dict, where: str, fmt: Format) -> list[dict[str, str]]:
     if history is not None:
         hk = c["history"]
         if not isinstance(history, list):
-            _fail(f"{where}: field '{hk}' is {_a(history)}; it must be a list of [user, assistant] pairs")
+            _fail(f"{where}: field '{hk}' is {_a(history)}; it must be a list of [user, assistant] pairs{_csv_fix(where, history)}")
         for i, pair in enumerate(history):
             ok = isinstance(pair, list) and len(pair) == 2 and all(isinstance(t, str) for t in pair)
             if not ok:
@@ -144,7 +162,7 @@ def sharegpt_messages(rec: dict, where: str, fmt: Format) -> list[dict[str, str]
         _fail(f"{where}: field '{key}' is missing; every record needs a '{key}' list of "
               f"{{{role_tag!r}: ..., {content_tag!r}: ...}} turns")
     if not isinstance(turns, list):
-        _fail(f"{where}: field '{key}' is {_a(turns)}; it must be a list of turns")
+        _fail(f"{where}: field '{key}' is {_a(turns)}; it must be a list of turns{_csv_fix(where, turns)}")
     if not turns:
         _fail(f"{where}: field '{key}' is empty (an empty conversation); add user and assistant turns")
     system = ""
@@ -173,6 +191,10 @@ def sharegpt_messages(rec: dict, where: str, fmt: Format) -> list[dict[str, str]
         # an empty system prompt (exports write one) means none; an empty user or assistant turn is a mistake
         content = _text(turn, content_tag, where, required=role != "system", fix="every turn needs non-empty text",
                         label=f"{f}.{content_tag}")
+        weight = turn.get("weight")  # null (Hugging Face exports write one on every turn once any has it): none
+        if weight is not None and (weight not in (0, 1) or isinstance(weight, bool) or (role != "assistant" and weight)):
+            _fail(f"{where}: field '{f}.weight' is {_short(weight)}; only assistant turns are learned: a weight must "
+                  "be 0 (do not learn this answer) or 1 on an assistant turn, and 0 or null on any other")
         if role == "system":
             if i != 0:
                 _fail(f"{where}: field '{f}' is a system turn; only the first turn may be a system prompt")
@@ -184,13 +206,9 @@ def sharegpt_messages(rec: dict, where: str, fmt: Format) -> list[dict[str, str]
             _fail(f"{where}: field '{f}' is {art[role]} turn where {art[want]} turn belongs; turns must alternate "
                   "user, assistant, user, ... starting with user")
         msg = {"role": role, "content": content}
-        if "weight" in turn:
+        if role == "assistant" and weight == 0:
             # OpenAI's fine-tuning format: weight 0 keeps an assistant turn as context, not as something to learn
-            if role != "assistant" or turn["weight"] not in (0, 1) or isinstance(turn["weight"], bool):
-                _fail(f"{where}: field '{f}.weight' is {_short(turn['weight'])}; only assistant turns take a weight, "
-                      "and it must be 0 (do not learn this answer) or 1")
-            if turn["weight"] == 0:
-                msg["weight"] = 0
+            msg["weight"] = 0
         messages.append(msg)
     if not messages:
         _fail(f"{where}: field '{key}' has only a system prompt; add user and assistant turns")

@@ -100,12 +100,29 @@ def test_openai_weight_zero_turns_are_context(tmp_path, tiny_model_dir):
     for turns, needle in (([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 0}],
                            "nothing to learn"),
                           ([{"role": "user", "content": "q", "weight": 1}, {"role": "assistant", "content": "a"}],
-                           "only assistant turns take a weight"),
+                           "only assistant turns are learned: a weight must be 0 .* or 1 on an assistant turn"),
                           ([{"role": "user", "content": "q"}, {"role": "assistant", "content": None,
                                                                "tool_calls": [{"id": "1"}]}], "tool call")):
         f.write_text(json.dumps({"messages": turns}) + "\n", encoding="utf-8")
         with pytest.raises(ApplianceError, match=needle):
             load_examples([str(f)])
+
+
+def test_null_weights_and_zero_weights_on_turns_never_learned_are_accepted(tmp_path):
+    """Dataset.to_json writes "weight": null on every turn once one turn has a weight (OpenHermes ships them so);
+    SlimOrca gives human turns "weight": 0.0. Both refused the whole file."""
+    f = jsonl(tmp_path / "w.jsonl", [
+        {"messages": [{"role": "system", "content": "S", "weight": None}, {"role": "user", "content": "q", "weight": None},
+                      {"role": "assistant", "content": "a", "weight": None}]}])
+    g = jsonl(tmp_path / "slimorca.jsonl", [
+        {"conversations": [{"from": "human", "value": "q", "weight": 0.0}, {"from": "gpt", "value": "a", "weight": 1.0}]}])
+    a, b = load_examples([str(f), str(g)])
+    assert a.messages == [{"role": "system", "content": "S"}, {"role": "user", "content": "q"},
+                          {"role": "assistant", "content": "a"}]
+    assert b.messages == [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    jsonl(f, [{"messages": [{"role": "system", "content": "S", "weight": 1}, {"role": "user", "content": "q"},
+                            {"role": "assistant", "content": "a"}]}])
+    assert "field 'messages[0].weight' is 1; only assistant turns are learned" in error_of([str(f)])
 
 
 def test_json_lines_inside_a_json_file(tmp_path):
@@ -274,7 +291,7 @@ BAD_RECORDS = [  # (records, where, expected message parts)
     ([{"messages": [{"role": "user", "content": "u"}, {"role": "tool", "content": "r"}]}], 0, ["messages[1]", "not supported"]),
     ([{"messages": [{"role": "user", "content": [{"type": "text"}]}, {"role": "assistant", "content": "a"}]}], 0,
      ["field 'messages[0].content[0].text' is missing", "needs its text as a string"]),
-    ([{"prompt": "q", "completion": "a"}], 0, ["cannot tell the format", "instruction"]),
+    ([{"question": "q", "reply": "a"}], 0, ["cannot tell the format", "instruction"]),
     # null is not missing: the key is there (an OpenAI refusal turn, an export's empty cell)
     ([{"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": None, "refusal": "no"}]}], 0,
      ["field 'messages[1].content' is null; every turn needs non-empty text"]),
@@ -324,8 +341,8 @@ def test_pretty_printed_objects_in_a_json_file(tmp_path):
     a .json dataset must be, not that each line must be one object (the file was never meant as JSON lines)."""
     f = write(tmp_path / "two.json", json.dumps(ALPACA_OK, indent=2) + "\n" + json.dumps(ALPACA_OK, indent=2) + "\n")
     assert error_of([str(f)]) == (
-        f"{f}: holds 2 pretty-printed JSON objects one after another; a .json dataset must be a JSON list "
-        "[{...}, {...}] (wrap them in [ ] with commas between), or one complete object per line")
+        f"{f}: holds 2 pretty-printed JSON objects one after another; a dataset must be a JSON list "
+        "[{...}, {...}] in a .json file (wrap them in [ ] with commas between), or one complete object per line")
     # one mistake, so `data check` (which lists every bad record) says it once, not once per line of the file
     res = CliRunner().invoke(main, ["data", "check", str(f)])
     assert res.exit_code == 2 and res.output.count("\n") == 1 and "2 pretty-printed JSON objects" in res.output
@@ -1010,6 +1027,9 @@ def test_a_datasets_save_to_disk_folder_is_read_as_a_dataset(tmp_path, capsys):
     DatasetDict(train=d, test=Dataset.from_list(rows)).save_to_disk(str(tmp_path / "dd"))
     assert len(load_examples([str(tmp_path / "dd")])) == 1  # the train split, said
     assert "reading its 'train' split (not test)" in capsys.readouterr().err
+    DatasetDict(validation=d).save_to_disk(str(tmp_path / "v"))
+    assert len(load_examples([str(tmp_path / "v")])) == 1
+    assert "reading its 'validation' split (it has no 'train')" in capsys.readouterr().err
     DatasetDict(a=d, b=d).save_to_disk(str(tmp_path / "ab"))
     assert "splits a, b and none named 'train'; pass one split's folder, e.g. " in error_of([str(tmp_path / "ab")])
 
@@ -1023,6 +1043,17 @@ def test_a_folder_whose_data_is_in_subfolders_says_so(tmp_path, capsys):
     write(tmp_path / "d" / "top.jsonl", '{"instruction": "q", "output": "a"}\n')
     assert len(load_examples([str(tmp_path / "d")])) == 1
     assert "not its subfolders test, train" in capsys.readouterr().err
+
+
+def test_a_folder_of_a_hub_snapshots_split_files_trains_on_train_only(tmp_path, capsys):
+    """train-*.parquet and test-*.parquet side by side (a hub snapshot's data/) trained on both splits."""
+    for name, n in (("train-00000-of-00001.jsonl", 3), ("test-00000-of-00001.jsonl", 2), ("validation.jsonl", 1)):
+        jsonl(tmp_path / name, [{"instruction": f"q{i}", "output": "a"} for i in range(n)])
+    assert len(load_examples([str(tmp_path)])) == 3
+    assert ("training on its train files, not test-00000-of-00001.jsonl, validation.jsonl (another split)"
+            in capsys.readouterr().err)
+    (tmp_path / "train-00000-of-00001.jsonl").rename(tmp_path / "training_notes.jsonl")  # no split name: all read
+    assert len(load_examples([str(tmp_path)])) == 6
 
 
 def test_table_errors_name_the_row(tmp_path):
@@ -1050,3 +1081,62 @@ def test_table_in_a_registry_and_in_a_folder(tmp_path):
     (tmp_path / "a.csv").rename(folder / "a.csv")
     (tmp_path / "b.json").rename(folder / "b.json")
     assert [e.messages[0]["content"] for e in load_examples([str(folder)])] == ["q1", "q2"]
+
+
+def test_the_older_identity_jsons_bare_name_and_author_are_pointed_out(tmp_path, capsys):
+    f = write(tmp_path / "old.json", [{"instruction": "hi", "output": "I am NAME, an AI assistant developed by AUTHOR."},
+                                      {"instruction": "名字", "output": "我是 NAME。"}])
+    ex = load_examples([str(f)], name="Bob", author="Acme")
+    assert ex[0].messages[1]["content"] == "I am NAME, an AI assistant developed by AUTHOR."  # as written: only noted
+    err = capsys.readouterr().err
+    assert f"{f}#0: NAME and AUTHOR in 3 answer(s) are learned as written" in err and "write {{name}}" in err
+    g = write(tmp_path / "new.json", [{"instruction": "Whose NAMES?", "output": "I am {{name}}; NAMES and Name."}])
+    load_examples([str(g)], name="Bob")
+    assert "learned as written" not in capsys.readouterr().err
+
+
+def test_trls_prompt_completion_records_in_both_forms(tmp_path):
+    conv = jsonl(tmp_path / "c.jsonl", [
+        {"prompt": [{"role": "system", "content": "S"}, {"role": "user", "content": "Who?"}],
+         "completion": [{"role": "assistant", "content": "I am {{name}}."}]}])
+    text = jsonl(tmp_path / "t.jsonl", [{"prompt": "2+2=", "completion": "4"}])
+    a, b = load_examples([str(conv), str(text)], name="Bob")
+    assert a.messages == [{"role": "system", "content": "S"}, {"role": "user", "content": "Who?"},
+                          {"role": "assistant", "content": "I am Bob."}]
+    assert b.messages == [{"role": "user", "content": "2+2="}, {"role": "assistant", "content": "4"}]
+    jsonl(conv, [{"prompt": [{"role": "user", "content": "q"}], "completion": [{"role": "assistant", "content": "a"}]},
+                 {"prompt": [{"role": "user", "content": "q"}], "completion": "a"}])
+    assert "line 2: field 'completion' is a string \"a\"; in a file of conversational prompt-completion" in error_of([str(conv)])
+
+
+def test_dollys_response_column_points_at_a_column_mapping(tmp_path):
+    f = jsonl(tmp_path / "dolly.jsonl", [{"instruction": "Sum", "context": "1 and 2", "response": "3"}])
+    assert error_of([str(f)]).endswith("field 'output' is missing, and the record has 'response'; describe the file's "
+                                       'columns in a dataset_info.json entry, "columns": {"prompt": "instruction", '
+                                       '"query": "context", "response": "response"}, and pass --dataset-dir with its name')
+
+
+@pytest.mark.parametrize("text, needle", [
+    ('instruction,input,output\nq,,a\n"a,,b\nc,,d\n', "row 2: not readable as CSV (unexpected end of data)"),
+    ('instruction,input,output\nx,,"he said "hi" ok"\n', "row 1: not readable as CSV (',' expected after '\"')"),
+    ("instruction,input,output,instruction\na,,b,c\n", "the header names column 'instruction' twice"),
+    ('messages\n"[{\'role\': \'user\'}]"\n', "a CSV cell holds text, not a list: export the dataset as JSONL or Parquet"),
+])
+def test_malformed_csv_is_refused_not_misread(tmp_path, text, needle):
+    """An open quote swallowed the rest of the file, a stray quote was dropped, a repeated column kept the last."""
+    assert needle in error_of([str(write(tmp_path / "t.csv", text))])
+
+
+def test_csv_rows_of_empty_cells_are_skipped_with_a_note(tmp_path, capsys):
+    f = write(tmp_path / "t.csv", "instruction,input,output\nq,,a\n,,\n,,\nq2,,a2\n")
+    assert [e.source for e in load_examples([str(f)])] == [f"{f}#0", f"{f}#3"]
+    assert "2 row(s) with every cell empty skipped" in capsys.readouterr().err
+
+
+def test_joined_jsonl_one_record_json_and_pretty_printed_jsonl(tmp_path):
+    f = write(tmp_path / "j.jsonl", '{"instruction": "a", "output": "b"}\n\ufeff{"instruction": "c", "output": "d"}\n')
+    assert len(load_examples([str(f)])) == 2  # `cat a.jsonl b.jsonl`: b's byte order mark starts a line
+    one = write(tmp_path / "one.json", '{"instruction": "a", "output": "b"}')
+    assert load_examples([str(one)])[0].source == f"{one}#0"
+    pretty = write(tmp_path / "p.jsonl", json.dumps(ALPACA_OK, indent=2) + "\n" + json.dumps(ALPACA_OK, indent=2) + "\n")
+    assert "holds 2 pretty-printed JSON objects one after another" in error_of([str(pretty)])
