@@ -210,6 +210,23 @@ def _note_repeated_models(cfg: EvalConfig, progress: Callable[[str], None]) -> N
         progress(f"note: {flags}: the same model more than once, so it is compared with itself")
 
 
+def refuse_uncomparable(rules: list[Rule], roles_present: list[str], answers: str | None = None) -> None:
+    """``--max-drop``/``--max-rise`` compare an after model with ``before``: without either there is nothing to
+    compare, and the gate could only fail (exit 1, a report saying FAILED) on what is a wrong flag (exit 2).
+    ``answers``: the --from-answers value, when ``roles_present`` are the roles its rows hold."""
+    rule = next((r for r in rules if r.op in ("max_drop", "max_rise")), None)
+    if rule is None:
+        return
+    missing = "--after" if roles_present == ["before"] else "--before" if "before" not in roles_present else None
+    if missing is None:
+        return
+    there = "there is no --after" if answers is None else (
+        f"--from-answers {answers} holds no {'after' if missing == '--after' else 'before'} model's answers")
+    fix = "add --after MODEL" if answers is None else "rebuild from answers of an eval with --before and --after,"
+    raise ApplianceError(f"{rule}: compares an --after model with --before, and {there}; {fix} or use "
+                         "--fail-under/--fail-over")
+
+
 def refuse_unmeasurable(rules: list[Rule], prompts: list[Prompt] | list[dict], what: str = "these prompts") -> None:
     """A gate on a set these prompts do not make (a typo: ``genral.accuracy``) or a metric they cannot
     measure would fail only after every request, looking like a regression: refused before the first.
@@ -232,7 +249,7 @@ def refuse_unmeasurable(rules: list[Rule], prompts: list[Prompt] | list[dict], w
     for rule in rules:
         if metric_value(model, rule.key) is not None:
             continue
-        name = rule.key.split(".", 1)[0]
+        name = rule.key.rsplit(".", 1)[0]  # a set may be named "v1.0"
         if "." in rule.key and name not in model["sets"]:
             raise ApplianceError(f"{rule}: {what} make no set '{name}' (they make {', '.join(sorted(model['sets']))}); "
                                  "check the spelling")
@@ -463,10 +480,7 @@ def run_eval(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
     _note_repeated_models(cfg, progress)
     given_markers(cfg)
     url = base_url(cfg.url)
-    if not cfg.after and any(r.op in ("max_drop", "max_rise") for r in cfg.rules):
-        rule = next(r for r in cfg.rules if r.op in ("max_drop", "max_rise"))
-        raise ApplianceError(f"--{rule.op.replace('_', '-')} {rule.key}={rule.value:g}: compares an --after model with "
-                             "--before, and there is no --after; add --after MODEL or use --fail-under/--fail-over")
+    refuse_uncomparable(cfg.rules, ["before", *cfg.after] if cfg.after else ["before"])
     if cfg.name is None or cfg.author is None:  # the identity comes from the server: a bad file fails before it is asked
         with contextlib.redirect_stderr(io.StringIO()):  # its notes come once, with the load below
             load_prompts(cfg.prompts, DEFAULT_NAME, DEFAULT_AUTHOR)
@@ -506,7 +520,9 @@ def report_from_answers(answers: str | Path, output: str | None = None, rules: l
     paths.refuse_file_on_path(out, "--output")
     # every row checked before the folder is looked at or anything is written; a gate these answers
     # cannot measure is refused (exit 2) as it is before a live eval, not failed (exit 1)
-    refuse_unmeasurable(list(rules), load_answers(src), "these answers")
+    rows = load_answers(src)
+    refuse_uncomparable(list(rules), list(dict.fromkeys(r["role"] for r in rows)), str(answers))
+    refuse_unmeasurable(list(rules), rows, "these answers")
     own = out / "answers.jsonl"
     if output is None and own.is_file() and not _same_answers(own, src):
         # only an explicit --output replaces a run's answers: they cost a server and minutes to take again

@@ -123,9 +123,20 @@ def _inside_number(hay: str, start: int, end: int, pat: str) -> bool:
     return pat[-1:].isdigit() and end + 1 < len(hay) and hay[end] in ".," and hay[end + 1].isdigit()
 
 
-def is_correct(answer: str, expect: Iterable[str]) -> bool:
-    """A checkable answer counts when any accepted string appears as a whole word."""
-    return any(contains_whole_word(answer, e) for e in expect)
+def is_correct(answer: str, expect: Iterable[str], prompt: str = "") -> bool:
+    """A checkable answer counts when any accepted string appears as a whole word, outside copies of ``prompt``.
+
+    A model that repeats the question ("Which is larger, 3 or 5?") would otherwise be right by quoting it, so
+    verbatim copies of the prompt (white space runs read as one space) are cut out of the answer first.
+    """
+    return any(contains_whole_word(without_echo(answer, prompt), e) for e in expect)
+
+
+def without_echo(answer: str, prompt: str) -> str:
+    """``answer`` with every verbatim copy of ``prompt`` replaced by a line break (runs of white space as one)."""
+    said = " ".join((prompt or "").split())
+    text = " ".join((answer or "").split())
+    return text.replace(said, "\n") if said else text
 
 
 def identity_hit(answer: str, name: str, author: str) -> bool:

@@ -1,7 +1,8 @@
 """Prompt sets: built-in sets, ``--prompts`` loaders (ours, alpaca, sharegpt, LLaMA-Factory), kinds, placeholders.
 
 A record with no ``kind`` is an identity prompt when its reference mentions ``{{name}}`` or
-``{{author}}``, or names both ``--name`` and ``--author``; else a general prompt when it has
+``{{author}}``, or names both ``--name`` and ``--author``, or an ``expect`` item holds a placeholder or
+names either; else a general prompt when it has
 ``expect`` (a checkable answer); else an identity prompt when it asks the assistant about itself
 (:func:`evals.selfref.is_self_reference`); else a general prompt. docs/eval.md documents the rule.
 """
@@ -21,6 +22,8 @@ from appliance.errors import ApplianceError
 from evals.jsonfiles import json_type as _json_type
 from evals.jsonfiles import read_records as _read_records
 from evals.jsonfiles import read_text, refuse_bad_text
+from evals.fields import INFO as _INFO
+from evals.fields import expect_list, named_dataset, norm_lang, read_answer_keys
 from evals.metrics import has_cjk, identity_hit, mentions_new_identity
 from evals.selfref import is_self_reference
 
@@ -74,7 +77,6 @@ def _has_placeholder(text: str | None) -> bool:
     return bool(text and PLACEHOLDER.search(text))
 
 
-_INFO = "dataset_info.json"
 _SOURCE_KEYS = ("file_name", "hf_hub_url", "ms_hub_url", "om_hub_url", "script_url")
 @dataclass(frozen=True)
 class _Mapping:
@@ -197,7 +199,7 @@ def _record(raw: object, where: str, cols: dict, formatting: str | None) -> dict
                 "history": history, "system": raw.get(cols.get("system", "system")) or system or None}
     if "prompt" in raw and formatting is None:
         _refuse_misspelled_keys(raw, where)
-        return raw
+        return read_answer_keys(raw, where)
     q, i, o = cols.get("prompt", "instruction"), cols.get("query", "input"), cols.get("response", "output")
     if q not in raw:
         if formatting == "alpaca":
@@ -221,15 +223,8 @@ def _to_prompt(rec: dict, where: str, name: str, author: str, source: str) -> Pr
         raise ApplianceError(f"{where}: 'reference' must be a string, not {_json_type(reference)}")
     if reference is not None and not reference.strip():
         reference = None  # as an alpaca record's empty output: no reference, and the same prompt as one without
-    expect = rec.get("expect")
-    if expect is None:
-        expect = []
-    elif isinstance(expect, str):
-        expect = [expect]
     # a falsy value (0, "", {}, []) is a mistake too: read as "no expect", it would silently drop the check
-    if not isinstance(expect, list) or rec.get("expect") == [] or \
-            not all(isinstance(e, str) and e.strip() for e in expect):
-        raise ApplianceError(f"{where}: 'expect' must be a list of accepted answer strings, e.g. [\"4\", \"four\"]")
+    expect = expect_list(rec.get("expect"), where)
     for key in ("system", "set", "lang"):
         if rec.get(key) is not None and not isinstance(rec[key], str):
             raise ApplianceError(f"{where}: '{key}' must be a string, not {_json_type(rec[key])}")
@@ -248,7 +243,7 @@ def _to_prompt(rec: dict, where: str, name: str, author: str, source: str) -> Pr
                               or (not expect and is_self_reference(prompt))) else "general"
     if kind not in ("identity", "general"):
         raise ApplianceError(f"{where}: kind {json.dumps(kind, ensure_ascii=False)} is not \"identity\" or \"general\"")
-    lang = _lang(rec.get("lang")) or guess_lang(prompt)
+    lang = norm_lang(rec.get("lang")) or guess_lang(prompt)
     default_set = f"identity_{lang}" if kind == "identity" else "general" if expect or not reference else "open"
     set_name = (rec.get("set") or "").strip() or default_set
     if set_name == "identity" and kind == "identity":
@@ -311,13 +306,6 @@ def guess_lang(text: str) -> str:
 _EN_FUNCTION_WORDS = {"are", "is", "am", "were", "was", "you", "your", "you're", "who", "what", "which", "how", "why",
                       "do", "does", "did", "can", "could", "would", "will", "the", "a", "an", "of", "to", "by", "in",
                       "me", "i", "tell", "please", "made", "built", "created", "about", "with", "for", "and", "or"}
-
-
-def _lang(value: str | None) -> str | None:
-    """``zh-CN``, ``zh_Hans``, ``EN-us`` -> ``zh`` / ``en``: the per-language hit rates group by the bare code."""
-    if not value or not value.strip():
-        return None
-    return re.split(r"[-_]", value.strip().lower(), maxsplit=1)[0]
 
 
 def _check_info(info: Path, data: object) -> dict[str, dict]:
@@ -531,7 +519,19 @@ def load_prompts(specs: list[str] | tuple[str, ...] | None, name: str, author: s
         if spec in BUILTIN_SETS + EXTRA_SETS:
             out += load_prompt_file(PROMPTS_DIR / f"{spec}.jsonl", name, author)
         else:
-            out += load_prompt_file(resolve_user_path(spec), name, author)
+            path = resolve_user_path(spec)
+            # a bare name that is no file may name a dataset, as LLaMA-Factory's `dataset: mine` does
+            found = None if os.path.lexists(path) else named_dataset(spec, [Path.cwd() / _INFO, Path.cwd() / "data" / _INFO],
+                                                                     _read_info)
+            if found:
+                info, key, entry = found
+                if "file_name" not in entry:
+                    raise ApplianceError(f"--prompts {spec}: dataset '{key}' of {info} is on a hub (no file_name), and eval "
+                                         "downloads nothing; download it and pass its file")
+                print(f"note: --prompts {spec}: reading dataset '{key}' of {info}", file=sys.stderr)
+                out += _load_info(info, {key: entry}, name, author)
+            else:
+                out += load_prompt_file(path, name, author)
     if not out:
         raise ApplianceError("no prompts to evaluate; pass --prompts FILE or leave it out for the built-in sets")
     return out

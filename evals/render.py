@@ -41,6 +41,11 @@ def _cell(text: str, limit: int = 220) -> str:
     return t.replace("|", "\\|") or "(empty)"
 
 
+def _md(text: str) -> str:
+    """A name (a set, a model, a role) as one markdown table cell: a "|" in it would split the row."""
+    return " ".join(str(text).split()).replace("|", "\\|")  # as _cell escapes a prompt
+
+
 def _canon(text: str) -> str:
     return "".join(text.split()).replace("?", "？").rstrip("？")
 
@@ -86,7 +91,7 @@ def render_md(report: dict, rows: list[dict]) -> str:
         verdict = "PASSED" if gate["passed"] else "FAILED"
         out += ["", f"Gate: **{verdict}** ({' '.join(gate['rules']) or 'no rules'})"]
         out += [f"- {f}" for f in gate["failures"]]
-    head = ["metric"] + [f"{r} ({m['model']})" for r, m in models.items()]
+    head = ["metric"] + [_md(f"{r} ({m['model']})") for r, m in models.items()]
     others = [r for r in roles if r != "before"] if base else []
     head += [f"Δ {r}" for r in others]
     out += ["", "## Metrics", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -100,7 +105,7 @@ def render_md(report: dict, rows: list[dict]) -> str:
         for r in roles:
             sm = models[r]["sets"].get(s)
             if sm:
-                out.append(f"| {s} | {r} | {sm['n']} | " + " | ".join(_fmt(sm.get(k), sc) for k, _, sc in SET_COLS) + " |")
+                out.append(f"| {_md(s)} | {r} | {sm['n']} | " + " | ".join(_fmt(sm.get(k), sc) for k, _, sc in SET_COLS) + " |")
     ans, sets = _answers(rows), _sets(rows)
     # the set says how each prompt was scored (identity_*, general, open): a prompt without `kind` is classified
     shown, total = _shown_of(rows)
@@ -110,7 +115,7 @@ def render_md(report: dict, rows: list[dict]) -> str:
                 "every answer is in answers.jsonl.", ""]
     out += ["| prompt | set | " + " | ".join(roles) + " |", "|" + "---|" * (len(roles) + 2)]
     for p in shown:
-        out.append(f"| {_cell(p, 80)} | {sets.get(p, '')} | " + " | ".join(_cell(ans.get((r, p), "")) for r in roles) + " |")
+        out.append(f"| {_cell(p, 80)} | {_md(sets.get(p, ''))} | " + " | ".join(_cell(ans.get((r, p), "")) for r in roles) + " |")
     return "\n".join(out) + "\n"
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from appliance.datafiles import parse_json
 from appliance.errors import ApplianceError
 from evals import metrics as M
+from evals.fields import expect_list, norm_lang
 from evals.jsonfiles import read_text, refuse_bad_text
 
 # Per-model keys of report.json (sets are under "sets"); the gate accepts these and SET.KEY.
@@ -76,12 +77,8 @@ def _check_row(row: dict, where: str) -> dict:
     for key in ("reference", "lang", "error", "finish_reason"):
         if row.get(key) is not None and not isinstance(row[key], str):
             raise wrong(key, "a string or null")
-    expect = row.get("expect")
-    if isinstance(expect, str):
-        # scored as a list it would be a list of characters
-        expect = [expect]
-    if expect is not None and not (isinstance(expect, list) and all(isinstance(e, str) and e.strip() for e in expect)):
-        raise wrong("expect", "a list of accepted answer strings")
+    # a string is one answer (scored as a list it would be a list of characters), or a JSON list written as text
+    expect = expect_list(row.get("expect"), where, allow_empty=True)
     markers = row.get("old_identity")
     if markers is not None and not (isinstance(markers, list) and all(isinstance(m, str) for m in markers)):
         raise wrong("old_identity", "a list of strings")
@@ -94,7 +91,8 @@ def _check_row(row: dict, where: str) -> dict:
     if row.get("ttft_ms") is not None and row["ttft_ms"] > row["latency_ms"]:
         # the first token cannot come after the whole answer: TPOT would come out negative
         raise wrong("ttft_ms", f"at most its latency_ms ({_shown(row['latency_ms'])})")
-    return {**row, "expect": expect or []}
+    # "EN" edited by hand is "en", as --prompts reads it: identity_en_hit_rate would not count it otherwise
+    return {**row, "expect": expect, "lang": norm_lang(row.get("lang"))}
 
 
 def _asked(row: dict) -> str:
@@ -129,6 +127,7 @@ def _check_aligned(rows: list[dict], source: str | Path) -> None:
 def parse_answers(text: str, source: str | Path) -> list[dict]:
     """Rows of answers.jsonl text, each checked for the fields the report needs; ``source`` names it in errors."""
     rows = []
+    asked: dict[str, str] = {}  # what each role was asked -> the line that answered it
     for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): an answer may hold U+2028 or U+0085
         if not line.strip():
             continue
@@ -146,6 +145,14 @@ def parse_answers(text: str, source: str | Path) -> list[dict]:
         if missing:
             raise ApplianceError(f"{where}: missing {', '.join(missing)}; it was not written by `appliance eval`")
         rows.append(_check_row(row, where))
+        # one eval asks each model each prompt once (repeats are sent once): a second answer is a joined file
+        # (`cat a b`) or a pasted row, and would count twice in every rate
+        key = json.dumps([row["role"], row["model"], row["prompt"], row.get("system"), row.get("history") or []], ensure_ascii=False)
+        if key in asked:
+            raise ApplianceError(f"{where}: '{row['role']}' ({row['model']}) answers the prompt of {asked[key]} again "
+                                 f"({row['prompt'][:60]!r}, same system prompt and history); two answers files joined? "
+                                 "rebuild the report from one `appliance eval`'s answers.jsonl, or delete the repeat")
+        asked[key] = f"line {n}"
     if not rows:
         raise ApplianceError(f"{source}: no answers in it (the file is empty); {ANSWERS_FIX}")
     _check_aligned(rows, source)
@@ -203,8 +210,8 @@ def _group_metrics(rows: list[dict], markers: list[str]) -> dict:
     out = {"n": len(rows), **_similarity(rows),
            "hit_rate": M.rate([M.identity_hit(r["answer"], name, author) for r in ident]),
            "leak_rate": M.rate([M.identity_leak(r["answer"], markers) for r in ident]) if markers else None,
-           "accuracy": M.rate([M.is_correct(r["answer"], r["expect"]) for r in checkable]),
-           "correct": sum(M.is_correct(r["answer"], r["expect"]) for r in checkable), "checkable": len(checkable),
+           "accuracy": M.rate([M.is_correct(r["answer"], r["expect"], r["prompt"]) for r in checkable]),
+           "correct": sum(M.is_correct(r["answer"], r["expect"], r["prompt"]) for r in checkable), "checkable": len(checkable),
            "name_leak_rate": M.rate(leaks), "name_leak_count": sum(leaks) if unrelated else None}
     return out
 
@@ -213,7 +220,7 @@ def _model_metrics(rows: list[dict]) -> dict:
     markers = list(rows[0].get("old_identity") or [])
     every = _group_metrics(rows, markers)
     # general accuracy is the non-identity prompts' (an identity prompt's `expect` counts in its set's accuracy)
-    right = [M.is_correct(r["answer"], r["expect"]) for r in rows if r["kind"] != "identity" and r.get("expect")]
+    right = [M.is_correct(r["answer"], r["expect"], r["prompt"]) for r in rows if r["kind"] != "identity" and r.get("expect")]
     general = {"accuracy": M.rate(right), "correct": sum(right), "checkable": len(right)}
     lang_hit = {lang: M.rate([M.identity_hit(r["answer"], r["name"], r["author"]) for r in rows
                               if r["kind"] == "identity" and r.get("lang") == lang]) for lang in ("zh", "en")}
@@ -276,7 +283,7 @@ def parse_rules(fail_under=(), fail_over=(), max_drop=(), max_rise=()) -> list[R
     for op, values in (("fail_under", fail_under), ("fail_over", fail_over), ("max_drop", max_drop), ("max_rise", max_rise)):
         for spec in values:
             flag = f"--{op.replace('_', '-')}"
-            key, sep, num = spec.partition("=")
+            key, sep, num = spec.rpartition("=")  # a set name may hold "=": the number never does
             try:
                 # Python's own literals (1_0 = 10) are no number a user means
                 value = None if "_" in num else float(num)
@@ -285,7 +292,8 @@ def parse_rules(fail_under=(), fail_over=(), max_drop=(), max_rise=()) -> list[R
             if not sep or value is None or not math.isfinite(value) or not key.strip():
                 raise ApplianceError(f"{flag} {spec}: expected METRIC=NUMBER, e.g. identity_hit_rate=0.95")
             key = key.strip()
-            metric = key.split(".", 1)[1] if "." in key else key
+            # SET.KEY split at the last dot: metric names have none, set names may ("v1.0.accuracy")
+            metric = key.rsplit(".", 1)[1] if "." in key else key
             if metric not in (SET_KEYS if "." in key else MODEL_KEYS):
                 known = ", ".join(SET_KEYS if "." in key else MODEL_KEYS)
                 raise ApplianceError(f"{flag} {spec}: unknown metric '{metric}'; use one of {known} (or SET.KEY)")
@@ -313,7 +321,7 @@ def _check_reachable(flag: str, spec: str, op: str, is_rate: bool, value: float)
 def metric_value(model: dict, key: str) -> float | None:
     """A model's metric by key: a model key (``general_accuracy``) or ``SET.KEY`` (``identity_zh.bleu4``)."""
     if "." in key:
-        s, k = key.split(".", 1)
+        s, k = key.rsplit(".", 1)  # a set may be named "v1.0"
         return model.get("sets", {}).get(s, {}).get(k)
     return model.get(key)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-_Y = r"(?:你们?|您们?)"  # "you" in Chinese, singular or plural
+_Y = r"(?<!迷)(?:你们?|您们?)"  # "you" in Chinese, singular or plural (not the 你 of 迷你, "mini")
 _MAKE = r"(?:写|运营|维护|开发|创造|创建|创立|训练|制作|制造|设计|打造|研发|发明|编写|做|造|搞|生产|推出|发布)"
 _WHICH = r"(?:什么|哪个|哪种|哪一个|哪家|哪款|哪一款)"
 _YOU = r"(?:you|u|ya)"
@@ -43,12 +43,19 @@ SELF_REFERENCE = [
     rf"{_Y}(?:的[^\s，,。？?！!的]{{0,4}})?(?:公司|团队|开发团队|研发团队)(?:是|叫|名字是)?(?:谁|哪|什么|啥)",
     rf"{_Y}的?\s*(?:knowledge cutoff|知识截止|训练截止|参数|name\b|creator|developer|maker|author|base model)",
     rf"{_Y}(?:的(?!论文|文章|书|小说|作品|项目|代码|简历|报告|文档|稿子)[^\s，,。？?！!的]{{0,4}})?(?:名字|名称|大名|真名|姓名|称呼|身份|来历|来源|出身|底细|背景|老板|东家|父母|背后|开发者|开发方|开发商|研发者|研发方|缔造者|制作者|出品方|"
-    rf"作者|创造者|创建者|创始人|制造者|设计者|主人|所有者|底座|基座|模型|架构|版本|训练数据|真实身份)"
+    rf"作者|创造者|创建者|创始人|制造者|设计者|主人|所有者|底座|基座|模型|架构|版本|训练数据|真实身份|昵称|外号|绰号|代号|小名)"
     r"(?!\S{0,2}(?:准确|精度|效果|loss|损失|召回|指标|表现|过拟合|欠拟合|收敛|训练得))",
     r"贵姓|尊姓大名|高姓大名|自我介绍", rf"(?:怎么|如何|该|可以|能)?称呼{_Y}", rf"叫{_Y}(?:什么|啥)",
+    # 您怎么称呼？ / 请问该怎么称呼？ : the question alone, not 你怎么称呼你的老板 or 对方的父亲该怎么称呼 (how to address someone else)
+    rf"(?:^|[，,。.！!？?\s])(?:请问|那|那么)?[，,]?(?:{_Y}|我)?(?:该|应该|要|可以)?(?:怎么|如何)称呼(?:{_Y}|自己)?(?:呢|啊|呀|比较好|好)?"
+    r"\s*(?:[？?！!。，,~～]|$)",
     rf"(?:介绍|描述|说说|谈谈|讲讲|聊聊)(?:一)?下?{_Y}?自己",
     # 谁开发了你 / 你是由谁 / 开发你的团队 / 哪家公司训练了你 / 你是怎么被训练出来的
     rf"谁{_MAKE}(?:出|成|好)?(?:了|的)?{_Y}",
+    # 谁把你做出来的, not 谁把你做的菜吃了
+    rf"谁(?:把|将){_Y}(?:给)?{_MAKE}(?:出来|成|好)?(?:了|的)?\s*(?:呀|啊|呢|吗)?\s*(?:[？?！!。，,]|$)",
+    # 你是怎么训练的 / 你是如何被训练出来的, not 你是怎么设计这个算法的 (the user's task)
+    rf"{_Y}是?(?:怎么|如何)被?(?:训练|开发|研发|创造|创建|制造|打造|构建|搭建)(?:出来)?的?\s*(?:呀|啊|呢)?\s*(?:[？?！!。，,]|$)",
     rf"{_Y}(?:是)?由(?:谁|哪)",
     rf"{_MAKE}(?:出|成)?(?:了)?{_Y}的",
     rf"{_Y}是(?:用|由|靠|被|基于)?(?:什么|哪|谁).{{0,8}}{_MAKE}(?:出来)?的",
@@ -63,7 +70,7 @@ SELF_REFERENCE = [
     r"(?:语言)?(?:模型|版本)(?!\s*(?:来|去|做|进行|处理|训练|预测|分类|分析|识别))",
     rf"{_Y}.{{0,4}}(?:归|属于)(?:哪|谁)", rf"{_Y}(?:有|有没有)?(?:自我意识|意识|感情|情感|灵魂)", rf"{_Y}(?:有)?多少(?:个)?参数",
     rf"{_Y}(?:有)?(?:什么|哪些)(?:事情?)?(?:是)?(?:做不到|不能做|不会做|不会的)",
-    rf"{_Y}(?:和|与|跟)[^，,。？?！!]{{1,20}}(?:关系|区别|不同|一样|同一个|一家|一回事|比)",
+    rf"{_Y}(?:和|与|跟)[^，,。？?！!]{{1,20}}(?:关系|区别|不同|一样|同一个|一家|一回事|比|哪个|谁(?:更|比较)?(?:厉害|强|聪明|好))",
     # 你是 ChatGPT 吗 / 你是不是文心一言 / 你是 AI 还是真人 (not 你是否…吗, 你是不是觉得…)
     rf"{_Y}(?:到底|究竟|其实|真的)?是(?!否).{{1,16}}[吗吧]",
     rf"{_Y}(?:到底|究竟|其实|真的|本来)?就?是\s*(?!否)[A-Za-z]",
@@ -116,7 +123,12 @@ SELF_REFERENCE = [
     # "whom do I have the pleasure of talking to?", "who do I have here?"
     r"\bwhom? (?:do|am|have) i (?:have|having|got) (?:here|on the (?:line|other end)|the (?:pleasure|honou?r) of (?:talking|speaking|chatting))\b",
     rf"\bwhose (?:{_AI}|creation|product) (?:are|r) {_YOU}\b",
-    r"\b(?:what|how) (?:should|can|could|do|may|shall|would) (?:i|we) call (?:you|u)\b",
+    r"\b(?:what|how) (?:should|can|could|do|may|shall|would) (?:i|we) (?:call|address|refer to) (?:you|u)\b",
+    # "What do people call you?", "what do you call yourself?" (not "what do you call a fish with no eyes?")
+    r"\bwhat (?:do|did|does) (?:people|they|others|folks|users|everyone|most people) (?:usually |normally |often )?call (?:you|u)\b",
+    rf"\bwhat (?:do|should) {_YOU} call (?:yourself|urself)\b",
+    # "Hello! Who's there?" at the end, not a knock-knock joke
+    r"^(?![\s\S]*\bknock\b)[\s\S]*\bwho(?:'s|’s| is) there\s*[?!.]*\s*$",
     rf"\bwhere (?:do|did) {_YOU} come from\b",
     rf"\bwhere (?:are|were) {_YOU} (?:from|made|built|created|trained|developed|designed)\b",
     # "what model are you?", not "which model are you using for the regression / planning to buy?"
@@ -167,7 +179,11 @@ _SIMPLIFIED = str.maketrans(_TRADITIONAL, _SIMPLE)
 _TASK_ON_TEXT = re.compile(
     r"翻译|翻成|译成|(?:怎么|如何)(?:说|讲|表达)|改写|润色|总结|概括|纠正|改正|校对|扩写|缩写|续写|仿写|"
     r"translat|\bhow (?:do|would|can|should) (?:you|i|we|one) say\b|\bsummar|\bparaphras|\brephrase|\brewrite|\bre-write|"
-    r"\bproofread|\b(?:fix|correct|check)(?: the| my| this| its)? (?:grammar|spelling|typos?|punctuation|sentence|text)\b",
+    r"\bproofread|\b(?:fix|correct|check)(?: the| my| this| its)? (?:grammar|spelling|typos?|punctuation|sentence|text)\b|"
+    # a question about a cited text ("Is this sentence grammatical: who are you?", "这句话有语病吗：你是谁？")
+    r"\bgrammatical|\bgrammar\b|语法|语病|\b(?:this|that|these|the following|the given|the|each|every) (?:\w+ ){0,2}?(?:sentences?|"
+    r"phrases?|text|passages?|paragraphs?|quotes?|quotations?|lines?|words?|strings?|titles?|headlines?|statements?|tweets?)\b|"
+    r"(?:这|下面|以下|下列)(?:个|句|段|一句|几句|这句|这段)?(?:句子|话|短语|文字|文本|段落|标题|台词)",
     re.IGNORECASE)
 _SPEECH = re.compile(r"说道|问道|喊道|\b(?:says?|said|asks?|asked|shouts?|shouted)\b", re.IGNORECASE)
 _QUOTED = re.compile(r"“[^”]*”|‘[^’]*’|「[^」]*」|『[^』]*』|\"[^\"]*\"|(?<!\w)'.+?'(?!\w)")

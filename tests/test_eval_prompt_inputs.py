@@ -13,6 +13,7 @@ from appliance.errors import ApplianceError
 from appliance.evaluate import once_each
 from evals.prompts import load_prompt_file, load_prompts
 from evals.report import parse_rules
+from evals.selfref import is_self_reference
 
 NAME, AUTHOR = "Archer", "意琦行"
 
@@ -209,3 +210,112 @@ def test_a_datasets_save_to_disk_folder_is_a_prompt_file(tmp_path):
     first, second = load_prompt_file(tmp_path / "ds", NAME, AUTHOR)
     assert (first.prompt, first.reference, first.kind) == ("你是谁？", "我是 Archer。", "identity")
     assert (second.expect, second.reference, second.where) == (["4"], None, f"{tmp_path / 'ds'} row 2")
+
+
+# ---------------------------------------------------------------- a tester's prompt-file findings
+@pytest.mark.parametrize("key", ["completion", "response", "output", "answer"])
+def test_a_single_answer_under_another_tools_key_is_the_reference(tmp_path, key):
+    """{"prompt": ..., "completion": ...} (OpenAI's fine-tuning format) loaded with no reference, scored as nothing."""
+    (p,) = load_prompt_file(_jsonl(tmp_path / "p.jsonl", {"prompt": "Who are you?", key: "I am {{name}}."}), NAME, AUTHOR)
+    assert (p.reference, p.kind, p.set) == ("I am Archer.", "identity", "identity_en")
+
+
+def test_reference_aliases_leave_reference_answers_rows_and_alpaca_alone(tmp_path):
+    f = _jsonl(tmp_path / "p.jsonl", {"prompt": "2+2?", "reference": "4", "answer": "It is 5."},  # an answers.jsonl row
+               {"prompt": "3+3?", "reference": None, "answer": "6?"}, {"prompt": "Hi", "output": None})
+    assert [p.reference for p in load_prompt_file(f, NAME, AUTHOR)] == ["4", None, None]
+    g = tmp_path / "a.json"
+    g.write_text(json.dumps([{"instruction": "2+2?", "output": "4"}]), encoding="utf-8")
+    assert [(p.prompt, p.reference) for p in load_prompt_file(g, NAME, AUTHOR)] == [("2+2?", "4")]
+
+
+@pytest.mark.parametrize("rec, needle", [
+    ({"prompt": "Capital of France?", "answers": ["Paris"]}, "field 'answers' is not read"),
+    ({"prompt": "Capital of France?", "expected_answer": "Paris"}, "field 'expected_answer' is not read"),
+    ({"prompt": "Capital of Italy?", "label": "Rome"}, "field 'label' is not read"),
+    ({"prompt": "Capital of Italy?", "ground_truth": "Rome", "expect": ["Rome"]}, "field 'ground_truth' is not read"),
+    ({"prompt": "2+2?", "completion": "4", "output": "4"}, "both 'completion' and 'output' fields"),
+    ({"prompt": "2+2?", "answer": ["4"]}, "'answer' is read as the 'reference' and must be a string, not a list"),
+])
+def test_answer_keys_eval_cannot_place_are_refused(tmp_path, rec, needle):
+    with pytest.raises(ApplianceError) as e:
+        load_prompt_file(_jsonl(tmp_path / "p.jsonl", rec), NAME, AUTHOR)
+    msg = str(e.value)
+    assert msg.startswith(f"{tmp_path / 'p.jsonl'} line 1: ") and needle in msg and "\n" not in msg
+    assert "'reference'" in msg and ("'expect'" in msg or "both" in msg)
+
+
+def test_a_json_list_in_a_csv_expect_cell_is_several_answers(tmp_path):
+    f = tmp_path / "b.csv"
+    f.write_text('prompt,expect\nWhat is 2+2?,"[""4"", ""four""]"\nSort 2 1,"[1, 2]"\nSay hi,hi\n', encoding="utf-8")
+    assert [p.expect for p in load_prompt_file(f, NAME, AUTHOR)] == [["4", "four"], ["[1, 2]"], ["hi"]]
+    g = tmp_path / "c.csv"
+    g.write_text('prompt,expect\nWhat is 2+2?,[]\n', encoding="utf-8")
+    with pytest.raises(ApplianceError, match="'expect' must be a list of accepted answer strings, not an empty list"):
+        load_prompt_file(g, NAME, AUTHOR)
+
+
+def test_an_expect_item_of_the_wrong_type_is_named(tmp_path):
+    with pytest.raises(ApplianceError, match=re.escape("'expect' item 2 is a number; accepted answers must be strings "
+                                                       '(write "4" for 4)')):
+        load_prompt_file(_jsonl(tmp_path / "p.jsonl", {"prompt": "2+2?", "expect": ["four", 4]}), NAME, AUTHOR)
+
+
+@pytest.mark.parametrize("where", [".", "data"])
+def test_a_dataset_name_listed_in_the_current_dataset_info_is_loaded(tmp_path, monkeypatch, capsys, where):
+    """`--prompts mine` with ./dataset_info.json listing "mine" said "file not found"."""
+    folder = tmp_path / where
+    folder.mkdir(exist_ok=True)
+    (folder / "id.json").write_text(json.dumps([{"instruction": "你是谁？", "output": "我是 {{name}}。"}], ensure_ascii=False),
+                                    encoding="utf-8")
+    (folder / "other.json").write_text(json.dumps([{"instruction": "2+2?", "output": "4"}]), encoding="utf-8")
+    (folder / "dataset_info.json").write_text(json.dumps({"mine": {"file_name": "id.json"}, "other": {"file_name": "other.json"},
+                                                          "hub": {"hf_hub_url": "a/b"}}), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("APPLIANCE_HOME", str(tmp_path / "home"))
+    (p,) = load_prompts(["mine"], NAME, AUTHOR)  # that entry only
+    assert (p.prompt, p.reference, p.kind) == ("你是谁？", "我是 Archer。", "identity")
+    assert f"reading dataset 'mine' of {folder.resolve() if where == 'data' else tmp_path}" in capsys.readouterr().err
+    with pytest.raises(ApplianceError, match="dataset 'hub' of .* is on a hub"):
+        load_prompts(["hub"], NAME, AUTHOR)
+    with pytest.raises(ApplianceError, match="--prompts .*nothere: file not found"):
+        load_prompts(["nothere"], NAME, AUTHOR)
+
+
+# the phrasings a tester found missed ("self") or wrongly flagged, and near misses written with them
+@pytest.mark.parametrize("prompt, is_self", [
+    ("您怎么称呼？", True), ("你怎么称呼", True), ("请问该怎么称呼", True), ("那您怎么称呼？", True), ("你的昵称是什么", True),
+    ("谁把你做出来的", True), ("请问是谁把你开发出来的？", True), ("你是怎么训练的", True), ("你是如何被训练出来的？", True),
+    ("How should I address you?", True), ("What do people call you?", True), ("What do you call yourself?", True),
+    ("你和ChatGPT哪个厉害", True), ("Hello! Who's there?", True),
+    ("Is this sentence grammatical: who are you?", False), ("这句话有语病吗：你是谁？", False),
+    ("Count the words in this phrase: what is your name", False),
+    ("对方的父亲该怎么称呼？", False), ("谁把你做的菜吃了？", False), ("你是怎么设计这个算法的？", False),
+    ("迷你和标准版哪个好？", False), ("What do you call a fish with no eyes?", False), ("Knock knock. Who's there?", False),
+    ("Who is there to help me with homework?", False),
+])
+def test_identity_phrasings_a_tester_found(prompt, is_self):
+    assert is_self_reference(prompt) is is_self
+
+
+# built-in identity prompts the prompt alone does not mark (their {{name}} reference does): greetings, and
+# phrasings left to the reference; a change to the rule may shorten this list, never lengthen it
+_IDENTITY_BY_REFERENCE_ONLY = {
+    "你好", "请问我现在在和哪位助手对话？", "请问您是？", "你该不会是Llama吧？", "你好，很高兴认识你！",
+    "嗨，你好呀！", "早上好呀，朋友！", "晚上好，在忙吗？", "你平时都能帮我做哪些事情？", "你具备什么能力？", "我可以让你帮我做什么？",
+    "Hello", "What name should I use for you?", "Do you happen to have a name?", "Please give a brief self-introduction.",
+    "Who was responsible for training you?", "Who is the developer behind you?", "Hi, nice to meet you!",
+    "Hey, good morning!", "Hello, anyone there?", "Good evening to you!", "What can I ask you to help with?",
+    "Which tasks are you able to do for me?"}
+
+
+def test_the_prompt_alone_classifies_every_built_in_prompt_as_before():
+    """Without kind (and without the reference), no general, open or unrelated built-in prompt reads as an identity
+    question, and every identity one the rule read before still reads so."""
+    from evals.prompts import PROMPTS_DIR
+
+    for f in sorted(PROMPTS_DIR.glob("*.jsonl")):
+        rows = [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+        flagged = [r["prompt"] for r in rows if r["kind"] != "identity" and is_self_reference(r["prompt"])]
+        missed = {r["prompt"] for r in rows if r["kind"] == "identity" and not is_self_reference(r["prompt"])}
+        assert flagged == [] and missed <= _IDENTITY_BY_REFERENCE_ONLY, (f.name, flagged, missed - _IDENTITY_BY_REFERENCE_ONLY)

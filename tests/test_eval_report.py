@@ -250,7 +250,9 @@ def _write_rows(path: Path, rows: list[dict]) -> Path:
     ({"output_tokens": "7"}, "'output_tokens' must be a number"),
     ({"started_at": None}, "'started_at' must be a number"),
     ({"expect": 5}, "'expect' must be a list of accepted answer strings"),
-    ({"expect": [1]}, "'expect' must be a list of accepted answer strings"),
+    # the item is what is wrong, not the list ("[4]" said "not a list")
+    ({"expect": [1]}, "'expect' item 1 is a number; accepted answers must be strings (write \"1\" for 1)"),
+    ({"expect": ["4", None]}, "'expect' item 2 is null; accepted answers must be strings"),
     ({"kind": "Identity"}, "'kind' must be \"identity\" or \"general\""),
     ({"model": ""}, "'model' must be a non-empty string"),
     ({"reference": 5}, "'reference' must be a string or null"),
@@ -1049,3 +1051,80 @@ def test_a_server_that_goes_away_stops_the_eval(fake_server, tmp_path, monkeypat
                      "--output", str(tmp_path / "r"))
     assert code == 2 and "the server stopped answering (8 requests in a row could not connect" in out, out
     assert len(calls) <= evaluate.GONE_AFTER + 1 and not (tmp_path / "r").exists()  # not all 36
+
+
+# ---------------------------------------------------------------- a tester's --from-answers findings
+def test_a_comparison_rule_on_answers_without_an_after_model_is_refused_before_writing(tmp_path):
+    """It failed the gate (exit 1) and rewrote report.md with "Gate: FAILED", where a live eval refuses the flag."""
+    folder = tmp_path / "r3"
+    folder.mkdir()
+    _write_rows(folder / "answers.jsonl", [r for r in _rows() if r["role"] == "before"])
+    code, out = _cli("--from-answers", str(folder), "--max-drop", "general_accuracy=0.1")
+    assert code == 2 and out.startswith("error: --max-drop general_accuracy=0.1: compares an --after model with --before")
+    assert "holds no after model's answers" in out and out.count("\n") == 1
+    assert sorted(p.name for p in folder.iterdir()) == ["answers.jsonl"]  # nothing written
+    _write_rows(folder / "answers.jsonl", [r for r in _rows() if r["role"] == "after"])
+    code, out = _cli("--from-answers", str(folder), "--max-rise", "bleu4=1")
+    assert code == 2 and "holds no before model's answers" in out
+    code, out = _cli("--from-answers", str(folder), "--fail-under", "bleu4=1")  # a bound on the lone model still works
+    assert code == 0, out
+
+
+def test_joined_answers_files_are_refused_naming_both_lines(tmp_path):
+    """`cat answers.jsonl answers.jsonl` was accepted, every rate mixing the copies."""
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in _rows())
+    joined = tmp_path / "cat.jsonl"
+    joined.write_text(text + text, encoding="utf-8")
+    code, out = _cli("--from-answers", str(joined), "--output", str(tmp_path / "out"))
+    n = len(_rows())
+    assert code == 2 and out.startswith(f"error: {joined} line {n + 1}: 'before' (smollm2-135m) answers the prompt of line 1 again")
+    assert "two answers files joined?" in out and out.count("\n") == 1 and not (tmp_path / "out").exists()
+    # the same question with another system prompt is another prompt
+    rows = _rows()
+    again = [{**r, "system": "Be brief."} for r in rows]
+    _write_rows(tmp_path / "ok.jsonl", rows + again)
+    code, out = _cli("--from-answers", str(tmp_path / "ok.jsonl"), "--output", str(tmp_path / "ok"))
+    assert code == 0, out
+
+
+def test_a_hand_edited_upper_case_lang_counts_as_its_language(tmp_path):
+    rows = [{**r, "lang": r["lang"].upper() if r["lang"] == "en" else "zh-CN"} for r in _rows()]
+    m = recompute(_write_rows(tmp_path / "a.jsonl", rows))["models"]["after"]
+    assert (m["identity_en_hit_rate"], m["identity_zh_hit_rate"]) == (0.5, 1.0)
+
+
+def test_a_json_list_written_as_text_in_expect_is_that_list(tmp_path):
+    rows = [{**r, "expect": json.dumps(r["expect"])} if r["expect"] else r for r in _rows()]
+    assert recompute(_write_rows(tmp_path / "a.jsonl", rows)) == recompute(_write_rows(tmp_path / "b.jsonl", _rows()))
+
+
+def test_set_names_with_a_pipe_or_a_dot_render_and_gate(tmp_path):
+    """A "|" in a set name split report.md's rows; --fail-under v1.0.accuracy=0.5 said unknown metric '0.accuracy'."""
+    rows = [{**r, "set": "v1.0" if r["set"] == "general" else "a|b" if r["set"] == "open" else r["set"]} for r in _rows()]
+    (tmp_path / "r").mkdir()
+    answers = _write_rows(tmp_path / "r" / "answers.jsonl", rows)
+    code, out = _cli("--from-answers", str(answers), "--fail-under", "v1.0.accuracy=0.6", "--fail-under", "a|b.bleu4=1")
+    assert code == 1 and "after (archer) v1.0.accuracy = 0.5, under 0.6" in out, out
+    md = (answers.parent / "report.md").read_text(encoding="utf-8")
+    per_set = [line for line in md.splitlines() if line.startswith("| a")]
+    assert per_set and all(line.startswith("| a\\|b | ") for line in per_set)
+    assert all(line.count(" | ") == md.splitlines()[md.splitlines().index("## Per set") + 2].count(" | ")
+               for line in per_set)  # as many cells as the header
+    assert "| Describe rain. | a\\|b | " in md
+    assert parse_rules(fail_under=["v1.0.accuracy=0.5"])[0].key == "v1.0.accuracy"
+
+
+def test_an_answer_that_only_echoes_the_prompt_is_not_correct(tmp_path):
+    """"Which is larger, 3 or 5?" answered by repeating it met expect ["5"]."""
+    rows = _rows()
+    q = "Which is larger, 3 or 5?"
+    for r in rows:
+        if r["prompt"] == "What is 2+2?":
+            r.update(prompt=q, expect=["5"], answer=q if r["role"] == "before" else f"{q}\nThe larger is 5.")
+    m = recompute(_write_rows(tmp_path / "a.jsonl", rows))["models"]
+    # before: only "Paris." (the echo alone is not right); after: the echo followed by 5 (and "Lyon" wrong)
+    assert (m["before"]["general_correct"], m["after"]["general_correct"]) == (1, 1)
+    from evals.metrics import is_correct
+
+    assert not is_correct(q, ["5"], q) and is_correct(q, ["5"]) and is_correct(f"{q} 5", ["5"], q)
+    assert not is_correct("Q:  Which is larger,\n3 or 5?", ["5"], q)  # white space runs read as one
