@@ -107,7 +107,11 @@ def reply(cfg: ChatConfig, messages: list[dict], write: Callable[[str], None]) -
         if not isinstance(e.body, (dict, list)):  # an HTML page: not echoed, it says nothing to the user
             raise not_openai(cfg.url, e.status_code, "POST /v1/chat/completions") from None
         error = ServerRefused if 400 <= e.status_code < 500 else ApplianceError
-        raise error(f"{cfg.url}: server answered {e.status_code}: {_msg(e)}") from None
+        said = _msg(e)
+        # vLLM: "max_tokens=5000 cannot be greater than max_model_len=2048", "... maximum context length ..."
+        hint = ("; lower --max-tokens, or send a shorter message (the server's context is `appliance up "
+                "--max-model-len`)") if "max_tokens" in said or "context length" in said else ""
+        raise error(f"{cfg.url}: server answered {e.status_code}: {said}{hint}") from None
     except _transport_errors() as e:  # the connection broke while the answer streamed
         raise ApplianceError(f"--url {cfg.url}: the server stopped answering mid-answer ({type(e).__name__}); "
                              "check `appliance status`") from None
@@ -209,12 +213,15 @@ def chat(cfg: ChatConfig, prompt: str | None = None, stdin: TextIO | None = None
     tty = _isatty(stdin)
     if tty:  # the banner and the model's name before each answer: piped, stdout holds the answers alone
         write(f"chatting with {cfg.model} at {cfg.url}; /reset clears the history, /exit or Ctrl-D leaves\n")
-    lineno = 0
+    lineno, unanswered = 0, []
     while True:
         line = _read_line(stdin, write, tty)
         lineno += 1
         if not line or line.strip() in ("/exit", "/quit"):
             write("\n" if not line and tty else "")
+            if unanswered and not tty:  # a script feeding stdin must see that some of its messages failed
+                raise ApplianceError(f"stdin: {len(unanswered)} message(s) not answered (line "
+                                     f"{', '.join(map(str, unanswered))}); see the errors above")
             return answer
         text = line.strip()
         if not text:
@@ -225,6 +232,7 @@ def chat(cfg: ChatConfig, prompt: str | None = None, stdin: TextIO | None = None
         if why := bad_char(text):
             warn(f"error: {'your message' if tty else f'stdin line {lineno}'}: contains {why}; not sent (send UTF-8 text), "
                  "the chat goes on")
+            unanswered.append(lineno)
             continue
         history.append({"role": "user", "content": text})
         if tty:
@@ -235,6 +243,7 @@ def chat(cfg: ChatConfig, prompt: str | None = None, stdin: TextIO | None = None
             write("\n" if tty else "")
             history.pop()
             warn(f"error: {e}; the message was dropped from the history (/reset clears the history if it grew too long)")
+            unanswered.append(lineno)
             continue
         except ApplianceError:  # the session ends: the error goes on a line of its own
             write("\n" if tty else "")

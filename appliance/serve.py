@@ -120,6 +120,12 @@ def preflight(cfg: UpConfig) -> Plan:
              "give the longest prompt + answer in tokens, at least 16 (e.g. 2048)")):
         if not ok:
             raise ApplianceError(f"{flag} {value}: out of range; {fix}")
+    if not cfg.host.strip():  # --host "$HOST" with HOST unset: vLLM listens on every interface
+        raise ApplianceError("--host is empty (an unset variable?); leave --host out to serve on 127.0.0.1 only, or "
+                             "give 0.0.0.0 to listen on every network interface")
+    if cfg.served_name is not None and any(ord(c) < 32 or ord(c) == 127 for c in cfg.served_name):
+        raise ApplianceError(f"--served-name {cfg.served_name!r}: holds a control character (a line break?); give "
+                             "a name on one line, e.g. archer")
     if cfg.api_key is not None and not cfg.api_key.strip():  # --api-key "$KEY" with KEY unset served without one
         raise ApplianceError("--api-key is empty (an unset variable?); pass the key, or leave --api-key out to serve "
                              "without one")
@@ -162,6 +168,11 @@ def preflight(cfg: UpConfig) -> Plan:
             raise ApplianceError(f"--model {base}: has no chat template (no chat_template.jinja, none in "
                                  "tokenizer_config.json), so every chat request would be refused; serve an "
                                  "instruct/chat model, or give a template: appliance up ... -- --chat-template FILE")
+    ctx = model_context(ref.path) if ref.local and cfg.max_model_len and \
+        not os.environ.get("VLLM_ALLOW_LONG_MAX_MODEL_LEN") else None
+    if ctx and cfg.max_model_len > ctx:  # vLLM refuses it ~10 s into its start, in a pydantic error
+        raise ApplianceError(f"--max-model-len {cfg.max_model_len}: above {base}'s context of {ctx} tokens "
+                             f"(max_position_embeddings in its config.json); use {ctx} or less")
     served_name = cfg.served_name or ref.name
     base_names, base_hf = {ref.name}, ref.hf_id
     meta = Path(ref.path) / "appliance.json"
@@ -220,6 +231,13 @@ def preflight(cfg: UpConfig) -> Plan:
 def _cpu_context(model_path: str) -> int | None:
     """The CPU default context, CPU_MAX_MODEL_LEN, or the model's own limit where that is shorter (GPT-2's
     1024): vLLM refuses a --max-model-len beyond it, 20 s into its start."""
+    limit = model_context(model_path)
+    return limit if limit is not None and limit < CPU_MAX_MODEL_LEN else None
+
+
+def model_context(model_path: str) -> int | None:
+    """The longest context a local model's config.json allows, as vLLM derives it (None: unknown, or scaled by
+    rope_scaling, which vLLM works out itself)."""
     import json
 
     try:
@@ -227,9 +245,10 @@ def _cpu_context(model_path: str) -> int | None:
     except (OSError, ValueError):
         return None
     mcfg = mcfg.get("text_config") or mcfg if isinstance(mcfg, dict) else {}
-    limit = next((v for k in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
-                  if isinstance(v := mcfg.get(k), int) and v > 0), None)
-    return limit if limit is not None and limit < CPU_MAX_MODEL_LEN else None
+    if not isinstance(mcfg, dict) or mcfg.get("rope_scaling"):
+        return None
+    return next((v for k in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+                 if isinstance(v := mcfg.get(k), int) and v > 0), None)
 
 
 def _cpu_kv_cache_bytes(cfg: UpConfig, model_path: str) -> int | None:

@@ -48,6 +48,8 @@ class ServerInfo:
     # what else the served model is known as (registry name, hub id): `adapters load` checks an adapter's base with them
     base_names: list[str] = field(default_factory=list)
     base_hf_id: str | None = None
+    # False while vLLM loads: recorded from launch, so `status` shows a start and `down` from another shell stops it
+    ready: bool = True
 
 
 def records_dir() -> Path:
@@ -209,11 +211,19 @@ def root_cause(log: str | Path) -> str | None:
     vLLM's last line is the generic "Engine core initialization failed. See root cause above";
     the line that says what to change comes first.
     """
-    for line in log_tail(log, lines=400).splitlines():
+    lines = log_tail(log, lines=400).splitlines()
+    for n, line in enumerate(lines):
         m = _EXCEPTION_LINE.match(line.strip()) or _USAGE_ERROR.match(line.strip())
         if m:
-            return m.group(1)[:400]
+            cause = m.group(1)
+            if "validation error" in cause:  # pydantic's first line counts errors; the next says which
+                detail = _PREFIX.sub("", lines[n + 1]).strip() if n + 1 < len(lines) else ""
+                cause = re.sub(r"\s*\[type=.*$", "", detail).removeprefix("Value error, ") or cause
+            return cause[:400]
     return None
+
+
+_PREFIX = re.compile(r"^\s*(?:\(\w+ pid=\d+\) )?")
 
 
 def _die_with_parent() -> None:
@@ -248,14 +258,25 @@ def start(plan, argv: list[str], env: dict[str, str], detach: bool, ready_timeou
                       adapter_roots=plan.adapter_roots, max_lora_rank=plan.max_lora_rank,
                       api_key_required=bool(plan.api_key), detached=detach,
                       started=datetime.now(timezone.utc).isoformat(timespec="seconds"), pid_start=_start_ticks(proc.pid),
-                      base_names=sorted(plan.base_names), base_hf_id=plan.base_hf_id)
+                      base_names=sorted(plan.base_names), base_hf_id=plan.base_hf_id, ready=False)
+    _write_record(info)
     try:
         _wait_ready(proc, info, plan.api_key, ready_timeout_s, echo, cancel)
     except BaseException:  # also Ctrl-C while waiting: never leave a half-started server behind
         kill_group(proc.pid)
+        if _recorded_pid(plan.port) == proc.pid:  # not a record another start wrote since `down` removed ours
+            _remove_record(plan.port)
         raise
+    info.ready = True
     _write_record(info)
     return info
+
+
+def _recorded_pid(port: int) -> int | None:
+    try:
+        return int(json.loads((records_dir() / f"{port}.json").read_text(encoding="utf-8"))["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def host_note(host: str, key: bool) -> str | None:
@@ -285,6 +306,9 @@ def _wait_ready(proc: subprocess.Popen, info: ServerInfo, api_key: str | None, t
         if proc.poll() is not None:
             if tty:
                 sys.stderr.write("\n")
+            if _recorded_pid(info.port) != info.pid:  # `appliance down` stopped it and removed its record
+                raise ApplianceError(f"the start of {info.url} was stopped from outside (`appliance down`); "
+                                     "start it again with `appliance up`")
             cause = root_cause(info.log)
             if not cause:  # the error line below names the cause when one was found; else the log's end has to
                 echo(log_tail(info.log))
@@ -351,7 +375,10 @@ def stop(port: int | None = None, all_servers: bool = False) -> dict[int | str, 
     that was only removed (its server had already exited, or the file could not be read).
     """
     recs, broken = scan_records()
-    broken = [f for f in broken if (port is None and all_servers) or f.stem == str(port)]
+    # without --port, as chat and adapters pick "the only server": records of dead servers and unreadable ones
+    # are removed beside the one live server (or alone), and only live ones make the choice ambiguous
+    alone = port is None and not all_servers and len([r for r in recs if _is_vllm_group(r.pid, r.pid_start)]) <= 1
+    broken = [f for f in broken if (port is None and (all_servers or alone)) or f.stem == str(port)]
     done: dict[int | str, str] = {}
     for f in broken:
         f.unlink(missing_ok=True)
@@ -360,8 +387,10 @@ def stop(port: int | None = None, all_servers: bool = False) -> dict[int | str, 
         recs = [r for r in recs if r.port == port]
         if not recs:
             return done  # nothing to stop is not an error, as for `down` without --port: the CLI says so
-    elif not all_servers and len(recs) > 1:
-        raise ApplianceError(f"{len(recs)} servers are recorded (ports {', '.join(str(r.port) for r in recs)}); pass --port N or --all")
+    elif not all_servers and not alone:
+        live = [r for r in recs if _is_vllm_group(r.pid, r.pid_start)]
+        raise ApplianceError(f"{len(live)} servers are running (ports {', '.join(str(r.port) for r in live)}); "
+                             "pass --port N or --all")
     for r in recs:
         done[r.port] = "not running"
         if _is_vllm_group(r.pid, r.pid_start):
@@ -386,6 +415,8 @@ def report(api_key: str | None = None) -> list[dict]:
         if group and not row["alive"]:
             row["note"] = (f"its API server (pid {r.pid}) exited but part of it still runs; `appliance down --port {r.port}` "
                            f"stops it; last log lines in {r.log}")
+        elif row["alive"] and not r.ready:
+            row["note"] = f"starting (vLLM is loading the model; log: {r.log})"
         elif row["alive"]:
             try:
                 resp = httpx.get(f"{r.url}/v1/models", headers=headers, timeout=5)

@@ -166,8 +166,10 @@ def test_piped_lines_that_are_not_utf8_are_skipped_and_the_chat_goes_on():
     with _Server(_vllm_like) as srv:
         res = CliRunner().invoke(main, ["chat", "--url", srv.url, "--model", "archer"],
                                  input=b"caf\xe9\nhello\nnul\x00here\nagain\n")
-        assert res.exit_code == 0 and "Traceback" not in res.output, res.output
-        assert res.stderr.count("\n") == 2 and "error: stdin line 1: contains an invalid character" in res.stderr, res.stderr
+        # the chat goes on, and its exit says that some lines went unanswered (a script could not tell: exit 0)
+        assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+        assert res.stderr.count("\n") == 3 and "error: stdin line 1: contains an invalid character" in res.stderr, res.stderr
+        assert res.stderr.endswith("error: stdin: 2 message(s) not answered (line 1, 3); see the errors above\n")
         assert "error: stdin line 3: contains a NUL character" in res.stderr
         assert res.stdout == "echo: hello\necho: again\n", res.stdout  # piped: the answers alone
         # only the good lines were sent, and the skipped ones are not in the history
@@ -178,13 +180,13 @@ def test_piped_lines_that_are_not_utf8_are_skipped_and_the_chat_goes_on():
 def test_a_4xx_in_a_session_drops_that_message_and_the_chat_goes_on():
     out, err = io.StringIO(), io.StringIO()
     with _Server(_vllm_like) as srv:
-        last = chat(ChatConfig(url=srv.url, model="archer"), stdin=io.StringIO("hi\nLONG " + "x" * 50 + "\nagain\n"),
-                    out=out, err=err)
+        with pytest.raises(ApplianceError, match=r"^stdin: 1 message\(s\) not answered \(line 2\)"):
+            chat(ChatConfig(url=srv.url, model="archer"), stdin=io.StringIO("hi\nLONG " + "x" * 50 + "\nagain\n"),
+                 out=out, err=err)
         sent = srv.chats()
-    assert last == "echo: again"
     (line,) = err.getvalue().splitlines()
     assert line.startswith("error: ") and "server answered 400: This model's maximum context length is 2048" in line
-    assert "/reset clears the history" in line
+    assert "/reset clears the history" in line and "; lower --max-tokens, or send a shorter message" in line
     # the refused message is not in the history the next message is sent with
     assert [m["content"] for m in sent[-1]] == ["hi", "echo: hi", "again"]
     assert out.getvalue() == "echo: hi\necho: again\n"  # piped: the answers alone, no line for the dropped one

@@ -1264,3 +1264,74 @@ def test_an_uncached_hub_model_offline_is_refused_before_vllm_starts(monkeypatch
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ApplianceError, match=r"^--model nosuch-org/model-xyz: not on this machine .*HF_HUB_OFFLINE is set"):
         preflight(UpConfig(model="nosuch-org/model-xyz", port=_free_port(), device="cpu"))
+
+
+def test_a_starting_server_is_recorded_and_down_from_another_shell_stops_it(appliance_home):
+    """No record until vLLM answered: `status` showed nothing and `down` said "nothing to stop" during a start."""
+    import dataclasses
+    import threading
+
+    port = _free_port()
+    errors: list[str] = []
+
+    def run() -> None:
+        try:
+            servers.start(dataclasses.replace(_plan("cpu"), port=port), ["bash", "-c", "exec -a fake-vllm-server sleep 300"],
+                          dict(os.environ), detach=True, ready_timeout_s=60, echo=lambda s: None)
+        except ApplianceError as e:
+            errors.append(str(e))
+
+    t = threading.Thread(target=run)
+    t.start()
+    deadline = time.monotonic() + 10
+    while not servers.read_records() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (rec,) = servers.read_records()
+    assert rec.port == port and rec.ready is False
+    time.sleep(0.3)  # the exec into the fake server's name
+    (row,) = servers.report()
+    assert row["alive"] and row["note"].startswith("starting")
+    assert servers.stop() == {port: "stopped"}
+    t.join(10)
+    assert errors and "was stopped from outside (`appliance down`)" in errors[0] and servers.read_records() == []
+
+
+def test_down_without_port_stops_the_one_live_server_beside_dead_and_broken_records(appliance_home):
+    """chat and adapters pick the only live server, while `down` refused ("2 servers are recorded") and
+    said "no servers recorded" for a lone unreadable record that `status` listed."""
+    live = _group("exec -a fake-vllm-server sleep 300")
+    try:
+        _wait_members(live.pid, 1)
+        for port, pid in ((18196, live.pid), (18197, 2**22 + 7)):  # the second pid cannot exist
+            servers._write_record(servers.ServerInfo(port=port, host="127.0.0.1", url=f"http://127.0.0.1:{port}", pid=pid,
+                                                     log="x.log", model="m", models=["m"]))
+        (servers.records_dir() / "18198.json").write_text("{broken", encoding="utf-8")
+        assert servers.stop() == {18196: "stopped", 18197: "not running", 18198: "unreadable"}
+        assert servers.scan_records() == ([], [])
+    finally:
+        live.kill()
+        live.wait()
+    (servers.records_dir() / "18199.json").write_text("{broken", encoding="utf-8")
+    assert servers.stop() == {18199: "unreadable"}
+
+
+@pytest.mark.parametrize("kw, needle", [
+    ({"host": ""}, "^--host is empty \\(an unset variable\\?\\)"),
+    ({"served_name": "a\nb"}, "^--served-name 'a\\\\nb': holds a control character"),
+    ({"max_model_len": 4096}, "^--max-model-len 4096: above .* context of 512 tokens .*use 512 or less$"),
+])
+def test_up_refuses_an_empty_host_a_control_character_and_a_context_beyond_the_models(tiny_model_dir, kw, needle):
+    """--host "" served on every interface; a served name with a line break broke status and the curl hint;
+    a --max-model-len above the model's failed ~10 s into vLLM's start in a pydantic error."""
+    with pytest.raises(ApplianceError, match=needle):
+        preflight(UpConfig(model=str(tiny_model_dir), port=_free_port(), device="cpu", **kw))
+
+
+def test_a_pydantic_start_error_is_reported_by_its_detail(tmp_path):
+    log = tmp_path / "server.log"
+    log.write_text("(APIServer pid=1) pydantic_core._pydantic_core.ValidationError: 1 validation error for ModelConfig\n"
+                   "(APIServer pid=1)   Value error, User-specified max_model_len (100000) is greater than the derived "
+                   "max_model_len (max_position_embeddings=8192). [type=value_error, input_value=ArgsKwargs(())]\n",
+                   encoding="utf-8")
+    assert servers.root_cause(log) == ("User-specified max_model_len (100000) is greater than the derived max_model_len "
+                                       "(max_position_embeddings=8192).")
