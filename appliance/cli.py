@@ -399,6 +399,9 @@ def eval_cmd(url, before, after, prompts, name, author, output, concurrency, max
 @click.option("--prompts", "prompts", multiple=True, help="Eval prompt file or built-in set (repeatable) [default: all built-in sets].")
 @click.option("--max-tokens", type=int, default=64, show_default=True, help="Longest answer in the eval.")
 @click.option("--concurrency", type=int, default=None, help="Eval requests in flight per model [default: 64].")
+@click.option("--merge-dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default=None,
+              help="Dtype of the merged model [default: fp32 on a CPU without native bf16 (as the adapter is served "
+              "there), else bf16].")
 @click.option("--force", is_flag=True, help="Redo every stage, even those already done.")
 def pipeline(**kw) -> None:
     """The whole job: pull, train, merge, up, eval base vs adapter vs merged, report, down."""

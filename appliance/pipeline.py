@@ -39,6 +39,9 @@ class PipelineConfig:
     train_config: str | None = None  # YAML for the train stage
     force: bool = False
     gates: list[str] = field(default_factory=lambda: ["identity_hit_rate=0.95"])
+    # None: fp32 where the adapter's server runs the base in fp32 (a CPU without native bf16), else bf16. A bf16
+    # merge rounds away a weak adapter's small update there, and the merge check then fails (102 of 118 seen)
+    merge_dtype: str | None = None
 
     @property
     def slug(self) -> str:
@@ -80,7 +83,7 @@ def pipeline(cfg: PipelineConfig, echo: Echo = print) -> dict[str, Any]:
         echo(f"skipped: {run_dir} is already trained for {cfg.name} / {cfg.author} with these settings (use --force to retrain)")
     else:
         if not done:  # --force over the same settings replaces nothing the user would miss
-            _note_replaced(run_dir, echo)
+            _note_replaced(run_dir, echo, tcfg)
         try:
             meta = train(tcfg)
         except ResumeMismatch:  # the interrupted run had other settings (another --author): start over
@@ -98,7 +101,8 @@ def pipeline(cfg: PipelineConfig, echo: Echo = print) -> dict[str, Any]:
         t = _stage(echo, f"merge -> {merged_dir}")
         # no probe verification here: the eval below checks the merged model more strictly, through
         # vLLM, on every prompt against the adapter's answers (and saves the probes' ~12 s)
-        res = merge(MergeConfig(adapter=str(run_dir), output=str(merged_dir), overwrite=True, verify=False))
+        res = merge(MergeConfig(adapter=str(run_dir), output=str(merged_dir), overwrite=True, verify=False,
+                                dtype=_merge_dtype(cfg)))
         # (merge's own "already merged" line suggests its --overwrite, a flag the pipeline does not have)
         echo(f"skipped: {merged_dir} is already merged from this adapter" if res.already_merged
              else f"merged -> {merged_dir} (checked against the adapter in the eval)")
@@ -118,7 +122,18 @@ def pipeline(cfg: PipelineConfig, echo: Echo = print) -> dict[str, Any]:
     return {"report": report, "timings": timings}
 
 
-def _note_replaced(run_dir: Path, echo: Echo) -> None:
+def _merge_dtype(cfg: PipelineConfig) -> str:
+    """The merged model's dtype: the flag's, else the precision the adapter is served in beside its base."""
+    if cfg.merge_dtype:
+        return cfg.merge_dtype
+    import torch
+
+    from appliance.hw import cpu_has_native_bf16
+
+    return "bf16" if torch.cuda.is_available() or cpu_has_native_bf16() else "fp32"
+
+
+def _note_replaced(run_dir: Path, echo: Echo, tcfg: Any = None) -> None:
     """A finished run of other settings in the run's folder is replaced: said, since another --name keeps it."""
     from appliance import rundir
 
@@ -130,8 +145,16 @@ def _note_replaced(run_dir: Path, echo: Echo) -> None:
         old = {}
     base = (old.get("base_model") or {}).get("name") or "?"
     who = old.get("identity") if isinstance(old.get("identity"), dict) else {}
-    echo(f"note: replacing the run in {run_dir} (trained on {base} for {who.get('name', '?')} / {who.get('author', '?')}, "
-         "other settings); give --name another value to keep it")
+    was = old.get("config") if isinstance(old.get("config"), dict) else {}
+    now = tcfg.to_dict() if tcfg is not None else {}
+    from appliance.train import NOT_RECIPE
+
+    changed = [f"{k} {was[k]} -> {now[k]}" for k in sorted(now) if k in was and k not in NOT_RECIPE and was[k] != now[k]
+               and not (isinstance(was[k], list) and list(now[k]) == was[k])]
+    what = "; ".join(changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "") if changed \
+        else "other settings or data"
+    echo(f"note: replacing the run in {run_dir} (trained on {base} for {who.get('name', '?')} / {who.get('author', '?')}; "
+         f"now: {what}); give --name another value to keep it")
 
 
 def _train_config(cfg: PipelineConfig, run_dir: Path):
@@ -171,6 +194,12 @@ def _preflight(cfg: PipelineConfig) -> None:
     if "/" in slug or "\\" in slug or slug.startswith("."):
         raise ApplianceError(f"--name {cfg.name}: names the run's folders (saves/<name>, reports/<name>), so it cannot "
                              "hold / or \\ or start with a dot; use a plain name such as Archer")
+    if "=" in slug:  # the adapter is served as name=path: "a=b" read as the name "a" of the folder "b"
+        raise ApplianceError(f"--name {cfg.name}: names the served adapter, so it cannot hold '='; use a plain name "
+                             "such as Archer")
+    if len(f".{slug}-merged.partial".encode()) > 250:  # file names are at most 255 bytes
+        raise ApplianceError(f"--name: {len(cfg.name)} characters name the run's folders, too long for a file name; "
+                             "use a shorter name (at most ~80 Chinese or ~230 Latin characters)")
     for flag, port in (("--port", cfg.port), ("--merged-port", cfg.merged_port)):
         if not 1 <= port <= 65535:
             raise ApplianceError(f"{flag} {port}: out of range; use 1-65535")
@@ -197,8 +226,11 @@ def _preflight(cfg: PipelineConfig) -> None:
             check_port("127.0.0.1", port, flag)  # now, not after minutes of training and a merge
     from appliance import models
 
-    if not models.resolve_pullable(cfg.model):  # a pullable one is fetched first; any other must be found now
-        models.resolve(cfg.model)
+    ref = None if models.resolve_pullable(cfg.model) else models.resolve(cfg.model)  # a pullable one is fetched first
+    served = (ref.name if ref else cfg.model).lower()
+    if slug in (served, f"{served}-merged") or f"{slug}-merged" == served:
+        raise ApplianceError(f"--name {cfg.name}: the adapter would be served under the base model's name "
+                             f"({served}); give the assistant another name")
 
 
 class _Servers:
@@ -217,7 +249,7 @@ class _Servers:
 
         from appliance import serve
 
-        self.slug, self.echo = slug, echo
+        self.slug, self.echo, self.run_dir = slug, echo, run_dir
         self.overlap = serve.detect_device() == "cpu"
         share = CPU_KV_SHARE if self.overlap else None
         self.specs = {"adapter": serve.UpConfig(adapters=[f"{slug}={run_dir}"], port=cfg.port, detach=True,
@@ -348,9 +380,25 @@ def _serve_and_eval(cfg: PipelineConfig, servers: _Servers, report_dir: Path, ec
     rules = parse_rules(fail_under=tuple(cfg.gates))
     # the answers and the reports computed from them are published as one set
     report = write_report(report_dir, rules, answers_text="".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
-                          run={"pipeline": True, "timings": timings, "eval": _eval_settings(cfg), "merge_check": check})
+                          run={"pipeline": True, "timings": timings, "eval": _eval_settings(cfg), "merge_check": check,
+                               "training": _training_summary(servers.run_dir)})
     _refuse_failed_merge(report, report_dir, merged_name)
     return report
+
+
+def _training_summary(run_dir: Path) -> dict[str, Any]:
+    """What the adapter was trained with, from its appliance.json, for the report (which reads no run folder)."""
+    from appliance import rundir
+
+    try:
+        meta = rundir.read_meta(run_dir)
+    except ApplianceError:
+        return {}
+    c, r, d = meta.get("config") or {}, meta.get("results") or {}, meta.get("dataset") or {}
+    return {"adapter": str(run_dir), "base_model": (meta.get("base_model") or {}).get("name"), "method": meta.get("method"),
+            "datasets": c.get("datasets"), "examples": d.get("examples"), "retention_examples": d.get("retention_examples"),
+            "epochs": c.get("epochs"), "max_steps": c.get("max_steps"), "steps": r.get("steps"), "lr": c.get("lr"),
+            "lora": meta.get("lora", {}).get("r"), "loss": [r.get("first_loss"), r.get("last_loss")]}
 
 
 def _refuse_failed_merge(report: dict, report_dir: Path, merged_name: str) -> None:

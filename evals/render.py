@@ -77,6 +77,19 @@ def _sets(rows: list[dict]) -> dict[str, str]:
     return {r["prompt"]: r.get("set", "") for r in rows}
 
 
+def training_line(report: dict) -> str:
+    """What the adapter was trained with, when the pipeline recorded it in the report's run."""
+    t = (report.get("run") or {}).get("training") or {}
+    if not t:
+        return ""
+    loss = t.get("loss") or [None, None]
+    how = f"{t.get('steps')} steps" + (f", loss {loss[0]:.3g} -> {loss[1]:.3g}" if None not in loss else "")
+    data = ", ".join(map(str, t.get("datasets") or [])) or "?"
+    return (f"Trained: `{t.get('adapter')}` on `{t.get('base_model')}` ({t.get('method')}, rank {t.get('lora')}, "
+            f"lr {t.get('lr')}), data {data} ({t.get('examples')} examples + {t.get('retention_examples')} retention), "
+            f"{how}.")
+
+
 def render_md(report: dict, rows: list[dict]) -> str:
     """Markdown report: before/after metrics with deltas, per-set table, examples side by side."""
     models = report["models"]
@@ -87,6 +100,8 @@ def render_md(report: dict, rows: list[dict]) -> str:
     out.append("Models: " + ", ".join(f"{r} = `{m['model']}`" for r, m in models.items())
                + f"; {models[roles[0]]['n']} prompts each; old identity markers: "
                + (", ".join(report["old_identity"]) or "none (leak not measured)") + ".")
+    if trained := training_line(report):
+        out += ["", trained]
     if gate:
         verdict = "PASSED" if gate["passed"] else "FAILED"
         out += ["", f"Gate: **{verdict}** ({' '.join(gate['rules']) or 'no rules'})"]
@@ -181,6 +196,8 @@ def render_html(report: dict, rows: list[dict]) -> str:
              f"<title>Eval: {e(report['name'])}</title><style>body{{font-family:sans-serif;max-width:1000px;margin:auto}}"
              "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top;font-size:13px}"
              "</style></head><body>", f"<h1>Eval: {e(report['name'])} by {e(report['author'])}</h1>", f"<p>{legend}</p>"]
+    if trained := training_line(report):
+        parts.append(f"<p>{e(trained.replace('`', ''))}</p>")
     if gate:
         color = "green" if gate["passed"] else "red"
         parts.append(f"<p>Gate: <b style='color:{color}'>{'PASSED' if gate['passed'] else 'FAILED'}</b> "

@@ -457,15 +457,57 @@ def test_a_finished_run_of_other_settings_is_replaced_with_a_note(monkeypatch, a
     monkeypatch.setattr(models, "resolve_pullable", lambda *a, **k: False)
     monkeypatch.setattr(train_mod, "already_trained", lambda cfg: None)
     monkeypatch.setattr(train_mod, "train", lambda cfg: (_ for _ in ()).throw(Stop()))
-    run = _run_dir(appliance_home / "saves" / "archer")
+    run = _run_dir(appliance_home / "saves" / "archer", lr=5e-4)
     meta = json.loads((run / "appliance.json").read_text())
     (run / "appliance.json").write_text(json.dumps(meta | {"base_model": {"name": "tg-gemma"}}))
     said = []
     with pytest.raises(Stop):
         pl.pipeline(pl.PipelineConfig(port=_free_port(), merged_port=_free_port()), echo=said.append)
-    assert any(s.startswith(f"note: replacing the run in {run} (trained on tg-gemma for Archer / 意琦行") for s in said)
+    # which setting changed is said ("other settings" alone did not explain a retrain)
+    assert any(s.startswith(f"note: replacing the run in {run} (trained on tg-gemma for Archer / 意琦行; now: lr 0.0005 -> "
+                            "0.001)") for s in said), said
     said.clear()
     shutil.rmtree(run)
     with pytest.raises(Stop):
         pl.pipeline(pl.PipelineConfig(port=_free_port(), merged_port=_free_port()), echo=said.append)
     assert not any("replacing" in s for s in said)
+
+
+@pytest.mark.parametrize("name, needle", [
+    ("a=b", "cannot hold '='"), ("N" * 250, "too long for a file name"), ("诺" * 100, "too long for a file name"),
+    ("SmolLM2-135M", "the adapter would be served under the base model's name (smollm2-135m)"),
+])
+def test_names_that_break_serving_or_folders_are_refused_before_training(name, needle, appliance_home):
+    """They failed after training and the merge (a=b: "--adapter b=...: directory not found"), or with an
+    OSError traceback (a 250-character name)."""
+    with pytest.raises(ApplianceError, match=re.escape(needle)):
+        pl._preflight(pl.PipelineConfig(name=name, port=_free_port(), merged_port=_free_port()))
+
+
+def test_the_merge_is_fp32_where_the_adapter_is_served_in_fp32(monkeypatch):
+    """A bf16 merge rounded a short run's small update away on a CPU, where the adapter's server runs the
+    base in fp32: the merge check failed (102 of 118) and the pipeline had no way to merge otherwise."""
+    from appliance import hw
+
+    monkeypatch.setattr(hw, "cpu_has_native_bf16", lambda: False)
+    assert pl._merge_dtype(pl.PipelineConfig()) == "fp32"
+    monkeypatch.setattr(hw, "cpu_has_native_bf16", lambda: True)
+    assert pl._merge_dtype(pl.PipelineConfig()) == "bf16"
+    assert pl._merge_dtype(pl.PipelineConfig(merge_dtype="fp16")) == "fp16"
+
+
+def test_the_report_says_what_was_trained(tmp_path):
+    from evals.render import render_md
+
+    run = _run_dir(tmp_path / "saves" / "archer")
+    meta = json.loads((run / "appliance.json").read_text())
+    meta |= {"base_model": {"name": "smollm2-135m"}, "method": "lora", "lora": {"r": 16},
+             "results": {"steps": 125, "first_loss": 3.2, "last_loss": 0.41},
+             "dataset": {"examples": 181, "retention_examples": 104}}
+    (run / "appliance.json").write_text(json.dumps(meta))
+    t = pl._training_summary(run)
+    report = {"name": "Archer", "author": "A", "old_identity": [], "gate": {}, "run": {"training": t},
+              "models": {"before": {"model": "m", "n": 0, "sets": {}}}}
+    md = render_md(report, [])
+    assert (f"Trained: `{run}` on `smollm2-135m` (lora, rank 16, lr 0.001), data identity (181 examples + 104 "
+            "retention), 125 steps, loss 3.2 -> 0.41.") in md
