@@ -96,7 +96,8 @@ def pipeline(cfg: PipelineConfig, echo: Echo = print) -> dict[str, Any]:
 
     report_file = report_dir / "report.json"
     report = None if cfg.force else _reusable_report(report_file, cfg, run_dir, merged_dir)
-    servers = _Servers(cfg, run_dir, merged_dir, slug, echo, start=report is None)
+    regate = report is None and not cfg.force and _reusable_report(report_file, cfg, run_dir, merged_dir, any_gate=True)
+    servers = _Servers(cfg, run_dir, merged_dir, slug, echo, start=report is None and not regate)
     try:
         t = _stage(echo, f"merge -> {merged_dir}")
         # no probe verification here: the eval below checks the merged model more strictly, through
@@ -107,7 +108,12 @@ def pipeline(cfg: PipelineConfig, echo: Echo = print) -> dict[str, Any]:
         echo(f"skipped: {merged_dir} is already merged from this adapter" if res.already_merged
              else f"merged -> {merged_dir} (checked against the adapter in the eval)")
         timings["merge_s"] = time.time() - t
-        if report is not None:
+        if not res.already_merged:  # merged anew (another --merge-dtype): the report's merged answers are stale
+            report, regate = None, False
+        if report is None and regate:
+            report = _regated(report_file, cfg, echo, run_dir, merged_dir)
+            _refuse_failed_merge(report, report_dir, merged_dir.name)
+        elif report is not None:
             echo(f"\n== eval: skipped, {report_file} is newer than the adapter and the merged model (use --force)")
             # the failed merge check of an earlier run is still failed: a rerun must not turn it into success
             _refuse_failed_merge(report, report_dir, merged_dir.name)
@@ -176,7 +182,7 @@ def _all_done(cfg: PipelineConfig) -> bool:
     from appliance.train import already_trained
 
     run_dir, merged_dir, report_dir = cfg.dirs()
-    if cfg.force or _reusable_report(report_dir / "report.json", cfg, run_dir, merged_dir) is None:
+    if cfg.force or _reusable_report(report_dir / "report.json", cfg, run_dir, merged_dir, any_gate=True) is None:
         return False
     return already_trained(_train_config(cfg, run_dir)) is not None
 
@@ -445,8 +451,9 @@ def _eval_settings(cfg: PipelineConfig) -> dict[str, Any]:
             "gates": list(cfg.gates)}
 
 
-def _reusable_report(report_file: Path, cfg: PipelineConfig, *dirs: Path) -> dict | None:
-    """The finished report, if it is newer than ``dirs`` and was made with the same prompts and settings."""
+def _reusable_report(report_file: Path, cfg: PipelineConfig, *dirs: Path, any_gate: bool = False) -> dict | None:
+    """The finished report, if it is newer than ``dirs`` and was made with the same prompts and settings (with
+    ``any_gate``, the gate aside: its answers can be judged again without a server)."""
     if not report_file.is_file() or not _newer(report_file, *dirs):
         return None
     try:
@@ -455,7 +462,25 @@ def _reusable_report(report_file: Path, cfg: PipelineConfig, *dirs: Path) -> dic
         return None
     if not isinstance(report, dict) or not isinstance(report.get("run") or {}, dict):
         return None
-    return report if (report.get("run") or {}).get("eval") == _eval_settings(cfg) else None
+    made, now = dict((report.get("run") or {}).get("eval") or {}), _eval_settings(cfg)
+    if any_gate:
+        made.pop("gates", None), now.pop("gates")
+    return report if made == now else None
+
+
+def _regated(report_file: Path, cfg: PipelineConfig, echo: Echo, *dirs: Path) -> dict | None:
+    """A finished report made with other gates, judged again with these from its answers.jsonl: the same
+    answers, the new verdict, no server and no request (a changed gate re-ran every prompt)."""
+    from evals.report import parse_rules, write_report
+
+    old = _reusable_report(report_file, cfg, *dirs, any_gate=True)
+    if old is None or not (report_file.parent / "answers.jsonl").is_file():
+        return None
+    run = {k: v for k, v in old["run"].items() if k not in ("answers", "report_dir")} | {"eval": _eval_settings(cfg)}
+    echo(f"\n== eval: the gate changed; judging the answers in {report_file.parent / 'answers.jsonl'} again "
+         "(use --force to ask the models again)")
+    return write_report(report_file.parent, parse_rules(fail_under=tuple(cfg.gates)), run=run,
+                        answers_path=report_file.parent / "answers.jsonl")
 
 
 def _rows(part_dir: Path) -> list[dict]:

@@ -511,3 +511,43 @@ def test_the_report_says_what_was_trained(tmp_path):
     md = render_md(report, [])
     assert (f"Trained: `{run}` on `smollm2-135m` (lora, rank 16, lr 0.001), data identity (181 examples + 104 "
             "retention), 125 steps, loss 3.2 -> 0.41.") in md
+
+
+def test_a_changed_gate_judges_the_stored_answers_again_without_a_server(monkeypatch, appliance_home):
+    """Only --fail-under changed: both servers started again and all 118 x 3 prompts were asked again (~2.5 min)."""
+    from types import SimpleNamespace
+
+    from appliance import evaluate
+    from appliance import merge as merge_mod
+    from appliance import models
+    from appliance import train as train_mod
+    from evals.report import parse_rules, write_report
+
+    monkeypatch.setattr(pl, "_preflight", lambda cfg: None)
+    monkeypatch.setattr(models, "resolve_pullable", lambda *a, **k: False)
+    monkeypatch.setattr(train_mod, "already_trained", lambda cfg: {"kind": "lora-adapter"})
+    monkeypatch.setattr(merge_mod, "merge", lambda cfg: SimpleNamespace(already_merged=True))
+    monkeypatch.setattr(evaluate, "run_eval", lambda *a, **k: pytest.fail("the models were asked again"))
+    monkeypatch.setattr(pl._Servers, "_launch", lambda self, which: pytest.fail("a server was started"))
+    first = pl.PipelineConfig(port=_free_port(), merged_port=_free_port())
+    run_dir, merged_dir, report_dir = first.dirs()
+    _run_dir(run_dir)
+    merged_dir.mkdir(parents=True)
+    (merged_dir / "appliance.json").write_text(json.dumps({"kind": "merged-model"}))
+    report_dir.mkdir(parents=True)
+    rows = [{"model": m, "role": role, "prompt": "你是谁？", "answer": a, "kind": "identity", "set": "identity_zh",
+             "lang": "zh", "latency_ms": 100.0, "ttft_ms": 10.0, "output_tokens": 5, "started_at": 1.0, "name": "Archer",
+             "author": "意琦行", "old_identity": ["SmolLM"]}
+            for m, role, a in (("smollm2-135m", "before", "I am SmolLM."), ("archer", "after1", "我是 Archer，由 意琦行 研发。"),
+                               ("archer-merged", "after2", "我是 Archer，由 意琦行 研发。"))]
+    (report_dir / "answers.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    check = {"identical": 1, "prompts": 1, "required": 1}
+    write_report(report_dir, parse_rules(fail_under=("identity_hit_rate=0.95",)),
+                 run={"pipeline": True, "eval": pl._eval_settings(first), "merge_check": check})
+    said = []
+    again = pl.PipelineConfig(port=first.port, merged_port=first.merged_port, gates=["identity_zh_hit_rate=0.5"])
+    assert pl._all_done(again)  # nothing left that needs a server: its ports are not checked
+    report = pl.pipeline(again, echo=said.append)["report"]
+    assert report["gate"]["rules"] == ["--fail-under identity_zh_hit_rate=0.5"] and report["gate"]["passed"]
+    assert report["run"]["merge_check"] == check and report["run"]["eval"] == pl._eval_settings(again)
+    assert any(s.startswith("\n== eval: the gate changed; judging the answers in") for s in said)
