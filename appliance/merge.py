@@ -280,12 +280,19 @@ def _check_shard_size(size: str) -> None:
 
 
 def _refuse_overlap(out: Path, adapter: Path, base: Path) -> None:
-    """--overwrite replaces the output folder: never the adapter or base it reads, nor a folder holding them."""
+    """--overwrite replaces the output folder: never the adapter or base it reads, nor a folder holding them;
+    and a model is never written inside another run or model (its --overwrite would delete it)."""
+    from appliance import rundir
+
     o = out.resolve()
     for what, d in (("--adapter", adapter), ("base model", base)):
         if o == d or o in d.parents or d in o.parents:
             raise ApplianceError(f"--output {out}: overlaps the {what} directory {d}, which the merge reads; "
                                  "choose another --output (e.g. models/<name>-merged)")
+    inside = next(((p, kind) for p in o.parents if (kind := rundir.folder_kind(p)) in rundir.RUN_KINDS), None)
+    if inside is not None:
+        raise ApplianceError(f"--output {out}: is inside {inside[0]}, which holds a {inside[1]}; choose an --output "
+                             "outside it, such as models/<name>-merged")
 
 
 def _sweep_dead_tmp(out: Path) -> None:

@@ -299,6 +299,16 @@ def test_output_never_overlaps_the_adapter_or_base(adapter_dir, tiny_model_dir, 
     assert (adapter_dir / "adapter_config.json").is_file() and (tiny_model_dir / "config.json").is_file()
 
 
+def test_output_is_never_inside_another_run(adapter_dir, tmp_path):
+    """saves/other/sub was written inside another training run, which its next --overwrite would delete."""
+    other = tmp_path / "saves" / "other"
+    other.mkdir(parents=True)
+    (other / "appliance.json").write_text(json.dumps({"kind": "lora-adapter"}), encoding="utf-8")
+    with pytest.raises(ApplianceError, match=r"^--output .*other/sub: is inside .*other, which holds a lora-adapter"):
+        merge(_cfg(adapter_dir, other / "sub", dtype="fp32"))
+    assert not (other / "sub").exists()
+
+
 def test_damaged_output_is_merged_again(adapter_dir, tmp_path):
     out = tmp_path / "m"
     merge(_cfg(adapter_dir, out, dtype="fp32"))
