@@ -411,27 +411,34 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("identical, fails", [(103, True), (104, False)])
-def test_a_rerun_over_a_failed_merge_check_fails_again(identical, fails, monkeypatch, appliance_home):
-    """The report of a run whose merge check failed is reused by a rerun (every stage done): the rerun exits 1
-    again, naming the check, instead of 0."""
+def _finished_stages(monkeypatch, cfg: pl.PipelineConfig):
+    """A trained run and its merged model of ``cfg`` on disk, the stages reporting done; the report folder."""
     from types import SimpleNamespace
 
     from appliance import merge as merge_mod
     from appliance import models
     from appliance import train as train_mod
-    from appliance.errors import CheckFailed
 
     monkeypatch.setattr(pl, "_preflight", lambda cfg: None)  # checks the model is pulled: not what is tested here
     monkeypatch.setattr(models, "resolve_pullable", lambda *a, **k: False)
     monkeypatch.setattr(train_mod, "already_trained", lambda cfg: {"kind": "lora-adapter"})
     monkeypatch.setattr(merge_mod, "merge", lambda cfg: SimpleNamespace(already_merged=True))
-    cfg = pl.PipelineConfig(port=_free_port(), merged_port=_free_port())
     run_dir, merged_dir, report_dir = cfg.dirs()
     _run_dir(run_dir)
     merged_dir.mkdir(parents=True)
     (merged_dir / "appliance.json").write_text(json.dumps({"kind": "merged-model"}))
     report_dir.mkdir(parents=True)
+    return report_dir
+
+
+@pytest.mark.parametrize("identical, fails", [(103, True), (104, False)])
+def test_a_rerun_over_a_failed_merge_check_fails_again(identical, fails, monkeypatch, appliance_home):
+    """The report of a run whose merge check failed is reused by a rerun (every stage done): the rerun exits 1
+    again, naming the check, instead of 0."""
+    from appliance.errors import CheckFailed
+
+    cfg = pl.PipelineConfig(port=_free_port(), merged_port=_free_port())
+    report_dir = _finished_stages(monkeypatch, cfg)
     check = {"identical": identical, "prompts": 118, "required": 104}
     (report_dir / "report.json").write_text(json.dumps({"run": {"eval": pl._eval_settings(cfg), "merge_check": check},
                                                         "gate": {"passed": True}}))
@@ -515,26 +522,13 @@ def test_the_report_says_what_was_trained(tmp_path):
 
 def test_a_changed_gate_judges_the_stored_answers_again_without_a_server(monkeypatch, appliance_home):
     """Only --fail-under changed: both servers started again and all 118 x 3 prompts were asked again (~2.5 min)."""
-    from types import SimpleNamespace
-
     from appliance import evaluate
-    from appliance import merge as merge_mod
-    from appliance import models
-    from appliance import train as train_mod
     from evals.report import parse_rules, write_report
 
-    monkeypatch.setattr(pl, "_preflight", lambda cfg: None)
-    monkeypatch.setattr(models, "resolve_pullable", lambda *a, **k: False)
-    monkeypatch.setattr(train_mod, "already_trained", lambda cfg: {"kind": "lora-adapter"})
-    monkeypatch.setattr(merge_mod, "merge", lambda cfg: SimpleNamespace(already_merged=True))
     monkeypatch.setattr(evaluate, "run_eval", lambda *a, **k: pytest.fail("the models were asked again"))
     monkeypatch.setattr(pl._Servers, "_launch", lambda self, which: pytest.fail("a server was started"))
     first = pl.PipelineConfig(port=_free_port(), merged_port=_free_port())
-    run_dir, merged_dir, report_dir = first.dirs()
-    _run_dir(run_dir)
-    merged_dir.mkdir(parents=True)
-    (merged_dir / "appliance.json").write_text(json.dumps({"kind": "merged-model"}))
-    report_dir.mkdir(parents=True)
+    report_dir = _finished_stages(monkeypatch, first)
     rows = [{"model": m, "role": role, "prompt": "你是谁？", "answer": a, "kind": "identity", "set": "identity_zh",
              "lang": "zh", "latency_ms": 100.0, "ttft_ms": 10.0, "output_tokens": 5, "started_at": 1.0, "name": "Archer",
              "author": "意琦行", "old_identity": ["SmolLM"]}

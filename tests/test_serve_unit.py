@@ -855,15 +855,21 @@ def test_a_web_server_that_is_not_openai_compatible_is_named_as_such(body):
         srv.server_close()
 
 
+def _live_and_dead_records():
+    """Records of a live (fake) vLLM server on port 18196 and of a dead one on 18197; returns the live process."""
+    live = _group("exec -a fake-vllm-server sleep 300")
+    _wait_members(live.pid, 1)
+    for port, pid in ((18196, live.pid), (18197, 2**22 + 7)):  # the second pid cannot exist
+        servers._write_record(servers.ServerInfo(port=port, host="127.0.0.1", url=f"http://127.0.0.1:{port}", pid=pid,
+                                                 log="x.log", model="m", models=["m"]))
+    return live
+
+
 def test_default_url_skips_records_of_servers_that_exited(appliance_home):
     from appliance.chat import default_url
 
-    live = _group("exec -a fake-vllm-server sleep 300")
+    live = _live_and_dead_records()
     try:
-        _wait_members(live.pid, 1)
-        for port, pid in ((18196, live.pid), (18197, 2**22 + 7)):  # the second pid cannot exist
-            servers._write_record(servers.ServerInfo(port=port, host="127.0.0.1", url=f"http://127.0.0.1:{port}", pid=pid,
-                                                     log="x.log", model="m", models=["m"]))
         assert default_url() == "http://127.0.0.1:18196"
     finally:
         live.kill()
@@ -1299,12 +1305,8 @@ def test_a_starting_server_is_recorded_and_down_from_another_shell_stops_it(appl
 def test_down_without_port_stops_the_one_live_server_beside_dead_and_broken_records(appliance_home):
     """chat and adapters pick the only live server, while `down` refused ("2 servers are recorded") and
     said "no servers recorded" for a lone unreadable record that `status` listed."""
-    live = _group("exec -a fake-vllm-server sleep 300")
+    live = _live_and_dead_records()
     try:
-        _wait_members(live.pid, 1)
-        for port, pid in ((18196, live.pid), (18197, 2**22 + 7)):  # the second pid cannot exist
-            servers._write_record(servers.ServerInfo(port=port, host="127.0.0.1", url=f"http://127.0.0.1:{port}", pid=pid,
-                                                     log="x.log", model="m", models=["m"]))
         (servers.records_dir() / "18198.json").write_text("{broken", encoding="utf-8")
         assert servers.stop() == {18196: "stopped", 18197: "not running", 18198: "unreadable"}
         assert servers.scan_records() == ([], [])
