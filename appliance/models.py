@@ -326,3 +326,13 @@ def registry_name(model: str) -> str | None:
     """The registry key of ``model`` (a name, alias or hub id), or None for other paths."""
     hit = _registry_entry(model)
     return hit[0] if hit else None
+
+
+def pulled_registry_name(path: str | Path) -> str | None:
+    """The registry key of a model folder that ``models pull`` wrote (its appliance.json says so), given by path."""
+    try:
+        meta = json.loads((Path(path) / "appliance.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    name = meta.get("name") if isinstance(meta, dict) and meta.get("kind") == "base-model" else None
+    return name if isinstance(name, str) and registry_name(name) == name else None

@@ -77,7 +77,9 @@ def _retention(cfg: TrainConfig, tok: Any, base: Any, model_path: str, markers: 
 
     prompts = pick(data_mod.load_prompts(cfg.retention_prompts), cfg.retention_samples)
     return base_answers(base, tok, model_path, prompts, max_new_tokens=cfg.retention_max_new_tokens,
-                        model_name=models.registry_name(cfg.model), drop_markers=tuple(markers))
+                        # a pulled registry model given by its path uses the answers shipped for it too
+                        model_name=models.registry_name(cfg.model) or models.pulled_registry_name(model_path),
+                        drop_markers=tuple(markers))
 
 
 def _negatives(cfg: TrainConfig, keep: list, ident: list) -> list:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from appliance import retention
 
 
@@ -85,3 +87,17 @@ def test_loader_is_called_only_when_answers_must_be_generated(tiny_model_dir, mo
     assert loads == [] and shipped[0].messages[1]["content"] == "Water falling."
     mixed = retention.base_answers(loader, tok, str(tiny_model_dir), ["What is rain?", "What is fog?"], model_name="x")
     assert loads == [1] and [e.messages[1]["content"] for e in mixed] == ["Water falling.", "Sure: What is fog?."]
+
+
+def test_a_pulled_registry_model_given_by_its_path_uses_the_shipped_answers(tmp_path):
+    """`--model models/smollm2-135m` generated the base's retention answers again (14 s) instead of the shipped ones."""
+    from appliance.models import pulled_registry_name
+
+    d = tmp_path / "m"
+    d.mkdir()
+    assert pulled_registry_name(d) is None
+    for meta, want in (({"kind": "base-model", "name": "smollm2-135m"}, "smollm2-135m"),
+                       ({"kind": "base-model", "name": "not-in-the-registry"}, None),
+                       ({"kind": "merged-model", "name": "smollm2-135m"}, None)):  # a merge is not the base
+        (d / "appliance.json").write_text(json.dumps(meta))
+        assert pulled_registry_name(d) == want
