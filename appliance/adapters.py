@@ -214,8 +214,6 @@ def fits(adapter: str | Path, model: str | Path) -> tuple[bool | None, str]:
     """Whether every LoRA weight of ``adapter`` sits on a linear layer of the local ``model`` with the same
     sizes (True / False and why), or None when that cannot be told (no config.json, an architecture
     transformers cannot build). Read from the safetensors header and a meta-device skeleton: nothing loads."""
-    import json
-
     import torch
     from safetensors import safe_open
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -227,7 +225,7 @@ def fits(adapter: str | Path, model: str | Path) -> tuple[bool | None, str]:
             skeleton = AutoModelForCausalLM.from_config(mcfg)
         with safe_open(str(f), framework="pt") as st:
             shapes = {k: st.get_slice(k).get_shape() for k in st.keys()}
-    except (OSError, ValueError, json.JSONDecodeError, KeyError, ImportError, RuntimeError):
+    except (OSError, ValueError, KeyError, ImportError, RuntimeError):  # ValueError: a config.json not JSON too
         return None, ""
     for key, shape in sorted(shapes.items()):
         for part, dim, attr in ((".lora_A.", 1, "in_features"), (".lora_B.", 0, "out_features")):

@@ -51,15 +51,10 @@ class EvalConfig:
 
 
 def output_dir(cfg: EvalConfig) -> Path:
-    """Where the report goes: ``--output`` (see :func:`user_output`) or reports/<name>."""
+    """Where the report goes: ``--output`` (see :func:`appliance.paths.output_folder`) or reports/<name>."""
     if cfg.output is None:
         return paths.reports_dir() / paths.folder_name(cfg.name)
-    return user_output(cfg.output)
-
-
-def user_output(output: str) -> Path:
-    """A ``--output`` folder, relative ones as :func:`appliance.paths.output_folder` finds them."""
-    return paths.output_folder(output, "--output")
+    return paths.output_folder(cfg.output)
 
 
 def roles(cfg: EvalConfig) -> list[tuple[str, str]]:
@@ -507,7 +502,7 @@ def report_from_answers(answers: str | Path, output: str | None = None, rules: l
     """Rebuild the report (and apply the gate) offline from an existing answers.jsonl (or a report folder).
 
     With ``output`` elsewhere, the answers are copied there too: a report folder always holds the
-    answers.jsonl its reports were computed from. Relative paths resolve as :func:`user_output` says.
+    answers.jsonl its reports were computed from. Relative paths resolve as :func:`appliance.paths.output_folder` says.
     """
     if not str(answers).strip():
         raise ApplianceError("--from-answers is empty; pass the answers.jsonl written by `appliance eval`")
@@ -516,7 +511,7 @@ def report_from_answers(answers: str | Path, output: str | None = None, rules: l
     if not given.is_absolute() and not os.path.lexists(src):
         dirs = " and ".join(dict.fromkeys([str(Path.cwd()), str(paths.home())]))
         raise ApplianceError(f"--from-answers {answers}: answers file not found (looked in {dirs}); check the path")
-    out = user_output(output) if output is not None else src.parent
+    out = paths.output_folder(output) if output is not None else src.parent
     paths.refuse_file_on_path(out, "--output")
     # every row checked before the folder is looked at or anything is written; a gate these answers
     # cannot measure is refused (exit 2) as it is before a live eval, not failed (exit 1)

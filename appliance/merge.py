@@ -289,7 +289,7 @@ def _refuse_overlap(out: Path, adapter: Path, base: Path) -> None:
         if o == d or o in d.parents or d in o.parents:
             raise ApplianceError(f"--output {out}: overlaps the {what} directory {d}, which the merge reads; "
                                  "choose another --output (e.g. models/<name>-merged)")
-    inside = next(((p, kind) for p in o.parents if (kind := rundir.folder_kind(p)) in rundir.RUN_KINDS), None)
+    inside = rundir.enclosing_run(o)
     if inside is not None:
         raise ApplianceError(f"--output {out}: is inside {inside[0]}, which holds a {inside[1]}; choose an --output "
                              "outside it, such as models/<name>-merged")

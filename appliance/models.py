@@ -328,6 +328,28 @@ def registry_name(model: str) -> str | None:
     return hit[0] if hit else None
 
 
+def _text_config(model_path: str | Path) -> dict:
+    """A local model's config.json (its text model's part, for a multimodal one); {} when unreadable."""
+    try:
+        mcfg = json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    mcfg = mcfg.get("text_config") or mcfg if isinstance(mcfg, dict) else {}
+    return mcfg if isinstance(mcfg, dict) else {}
+
+
+def context_length(model_path: str | Path) -> int | None:
+    """The context a local model's config.json declares (max_position_embeddings, GPT-2's n_positions, ...)."""
+    mcfg = _text_config(model_path)
+    return next((v for k in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+                 if isinstance(v := mcfg.get(k), int) and v > 0), None)
+
+
+def rope_scaled(model_path: str | Path) -> bool:
+    """Whether the config scales its positions (rope_scaling), so that vLLM derives a longer context itself."""
+    return bool(_text_config(model_path).get("rope_scaling"))
+
+
 def pulled_registry_name(path: str | Path) -> str | None:
     """The registry key of a model folder that ``models pull`` wrote (its appliance.json says so), given by path."""
     try:

@@ -52,6 +52,12 @@ def folder_kind(out: Path) -> str | None:
     return kind if isinstance(kind, str) and kind else "folder of another tool"
 
 
+def enclosing_run(path: Path) -> tuple[Path, str] | None:
+    """The nearest folder above ``path`` that holds a run or model, and its kind: an output written inside one
+    would be deleted with it by its next --overwrite."""
+    return next(((p, kind) for p in path.parents if (kind := folder_kind(p)) in RUN_KINDS), None)
+
+
 def write_meta(run_dir: str | Path, meta: dict[str, Any]) -> None:
     atomic_write_text(meta_path(run_dir), json.dumps(meta, indent=2, ensure_ascii=False, default=str) + "\n")
 

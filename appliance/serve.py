@@ -168,8 +168,9 @@ def preflight(cfg: UpConfig) -> Plan:
             raise ApplianceError(f"--model {base}: has no chat template (no chat_template.jinja, none in "
                                  "tokenizer_config.json), so every chat request would be refused; serve an "
                                  "instruct/chat model, or give a template: appliance up ... -- --chat-template FILE")
-    ctx = model_context(ref.path) if ref.local and cfg.max_model_len and \
-        not os.environ.get("VLLM_ALLOW_LONG_MAX_MODEL_LEN") else None
+    # rope_scaling lengthens the context vLLM derives; VLLM_ALLOW_LONG_MAX_MODEL_LEN lifts the limit
+    ctx = models.context_length(ref.path) if ref.local and cfg.max_model_len and not models.rope_scaled(ref.path) \
+        and not os.environ.get("VLLM_ALLOW_LONG_MAX_MODEL_LEN") else None
     if ctx and cfg.max_model_len > ctx:  # vLLM refuses it ~10 s into its start, in a pydantic error
         raise ApplianceError(f"--max-model-len {cfg.max_model_len}: above {base}'s context of {ctx} tokens "
                              f"(max_position_embeddings in its config.json); use {ctx} or less")
@@ -231,24 +232,10 @@ def preflight(cfg: UpConfig) -> Plan:
 def _cpu_context(model_path: str) -> int | None:
     """The CPU default context, CPU_MAX_MODEL_LEN, or the model's own limit where that is shorter (GPT-2's
     1024): vLLM refuses a --max-model-len beyond it, 20 s into its start."""
-    limit = model_context(model_path)
+    from appliance import models
+
+    limit = models.context_length(model_path)
     return limit if limit is not None and limit < CPU_MAX_MODEL_LEN else None
-
-
-def model_context(model_path: str) -> int | None:
-    """The longest context a local model's config.json allows, as vLLM derives it (None: unknown, or scaled by
-    rope_scaling, which vLLM works out itself)."""
-    import json
-
-    try:
-        mcfg = json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    mcfg = mcfg.get("text_config") or mcfg if isinstance(mcfg, dict) else {}
-    if not isinstance(mcfg, dict) or mcfg.get("rope_scaling"):
-        return None
-    return next((v for k in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
-                 if isinstance(v := mcfg.get(k), int) and v > 0), None)
 
 
 def _cpu_kv_cache_bytes(cfg: UpConfig, model_path: str) -> int | None:

@@ -186,8 +186,8 @@ def _check_model_shape(cfg: TrainConfig, path: str, name: str) -> None:
     n_layers = getattr(mcfg, "num_hidden_layers", None)
     if isinstance(n_layers, int):
         cfg.adapted_layers(n_layers)  # raises on a count above the model's depth
-    ctx = getattr(mcfg, "max_position_embeddings", None)
-    if isinstance(ctx, int) and 0 < ctx < cfg.max_length:
+    ctx = models.context_length(path)
+    if ctx is not None and ctx < cfg.max_length:
         # vLLM serves at most this many tokens (its max_model_len): longer examples would teach what is never served
         raise ApplianceError(f"{cfg.named('max_length')} {cfg.max_length}: above {name}'s context of {ctx} tokens "
                              f"(max_position_embeddings in its config.json); use {ctx} or less")

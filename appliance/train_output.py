@@ -31,10 +31,8 @@ def check_output(out: Path, cfg: TrainConfig) -> None:
         raise ApplianceError("--output is empty; give the run's folder, e.g. --output saves/archer")
     paths.refuse_file_on_path(out, "--output")
     flag = f"--output {cfg.output}"
-    inside = next(((p, kind) for p in out.parents
-                   if (kind := rundir.folder_kind(p)) in rundir.RUN_KINDS), None)
+    inside = rundir.enclosing_run(out)
     if inside is not None:
-        # a run written into another run (or a model) would be deleted with it by the next --overwrite
         raise ApplianceError(f"{flag}: is inside {inside[0]}, which holds a {inside[1]}; choose an --output "
                              "outside it, such as saves/NAME")
     if not out.exists():
