@@ -95,9 +95,9 @@ def pipeline(cfg: PipelineConfig, echo: Echo = print) -> dict[str, Any]:
     timings["train_s"] = time.time() - t
 
     report_file = report_dir / "report.json"
-    report = None if cfg.force else _reusable_report(report_file, cfg, run_dir, merged_dir)
-    regate = report is None and not cfg.force and _reusable_report(report_file, cfg, run_dir, merged_dir, any_gate=True)
-    servers = _Servers(cfg, run_dir, merged_dir, slug, echo, start=report is None and not regate)
+    # a report made with other gates is reused too: its answers are judged again below, without a server
+    report = None if cfg.force else _reusable_report(report_file, cfg, run_dir, merged_dir, any_gate=True)
+    servers = _Servers(cfg, run_dir, merged_dir, slug, echo, start=report is None)
     try:
         t = _stage(echo, f"merge -> {merged_dir}")
         # no probe verification here: the eval below checks the merged model more strictly, through
@@ -109,12 +109,12 @@ def pipeline(cfg: PipelineConfig, echo: Echo = print) -> dict[str, Any]:
              else f"merged -> {merged_dir} (checked against the adapter in the eval)")
         timings["merge_s"] = time.time() - t
         if not res.already_merged:  # merged anew (another --merge-dtype): the report's merged answers are stale
-            report, regate = None, False
-        if report is None and regate:
-            report = _regated(report_file, cfg, echo, run_dir, merged_dir)
-            _refuse_failed_merge(report, report_dir, merged_dir.name)
-        elif report is not None:
-            echo(f"\n== eval: skipped, {report_file} is newer than the adapter and the merged model (use --force)")
+            report = None
+        if report is not None:
+            if report["run"].get("eval") != _eval_settings(cfg):
+                report = _regated(report, report_dir, cfg, echo)
+            else:
+                echo(f"\n== eval: skipped, {report_file} is newer than the adapter and the merged model (use --force)")
             # the failed merge check of an earlier run is still failed: a rerun must not turn it into success
             _refuse_failed_merge(report, report_dir, merged_dir.name)
         else:
@@ -139,9 +139,10 @@ def _merge_dtype(cfg: PipelineConfig) -> str:
     return "bf16" if torch.cuda.is_available() or cpu_has_native_bf16() else "fp32"
 
 
-def _note_replaced(run_dir: Path, echo: Echo, tcfg: Any = None) -> None:
+def _note_replaced(run_dir: Path, echo: Echo, tcfg: Any) -> None:
     """A finished run of other settings in the run's folder is replaced: said, since another --name keeps it."""
     from appliance import rundir
+    from appliance.train import NOT_RECIPE
 
     if not (run_dir / rundir.META_FILE).is_file():
         return
@@ -152,11 +153,8 @@ def _note_replaced(run_dir: Path, echo: Echo, tcfg: Any = None) -> None:
     base = (old.get("base_model") or {}).get("name") or "?"
     who = old.get("identity") if isinstance(old.get("identity"), dict) else {}
     was = old.get("config") if isinstance(old.get("config"), dict) else {}
-    now = tcfg.to_dict() if tcfg is not None else {}
-    from appliance.train import NOT_RECIPE
-
-    changed = [f"{k} {was[k]} -> {now[k]}" for k in sorted(now) if k in was and k not in NOT_RECIPE and was[k] != now[k]
-               and not (isinstance(was[k], list) and list(now[k]) == was[k])]
+    now = json.loads(json.dumps(tcfg.to_dict()))  # tuples as lists, as appliance.json holds them
+    changed = [f"{k} {was[k]} -> {now[k]}" for k in sorted(now) if k in was and k not in NOT_RECIPE and was[k] != now[k]]
     what = "; ".join(changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "") if changed \
         else "other settings or data"
     echo(f"note: replacing the run in {run_dir} (trained on {base} for {who.get('name', '?')} / {who.get('author', '?')}; "
@@ -463,24 +461,20 @@ def _reusable_report(report_file: Path, cfg: PipelineConfig, *dirs: Path, any_ga
     if not isinstance(report, dict) or not isinstance(report.get("run") or {}, dict):
         return None
     made, now = dict((report.get("run") or {}).get("eval") or {}), _eval_settings(cfg)
-    if any_gate:
-        made.pop("gates", None), now.pop("gates")
+    if any_gate and (report_file.parent / "answers.jsonl").is_file():  # the answers can be judged again
+        made["gates"] = now["gates"]
     return report if made == now else None
 
 
-def _regated(report_file: Path, cfg: PipelineConfig, echo: Echo, *dirs: Path) -> dict | None:
+def _regated(old: dict, report_dir: Path, cfg: PipelineConfig, echo: Echo) -> dict:
     """A finished report made with other gates, judged again with these from its answers.jsonl: the same
     answers, the new verdict, no server and no request (a changed gate re-ran every prompt)."""
     from evals.report import parse_rules, write_report
 
-    old = _reusable_report(report_file, cfg, *dirs, any_gate=True)
-    if old is None or not (report_file.parent / "answers.jsonl").is_file():
-        return None
+    answers = report_dir / "answers.jsonl"
     run = {k: v for k, v in old["run"].items() if k not in ("answers", "report_dir")} | {"eval": _eval_settings(cfg)}
-    echo(f"\n== eval: the gate changed; judging the answers in {report_file.parent / 'answers.jsonl'} again "
-         "(use --force to ask the models again)")
-    return write_report(report_file.parent, parse_rules(fail_under=tuple(cfg.gates)), run=run,
-                        answers_path=report_file.parent / "answers.jsonl")
+    echo(f"\n== eval: the gate changed; judging the answers in {answers} again (use --force to ask the models again)")
+    return write_report(report_dir, parse_rules(fail_under=tuple(cfg.gates)), run=run, answers_path=answers)
 
 
 def _rows(part_dir: Path) -> list[dict]:

@@ -545,3 +545,5 @@ def test_a_changed_gate_judges_the_stored_answers_again_without_a_server(monkeyp
     assert report["gate"]["rules"] == ["--fail-under identity_zh_hit_rate=0.5"] and report["gate"]["passed"]
     assert report["run"]["merge_check"] == check and report["run"]["eval"] == pl._eval_settings(again)
     assert any(s.startswith("\n== eval: the gate changed; judging the answers in") for s in said)
+    (report_dir / "answers.jsonl").unlink()  # nothing to judge again: the models are asked (it crashed on None)
+    assert not pl._all_done(pl.PipelineConfig(port=first.port, merged_port=first.merged_port))
