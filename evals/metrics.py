@@ -133,10 +133,11 @@ def is_correct(answer: str, expect: Iterable[str], prompt: str = "") -> bool:
 
 
 def without_echo(answer: str, prompt: str) -> str:
-    """``answer`` with every verbatim copy of ``prompt`` replaced by a line break (runs of white space as one)."""
+    """``answer`` with every verbatim copy of ``prompt`` replaced by a line break (runs of white space as one);
+    an answer without one is returned as it is."""
     said = " ".join((prompt or "").split())
     text = " ".join((answer or "").split())
-    return text.replace(said, "\n") if said else text
+    return text.replace(said, "\n") if said and said in text else answer
 
 
 def identity_hit(answer: str, name: str, author: str) -> bool:
