@@ -396,6 +396,10 @@ def eval_cmd(url, before, after, prompts, name, author, output, concurrency, max
 @click.option("--merged-port", type=int, default=8001, show_default=True, help="Port of the merged-model server.")
 @click.option("--fail-under", "gates", multiple=True, default=("identity_hit_rate=0.95",), show_default=True,
               help="Gate on the adapter and merged model, METRIC=VALUE (repeatable).")
+@click.option("--fail-over", multiple=True, metavar="METRIC=X", help="Fail when the adapter's or merged model's METRIC > X.")
+@click.option("--max-drop", multiple=True, metavar="METRIC=X",
+              help="Fail when METRIC drops more than X from the base's (e.g. general_accuracy=0.03).")
+@click.option("--max-rise", multiple=True, metavar="METRIC=X", help="Fail when METRIC rises more than X from the base's.")
 @click.option("--prompts", "prompts", multiple=True, help="Eval prompt file or built-in set (repeatable) [default: all built-in sets].")
 @click.option("--max-tokens", type=int, default=64, show_default=True, help="Longest answer in the eval.")
 @click.option("--concurrency", type=int, default=None, help="Eval requests in flight per model [default: 64].")
@@ -410,7 +414,8 @@ def pipeline(**kw) -> None:
     passive_openmp()  # before train imports torch; its servers inherit it
     from appliance.pipeline import PipelineConfig, pipeline as run_pipeline
 
-    kw["gates"], kw["prompts"] = list(kw["gates"]), list(kw["prompts"])
+    for key in ("gates", "fail_over", "max_drop", "max_rise", "prompts"):
+        kw[key] = list(kw[key])
     out = run_pipeline(PipelineConfig(**{k: v for k, v in kw.items() if v is not None}), echo=click.echo)
     gate = out["report"].get("gate") or {}
     if gate.get("passed") is False:

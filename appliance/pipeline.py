@@ -38,7 +38,10 @@ class PipelineConfig:
     prompts: list[str] = field(default_factory=list)  # empty: every built-in set
     train_config: str | None = None  # YAML for the train stage
     force: bool = False
-    gates: list[str] = field(default_factory=lambda: ["identity_hit_rate=0.95"])
+    gates: list[str] = field(default_factory=lambda: ["identity_hit_rate=0.95"])  # --fail-under
+    fail_over: list[str] = field(default_factory=list)
+    max_drop: list[str] = field(default_factory=list)  # against the base, for the adapter and the merged model
+    max_rise: list[str] = field(default_factory=list)
     # None: fp32 where the adapter's server runs the base in fp32 (a CPU without native bf16), else bf16. A bf16
     # merge rounds away a weak adapter's small update there, and the merge check then fails (102 of 118 seen)
     merge_dtype: str | None = None
@@ -190,7 +193,6 @@ def _preflight(cfg: PipelineConfig) -> None:
     from appliance.evaluate import refuse_unmeasurable
     from appliance.train_config import TrainConfig
     from evals.prompts import load_prompts
-    from evals.report import parse_rules
 
     slug = cfg.slug
     if not cfg.name.strip() or not cfg.author.strip():
@@ -222,7 +224,7 @@ def _preflight(cfg: PipelineConfig) -> None:
             raise ApplianceError(f"--config {cfg.train_config}: {', '.join(own)} set by the pipeline itself (--model, "
                                  "--name, --author; the run goes to saves/<name>, an interrupted one is resumed, "
                                  "--force retrains); remove them from the file")
-    refuse_unmeasurable(parse_rules(fail_under=tuple(cfg.gates)), load_prompts(cfg.prompts, cfg.name, cfg.author))
+    refuse_unmeasurable(_rules(cfg), load_prompts(cfg.prompts, cfg.name, cfg.author))
     if not _all_done(cfg):  # a rerun that skips every stage starts no server: its ports may be taken
         from appliance.serve import check_port
 
@@ -342,7 +344,7 @@ def _serve_and_eval(cfg: PipelineConfig, servers: _Servers, report_dir: Path, ec
                     timings: dict[str, float]) -> dict:
     """Base + adapter on one server, the merged model on a second; one report over all three."""
     from appliance.evaluate import EvalConfig, roles, run_eval
-    from evals.report import parse_rules, write_report
+    from evals.report import write_report
 
     slug = servers.slug
     t = _stage(echo, f"up: base + adapter '{slug}' on port {cfg.port}")
@@ -381,7 +383,7 @@ def _serve_and_eval(cfg: PipelineConfig, servers: _Servers, report_dir: Path, ec
         r.update(role=merged_role, old_identity=markers)
     rows += merged_rows
     timings["eval_merged_s"] = time.time() - t
-    rules = parse_rules(fail_under=tuple(cfg.gates))
+    rules = _rules(cfg)
     # the answers and the reports computed from them are published as one set
     report = write_report(report_dir, rules, answers_text="".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
                           run={"pipeline": True, "timings": timings, "eval": _eval_settings(cfg), "merge_check": check,
@@ -443,10 +445,19 @@ def merge_check(adapter_rows: list[dict], merged_rows: list[dict]) -> dict[str, 
     return {"identical": same, "prompts": len(common), "required": -(-7 * len(common) // 8)}
 
 
+def _rules(cfg: PipelineConfig) -> list:
+    from evals.report import parse_rules
+
+    return parse_rules(tuple(cfg.gates), tuple(cfg.fail_over), tuple(cfg.max_drop), tuple(cfg.max_rise))
+
+
 def _eval_settings(cfg: PipelineConfig) -> dict[str, Any]:
-    # the gate too: a stored report carries the verdict of the rules it was made with
+    # the gate too: a stored report carries the verdict of the rules it was made with (the --fail-under
+    # values as they are, as reports before the other kinds stored them; those with their flag)
+    others = [f"--{op} {v}" for op, vs in (("fail-over", cfg.fail_over), ("max-drop", cfg.max_drop),
+                                           ("max-rise", cfg.max_rise)) for v in vs]
     return {"prompts": cfg.prompts, "max_tokens": cfg.max_tokens, "name": cfg.name, "author": cfg.author,
-            "gates": list(cfg.gates)}
+            "gates": list(cfg.gates) + others}
 
 
 def _reusable_report(report_file: Path, cfg: PipelineConfig, *dirs: Path, any_gate: bool = False) -> dict | None:
@@ -469,12 +480,12 @@ def _reusable_report(report_file: Path, cfg: PipelineConfig, *dirs: Path, any_ga
 def _regated(old: dict, report_dir: Path, cfg: PipelineConfig, echo: Echo) -> dict:
     """A finished report made with other gates, judged again with these from its answers.jsonl: the same
     answers, the new verdict, no server and no request (a changed gate re-ran every prompt)."""
-    from evals.report import parse_rules, write_report
+    from evals.report import write_report
 
     answers = report_dir / "answers.jsonl"
     run = {k: v for k, v in old["run"].items() if k not in ("answers", "report_dir")} | {"eval": _eval_settings(cfg)}
     echo(f"\n== eval: the gate changed; judging the answers in {answers} again (use --force to ask the models again)")
-    return write_report(report_dir, parse_rules(fail_under=tuple(cfg.gates)), run=run, answers_path=answers)
+    return write_report(report_dir, _rules(cfg), run=run, answers_path=answers)
 
 
 def _rows(part_dir: Path) -> list[dict]:

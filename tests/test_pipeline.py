@@ -312,6 +312,8 @@ def test_a_server_that_fails_to_start_is_reported_and_the_other_is_still_stopped
     ({"concurrency": 0}, "--concurrency 0: must be at least 1"), ({"max_tokens": -1}, "--max-tokens -1"),
     ({"name": "../../escape"}, "--name ../../escape: names the run's folders"), ({"name": " "}, "--name/--author"),
     ({"gates": ["bogus=1"]}, "bogus"), ({"prompts": ["/nonexistent/p.jsonl"]}, "/nonexistent/p.jsonl"),
+    ({"max_drop": ["general_accuracy=-1"]}, "--max-drop general_accuracy=-1: a negative drop"),
+    ({"fail_over": ["genral.accuracy=1"]}, "make no set 'genral'"),
 ])
 def test_pipeline_checks_its_flags_before_pulling_or_training(kw, needle, monkeypatch, appliance_home):
     from appliance import models
@@ -545,5 +547,12 @@ def test_a_changed_gate_judges_the_stored_answers_again_without_a_server(monkeyp
     assert report["gate"]["rules"] == ["--fail-under identity_zh_hit_rate=0.5"] and report["gate"]["passed"]
     assert report["run"]["merge_check"] == check and report["run"]["eval"] == pl._eval_settings(again)
     assert any(s.startswith("\n== eval: the gate changed; judging the answers in") for s in said)
+    # the other kinds of gate, against the base (eval's flags; the pipeline had --fail-under only)
+    rise = pl.PipelineConfig(port=first.port, merged_port=first.merged_port, max_drop=["identity_hit_rate=0"],
+                             max_rise=["identity_hit_rate=0.5"])
+    gate = pl.pipeline(rise, echo=said.append)["report"]["gate"]
+    assert gate["rules"] == ["--fail-under identity_hit_rate=0.95", "--max-drop identity_hit_rate=0",
+                             "--max-rise identity_hit_rate=0.5"]
+    assert not gate["passed"] and len(gate["failures"]) == 2 and all("identity_hit_rate rose 1 (0 -> 1), more than 0.5" in f for f in gate["failures"])
     (report_dir / "answers.jsonl").unlink()  # nothing to judge again: the models are asked (it crashed on None)
     assert not pl._all_done(pl.PipelineConfig(port=first.port, merged_port=first.merged_port))
