@@ -197,6 +197,13 @@ def _record(raw: object, where: str, cols: dict, formatting: str | None) -> dict
         prompt, reference, history, system = _sharegpt(conv, where, cols)
         return {**raw, "prompt": prompt, "reference": raw.get("reference", reference),
                 "history": history, "system": raw.get(cols.get("system", "system")) or system or None}
+    if formatting is None and "question" in raw and not any(k in raw for k in ("prompt", cols.get("prompt", "instruction"),
+                                                                              msgs_col, "messages")):
+        # {"question": ..., "answer": ...} files (GSM8K, TriviaQA and hand-made QA sets): the question is the prompt
+        if not isinstance(raw["question"], str) or not raw["question"].strip():
+            raise ApplianceError(f"{where}: 'question' is read as the prompt and must be a non-empty string, not "
+                                 f"{_json_type(raw['question']) if not isinstance(raw['question'], str) else 'a blank one'}")
+        raw = {"prompt": raw["question"], **{k: v for k, v in raw.items() if k != "question"}}
     if "prompt" in raw and formatting is None:
         _refuse_misspelled_keys(raw, where)
         return read_answer_keys(raw, where)
@@ -204,8 +211,8 @@ def _record(raw: object, where: str, cols: dict, formatting: str | None) -> dict
     if q not in raw:
         if formatting == "alpaca":
             raise ApplianceError(f"{where}: no '{q}' field, the instruction")
-        raise ApplianceError(f"{where}: no 'prompt', '{q}', 'conversations' or 'messages' field; use our JSONL "
-                             '({"prompt": ...}), alpaca (instruction/input/output), sharegpt or OpenAI messages')
+        raise ApplianceError(f"{where}: no 'prompt', 'question', '{q}', 'conversations' or 'messages' field; use our "
+                             'JSONL ({"prompt": ...}), alpaca (instruction/input/output), sharegpt or OpenAI messages')
     for col in (q, i, o):
         if (col == q or raw.get(col) is not None) and not isinstance(raw.get(col), str):
             raise ApplianceError(f"{where}: '{col}' must be a string, not {_json_type(raw.get(col))}")

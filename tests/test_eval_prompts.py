@@ -202,8 +202,26 @@ def test_a_reference_naming_the_new_identity_makes_an_identity_prompt(tmp_path):
 def test_a_record_with_no_prompt_field_names_every_form_that_has_one(tmp_path):
     f = tmp_path / "typo.jsonl"
     f.write_text('{"promt": "Who are you?"}\n', encoding="utf-8")
-    with pytest.raises(ApplianceError, match="no 'prompt', 'instruction', 'conversations' or 'messages' field"):
+    with pytest.raises(ApplianceError, match="no 'prompt', 'question', 'instruction', 'conversations' or 'messages' field"):
         load_prompt_file(f, NAME, AUTHOR)
+
+
+def test_question_answer_records_are_prompt_and_reference(tmp_path):
+    """{"question", "answer"} files (GSM8K-style) were refused: "no 'prompt' field"."""
+    f = tmp_path / "qa.jsonl"
+    f.write_text('{"question": "What is 2+2?", "answer": "4", "id": 7}\n{"question": "Who are you?"}\n', encoding="utf-8")
+    first, second = load_prompt_file(f, NAME, AUTHOR)
+    assert (first.prompt, first.reference, first.kind) == ("What is 2+2?", "4", "general")
+    assert (second.prompt, second.reference, second.kind) == ("Who are you?", None, "identity")
+    # beside a prompt (or an instruction) "question" is the user's own field, as before
+    both = tmp_path / "both.jsonl"
+    both.write_text('{"prompt": "Hi", "question": "meta"}\n', encoding="utf-8")
+    assert load_prompt_file(both, NAME, AUTHOR)[0].prompt == "Hi"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": 5}\n', encoding="utf-8")
+    with pytest.raises(ApplianceError, match="bad.jsonl line 1: 'question' is read as the prompt and must be a non-empty "
+                                             "string, not a number"):
+        load_prompt_file(bad, NAME, AUTHOR)
 
 
 def test_builtin_labels_agree_with_the_kind_rule():
