@@ -276,7 +276,8 @@ def adapters() -> None:
 
 
 def _server_opts(f):
-    f = click.option("--api-key", envvar="APPLIANCE_API_KEY", default=None, help="Bearer key (env APPLIANCE_API_KEY).")(f)
+    f = click.option("--api-key", envvar=["APPLIANCE_API_KEY", "OPENAI_API_KEY"], default=None,
+                     help="Bearer key (default: $APPLIANCE_API_KEY, as `up` reads it, else $OPENAI_API_KEY).")(f)
     return click.option("--url", default=None, help="Server URL [the only recorded server, else http://127.0.0.1:8000].")(f)
 
 
@@ -341,13 +342,13 @@ def chat_cmd(model, url, api_key, prompt, system, max_tokens, temperature) -> No
 @click.option("--prompts", multiple=True, help="JSONL/alpaca/sharegpt/LLaMA-Factory file, or identity|general|open|unrelated (repeatable; default: identity, general and open).")
 @click.option("--name", default=None, help="New assistant name (fills {{name}}) [default: the one the --after model was trained for, else Archer].")
 @click.option("--author", default=None, help="New author (fills {{author}}) [default: the --after model's, else 意琦行].")
-@click.option("--output", default=None, help="Report directory (default: reports/NAME).")
+@click.option("--output", default=None, help="Report directory (default: reports/NAME; reports/BEFORE without --after).")
 @click.option("--concurrency", default=4, show_default=True, type=int)
 @click.option("--max-tokens", default=128, show_default=True, type=int)
 @click.option("--api-key", envvar=["APPLIANCE_API_KEY", "OPENAI_API_KEY"], default=None,
               help="Server API key (default: $APPLIANCE_API_KEY, as `up` reads it, else $OPENAI_API_KEY, else EMPTY).")
 @click.option("--old-identity", multiple=True, help="Old identity markers, comma-separated (default: from the model registry).")
-@click.option("--timeout", default=300.0, show_default=True, type=float, help="Seconds per request.")
+@click.option("--timeout", default=300.0, show_default=True, type=float, help="Seconds per request in all (its retries and a slow stream included).")
 @click.option("--fail-under", multiple=True, metavar="METRIC=X", help="Fail when an --after model's METRIC < X.")
 @click.option("--fail-over", multiple=True, metavar="METRIC=X", help="Fail when an --after model's METRIC > X.")
 @click.option("--max-drop", multiple=True, metavar="METRIC=X", help="Fail when METRIC drops more than X from --before.")

@@ -22,13 +22,13 @@ from pathlib import Path
 from appliance import paths, rundir
 from appliance.errors import ApplianceError
 from appliance.datafiles import ODD_PLACEHOLDER, ODD_PLACEHOLDER_NOTE, _short, bad_char, few
+from appliance.ask import ask as _ask, one_line as _one_line, served_models
 from appliance.urls import URL_FIX, base_url
 from evals.prompts import Prompt, load_prompts
 from evals.report import REPORT_FILES, Rule, answers_file, load_answers, write_report
 
 DEFAULT_URL = "http://127.0.0.1:8000/v1"
 DEFAULT_NAME, DEFAULT_AUTHOR = "Archer", "意琦行"
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass
@@ -51,9 +51,10 @@ class EvalConfig:
 
 
 def output_dir(cfg: EvalConfig) -> Path:
-    """Where the report goes: ``--output`` (see :func:`appliance.paths.output_folder`) or reports/<name>."""
+    """Where the report goes: ``--output`` (see :func:`appliance.paths.output_folder`), else reports/<name>, or
+    reports/<before> for a lone --before (whose figures would replace the fine-tune's report under its name)."""
     if cfg.output is None:
-        return paths.reports_dir() / paths.folder_name(cfg.name)
+        return paths.reports_dir() / paths.folder_name(cfg.name if cfg.after else cfg.before)
     return paths.output_folder(cfg.output)
 
 
@@ -222,10 +223,12 @@ def refuse_uncomparable(rules: list[Rule], roles_present: list[str], answers: st
                          "--fail-under/--fail-over")
 
 
-def refuse_unmeasurable(rules: list[Rule], prompts: list[Prompt] | list[dict], what: str = "these prompts") -> None:
+def refuse_unmeasurable(rules: list[Rule], prompts: list[Prompt] | list[dict], what: str = "these prompts",
+                        markers: list[str] | None = None) -> None:
     """A gate on a set these prompts do not make (a typo: ``genral.accuracy``) or a metric they cannot
     measure would fail only after every request, looking like a regression: refused before the first.
-    ``prompts`` may also be the rows of an answers.jsonl (``what="these answers"``): the same check offline."""
+    ``prompts`` may also be the rows of an answers.jsonl (``what="these answers"``): the same check offline.
+    ``markers``: the old identity's markers once known ([]: none, so no leak rate), else any."""
     from evals.report import compute, metric_value
 
     if not rules or not prompts:
@@ -238,111 +241,22 @@ def refuse_unmeasurable(rules: list[Rule], prompts: list[Prompt] | list[dict], w
         asked = [{k: getattr(p, k) for k in fields} for p in prompts]
     # the metrics of empty answers: which exist depends on the prompts alone (markers stand in for the server's)
     rows = [{**a, "model": "m", "role": "after", "answer": "", "latency_ms": 1.0, "ttft_ms": 1.0, "output_tokens": 1,
-             "started_at": 0.0, "error": None, "finish_reason": "stop", "name": "n", "author": "a", "old_identity": ["x"]}
-            for a in asked]
+             "started_at": 0.0, "error": None, "finish_reason": "stop", "name": "n", "author": "a",
+             "old_identity": ["x"] if markers is None else markers} for a in asked]
     model = compute(rows)["models"]["after"]
     for rule in rules:
         if metric_value(model, rule.key) is not None:
             continue
+        if markers == [] and "leak_rate" in rule.key and "name_leak" not in rule.key:
+            raise ApplianceError(f"{rule}: the old identity's markers are unknown (--before is no registry model and "
+                                 "its folder records none), so its leak rate cannot be measured; pass --old-identity "
+                                 "with the names it used for itself (e.g. --old-identity SmolLM,HuggingFace)")
         name = rule.key.rsplit(".", 1)[0]  # a set may be named "v1.0"
         if "." in rule.key and name not in model["sets"]:
             raise ApplianceError(f"{rule}: {what} make no set '{name}' (they make {', '.join(sorted(model['sets']))}); "
                                  "check the spelling")
         raise ApplianceError(f"{rule}: {what} cannot measure it (accuracy needs prompts with 'expect', BLEU/ROUGE "
                              "with 'reference', hit rates identity prompts); gate on another metric or add such prompts")
-
-
-def _one_line(e: BaseException, limit: int = 200) -> str:
-    """An exception's text on one short line (servers put whole HTML pages in their error bodies)."""
-    text = " ".join(str(e).split())
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
-MODELS_TIMEOUT_S = 30.0  # GET /models answers in milliseconds, even from a busy server
-
-
-async def _served_models(client, url: str) -> tuple[dict[str, str], dict[str, int]]:
-    """The served model ids with their roots (an adapter's base), and the context length of those that say it (vLLM)."""
-    import openai
-
-    def not_openai(why: str) -> ApplianceError:
-        return ApplianceError(f"--url {url}: GET /models did not answer like an OpenAI-compatible server ({why}); "
-                              f"point --url at the server `appliance up` started (e.g. {DEFAULT_URL})")
-
-    try:
-        # a server that accepts connections but never answers must not cost the requests' timeout and retries
-        page = await client.with_options(timeout=MODELS_TIMEOUT_S, max_retries=0).models.list()
-        served = {m.id: (getattr(m, "root", None) or m.id) for m in page.data}
-        lengths = {m.id: m.max_model_len for m in page.data if isinstance(getattr(m, "max_model_len", None), int)}
-        for m in page.data:  # vLLM lists an adapter's context as null: it is its base's (its "parent")
-            if m.id not in lengths and isinstance(lengths.get(getattr(m, "parent", None)), int):
-                lengths[m.id] = lengths[m.parent]
-    except openai.AuthenticationError:
-        from appliance.adapters import unauthorized
-
-        raise unauthorized(f"--url {url}", key_sent=client.api_key != "EMPTY") from None
-    except openai.APITimeoutError:
-        raise ApplianceError(f"--url {url}: the server accepted the connection but did not answer GET /models within "
-                             f"{MODELS_TIMEOUT_S:g} s; it may be hung: check `appliance status` (or restart it)") from None
-    except openai.APIConnectionError as e:
-        raise ApplianceError(f"--url {url}: cannot reach the server ({type(e).__name__}); start it with `appliance up` or fix --url")
-    except openai.APIError as e:
-        raise ApplianceError(f"--url {url}: GET /models failed ({_one_line(e)}); is this an OpenAI-compatible server?")
-    except (AttributeError, TypeError, ValueError, KeyError):
-        # the client parses any 200 reply without checking it: plain text, a JSON list, {"data": 5} ...
-        raise not_openai('no {"data": [{"id": ...}]} model list') from None
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in served.items()):
-        raise not_openai("model ids that are not strings")
-    return served, lengths
-
-
-async def _ask(client, sem: asyncio.Semaphore, model: str, p: Prompt, max_tokens: int) -> dict:
-    """One streamed chat completion: answer text, latency, time to first token, output tokens."""
-    import openai
-
-    async with sem:
-        started_at, t0 = time.time(), time.perf_counter()
-        parts: list[str] = []
-        ttft = usage = finish = None
-        error = None
-        chunks = 0
-        try:
-            stream = await client.chat.completions.create(
-                model=model, messages=p.messages(), temperature=0, max_tokens=max_tokens, stream=True,
-                stream_options={"include_usage": True})
-            async with stream:  # closed even when a chunk is garbage, so no half-read response is left behind
-                async for chunk in stream:
-                    chunks += 1
-                    tokens = getattr(chunk.usage, "completion_tokens", None)
-                    if isinstance(tokens, int):
-                        usage = tokens
-                    for choice in chunk.choices or []:
-                        if isinstance(choice.finish_reason, str):
-                            finish = choice.finish_reason  # "length": the answer was cut at max_tokens
-                        content = choice.delta.content if choice.delta else None
-                        if content is not None and not isinstance(content, str):
-                            raise TypeError(f"delta content is {type(content).__name__}, not text")
-                        if content and bad_char(content) is not None:
-                            # a lone surrogate escaped in the server's JSON: kept as is, answers.jsonl
-                            # could not be written, and every answer of the eval would be lost
-                            content = _SURROGATE.sub("\ufffd", content)
-                        if content:
-                            if ttft is None:
-                                ttft = (time.perf_counter() - t0) * 1000.0
-                            parts.append(content)
-            if not chunks:
-                error = "EmptyStream: the server sent no chat completion chunk; is it an OpenAI-compatible server?"
-        except openai.APIError as e:
-            error = f"{type(e).__name__}: {_one_line(e)}"
-        except Exception as e:
-            # a 200 reply that is not an OpenAI chat completion stream, or a connection dropped
-            # mid-stream (raised by the client's HTTP library, whose exception types vary by
-            # version): one failed request, kept in answers.jsonl, not a crash of the whole eval
-            error = f"not an OpenAI chat completion stream ({type(e).__name__}: {_one_line(e)})"
-        latency = (time.perf_counter() - t0) * 1000.0
-    return {"answer": "".join(parts), "latency_ms": round(latency, 3), "ttft_ms": None if ttft is None else round(ttft, 3),
-            "output_tokens": usage if usage is not None else len(parts), "started_at": round(started_at, 6), "error": error,
-            "finish_reason": finish}
 
 
 PROGRESS_EVERY_S = 15.0
@@ -365,11 +279,12 @@ async def _run(cfg: EvalConfig, prompts: list[Prompt], progress: Callable[[str],
     url = base_url(cfg.url)
     api_key = cfg.api_key or os.environ.get("APPLIANCE_API_KEY") or os.environ.get("OPENAI_API_KEY") or "EMPTY"
     try:
-        client = AsyncOpenAI(base_url=url, api_key=api_key, timeout=cfg.timeout_s, max_retries=2)
+        # retried by ask(), which counts the retries and keeps --timeout for the whole request
+        client = AsyncOpenAI(base_url=url, api_key=api_key, timeout=cfg.timeout_s, max_retries=0)
     except Exception as e:  # its URL parser is stricter than urlsplit, and its errors vary by version
         raise ApplianceError(f"--url {cfg.url}: {_one_line(e)}; {URL_FIX}") from None
     async with client:
-        served, lengths = await _served_models(client, url)
+        served, lengths = await served_models(client, url, DEFAULT_URL)
         for role, model in roles(cfg):
             if model not in served:
                 raise ApplianceError(f"--{role.rstrip('0123456789')} {model}: not served at {url} (it serves: "
@@ -379,6 +294,7 @@ async def _run(cfg: EvalConfig, prompts: list[Prompt], progress: Callable[[str],
                 raise ApplianceError(f"--max-tokens {cfg.max_tokens}: {model} at {url} has a context of {lengths[model]} "
                                      "tokens, prompt and answer together; pass a smaller --max-tokens")
         markers = _markers(cfg, served)
+        refuse_unmeasurable(cfg.rules, prompts, markers=markers)  # known only now: a leak gate without them
         rows: list[dict] = []
         unreachable = [0]
         for role, model in roles(cfg):
@@ -387,7 +303,7 @@ async def _run(cfg: EvalConfig, prompts: list[Prompt], progress: Callable[[str],
             done = [0]
 
             async def counted(p: Prompt) -> dict:
-                res = await _ask(client, sem, model, p, cfg.max_tokens)  # noqa: B023 - awaited within this iteration
+                res = await _ask(client, sem, model, p.messages(), cfg.max_tokens, cfg.timeout_s)  # noqa: B023
                 done[0] += 1
                 # each request was already retried: a run of them that cannot connect means the server is gone
                 unreachable[0] = unreachable[0] + 1 if (res["error"] or "").startswith("APIConnectionError") else 0
@@ -407,6 +323,7 @@ async def _run(cfg: EvalConfig, prompts: list[Prompt], progress: Callable[[str],
                              "latency_ms": res["latency_ms"], "ttft_ms": res["ttft_ms"],
                              "output_tokens": res["output_tokens"], "started_at": res["started_at"], "error": res["error"],
                              "finish_reason": res["finish_reason"], "source": p.source, "name": cfg.name, "author": cfg.author, "old_identity": markers,
+                             **{k: res[k] for k in ("tokens_counted", "reasoning", "retries") if k in res},
                              # what else was sent: an earlier turn that names the new identity explains a base's "hit"
                              **({"system": p.system} if p.system else {}), **({"history": p.history} if p.history else {})})
     return rows, markers
@@ -432,6 +349,26 @@ def failure_summary(rows: list[dict]) -> str | None:
     detail = said.group(2) if said else first[len(top):].lstrip(": ").strip()
     detail = f"; the first {top}: {detail[:150]}" if detail and top != "APITimeoutError" else ""
     return f"{n} of {len(rows)} requests failed: " + ", ".join(f"{k} x{c}" for k, c in kinds.most_common()) + detail + hint
+
+
+def answer_notes(rows: list[dict]) -> list[str]:
+    """What the figures of answered requests rest on, where it is not what it seems: empty answers, token counts
+    that are chunk counts (no usage sent), latencies of retried requests."""
+    ok = [r for r in rows if not r.get("error")]
+    notes = []
+    empty = sum(not r["answer"].strip() for r in ok)
+    if empty:
+        notes.append(f"{empty} of {len(ok)} answers are empty (scored as misses); check the model's chat template "
+                     "and the server's log")
+    counted = sum(r.get("tokens_counted") == "chunks" for r in ok)
+    if counted:
+        notes.append(f"the server sent no token usage for {counted} answers: their output_tokens (and tokens/s, "
+                     "TPOT) count stream chunks, one token each on most servers, more behind a batching proxy")
+    retried = [r for r in rows if r.get("retries")]
+    if retried:
+        notes.append(f"{len(retried)} requests were retried (429 or 5xx, or no connection; 'retries' in "
+                     "answers.jsonl): their latency and TTFT are those of their last attempt")
+    return notes
 
 
 def _prepare_output(out: Path) -> list[Path]:
@@ -489,9 +426,8 @@ def run_eval(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
     except BaseException:
         paths.remove_empty_dirs(created)
         raise
-    failed = failure_summary(rows)
-    if failed:
-        progress(f"note: {failed}")
+    for note in filter(None, [failure_summary(rows), *answer_notes(rows)]):
+        progress(f"note: {note}")
     run = {"url": url, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
            "config": {k: v for k, v in asdict(cfg).items() if k not in ("api_key", "rules")}}
     answers = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)

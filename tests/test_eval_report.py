@@ -910,7 +910,8 @@ def test_the_default_report_folder_stays_under_reports(appliance_home):
 
     reports = appliance_home / "reports"
     for name, folder in (("../../evil", "evil"), ("A/B", "a-b"), ("Archer", "archer"), ("意琦行 助手", "意琦行-助手"), ("..", "report")):
-        assert output_dir(EvalConfig(before="m", name=name, author="x")) == reports / folder
+        assert output_dir(EvalConfig(before="m", after=["a"], name=name, author="x")) == reports / folder
+        assert output_dir(EvalConfig(before=name, name="Archer", author="x")) == reports / folder  # base-only: its name
 
 
 @pytest.mark.parametrize("kind", ["lora-adapter", "merged-model"])
@@ -996,9 +997,9 @@ def test_a_server_that_accepts_but_never_answers_fails_fast(monkeypatch, tmp_pat
     the requests' --timeout x 3 tries (~15 minutes)."""
     import socket
 
-    from appliance import evaluate
+    from appliance import ask
 
-    monkeypatch.setattr(evaluate, "MODELS_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(ask, "MODELS_TIMEOUT_S", 0.5)
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen()  # the kernel accepts connections; nobody reads or answers
@@ -1036,11 +1037,11 @@ def test_a_server_that_goes_away_stops_the_eval(fake_server, tmp_path, monkeypat
     handler.models = b'{"object": "list", "data": [{"id": "smollm2-135m"}]}'
     calls = []
 
-    async def gone(client, sem, model, p, max_tokens):
+    async def gone(client, sem, model, messages, max_tokens, timeout_s):
         import asyncio
 
         async with sem:  # as the real requests queue for their turn
-            calls.append(p.prompt)
+            calls.append(messages[-1]["content"])
             await asyncio.sleep(0.01)
         err = openai.APIConnectionError(request=None)
         return {"answer": "", "latency_ms": 1.0, "ttft_ms": None, "output_tokens": 0, "started_at": 0.0,
