@@ -253,8 +253,8 @@ def _client(url: str, api_key: str | None):
 def unauthorized(what: str, key_sent: bool) -> ApplianceError:
     """A 401: a key that was sent is wrong; without one the server wants one."""
     if key_sent:
-        return ApplianceError(f"{what}: the server rejected the API key; check --api-key (or APPLIANCE_API_KEY) "
-                              "against the key the server was started with")
+        return ApplianceError(f"{what}: the server rejected the API key; check --api-key (without it: $APPLIANCE_API_KEY, "
+                              "else $OPENAI_API_KEY) against the key the server was started with")
     return ApplianceError(f"{what}: the server wants an API key; pass --api-key (or set APPLIANCE_API_KEY)")
 
 
@@ -353,10 +353,15 @@ def list_served(url: str = DEFAULT_URL, api_key: str | None = None) -> list[dict
     return data
 
 
+ServedBase = tuple[str, set[str], str | None]  # the served model's path (or hub id), names and hub id
+
+
 def load(name: str, path: str, url: str = DEFAULT_URL, api_key: str | None = None,
          roots: list[str] | None = None, max_rank: int | None = None,
-         served_base: tuple[str, set[str], str | None] | None = None) -> AdapterInfo:
-    """Load an adapter into a running server under ``name``; refuses paths outside ``roots``."""
+         served_base: ServedBase | None = None, recorded: bool = True) -> AdapterInfo:
+    """Load an adapter into a running server under ``name``; refuses paths outside ``roots``.
+
+    ``recorded`` False: the server was not started here, so its base comes from its ``/v1/models``."""
     import httpx
 
     check_new_name(name, "adapters load")
@@ -366,11 +371,16 @@ def load(name: str, path: str, url: str = DEFAULT_URL, api_key: str | None = Non
     allowed = roots if roots is not None else [str(paths.saves_dir())]
     target = real(str(adapter_dir(path, "adapters load")))
     if not is_allowed(target, allowed):  # before reading anything there
+        # a server started elsewhere has no record of its roots: this command's own flag stands for them
+        fix = "restart `appliance up` with --adapter-root" if recorded else \
+            f"pass --adapter-root {Path(target).parent} (the server at {url} was not started by `appliance up` here)"
         raise ApplianceError(f"adapters load {path}: {target} is outside the allowed adapter roots "
-                             f"({', '.join(allowed)}); move it under saves/ or restart `appliance up` with --adapter-root")
+                             f"({', '.join(allowed)}); move it under saves/ or {fix}")
     if why := bad_char(target):  # sent as JSON, it would not name the folder on the server's side
         raise ApplianceError(f"adapters load {path}: the path contains {why}; rename the folder to a UTF-8 name")
     info = inspect_adapter(target, name=name, flag="adapters load")
+    if not recorded and served_base is None and (info.base_path or info.base_name or info.base_hf_id):
+        served_base = _listed_base(url, api_key)
     # served_base: the served model's path, names and hub id (an adapter trained elsewhere records only the hub id)
     if served_base and (info.base_path or info.base_name or info.base_hf_id) and \
             not same_base(info, *served_base):
@@ -420,9 +430,34 @@ def _is_base(name: str, url: str, api_key: str | None) -> bool:
         return False
 
 
+def _listed_base(url: str, api_key: str | None) -> ServedBase | None:
+    """:func:`served_base_of` the server's listing; None when it cannot be read (the load's own answer will say why)."""
+    try:
+        return served_base_of(list_served(url, api_key))
+    except ApplianceError:
+        return None
+
+
+def served_base_of(entries: list[dict]) -> ServedBase | None:
+    """The base model in a ``/v1/models`` listing, as a server's record gives it: vLLM's ``root`` (the folder or hub
+    id it loaded), its served names and its hub id; None when the listing does not tell (no root, several bases)."""
+    from appliance import models
+
+    bases = [m for m in entries if not m.get("parent")]
+    roots = {m.get("root") if isinstance(m.get("root"), str) else None for m in bases}
+    root = roots.pop() if len(roots) == 1 else None
+    if not isinstance(root, str) or not root.strip():
+        return None
+    known = models.registry_name(root) or models.pulled_registry_name(root)  # a hub id, or a `models pull` folder
+    local = root.startswith(("/", ".", "~")) or Path(root).is_dir()
+    hf_id = (models.registry()[known].get("hf_id") if known else None) or (None if local else root)
+    return root, {str(m["id"]) for m in bases} | ({known} if known else set()), hf_id
+
+
 def load_checked(name: str, path: str, url: str | None = None, api_key: str | None = None,
                  extra_roots: list[str] | None = None) -> AdapterInfo:
-    """``adapters load``: the roots and rank limit come from the server's record when it was started here."""
+    """``adapters load``: the roots and rank limit come from the server's record when it was started here; the
+    base it serves from that record, else from its ``/v1/models``."""
     from appliance.chat import default_url
     from appliance.servers import find_record
 
@@ -432,4 +467,4 @@ def load_checked(name: str, path: str, url: str | None = None, api_key: str | No
     roots = (rec.adapter_roots if rec else [str(paths.saves_dir())]) + list(extra_roots or [])
     served = (rec.model, set(rec.models[:1]) | set(rec.base_names), rec.base_hf_id) if rec else None
     return load(name, path, url=url, api_key=api_key, roots=roots, max_rank=rec.max_lora_rank if rec else None,
-                served_base=served)
+                served_base=served, recorded=rec is not None)

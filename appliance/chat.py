@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, TextIO
 
 from appliance.datafiles import bad_char
@@ -23,9 +23,36 @@ class ChatConfig:
     temperature: float | None = 0.0
 
 
-class ServerRefused(ApplianceError):
-    """The server answered one request with a 4xx (a message over the context length): in a chat
-    session that message is dropped and the session goes on."""
+class Unanswered(ApplianceError):
+    """One message got no whole answer from a server that is there (an error in its stream, a stream cut off, no
+    stream at all): in a chat session that message is dropped and the session goes on."""
+
+
+class ServerRefused(Unanswered):
+    """The server answered one request with a 4xx (a message over the context length)."""
+
+
+@dataclass
+class _Stream:
+    """What one answer's stream brought: how it ended tells a whole answer from a cut one."""
+
+    ctype: str | None = None  # set once the server answered the request (its content type)
+    chunks: int = 0  # chat completion chunks: a choice or a usage
+    parts: list[str] = field(default_factory=list)
+    finish: str | None = None
+    usage: bool = False
+
+    def take(self, chunk, write: Callable[[str], None]) -> None:
+        choice = chunk.choices[0] if chunk.choices else None
+        usage = getattr(chunk, "usage", None) is not None
+        if choice is None and not usage:  # an event that is no chat completion chunk
+            return
+        self.chunks += 1
+        self.usage = self.usage or usage
+        self.finish = getattr(choice, "finish_reason", None) or self.finish
+        if delta := getattr(getattr(choice, "delta", None), "content", None):
+            self.parts.append(delta)
+            write(delta)
 
 
 def default_url() -> str:
@@ -68,26 +95,20 @@ def _client(cfg: ChatConfig):
 def reply(cfg: ChatConfig, messages: list[dict], write: Callable[[str], None]) -> str:
     """Stream one answer to ``messages`` through ``write``; returns the whole answer.
 
-    A 4xx answer about this request raises :class:`ServerRefused`; anything that ends the session, an
-    :class:`ApplianceError`."""
+    A 4xx answer about this request, or an answer that broke off, raises :class:`Unanswered`; anything that ends
+    the session, an :class:`ApplianceError`."""
     import openai
 
     from appliance.adapters import no_server, not_openai
 
     extra = {} if cfg.temperature is None else {"temperature": cfg.temperature}
+    got = _Stream()
     try:
         stream = _client(cfg).chat.completions.create(model=cfg.model, messages=messages, max_tokens=cfg.max_tokens,
                                                       stream=True, **extra)
-        parts = []
-        finish = None
+        got.ctype = stream.response.headers.get("content-type", "")
         for chunk in stream:
-            delta = chunk.choices[0].delta.content if chunk.choices else None
-            finish = (chunk.choices[0].finish_reason if chunk.choices else None) or finish
-            if delta:
-                parts.append(delta)
-                write(delta)
-        if finish == "length":  # on stderr: stdout holds the answer alone
-            print(f"\n[cut at --max-tokens {cfg.max_tokens}]", file=sys.stderr, end="")
+            got.take(chunk, write)
     except openai.AuthenticationError:
         from appliance.adapters import unauthorized
 
@@ -101,21 +122,52 @@ def reply(cfg: ChatConfig, messages: list[dict], write: Callable[[str], None]) -
             served = ""
         why = f"it serves: {served}" if served else _msg(e)
         raise ApplianceError(f"--model {cfg.model}: not served at {cfg.url} ({why}); pass one of those names") from None
-    except openai.APIConnectionError:
-        raise no_server(cfg.url) from None
+    except openai.APIConnectionError as e:
+        # the openai client wraps a connection that drops mid-body as it wraps one that was never made
+        raise (_cut_off(cfg, got, type(e).__name__) if got.ctype is not None else no_server(cfg.url)) from None
     except openai.APIStatusError as e:
-        if not isinstance(e.body, (dict, list)):  # an HTML page: not echoed, it says nothing to the user
-            raise not_openai(cfg.url, e.status_code, "POST /v1/chat/completions") from None
-        error = ServerRefused if 400 <= e.status_code < 500 else ApplianceError
-        said = _msg(e)
-        # vLLM: "max_tokens=5000 cannot be greater than max_model_len=2048", "... maximum context length ..."
-        hint = ("; lower --max-tokens, or send a shorter message (the server's context is `appliance up "
-                "--max-model-len`)") if "max_tokens" in said or "context length" in said else ""
-        raise error(f"{cfg.url}: server answered {e.status_code}: {said}{hint}") from None
-    except _transport_errors() as e:  # the connection broke while the answer streamed
-        raise ApplianceError(f"--url {cfg.url}: the server stopped answering mid-answer ({type(e).__name__}); "
-                             "check `appliance status`") from None
-    return "".join(parts)
+        raise _refused(cfg, e) from None
+    except openai.APIError as e:  # vLLM's `data: {"error": ...}` event: the engine failed on this request
+        where = "mid-answer" if got.parts else "instead of answering"
+        raise Unanswered(f"--url {cfg.url}: the server reported an error {where}: {_msg(e)}") from None
+    except _transport_errors() as e:
+        raise _cut_off(cfg, got, type(e).__name__) from None
+    _check_ending(cfg, got)
+    return "".join(got.parts)
+
+
+def _refused(cfg: ChatConfig, e) -> ApplianceError:
+    """A 4xx or 5xx other than 401 / 404: a 4xx is about this message only."""
+    from appliance.adapters import not_openai
+
+    if not isinstance(e.body, (dict, list)):  # an HTML page: not echoed, it says nothing to the user
+        return not_openai(cfg.url, e.status_code, "POST /v1/chat/completions")
+    error = ServerRefused if 400 <= e.status_code < 500 else ApplianceError
+    said = _msg(e)
+    # vLLM: "max_tokens=5000 cannot be greater than max_model_len=2048", "... maximum context length ..."
+    hint = ("; lower --max-tokens, or send a shorter message (the server's context is `appliance up "
+            "--max-model-len`)") if "max_tokens" in said or "context length" in said else ""
+    return error(f"{cfg.url}: server answered {e.status_code}: {said}{hint}")
+
+
+def _cut_off(cfg: ChatConfig, got: _Stream, why: str) -> Unanswered:
+    """The connection broke after the server began to answer: it is there, this answer is lost."""
+    where = f"mid-answer ({why}), so the answer above is cut off" if got.parts else f"before the answer began ({why})"
+    return Unanswered(f"--url {cfg.url}: the connection closed {where}; check `appliance status`")
+
+
+def _check_ending(cfg: ChatConfig, got: _Stream) -> None:
+    """A stream that ended with neither a finish_reason nor usage was cut off, however cleanly it closed."""
+    if not got.chunks:  # an HTML page, or a server that ignored stream=true: no chunk parses out of its body
+        kind = (got.ctype or "").split(";")[0].strip()
+        body = f"a {kind} page" if "html" in kind else f"content type: {kind or 'none'}"
+        what = "answered without streaming (one JSON body)" if "json" in kind else f"sent no chat completion stream ({body})"
+        raise Unanswered(f"--url {cfg.url}: the server {what}; is it an OpenAI-compatible server? check --url")
+    if got.finish is None and not got.usage:
+        raise Unanswered(f"--url {cfg.url}: the answer stream ended without a finish_reason, so the answer "
+                         f"{'above ' if got.parts else ''}is cut off; check `appliance status`")
+    if got.finish == "length":  # on stderr: stdout holds the answer alone
+        print(f"\n[cut at --max-tokens {cfg.max_tokens}]", file=sys.stderr, end="")
 
 
 def _transport_errors() -> tuple[type[Exception], ...]:
@@ -157,6 +209,35 @@ def _isatty(stream: TextIO) -> bool:
         return False
 
 
+class _Out:
+    """Where a chat writes: each error on a line of its own, after whatever part of an answer came."""
+
+    def __init__(self, out: TextIO, err: TextIO):
+        self.out, self.err, self.open_line = out, err, False
+
+    def write(self, s: str) -> None:
+        try:
+            self.out.write(s)
+        except UnicodeEncodeError:  # a lone surrogate in an answer ("\ud800" in its JSON)
+            self.out.write(s.encode("utf-8", "backslashreplace").decode("utf-8"))
+        self.out.flush()
+        if s:
+            self.open_line = not s.endswith("\n")
+
+    def end_line(self) -> None:
+        if self.open_line:
+            self.write("\n")
+
+    def warn(self, msg: str) -> None:
+        print(msg.encode("utf-8", "backslashreplace").decode("utf-8"), file=self.err, flush=True)
+
+    def answered(self, answer: str) -> None:
+        """An answer's line ends; a blank line alone would not tell an empty answer from a lost one."""
+        self.write("\n")
+        if not answer.strip():
+            self.warn("note: the model's answer was empty")
+
+
 def _check_text(value: str | None, flag: str) -> None:
     """Text that cannot be sent as UTF-8 (bytes that are not UTF-8 on the command line): refused before any request."""
     if value is not None and (why := bad_char(value)):
@@ -168,8 +249,8 @@ def chat(cfg: ChatConfig, prompt: str | None = None, stdin: TextIO | None = None
     """One answer to ``prompt``, or an interactive session (history kept) reading ``stdin``.
 
     In a session ``/reset`` forgets the history and ``/exit`` (or end of input) leaves; a message the
-    server refuses, or one that is not UTF-8, is reported on ``err`` and dropped, and the session goes on.
-    Returns the last answer.
+    server refuses or answers in part, or one that is not UTF-8, is reported on ``err`` and dropped, and the
+    session goes on. Returns the last answer.
     """
     from appliance.adapters import list_served
 
@@ -183,8 +264,6 @@ def chat(cfg: ChatConfig, prompt: str | None = None, stdin: TextIO | None = None
         raise ApplianceError("-p: the prompt is empty; give the message to send, or leave -p out to chat interactively")
     for value, flag in ((prompt, "-p"), (cfg.system, "--system"), (cfg.model, "--model"), (cfg.api_key, "--api-key")):
         _check_text(value, flag)
-    out = out or sys.stdout
-    err = err or sys.stderr
     stdin = stdin or sys.stdin
     if stdin is sys.stdin and hasattr(stdin, "reconfigure"):
         try:  # bytes that are not UTF-8 become lone surrogates, refused line by line, not a UnicodeDecodeError
@@ -193,32 +272,31 @@ def chat(cfg: ChatConfig, prompt: str | None = None, stdin: TextIO | None = None
             pass
     if not cfg.model:
         cfg.model = pick_model(list_served(cfg.url, cfg.api_key))
-
-    def write(s: str) -> None:
-        try:
-            out.write(s)
-        except UnicodeEncodeError:  # a lone surrogate in an answer ("\ud800" in its JSON)
-            out.write(s.encode("utf-8", "backslashreplace").decode("utf-8"))
-        out.flush()
-
-    def warn(msg: str) -> None:
-        print(msg.encode("utf-8", "backslashreplace").decode("utf-8"), file=err, flush=True)
-
+    term = _Out(out or sys.stdout, err or sys.stderr)
     base = [{"role": "system", "content": cfg.system}] if cfg.system else []
-    if prompt is not None:
-        answer = reply(cfg, base + [{"role": "user", "content": prompt}], write)
-        write("\n")
-        return answer
+    if prompt is None:
+        return _session(cfg, base, stdin, term)
+    try:
+        answer = reply(cfg, base + [{"role": "user", "content": prompt}], term.write)
+    except ApplianceError:
+        term.end_line()
+        raise
+    term.answered(answer)
+    return answer
+
+
+def _session(cfg: ChatConfig, base: list[dict], stdin: TextIO, term: _Out) -> str:
+    """Messages read from ``stdin`` until /exit or its end, history kept; returns the last answer."""
     history, answer = list(base), ""
     tty = _isatty(stdin)
     if tty:  # the banner and the model's name before each answer: piped, stdout holds the answers alone
-        write(f"chatting with {cfg.model} at {cfg.url}; /reset clears the history, /exit or Ctrl-D leaves\n")
+        term.write(f"chatting with {cfg.model} at {cfg.url}; /reset clears the history, /exit or Ctrl-D leaves\n")
     lineno, unanswered = 0, []
     while True:
-        line = _read_line(stdin, write, tty)
+        line = _read_line(stdin, term.write, tty)
         lineno += 1
         if not line or line.strip() in ("/exit", "/quit"):
-            write("\n" if not line and tty else "")
+            term.write("\n" if not line and tty else "")
             if unanswered and not tty:  # a script feeding stdin must see that some of its messages failed
                 raise ApplianceError(f"stdin: {len(unanswered)} message(s) not answered (line "
                                      f"{', '.join(map(str, unanswered))}); see the errors above")
@@ -230,23 +308,24 @@ def chat(cfg: ChatConfig, prompt: str | None = None, stdin: TextIO | None = None
             history = list(base)
             continue
         if why := bad_char(text):
-            warn(f"error: {'your message' if tty else f'stdin line {lineno}'}: contains {why}; not sent (send UTF-8 text), "
-                 "the chat goes on")
+            term.warn(f"error: {'your message' if tty else f'stdin line {lineno}'}: contains {why}; not sent (send UTF-8 "
+                      "text), the chat goes on")
             unanswered.append(lineno)
             continue
         history.append({"role": "user", "content": text})
         if tty:
-            write(f"{cfg.model}> ")
+            term.write(f"{cfg.model}> ")
         try:
-            answer = reply(cfg, history, write)
-        except ServerRefused as e:  # about this message only (too long for the context): the session goes on
-            write("\n" if tty else "")
+            answer = reply(cfg, history, term.write)
+        except Unanswered as e:  # about this message only (too long for the context, cut off): the session goes on
+            term.end_line()
             history.pop()
-            warn(f"error: {e}; the message was dropped from the history (/reset clears the history if it grew too long)")
+            hint = " (/reset clears the history if it grew too long)" if isinstance(e, ServerRefused) else ""
+            term.warn(f"error: {e}; the message was dropped from the history{hint}")
             unanswered.append(lineno)
             continue
         except ApplianceError:  # the session ends: the error goes on a line of its own
-            write("\n" if tty else "")
+            term.end_line()
             raise
-        write("\n")
+        term.answered(answer)
         history.append({"role": "assistant", "content": answer})

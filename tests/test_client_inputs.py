@@ -25,33 +25,43 @@ from appliance.errors import ApplianceError
 DEAD_PID = 2**22 + 7  # above pid_max's default: no such process
 
 
+def _chunk(text: str | None, finish: str | None = None, usage: dict | None = None) -> str:
+    """One server-sent event of a chat completion stream (no choice at all for ``text`` None)."""
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+             "choices": [] if text is None else [{"index": 0, "delta": {"content": text}, "finish_reason": finish}]}
+    return f"data: {json.dumps(chunk | ({'usage': usage} if usage else {}))}\n\n"
+
+
 def _stream(text: str) -> bytes:
     """An OpenAI chat completion stream answering ``text``."""
-    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
-             "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": "stop"}]}
-    return f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
+    return f"{_chunk(text, 'stop')}data: [DONE]\n\n".encode()
 
 
 MODELS = {"object": "list", "data": [{"id": "smollm2-135m", "parent": None, "root": "/m"},
                                      {"id": "archer", "parent": "smollm2-135m", "root": "/saves/archer"}]}
 
 
-class _Server:
-    """A local HTTP server: ``answer(method, path, body)`` gives (status, content type, bytes) for each request;
-    ``seen`` holds (method, path, JSON body) of every request that reached it."""
+Answer = tuple[int, str, bytes] | tuple[int, str, bytes, int]
 
-    def __init__(self, answer: Callable[[str, str, dict | None], tuple[int, str, bytes]]):
-        seen = self.seen = []
+
+class _Server:
+    """A local HTTP server: ``answer(method, path, body)`` gives (status, content type, bytes) for each request, and
+    optionally how many more bytes to promise in Content-Length (the connection then drops mid-body);
+    ``seen`` holds (method, path, JSON body) of every request that reached it, ``keys`` its Authorization header."""
+
+    def __init__(self, answer: Callable[[str, str, dict | None], Answer]):
+        seen, keys = self.seen, self.keys = [], []
 
         class Handler(BaseHTTPRequestHandler):
             def _handle(self):
                 n = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(n)) if n else None
                 seen.append((self.command, self.path, body))
-                status, ctype, data = answer(self.command, self.path, body)
+                keys.append(self.headers.get("Authorization"))
+                status, ctype, data, *unsent = answer(self.command, self.path, body)
                 self.send_response(status)
                 self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Content-Length", str(len(data) + sum(unsent)))
                 self.end_headers()
                 self.wfile.write(data)
 
@@ -354,3 +364,143 @@ def test_adapter_names_follow_one_rule_in_up_and_adapters_load(appliance_home):
     _one_line_error(res, "adapters load: NAME 'a/b' holds '/'")
     res = CliRunner().invoke(main, ["adapters", "load", "a\nb", "saves/a2", "--url", "http://127.0.0.1:9"])
     _one_line_error(res, "adapters load: NAME 'a\\nb' holds a control character")
+
+
+# ---------------------------------------------------------------- 7. answers that break off, or never stream
+USAGE = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+PART = _chunk("Hi ") + _chunk("there")  # an answer's first words, before whatever ends it
+ANSWERS: dict[str, Answer] = {  # the server's answer to a message (its text picks which), as servers in trouble send it
+    "errinstream": (200, "text/event-stream", (PART + 'data: {"error": {"message": "engine died", "type": '
+                                                      '"InternalServerError", "code": 500}}\n\n').encode()),
+    "cutabrupt": (200, "text/event-stream", PART.encode(), 500),  # 500 bytes promised, never sent: the TCP drops
+    "cutclean": (200, "text/event-stream", PART.encode()),  # a clean end with no finish_reason, usage or [DONE]
+    "html200": (200, "text/html", b"<html><body>It works!</body></html>"),
+    "nonstream": (200, "application/json", json.dumps({
+        "id": "c", "object": "chat.completion", "created": 0, "model": "m", "usage": USAGE,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi there"}, "finish_reason": "stop"}]}).encode()),
+    "empty": (200, "text/event-stream", (_chunk("") + _chunk("", "stop") + "data: [DONE]\n\n").encode()),
+    # whole answers that lack one of the ends a stream may have
+    "nodone": (200, "text/event-stream", (PART + _chunk("", "stop")).encode()),
+    "nofinish": (200, "text/event-stream", (PART + _chunk(None, usage=USAGE) + "data: [DONE]\n\n").encode()),
+    "usagefinal": (200, "text/event-stream", (PART + _chunk("", "stop", USAGE) + "data: [DONE]\n\n").encode()),
+}
+
+
+def _troubled(method: str, path: str, body: dict | None) -> Answer:
+    """As :func:`_vllm_like`, but a message naming one of ANSWERS gets that answer."""
+    if method == "POST" and (said := body["messages"][-1]["content"]) in ANSWERS:
+        return ANSWERS[said]
+    return _vllm_like(method, path, body)
+
+
+def _ask(srv: _Server, prompt: str):
+    return CliRunner().invoke(main, ["chat", "--url", srv.url, "--model", "m", "-p", prompt])
+
+
+def test_an_error_event_in_the_stream_is_one_line_and_the_session_goes_on():
+    # vLLM reports an engine failure mid-answer as `data: {"error": ...}`: the openai client raises its base APIError
+    with _Server(_troubled) as srv:
+        res = _ask(srv, "errinstream")
+        _one_line_error(res, f"--url {srv.url}: ", "engine died")
+        assert res.stdout == "Hi there\n"  # the words that came, their line ended before the error
+        res = CliRunner().invoke(main, ["chat", "--url", srv.url, "--model", "m"], input="errinstream\nhello\n")
+        assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+        assert res.stdout == "Hi there\necho: hello\n", res.stdout
+        first, last = res.stderr.splitlines()
+        assert first.startswith("error: ") and "engine died" in first and "the message was dropped" in first, first
+        assert last == "error: stdin: 1 message(s) not answered (line 1); see the errors above"
+        assert [m["content"] for m in srv.chats()[-1]] == ["hello"]  # the failed one is not in the history
+
+
+def test_a_connection_dropped_mid_answer_is_not_called_no_server():
+    with _Server(_troubled) as srv:
+        res = _ask(srv, "cutabrupt")
+    err = _one_line_error(res, "the connection closed mid-answer", "the answer above is cut off")
+    assert "no server" not in err and "appliance up" not in err and res.stdout == "Hi there\n"
+
+
+@pytest.mark.parametrize("mode", ["cutclean", "nodone", "nofinish", "usagefinal"])
+def test_a_stream_with_neither_finish_reason_nor_usage_is_cut_off(mode):
+    with _Server(_troubled) as srv:
+        res = _ask(srv, mode)
+    if mode == "cutclean":
+        _one_line_error(res, "the answer stream ended without a finish_reason", "the answer above is cut off")
+        assert res.stdout == "Hi there\n"
+    else:  # a finish_reason or a usage chunk says the answer is whole, [DONE] or not
+        assert res.exit_code == 0 and res.stdout == "Hi there\n" and res.stderr == "", res.output
+
+
+@pytest.mark.parametrize("mode, why", [("html200", "the server sent no chat completion stream (a text/html page)"),
+                                       ("nonstream", "the server answered without streaming (one JSON body)")])
+def test_an_answer_that_is_no_stream_is_unanswered(mode, why):
+    with _Server(_troubled) as srv:
+        _one_line_error(res := _ask(srv, mode), why, "is it an OpenAI-compatible server?")
+        assert res.stdout == ""
+        res = CliRunner().invoke(main, ["chat", "--url", srv.url, "--model", "m"], input=f"{mode}\n{mode}\n")
+    assert res.exit_code == 2 and res.stdout == "", res.output  # no blank "answers"
+    assert res.stderr.count(why) == 2, res.stderr
+    assert res.stderr.endswith("error: stdin: 2 message(s) not answered (line 1, 2); see the errors above\n")
+
+
+def test_an_empty_answer_is_printed_with_a_note():
+    with _Server(_troubled) as srv:
+        res = _ask(srv, "empty")
+    assert res.exit_code == 0 and res.stdout == "\n" and res.stderr == "note: the model's answer was empty\n", res.output
+
+
+# ---------------------------------------------------------------- 8. the API key, and servers not started here
+def _runtime(models: dict) -> Callable[[str, str, dict | None], Answer]:
+    """A vLLM that lists ``models``, loads and unloads any adapter, and echoes chat messages."""
+    def answer(method: str, path: str, body: dict | None) -> Answer:
+        if method == "GET":
+            return 200, "application/json", json.dumps(models).encode()
+        if path.endswith("_lora_adapter"):
+            return 200, "text/plain", b"Success"
+        return _vllm_like(method, path, body)
+    return answer
+
+
+def test_chat_and_adapters_take_the_keys_eval_takes(monkeypatch, appliance_home):
+    monkeypatch.delenv("APPLIANCE_API_KEY", raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai")
+    _adapter(appliance_home)
+    served = {"data": [{"id": "smollm2-135m", "parent": None, "root": "HuggingFaceTB/x"}]}
+    with _Server(_runtime(served)) as srv:
+        for args in (["adapters", "list"], ["adapters", "load", "a2", "saves/a2"], ["adapters", "unload", "a2"],
+                     ["chat", "--model", "archer", "-p", "hi"]):
+            res = CliRunner().invoke(main, [*args, "--url", srv.url])
+            assert res.exit_code == 0, (args, res.output)
+        assert set(srv.keys) == {"Bearer sk-openai"} and len(srv.keys) >= 4, srv.keys
+        monkeypatch.setenv("APPLIANCE_API_KEY", "s3cret")  # the variable `up` reads comes first
+        assert CliRunner().invoke(main, ["chat", "--url", srv.url, "--model", "a", "-p", "hi"]).exit_code == 0
+        assert srv.keys[-1] == "Bearer s3cret"
+    for cmd in (["chat"], ["adapters", "list"], ["adapters", "load"], ["adapters", "unload"]):
+        assert "$OPENAI_API_KEY" in CliRunner().invoke(main, [*cmd, "--help"]).output, cmd
+
+
+@pytest.mark.parametrize("root, loads", [("HuggingFaceTB/y", False), ("HuggingFaceTB/x", True)])
+def test_loading_into_a_server_not_started_here_checks_the_base_it_lists(appliance_home, root, loads):
+    _adapter(appliance_home)  # trained on HuggingFaceTB/x
+    served = {"data": [{"id": "base", "parent": None, "root": root},
+                       {"id": "other", "parent": "base", "root": "/saves/other"}]}
+    with _Server(_runtime(served)) as srv:
+        res = CliRunner().invoke(main, ["adapters", "load", "a2", "saves/a2", "--url", srv.url])
+        sent = [p for m, p, b in srv.seen if m == "POST"]
+    if loads:
+        assert res.exit_code == 0 and res.stdout == "loaded a2 from saves/a2\n", res.output
+        assert sent == ["/v1/load_lora_adapter"]
+    else:  # an adapter of another base would load and answer nonsense
+        _one_line_error(res, "trained on 'HuggingFaceTB/x' but the server at", "serves 'HuggingFaceTB/y'")
+        assert sent == []
+
+
+def test_a_path_outside_the_roots_of_a_server_not_started_here_names_adapter_root(appliance_home, tmp_path):
+    elsewhere = _adapter(tmp_path / "elsewhere")
+    served = {"data": [{"id": "base", "parent": None, "root": "HuggingFaceTB/x"}]}
+    with _Server(_runtime(served)) as srv:
+        res = CliRunner().invoke(main, ["adapters", "load", "a2", str(elsewhere), "--url", srv.url])
+        err = _one_line_error(res, "is outside the allowed adapter roots", f"--adapter-root {elsewhere.parent}")
+        assert "restart `appliance up`" not in err
+        res = CliRunner().invoke(main, ["adapters", "load", "a2", str(elsewhere), "--url", srv.url,
+                                        "--adapter-root", str(elsewhere.parent)])
+        assert res.exit_code == 0, res.output
