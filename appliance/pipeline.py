@@ -93,8 +93,9 @@ def pipeline(cfg: PipelineConfig, echo: Echo = print) -> dict[str, Any]:
             echo(f"note: the interrupted training in {staging_dir(run_dir)} used other settings; starting over")
             tcfg.resume = False
             meta = train(tcfg)
-        r = meta["results"]
-        echo(f"trained: loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}, {r['tokens_per_s']} tokens/s")
+        from appliance.train import summary
+
+        echo(summary(tcfg, meta))
     timings["train_s"] = time.time() - t
 
     report_file = report_dir / "report.json"

@@ -415,12 +415,15 @@ def report(api_key: str | None = None) -> list[dict]:
         if group and not row["alive"]:
             row["note"] = (f"its API server (pid {r.pid}) exited but part of it still runs; `appliance down --port {r.port}` "
                            f"stops it; last log lines in {r.log}")
-        elif row["alive"] and not r.ready:
-            row["note"] = f"starting (vLLM is loading the model; log: {r.log})"
         elif row["alive"]:
             try:
                 resp = httpx.get(f"{r.url}/v1/models", headers=headers, timeout=5)
-                if resp.status_code == 200:
+                if not r.ready and resp.status_code != 200:
+                    row["note"] = f"starting (vLLM is loading the model; log: {r.log})"
+                elif resp.status_code == 200:
+                    if not r.ready:  # the `up` that started it was killed before it could record that it answers
+                        r.ready = True
+                        _write_record(r)
                     row["models"] = [{"id": m["id"], "parent": m.get("parent"), "root": m.get("root")}
                                      for m in resp.json().get("data", [])]
                 elif resp.status_code == 401:
@@ -429,7 +432,8 @@ def report(api_key: str | None = None) -> list[dict]:
                 else:
                     row["note"] = f"/v1/models answered {resp.status_code}"
             except httpx.HTTPError as e:
-                row["note"] = f"not answering ({type(e).__name__})"
+                row["note"] = (f"starting (vLLM is loading the model; log: {r.log})" if not r.ready else
+                               f"not answering ({type(e).__name__})")
         else:
             row["note"] = f"not running; last log lines in {r.log}"
         rows.append(row)

@@ -24,8 +24,8 @@ from appliance.datafiles import few
 from appliance.errors import ApplianceError
 from appliance.train_config import TrainConfig
 from appliance.train_output import (check_output, keep_or_discard_checkpoint, last_checkpoint, make_dirs, output_path,
-                                    publish, staging_dir)
-from appliance.trainlog import LogCallback, plot_loss
+                                    publish, run_lock, staging_dir)
+from appliance.trainlog import LogCallback, mean_loss, plot_loss
 
 
 def _qlora_compute_dtype(cuda: bool) -> torch.dtype:
@@ -121,19 +121,25 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     set_seed(cfg.seed)
     stage = staging_dir(out)
-    keep_or_discard_checkpoint(stage, cfg)
-    made = make_dirs(stage, cfg.output)
+    made = make_dirs(stage.parent, cfg.output)
     try:
-        _check_resume(stage, cfg, fingerprint)
-        return _train(cfg, out, stage, ident, ref, fingerprint)
-    except BaseException as e:
-        last = last_checkpoint(stage / "checkpoints")
-        if not last:
-            shutil.rmtree(stage, ignore_errors=True)  # nothing to resume: leave no empty staging folder behind
-            paths.remove_empty_dirs(made)  # nor the empty parents this run created for --output
-        elif isinstance(e, KeyboardInterrupt):
-            how = "rerun the same `appliance pipeline` command" if cfg._pipeline else "run the same command with --resume"
-            print(f"{Path(last).name} kept in {stage}: {how} to continue from it", file=sys.stderr)
+        with run_lock(out, cfg.output):
+            keep_or_discard_checkpoint(stage, cfg)
+            make_dirs(stage, cfg.output)
+            try:
+                _check_resume(stage, cfg, fingerprint)
+                return _train(cfg, out, stage, ident, ref, fingerprint)
+            except BaseException as e:
+                last = last_checkpoint(stage / "checkpoints")
+                if not last:
+                    shutil.rmtree(stage, ignore_errors=True)  # nothing to resume: leave no empty staging folder behind
+                elif isinstance(e, KeyboardInterrupt):
+                    how = ("rerun the same `appliance pipeline` command" if cfg._pipeline else
+                           "run the same command with --resume")
+                    print(f"{Path(last).name} kept in {stage}: {how} to continue from it", file=sys.stderr)
+                raise
+    except BaseException:
+        paths.remove_empty_dirs(made)  # nor the empty parents this run created for --output
         raise
 
 
@@ -410,13 +416,26 @@ def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any, exam
     parts = parts_for(cuda, cfg.dropout)
     trainer.split = RowSplitStep(parts) if parts > 1 else None
     t0 = time.time()
+    finished = _finished_state(last)
     try:
-        with single_threaded_ops(parts):
-            result = trainer.train(resume_from_checkpoint=last)
+        if finished is not None:
+            # interrupted while saving after its last step: the checkpoint is the trained adapter. The Trainer
+            # would train a step past --max-steps from it, or (epochs) none, logging no loss
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            set_peft_model_state_dict(model, load_file(str(Path(last) / "adapter_model.safetensors")))
+            trainer.state = finished
+            log.resumed_at(finished.global_step)
+        else:
+            with single_threaded_ops(parts):
+                result = trainer.train(resume_from_checkpoint=last)
     finally:
         if trainer.split is not None:
             trainer.split.close()
     runtime = time.time() - t0
+    # a resumed run's Trainer averages the steps after its checkpoint only: the log has them all
+    train_loss = mean_loss(stage / "trainer_log.jsonl") if last else float(result.training_loss)
 
     final = stage / "final"
     if final.exists():
@@ -429,10 +448,12 @@ def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any, exam
         shutil.copytree(stage / "runs", final / "runs")
     tokens = int(trainer.state.num_input_tokens_seen or 0)
     results = {
-        "train_loss": round(float(result.training_loss), 4), "first_loss": log.first_loss, "last_loss": log.last_loss,
+        "train_loss": None if train_loss is None else round(train_loss, 4), "first_loss": log.first_loss,
+        "last_loss": log.last_loss,
         "steps": trainer.state.global_step, "train_runtime_s": round(runtime, 1), "data_prep_s": round(prep_s, 1),
         # a resumed run's speed: the tokens of this process over its time (tokens_seen is the whole run's)
-        "tokens_seen": tokens, "tokens_per_s": round((tokens - log.tokens0) / runtime, 1) if runtime else None,
+        "tokens_seen": tokens,
+        "tokens_per_s": round((tokens - log.tokens0) / runtime, 1) if runtime and finished is None else None,
         "samples_seen": trainer.samples_seen,  # this process's; a resumed run's earlier part is not counted
         "samples_per_s": round(trainer.samples_seen / runtime, 2) if runtime else None,
         "peak_mem_mb": _peak_mem_mb(cuda), "resumed_from": last,
@@ -465,6 +486,16 @@ def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any, exam
     return meta
 
 
+def _finished_state(checkpoint: str | None) -> Any:
+    """The checkpoint's TrainerState when it was saved at the run's last step (nothing left to train), else None."""
+    from transformers import TrainerState
+
+    if not checkpoint:
+        return None
+    state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    return state if state.max_steps and state.global_step >= state.max_steps else None
+
+
 def summary(cfg: TrainConfig, meta: dict[str, Any]) -> str:
     """The line ``appliance train`` ends with: where the adapter is (absolute) and how the run went."""
     r, check = meta["results"], meta["template_check"]
@@ -478,8 +509,15 @@ def summary(cfg: TrainConfig, meta: dict[str, Any]) -> str:
                 "pass --overwrite to train it again")
 
     return (f"adapter written to {output_path(cfg.output)}: {r['steps']} steps, loss {loss(r['first_loss'])} -> "
-            f"{loss(r['last_loss'])}, {r['tokens_per_s']} tokens/s, {r['train_runtime_s']} s; "
+            f"{loss(r['last_loss'])}, {_speed(r)}; "
             f"template check {check['checked'] - check['mismatched']}/{check['checked']} prompts match serving")
+
+
+def _speed(results: dict[str, Any]) -> str:
+    """``N tokens/s, T s``, or what a run that trained no step here (its last checkpoint was its end) did."""
+    if results.get("tokens_per_s") is None:
+        return f"finished from {Path(results['resumed_from']).name}" if results.get("resumed_from") else "no step trained"
+    return f"{results['tokens_per_s']} tokens/s, {results['train_runtime_s']} s"
 
 
 def _has_tensorboard() -> bool:

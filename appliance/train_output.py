@@ -3,10 +3,12 @@ its checkpoints, and the rename that publishes a finished run."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from appliance import paths, rundir
@@ -93,6 +95,36 @@ def keep_or_discard_checkpoint(stage: Path, cfg: TrainConfig) -> None:
         print(f"note: --overwrite: discarding the interrupted run's {Path(last).name} in {stage}", file=sys.stderr)
     if stage.exists():
         shutil.rmtree(stage)
+
+
+@contextlib.contextmanager
+def run_lock(out: Path, output: str) -> Iterator[None]:
+    """Held while a run of ``out`` trains: a second `train` into the same --output would share its staging folder,
+    each deleting the other's checkpoints and publishing a log of both."""
+    import fcntl
+
+    lock = out.parent / f".{out.name}.lock"
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise ApplianceError(f"--output {output}: cannot write in {out.parent} ({e.strerror}); choose a --output in a "
+                             "folder you can write") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            raise ApplianceError(f"--output {output}: another `appliance train` (pid {pid}) is training into it now; "
+                                 "wait for it to finish, or choose another --output") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        try:
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lock)
+    finally:
+        os.close(fd)
 
 
 def make_dirs(stage: Path, output: str) -> list[Path]:

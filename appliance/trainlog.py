@@ -28,11 +28,18 @@ class LogCallback(TrainerCallback):
         self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", unit="step", dynamic_ncols=True)
         self.t0 = time.time()
         self.tokens0 = int(state.num_input_tokens_seen or 0)
-        if state.global_step and self.path.exists():
-            # resumed: the steps logged after the checkpoint, before the interrupt, are about to run again
-            rows = [r for r in read_log(self.path) if r.get("step", 0) <= state.global_step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-            self.first_loss = next((float(r["loss"]) for r in rows if "loss" in r), None)
+        if state.global_step:
+            self.resumed_at(state.global_step)
+
+    def resumed_at(self, step: int) -> None:
+        """Keep the log of the steps up to the checkpoint resumed from: those logged after it, before the interrupt,
+        run again, and an end-of-run summary (an interrupt while saving the last checkpoint) is written anew."""
+        if not self.path.exists():
+            return
+        rows = [r for r in read_log(self.path) if r.get("step", 0) <= step and "train_loss" not in r]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        losses = [float(r["loss"]) for r in rows if "loss" in r]
+        self.first_loss, self.last_loss = (losses[0], losses[-1]) if losses else (None, None)
 
     def on_log(self, args, state, control, logs=None, **kw):
         logs = dict(logs or {})
@@ -65,6 +72,13 @@ def read_log(path: Path) -> list[dict]:
         except ValueError:
             continue
     return rows
+
+
+def mean_loss(path: Path) -> float | None:
+    """The mean step loss of the whole run (a step a row: logging_steps 1), as the Trainer's train_loss of a run
+    trained in one go; a resumed run's Trainer averages only the steps after its checkpoint."""
+    losses = [float(r["loss"]) for r in read_log(path) if "loss" in r] if path.exists() else []
+    return sum(losses) / len(losses) if losses else None
 
 
 def plot_loss(log_path: Path, png: Path) -> None:

@@ -1337,3 +1337,38 @@ def test_a_pydantic_start_error_is_reported_by_its_detail(tmp_path):
                    encoding="utf-8")
     assert servers.root_cause(log) == ("User-specified max_model_len (100000) is greater than the derived max_model_len "
                                        "(max_position_embeddings=8192).")
+
+
+def test_status_sees_a_server_whose_up_was_killed_before_recording_it_ready(appliance_home):
+    """`up --detach` killed (-9) while vLLM started: the server came up, but `status` said "starting" forever."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Models(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b'{"object": "list", "data": [{"id": "m", "root": "/models/m"}]}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    live = _group("exec -a fake-vllm-server sleep 300")
+    _wait_members(live.pid, 1)
+    http = ThreadingHTTPServer(("127.0.0.1", 0), Models)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    port = http.server_port
+    try:
+        servers._write_record(servers.ServerInfo(port=port, host="127.0.0.1", url=f"http://127.0.0.1:{port}",
+                                                 pid=live.pid, log="x.log", model="m", models=["m"], ready=False))
+        (row,) = servers.report()
+        assert row["alive"] and row["models"] == [{"id": "m", "parent": None, "root": "/models/m"}] and row["note"] == ""
+        assert servers.read_records()[0].ready is True  # recorded for the commands that wait for a ready server
+    finally:
+        http.shutdown()
+        http.server_close()
+        live.kill()
+        live.wait()
+    servers._remove_record(port)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -241,6 +242,67 @@ def test_killed_run_leaves_no_output_and_resume_continues(tiny_model_dir, small_
     assert steps == [1, 2, 3, 4], "the steps run again after the checkpoint are logged once"
     # the speed is this process's: the tokens of steps 3-4 over their time, not the whole run's tokens
     assert r["tokens_per_s"] * r["train_runtime_s"] < 0.75 * r["tokens_seen"]
+
+
+@pytest.mark.parametrize("length", [{"max_steps": 3}, {"epochs": 1}])
+def test_a_run_interrupted_while_saving_its_last_step_resumes_to_the_same_adapter(tiny_model_dir, small_ds, tmp_path,
+                                                                                monkeypatch, length):
+    """Killed after its last step, while publishing: the resumed run trained a step past --max-steps (4 of 3), or,
+    by epochs, no step at all and recorded no loss (the pipeline's rerun crashed formatting it)."""
+    import appliance.train as train_mod
+    from safetensors.torch import load_file
+
+    whole = train(_cfg(tiny_model_dir, tmp_path / "whole", small_ds, **length))["results"]
+    out = tmp_path / "run"
+    real = train_mod.publish
+
+    def killed(*a, **kw):
+        raise KeyboardInterrupt("killed while publishing")
+
+    monkeypatch.setattr(train_mod, "publish", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(tiny_model_dir, out, small_ds, **length))
+    monkeypatch.setattr(train_mod, "publish", real)
+    r = train(_cfg(tiny_model_dir, out, small_ds, resume=True, **length))["results"]
+    assert r["steps"] == whole["steps"] and r["resumed_from"].endswith(f"checkpoint-{whole['steps']}")
+    assert (r["first_loss"], r["last_loss"]) == (whole["first_loss"], whole["last_loss"])
+    assert r["train_loss"] == pytest.approx(whole["train_loss"], abs=1e-3) and r["tokens_per_s"] is None
+    rows = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows if "loss" in row] == list(range(1, whole["steps"] + 1))
+    assert sum("train_loss" in row for row in rows) <= 1  # one end-of-run summary, not two
+    a, b = load_file(str(tmp_path / "whole" / "adapter_model.safetensors")), load_file(str(out / "adapter_model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_second_train_into_the_same_output_is_refused_while_the_first_runs(tiny_model_dir, small_ds, tmp_path):
+    """Two trains into one --output shared its staging folder: each deleted the other's checkpoints, one crashed
+    with a traceback and the published run's log mixed both."""
+    from appliance.train_output import run_lock
+
+    out = tmp_path / "run"
+    stage = staging_dir(out)
+    with run_lock(out, str(out)):  # the first run, training
+        (stage / "checkpoints").mkdir(parents=True)
+        (stage / "trainer_log.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+        with pytest.raises(ApplianceError, match=rf"run: another `appliance train` \(pid {os.getpid()}\) is "
+                                                 "training into it now; wait for it to finish"):
+            train(_cfg(tiny_model_dir, out, small_ds, max_steps=1, overwrite=True))
+        assert (stage / "trainer_log.jsonl").read_text() == '{"step": 1, "loss": 2.0}\n'  # its files untouched
+    shutil.rmtree(stage)
+    train(_cfg(tiny_model_dir, out, small_ds, max_steps=1))  # once it is done, the output is free again
+    assert not list(tmp_path.glob(".*"))  # the lock goes with the run
+
+
+def test_a_resumed_run_records_the_whole_runs_train_loss(tiny_model_dir, small_ds, tmp_path, monkeypatch):
+    """train_loss was the mean of the steps after the checkpoint only: the same run interrupted or not differed."""
+    whole = train(_cfg(tiny_model_dir, tmp_path / "whole", small_ds, max_steps=4))["results"]
+    out = tmp_path / "run"
+    undo = _kill_at(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(tiny_model_dir, out, small_ds, max_steps=4))
+    undo()
+    r = train(_cfg(tiny_model_dir, out, small_ds, max_steps=4, resume=True))["results"]
+    assert r["train_loss"] == pytest.approx(whole["train_loss"], abs=1e-3)
 
 
 def test_interrupted_run_is_discarded_only_with_overwrite(tiny_model_dir, small_ds, tmp_path, monkeypatch, capsys):
