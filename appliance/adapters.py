@@ -60,7 +60,7 @@ def check_name(name: str, what: str) -> None:
     """An adapter name to send to the server: not blank, and text that can be sent (UTF-8)."""
     if not name.strip():
         raise ApplianceError(f"{what}: NAME is empty; give the name the adapter is served under (e.g. archer)")
-    if why := bad_char(name):
+    if why := bad_char(name, typed=True):
         raise ApplianceError(f"{what}: NAME contains {why}; give a name in plain UTF-8 text (e.g. archer)")
     if any(ord(c) < 32 or ord(c) == 127 for c in name):  # a line break in a name splits every listing it is in
         raise ApplianceError(f"{what}: NAME {name!r} holds a control character (a line break?); give a name on one line")
@@ -376,7 +376,7 @@ def load(name: str, path: str, url: str = DEFAULT_URL, api_key: str | None = Non
             f"pass --adapter-root {Path(target).parent} (the server at {url} was not started by `appliance up` here)"
         raise ApplianceError(f"adapters load {path}: {target} is outside the allowed adapter roots "
                              f"({', '.join(allowed)}); move it under saves/ or {fix}")
-    if why := bad_char(target):  # sent as JSON, it would not name the folder on the server's side
+    if why := bad_char(target, typed=True):  # sent as JSON, it would not name the folder on the server's side
         raise ApplianceError(f"adapters load {path}: the path contains {why}; rename the folder to a UTF-8 name")
     info = inspect_adapter(target, name=name, flag="adapters load")
     if not recorded and served_base is None and (info.base_path or info.base_name or info.base_hf_id):

@@ -73,10 +73,26 @@ class ServeBenchConfig:
                 raise ApplianceError(f"{flag} {value}: must be >= 1 (leave it out for the default)")
         check_bench_common(c.threads, c.out_dir)
         bad = [s for s in c.scenarios if s not in ("base", "adapter", "adapters")]
-        if bad or min(c.concurrency) < 1 or c.input_len < 1 or c.output_len < 1 or c.n_adapters < 1:
-            raise ApplianceError(f"bench serve: invalid settings (scenarios {bad or c.scenarios}, concurrency {c.concurrency}, "
-                                 f"input {c.input_len}, output {c.output_len}, adapters {c.n_adapters}); all must be positive")
+        if bad:
+            raise ApplianceError(f"bench serve: unknown scenarios {bad}; use base, adapter, adapters")
+        for flag, value in (("--concurrency", min(c.concurrency)), ("--input-len", c.input_len),
+                            ("--output-len", c.output_len), ("--adapters", c.n_adapters)):
+            if value < 1:
+                raise ApplianceError(f"{flag} {value}: must be >= 1")
+        _refuse_own_flags(c.vllm_args)
         return c
+
+
+def _refuse_own_flags(vllm_args: list[str]) -> None:
+    """A --vllm-arg that `appliance up` sets itself, named as the user gave it (up's own refusal names `--`)."""
+    from appliance.serve import _OWN_FLAGS
+
+    for a in vllm_args:
+        flag = a.split("=", 1)[0].replace("_", "-")
+        if flag in _OWN_FLAGS:
+            fix = (f"use `appliance bench serve {flag}` instead" if flag in ("--port", "--model") else
+                   "leave it out of --vllm-arg")
+            raise ApplianceError(f"--vllm-arg {a}: the benchmark's server sets {flag} itself; {fix}")
 
 
 def parse_sweep(text: str | None) -> list[int]:

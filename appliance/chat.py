@@ -240,7 +240,7 @@ class _Out:
 
 def _check_text(value: str | None, flag: str) -> None:
     """Text that cannot be sent as UTF-8 (bytes that are not UTF-8 on the command line): refused before any request."""
-    if value is not None and (why := bad_char(value)):
+    if value is not None and (why := bad_char(value, typed=True)):
         raise ApplianceError(f"{flag}: contains {why}; give it as UTF-8 text")
 
 
@@ -307,7 +307,7 @@ def _session(cfg: ChatConfig, base: list[dict], stdin: TextIO, term: _Out) -> st
         if text == "/reset":
             history = list(base)
             continue
-        if why := bad_char(text):
+        if why := bad_char(text, typed=True):
             term.warn(f"error: {'your message' if tty else f'stdin line {lineno}'}: contains {why}; not sent (send UTF-8 "
                       "text), the chat goes on")
             unanswered.append(lineno)

@@ -447,7 +447,7 @@ def bench_train_cmd(model, shape, method, steps, variants, batch_tokens, threads
 
     cfg = TrainBenchConfig(model=model, shape=shape, method=method, steps=steps, threads=threads, quick=quick, out_dir=out_dir,
                            **({"variants": tuple(variants)} if variants else {}),
-                           **({"batch_tokens": batch_tokens} if batch_tokens else {}))
+                           **({"batch_tokens": batch_tokens} if batch_tokens is not None else {}))
     res = bench_train(cfg)
     for r in res["results"]:
         steady = r.get("tokens_per_s_after_step1")

@@ -159,17 +159,21 @@ def text_parts(parts: list, where: str, label: str) -> str:
 BAD_CHAR_FIX = "remove it or write the character it was meant to be"
 
 
-def bad_char(value: str) -> str | None:
+def bad_char(value: str, typed: bool = False) -> str | None:
     """What is wrong with text that can be neither trained nor sent as it is, else None.
 
     A lone surrogate (``\\ud800`` written in JSON, or a command-line argument that is not UTF-8) can be
     neither tokenized nor sent or written as UTF-8: found late, it would fail mid-training or after an
     eval's requests. A NUL character is valid Unicode but marks binary data read as text (a corrupt
-    or wrongly converted file), which a model would learn or be asked as written.
+    or wrongly converted file), which a model would learn or be asked as written. ``typed``: the text came from
+    a command line or stdin, where Python holds each byte that is not UTF-8 as a surrogate (0xff as \\udcff).
     """
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as e:
+        code = ord(value[e.start])
+        if typed and 0xDC80 <= code <= 0xDCFF:
+            return f"bytes that are not UTF-8 (0x{code - 0xDC00:02x} at position {e.start})"
         return f"an invalid character (an unpaired surrogate, \\u{ord(value[e.start]):04x} at position {e.start})"
     if (nul := value.find("\0")) >= 0:
         return f"a NUL character (\\u0000 at position {nul}, binary data rather than text)"

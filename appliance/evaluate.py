@@ -147,7 +147,7 @@ def _check_text_flags(cfg: EvalConfig) -> None:
     flags = [("--before", cfg.before), *(("--after", a) for a in cfg.after), ("--name", cfg.name),
              ("--author", cfg.author), *(("--old-identity", m) for m in cfg.old_identity)]
     for flag, value in flags:
-        if value is not None and (bad := bad_char(value)) is not None:
+        if value is not None and (bad := bad_char(value, typed=True)) is not None:
             raise ApplianceError(f"{flag} {value!a}: holds {bad}; pass it as UTF-8 text")
 
 

@@ -200,11 +200,14 @@ def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
 def _read_yaml(path: str) -> dict[str, Any]:
     import yaml
 
-    p = Path(path)
+    from appliance import paths
+
+    p = paths.resolve_user_path(path)  # the current directory, then $APPLIANCE_HOME, as the paths inside it
     if p.is_dir():
         raise ApplianceError(f"--config {path}: is a folder; give the YAML file, e.g. --config run.yaml")
     if not p.is_file():
-        raise ApplianceError(f"--config {path}: file not found; check the path")
+        where = "" if Path(path).expanduser().is_absolute() else f" (looked in {Path.cwd()} and {paths.home()})"
+        raise ApplianceError(f"--config {path}: file not found{where}; check the path")
     try:
         text = p.read_text(encoding="utf-8-sig")
         data = yaml.safe_load(text)

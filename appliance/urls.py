@@ -27,7 +27,7 @@ def base_url(url: str) -> str:
         raise ApplianceError(f"--url {url}: port 0 is not a server's port; {URL_FIX}")
     if parts.query or parts.fragment or any(c.isspace() for c in u):
         raise ApplianceError(f"--url {url}: no spaces, '?' or '#' in it; {URL_FIX}")
-    if (bad := bad_char(u)) is not None:
+    if (bad := bad_char(u, typed=True)) is not None:
         raise ApplianceError(f"--url {url!a}: holds {bad}; {URL_FIX}")
     root, path = u[: len(u) - len(parts.path)], parts.path
     endpoint = next((e for e in _ENDPOINTS if path.endswith("/v1" + e)), "")

@@ -204,3 +204,23 @@ def test_a_relative_out_is_placed_as_evals_output(appliance_home, tmp_path, monk
     assert bench.write_report("train", {"x": 1}, "# t\n", "here") == elsewhere / "here"
     with pytest.raises(ApplianceError, match="^--out is empty"):
         bench.check_bench_common(None, "")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["serve", "--quick", "--vllm-arg=--port=9000"],
+     "--vllm-arg --port=9000: the benchmark's server sets --port itself; use `appliance bench serve --port` instead"),
+    (["serve", "--quick", "--vllm-arg=--served_model_name=x"], "--vllm-arg --served_model_name=x: the benchmark's server "
+     "sets --served-model-name itself; leave it out of --vllm-arg"),
+    (["serve", "--quick", "--adapters", "-1"], "--adapters -1: must be >= 1"),
+    (["serve", "--quick", "--output-len", "0"], "--output-len 0: must be >= 1"),
+    (["train", "--variant", "fast", "--batch-tokens", "0", "--steps", "1"], "--batch-tokens 0: must be >= 64"),
+])
+def test_bench_flags_are_refused_by_the_flag_given(args, needle, appliance_home):
+    """`--vllm-arg=--port=9000` failed after loading the model as "-- --port=9000: `appliance up` sets ...", a bad
+    --adapters dumped every setting, and --batch-tokens 0 silently ran 16384."""
+    from click.testing import CliRunner
+
+    from appliance.cli import main
+
+    res = CliRunner().invoke(main, ["bench", *args, "--out", "b"])
+    assert res.exit_code == 2 and res.output == f"error: {needle}\n", res.output

@@ -159,16 +159,16 @@ def test_chat_options_that_are_not_utf8_are_one_line_errors(args, flag):
     # a command-line argument that is not UTF-8 reaches Python as a lone surrogate ("\udcff" for byte 0xff);
     # nothing listens on port 9: the option must be refused before any request
     res = CliRunner().invoke(main, ["chat", "--url", "http://127.0.0.1:9", *args])
-    _one_line_error(res, f"error: {flag}: contains an invalid character", "UTF-8")
+    _one_line_error(res, f"error: {flag}: contains bytes that are not UTF-8 (0xff at position", "UTF-8")
 
 
 def test_adapter_names_and_paths_that_are_not_utf8_are_refused(appliance_home):
     res = CliRunner().invoke(main, ["adapters", "load", "n\udcff", "saves/a2", "--url", "http://127.0.0.1:9"])
-    _one_line_error(res, "error: adapters load: NAME contains an invalid character")
+    _one_line_error(res, "error: adapters load: NAME contains bytes that are not UTF-8")
     res = CliRunner().invoke(main, ["adapters", "unload", "n\udcff", "--url", "http://127.0.0.1:9"])
-    _one_line_error(res, "error: adapters unload: NAME contains an invalid character")
+    _one_line_error(res, "error: adapters unload: NAME contains bytes that are not UTF-8")
     _adapter(appliance_home, "a\udcff")  # a folder whose name is not UTF-8: the server could not be told its path
-    with pytest.raises(ApplianceError, match="the path contains an invalid character.*rename the folder"):
+    with pytest.raises(ApplianceError, match="the path contains bytes that are not UTF-8.*rename the folder"):
         load("good", str(appliance_home / "saves" / "a\udcff"), url="http://127.0.0.1:9")
 
 
@@ -178,7 +178,9 @@ def test_piped_lines_that_are_not_utf8_are_skipped_and_the_chat_goes_on():
                                  input=b"caf\xe9\nhello\nnul\x00here\nagain\n")
         # the chat goes on, and its exit says that some lines went unanswered (a script could not tell: exit 0)
         assert res.exit_code == 2 and "Traceback" not in res.output, res.output
-        assert res.stderr.count("\n") == 3 and "error: stdin line 1: contains an invalid character" in res.stderr, res.stderr
+        # the byte 0xe9 named as what it is, not as the surrogate Python holds it as ("\udce9")
+        assert res.stderr.count("\n") == 3 and "error: stdin line 1: contains bytes that are not UTF-8 (0xe9 at position 3)" \
+            in res.stderr, res.stderr
         assert res.stderr.endswith("error: stdin: 2 message(s) not answered (line 1, 3); see the errors above\n")
         assert "error: stdin line 3: contains a NUL character" in res.stderr
         assert res.stdout == "echo: hello\necho: again\n", res.stdout  # piped: the answers alone

@@ -488,8 +488,8 @@ SERVED = b'{"object": "list", "data": [{"id": "smollm2-135m"}, {"id": "archer"}]
     (["--prompts", "{loop}"], "cannot read it (Too many levels of symbolic links)"),
     (["--old-identity", ",,,"], "--old-identity ',,,': no marker in it"),
     (["--old-identity", " , "], "--old-identity ' , ': no marker in it"),
-    (["--after", "\udcff"], "--after '\\udcff': holds an invalid character"),
-    (["--name", "Arch\udcffer"], "--name 'Arch\\udcffer': holds an invalid character"),
+    (["--after", "\udcff"], "--after '\\udcff': holds bytes that are not UTF-8 (0xff at position 0)"),
+    (["--name", "Arch\udcffer"], "--name 'Arch\\udcffer': holds bytes that are not UTF-8 (0xff at position 4)"),
     (["--output", ""], "--output is empty"),
     (["--url", "{url}/api"], "/api is not an OpenAI API base"),
 ])

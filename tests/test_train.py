@@ -572,6 +572,19 @@ def test_config_file_then_flags(tmp_path):
         TrainConfig.from_sources(str(tmp_path / "nope.yaml"))
 
 
+def test_a_relative_config_is_found_under_appliance_home_as_other_paths(tmp_path, monkeypatch):
+    """`--config run.yaml` was looked for in the current directory only, while --dataset and the paths inside
+    the file are found there or under $APPLIANCE_HOME (the README says so)."""
+    home, elsewhere = tmp_path / "state", tmp_path / "elsewhere"
+    home.mkdir(), elsewhere.mkdir()
+    (home / "run.yaml").write_text("rank: 8\n", encoding="utf-8")
+    monkeypatch.setenv("APPLIANCE_HOME", str(home))
+    monkeypatch.chdir(elsewhere)
+    assert TrainConfig.from_sources("run.yaml").rank == 8
+    with pytest.raises(ApplianceError, match=f"--config nope.yaml: file not found \\(looked in {elsewhere} and {home}\\)"):
+        TrainConfig.from_sources("nope.yaml")
+
+
 @pytest.mark.parametrize("args, needle", [
     (["--rank", "0"], "--rank"), (["--lr", "-1"], "--lr"), (["--epochs", "0"], "--epochs"),
     (["--batch-size", "0"], "--batch-size"), (["--max-length", "4"], "--max-length"),
