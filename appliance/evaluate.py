@@ -91,6 +91,20 @@ def _served_roots(cfg: EvalConfig) -> dict[str, str]:
 def recorded_identity(cfg: EvalConfig, roots: dict[str, str]) -> tuple[str, str] | None:
     """The (name, author) the ``--after`` models were trained for, from the appliance.json of the
     run or merged-model folder each was served from; None when none records one."""
+    found = _recorded(cfg, roots)
+    if len(set(found.values())) > 1:
+        raise ApplianceError(f"--name/--author: the --after models were trained for different identities "
+                             f"({_identities(found)}); pass --name and --author to score them all for one, or "
+                             "evaluate them separately")
+    return next(iter(found.values()), None)
+
+
+def _identities(found: dict[str, tuple[str, str]]) -> str:
+    return ", ".join(f"{m}: {n} / {a}" for m, (n, a) in found.items())
+
+
+def _recorded(cfg: EvalConfig, roots: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """{--after model: (name, author)} of those whose folder records the identity it was trained for."""
     found: dict[str, tuple[str, str]] = {}
     from appliance import rundir
 
@@ -103,11 +117,7 @@ def recorded_identity(cfg: EvalConfig, roots: dict[str, str]) -> tuple[str, str]
             continue
         if isinstance(ident.get("name"), str) and isinstance(ident.get("author"), str) and ident["name"] and ident["author"]:
             found[model] = (ident["name"], ident["author"])
-    if len(set(found.values())) > 1:
-        seen = ", ".join(f"{m}: {n} / {a}" for m, (n, a) in found.items())
-        raise ApplianceError(f"--name/--author: the --after models were trained for different identities ({seen}); "
-                             "pass --name and --author, or evaluate them separately")
-    return next(iter(found.values()), None)
+    return found
 
 
 def resolve_identity(cfg: EvalConfig, progress: Callable[[str], None]) -> EvalConfig:
@@ -116,6 +126,12 @@ def resolve_identity(cfg: EvalConfig, progress: Callable[[str], None]) -> EvalCo
     if not cfg.after:  # a lone --before is scored for the defaults without comment (its hit rate is the baseline)
         return replace(cfg, name=cfg.name or DEFAULT_NAME, author=cfg.author or DEFAULT_AUTHOR)
     roots = _served_roots(cfg)
+    if cfg.name is not None and cfg.author is not None:  # given: each model is scored for it, whatever it records
+        mixed = _recorded(cfg, roots)
+        if len(set(mixed.values())) > 1:
+            progress(f"note: the --after models were trained for different identities ({_identities(mixed)}); "
+                     f"scoring all for {cfg.name} / {cfg.author} as --name/--author say")
+            return cfg
     found = recorded_identity(cfg, roots)
     name, author = found or (DEFAULT_NAME, DEFAULT_AUTHOR)
     name, author = cfg.name if cfg.name is not None else name, cfg.author if cfg.author is not None else author
@@ -515,7 +531,10 @@ def summary_table(report: dict) -> str:
     from evals.report import metric_value
 
     models = report["models"]
-    lines = [f"{'metric':<22}" + "".join(f"{r:>12}" for r in models)]
+    lines = []
+    if len(models) > 2:  # after1, after2 ...: which model each column is, as report.md says
+        lines.append("models: " + ", ".join(f"{role} = {m['model']}" for role, m in models.items()))
+    lines.append(f"{'metric':<22}" + "".join(f"{r:>12}" for r in models))
     for key, scale in SUMMARY:
         values = [metric_value(m, key) for m in models.values()]
         if all(v is None for v in values):

@@ -9,7 +9,7 @@ request only when the real path is an existing directory under one of the allowe
 rewriting the body to that real path so a symlink swapped after the check cannot redirect
 the load. Everything else answers 403 with a JSON error and never reaches vLLM.
 
-The roots arrive through ``APPLIANCE_ADAPTER_ROOTS`` (``os.pathsep``-separated), set by
+The roots arrive through ``APPLIANCE_ADAPTER_ROOTS`` (a JSON list; by hand, one folder or ``os.pathsep``-separated), set by
 ``appliance up``. With an API key (``VLLM_API_KEY``, which ``appliance up`` sets instead of
 putting the key on the command line) the guard also demands it on every path vLLM leaves
 open, except the health probes.
@@ -41,7 +41,17 @@ def real(path: str) -> str:
 def roots_from_env(environ: dict[str, str] | None = None) -> list[str]:
     """The allowed roots named in ``APPLIANCE_ADAPTER_ROOTS``, resolved."""
     raw = (environ if environ is not None else os.environ).get(ROOTS_ENV, "")
-    return [real(p) for p in raw.split(os.pathsep) if p.strip()]
+    if raw.lstrip().startswith("["):
+        # a JSON list, as `appliance up` writes it: a folder may hold os.pathsep (/data/ext:dir), which split
+        # into pieces would refuse its adapters, or allow a folder nobody named (/data/q:/etc gave /etc)
+        try:
+            roots = json.loads(raw)
+        except ValueError:
+            roots = None
+        if not isinstance(roots, list) or not all(isinstance(p, str) for p in roots):
+            return []  # unreadable: nothing is allowed, rather than a guess
+        return [real(p) for p in roots if p.strip()]
+    return [real(p) for p in raw.split(os.pathsep) if p.strip()]  # set by hand: "/saves" or "/a:/b"
 
 
 def is_allowed(path: str, roots: Iterable[str]) -> bool:

@@ -371,7 +371,7 @@ def build_command(plan: Plan, base_env: dict[str, str] | None = None) -> tuple[l
     env = dict(os.environ if base_env is None else base_env)
     if plan.lora:
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "true"
-    env[ROOTS_ENV] = os.pathsep.join(plan.adapter_roots)
+    env[ROOTS_ENV] = json.dumps(plan.adapter_roots)  # a list: a folder may hold os.pathsep
     # only our own plugins (faster LoRA and start on a CPU: appliance.cpu_lora, appliance.cpu_fork);
     # no LoRA resolver plugins: they would load adapters named in requests from other directories or the hub
     env["VLLM_PLUGINS"] = f"{CPU_LORA_PLUGIN},{CPU_FORK_PLUGIN}"

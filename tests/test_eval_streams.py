@@ -188,3 +188,32 @@ def test_a_base_only_eval_does_not_replace_the_fine_tunes_report(server, tmp_pat
     res = CliRunner().invoke(main, ["eval", "--url", server.url, "--before", "m", "--prompts", str(f)])
     assert res.exit_code == 0 and (tmp_path / "reports" / "m" / "report.json").is_file(), res.output
     assert not (tmp_path / "reports" / "archer").exists()
+
+
+def test_afters_trained_for_different_identities_are_scored_for_the_one_given(tmp_path, monkeypatch):
+    """`--after a --after b` of two identities was refused even with --name/--author, the fix its error gave."""
+    from appliance import evaluate
+    from appliance.errors import ApplianceError
+
+    roots = {}
+    for model, name in (("a", "Alpha"), ("b", "Bravo")):
+        (tmp_path / model).mkdir()
+        (tmp_path / model / "appliance.json").write_text(json.dumps({"kind": "lora-adapter",
+                                                                     "identity": {"name": name, "author": "Lab"}}))
+        roots[model] = str(tmp_path / model)
+    monkeypatch.setattr(evaluate, "_served_roots", lambda cfg: roots)
+    said: list[str] = []
+    cfg = evaluate.resolve_identity(evaluate.EvalConfig("m", after=["a", "b"], name="Alpha", author="Lab"), said.append)
+    assert (cfg.name, cfg.author) == ("Alpha", "Lab")
+    assert said == ["note: the --after models were trained for different identities (a: Alpha / Lab, b: Bravo / Lab); "
+                    "scoring all for Alpha / Lab as --name/--author say"]
+    with pytest.raises(ApplianceError, match="pass --name and --author to score them all for one"):
+        evaluate.resolve_identity(evaluate.EvalConfig("m", after=["a", "b"]), said.append)
+
+
+def test_the_printed_summary_names_the_model_of_each_column():
+    from appliance.evaluate import summary_table
+
+    models = {role: {"model": m, "n": 1, "sets": {}} for role, m in (("before", "base"), ("after1", "a"), ("after2", "b"))}
+    assert summary_table({"models": models}).splitlines()[0] == "models: before = base, after1 = a, after2 = b"
+    assert "models:" not in summary_table({"models": dict(list(models.items())[:2])})  # before/after need no key

@@ -366,7 +366,7 @@ def test_build_command_cpu():
     assert "--enforce-eager" not in argv
     assert "s3cret" not in " ".join(argv) and env["VLLM_API_KEY"] == "s3cret"  # never on the command line
     assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "true"
-    assert env["APPLIANCE_ADAPTER_ROOTS"].split(os.pathsep) == ["/abs/saves", "/abs/saves/archer"]
+    assert json.loads(env["APPLIANCE_ADAPTER_ROOTS"]) == ["/abs/saves", "/abs/saves/archer"]
     assert env["VLLM_PLUGINS"] == "appliance_cpu_lora,appliance_cpu_fork" and "VLLM_LORA_RESOLVER_CACHE_DIR" not in env and "VLLM_LORA_RESOLVER_HF_REPO_LIST" not in env
     assert str(REPO) in env["PYTHONPATH"].split(os.pathsep) and env["PATH"] == "/bin"
 
@@ -1372,3 +1372,18 @@ def test_status_sees_a_server_whose_up_was_killed_before_recording_it_ready(appl
         live.kill()
         live.wait()
     servers._remove_record(port)
+
+
+def test_adapter_roots_holding_a_colon_reach_the_guard_whole(tmp_path):
+    """The roots were passed os.pathsep-joined: '/x/ext:dir/e' arrived as '/x/ext' and 'dir/e' (its adapter refused at
+    runtime), and a root '/x/q:/etc' allowed /etc."""
+    from appliance.guard import roots_from_env
+
+    (tmp_path / "ext:dir" / "e").mkdir(parents=True)
+    (tmp_path / "q:" / "etc").mkdir(parents=True)
+    roots = [str(tmp_path / "ext:dir" / "e"), str(tmp_path / "q:" / "etc")]
+    env = {"APPLIANCE_ADAPTER_ROOTS": json.dumps(roots)}  # as `up` writes it (serve's env test checks it does)
+    got = roots_from_env(env)
+    assert got == roots and is_allowed(str(tmp_path / "ext:dir" / "e"), got) and not is_allowed("/etc/ssl", got)
+    assert roots_from_env({"APPLIANCE_ADAPTER_ROOTS": "[broken"}) == []  # unreadable: nothing allowed
+    assert roots_from_env({"APPLIANCE_ADAPTER_ROOTS": "/saves"}) == [os.path.realpath("/saves")]  # compose, by hand
