@@ -80,7 +80,10 @@ class MergeResult:
             return f"already merged: {self.output} (same adapter, same weights); nothing to do"
         if not self.verification:
             return f"merged -> {self.output} (verification skipped)"
-        return f"merged -> {self.output}; {verdict_line(self.verification)}"
+        qlora = ("; note: checked against the full-precision base + adapter, as vLLM serves it: this QLoRA adapter "
+                 "answers otherwise over the 4-bit base it was trained on (docs/recipe.md)"
+                 if (self.meta.get("adapter") or {}).get("method") == "qlora" else "")
+        return f"merged -> {self.output}; {verdict_line(self.verification)}{qlora}"
 
 
 def verdict_line(v: dict[str, Any]) -> str:

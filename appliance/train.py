@@ -189,6 +189,13 @@ def _check_model_shape(cfg: TrainConfig, path: str, name: str) -> None:
         mcfg = AutoConfig.from_pretrained(path)
     except (OSError, ValueError):
         return  # the model load reports it, with its own message
+    quant = getattr(mcfg, "quantization_config", None)
+    if quant:
+        # a model saved quantized trains (on its own quantization, whatever --method says) but the adapter can be
+        # neither merged nor served by vLLM over it here: refused now, not at merge or at the server's start
+        method = (quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)) or "?"
+        raise ApplianceError(f"--model {name}: stored quantized ({method} in its config.json); train on the "
+                             "full-precision model (--method qlora quantizes it to 4 bits itself)")
     n_layers = getattr(mcfg, "num_hidden_layers", None)
     if isinstance(n_layers, int):
         cfg.adapted_layers(n_layers)  # raises on a count above the model's depth

@@ -344,3 +344,13 @@ def test_temporary_merges_of_killed_runs_are_swept(adapter_dir, tmp_path):
     (dead / "model.safetensors").write_bytes(b"x" * 10)
     merge(_cfg(adapter_dir, out, dtype="fp32"))
     assert not dead.exists()
+
+
+def test_a_qlora_merge_says_what_its_verification_compared():
+    from appliance.merge import MergeResult
+
+    v = {"passed": True, "greedy_equal": 8, "greedy_required": 7, "prompts": 8, "max_logit_diff": 0.2,
+         "logit_tolerance": 1.0, "dtype": "bf16"}
+    qlora = MergeResult(Path("m"), v, meta={"adapter": {"method": "qlora"}}).verdict
+    assert qlora.startswith("merged -> m; verification PASS") and "checked against the full-precision base + adapter" in qlora
+    assert "QLoRA" not in MergeResult(Path("m"), v, meta={"adapter": {"method": "lora"}}).verdict

@@ -1387,3 +1387,24 @@ def test_adapter_roots_holding_a_colon_reach_the_guard_whole(tmp_path):
     assert got == roots and is_allowed(str(tmp_path / "ext:dir" / "e"), got) and not is_allowed("/etc/ssl", got)
     assert roots_from_env({"APPLIANCE_ADAPTER_ROOTS": "[broken"}) == []  # unreadable: nothing allowed
     assert roots_from_env({"APPLIANCE_ADAPTER_ROOTS": "/saves"}) == [os.path.realpath("/saves")]  # compose, by hand
+
+
+@pytest.mark.parametrize("method", ["qlora", "lora"])
+def test_up_says_a_qlora_adapter_is_served_over_the_full_precision_base(monkeypatch, tmp_path, method):
+    """vLLM serves a QLoRA adapter over the fp32/bf16 base, where a third of its identity answers differ from
+    training time: `up` served it without a word."""
+    from appliance import serve
+
+    run = tmp_path / "q"
+    run.mkdir()
+    (run / "appliance.json").write_text(json.dumps({"kind": "lora-adapter", "base_model": {}, "method": method}))
+    plan = _plan("cpu", adapters=[AdapterInfo(name="q", path=str(run), rank=16)])
+    info = servers.ServerInfo(port=8000, host="127.0.0.1", url="http://127.0.0.1:8000", pid=1, log="x", model="m",
+                              models=["m", "q"])
+    monkeypatch.setattr(serve, "preflight", lambda cfg: plan)
+    monkeypatch.setattr(servers, "start", lambda *a, **k: info)
+    said = []
+    serve.up(UpConfig(detach=True), echo=said.append)
+    noted = [s for s in said if s.startswith("note: q was trained with QLoRA over a 4-bit base; vLLM serves it over "
+                                             "the full-precision base")]
+    assert len(noted) == (method == "qlora")

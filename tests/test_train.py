@@ -274,6 +274,21 @@ def test_a_run_interrupted_while_saving_its_last_step_resumes_to_the_same_adapte
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_a_model_stored_quantized_is_refused_before_training(tiny_model_dir, small_ds, tmp_path, method):
+    """A bnb 4-bit folder trained silently on its own quantization (recorded as full-precision LoRA, or as our
+    NF4 with double quant) and failed only at merge, or at vLLM's start."""
+    q = tmp_path / "q4"
+    shutil.copytree(tiny_model_dir, q)
+    cfg = json.loads((q / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}
+    (q / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ApplianceError, match=r"--model .*q4: stored quantized \(bitsandbytes in its config.json\); "
+                                             "train on the full-precision model"):
+        train(_cfg(q, tmp_path / "run", small_ds, max_steps=1, method=method))
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_second_train_into_the_same_output_is_refused_while_the_first_runs(tiny_model_dir, small_ds, tmp_path):
     """Two trains into one --output shared its staging folder: each deleted the other's checkpoints, one crashed
     with a traceback and the published run's log mixed both."""
