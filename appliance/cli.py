@@ -370,7 +370,7 @@ def eval_cmd(url, before, after, prompts, name, author, output, concurrency, max
             raise ApplianceError(f"{ignored[0]}: does not apply with --from-answers, which rebuilds the report from the "
                                  "answers as they were taken (models, prompts, name and author recorded in them); "
                                  "leave it out, or run the eval again against the server")
-        report = report_from_answers(from_answers, output, rules)
+        report = report_from_answers(from_answers, output, rules, progress=lambda m: click.echo(m, err=True))
     elif not before:
         raise ApplianceError("--before is required (the served base model), unless you pass --from-answers")
     else:

@@ -450,7 +450,8 @@ def run_eval(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
     return write_report(out, cfg.rules, run=run, answers_text=answers)
 
 
-def report_from_answers(answers: str | Path, output: str | None = None, rules: list[Rule] = ()) -> dict:
+def report_from_answers(answers: str | Path, output: str | None = None, rules: list[Rule] = (),
+                        progress: Callable[[str], None] | None = None) -> dict:
     """Rebuild the report (and apply the gate) offline from an existing answers.jsonl (or a report folder).
 
     With ``output`` elsewhere, the answers are copied there too: a report folder always holds the
@@ -476,6 +477,8 @@ def report_from_answers(answers: str | Path, output: str | None = None, rules: l
         raise ApplianceError(f"--from-answers {answers}: {own} next to it holds other answers, which its report "
                              f"would replace; pass --output DIR for the report of {src.name}")
     _refuse_foreign_files(out, keep=src)
+    for note in filter(None, [failure_summary(rows), *answer_notes(rows)]):  # as the live eval said them
+        (progress or (lambda m: None))(f"note: {note}")
     return write_report(out, rules, run={"rebuilt_from": str(src)}, answers_path=src)
 
 

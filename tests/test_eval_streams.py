@@ -217,3 +217,11 @@ def test_the_printed_summary_names_the_model_of_each_column():
     models = {role: {"model": m, "n": 1, "sets": {}} for role, m in (("before", "base"), ("after1", "a"), ("after2", "b"))}
     assert summary_table({"models": models}).splitlines()[0] == "models: before = base, after1 = a, after2 = b"
     assert "models:" not in summary_table({"models": dict(list(models.items())[:2])})  # before/after need no key
+
+
+def test_from_answers_repeats_the_notes_of_the_live_eval(server, tmp_path):
+    """Rebuilt offline, a report of chunk-counted tokens and empty answers said nothing of them."""
+    server.default = Reply(whole("Par", "is", usage=None))
+    code, out, _ = _eval(server, tmp_path)
+    res = CliRunner().invoke(main, ["eval", "--from-answers", str(tmp_path / "r"), "--output", str(tmp_path / "r2")])
+    assert res.exit_code == 0 and "note: the server sent no token usage for 1 answers" in res.stderr, res.output
