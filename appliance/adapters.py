@@ -91,9 +91,7 @@ def adapter_dir(path: str | Path, flag: str) -> Path:
         raise ApplianceError(f"{flag} is empty; {fix}")
     d = Path(paths.resolve_user_path(path))
     if not d.exists():
-        places = "" if Path(path).expanduser().is_absolute() else \
-            f" (looked in {' and '.join(dict.fromkeys([str(Path.cwd().resolve()), str(paths.home())]))})"
-        raise ApplianceError(f"{flag} {path}: directory not found{places}; {fix}")
+        raise ApplianceError(f"{flag} {path}: directory not found{paths.looked_in(path)}; {fix}")
     if not d.is_dir():
         raise ApplianceError(f"{flag} {path}: is a file, not a directory; {fix}")
     return d

@@ -362,10 +362,9 @@ def load_examples(datasets: list[str], dataset_dir: str | None = None, name: str
             path, fmt = _user_path(item), None
             if _probe(path, item) == "missing":
                 if _looks_like_path(item):
-                    dirs = dict.fromkeys([str(Path.cwd()), str(paths.home())])
                     there = _user_path(dataset_dir) / item if dataset_dir else None
                     hint = f"; it is in --dataset-dir: pass {_show(there)}" if there and there.is_file() else ""
-                    _fail(f"{item}: file not found (looked in {' and '.join(dirs)}){hint or '; check the path'}")
+                    _fail(f"{item}: file not found{paths.looked_in(item)}{hint or '; check the path'}")
                 known = ", ".join(sorted(registry))
                 where = _show(_user_path(dataset_dir) / REGISTRY_FILE) if dataset_dir else \
                     f"a {REGISTRY_FILE} in a folder you pass as --dataset-dir"

@@ -462,8 +462,7 @@ def report_from_answers(answers: str | Path, output: str | None = None, rules: l
     given = Path(answers).expanduser()
     src = answers_file(paths.resolve_user_path(answers))
     if not given.is_absolute() and not os.path.lexists(src):
-        dirs = " and ".join(dict.fromkeys([str(Path.cwd()), str(paths.home())]))
-        raise ApplianceError(f"--from-answers {answers}: answers file not found (looked in {dirs}); check the path")
+        raise ApplianceError(f"--from-answers {answers}: answers file not found{paths.looked_in(answers)}; check the path")
     out = paths.output_folder(output) if output is not None else src.parent
     paths.refuse_file_on_path(out, "--output")
     # every row checked before the folder is looked at or anything is written; a gate these answers

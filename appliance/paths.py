@@ -86,6 +86,14 @@ def resolve_user_path(path: str | os.PathLike) -> Path:
         raise ApplianceError(f"{path}: cannot resolve the path ({e}); fix the symbolic link or give another path") from None
 
 
+def looked_in(path: str | os.PathLike) -> str:
+    """`` (looked in CWD and HOME)`` for a relative path that :func:`resolve_user_path` did not find (one folder when
+    they are the same), "" for an absolute one: what a "not found" error names."""
+    if Path(path).expanduser().is_absolute():
+        return ""
+    return f" (looked in {' and '.join(dict.fromkeys([str(Path.cwd().resolve()), str(home())]))})"
+
+
 def refuse_file_on_path(out: Path, flag: str) -> None:
     """Fail before any work when ``out`` (a folder to write) or its nearest existing ancestor is a file."""
     from appliance.errors import ApplianceError

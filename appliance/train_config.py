@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 from appliance.errors import ApplianceError
@@ -206,8 +205,7 @@ def _read_yaml(path: str) -> dict[str, Any]:
     if p.is_dir():
         raise ApplianceError(f"--config {path}: is a folder; give the YAML file, e.g. --config run.yaml")
     if not p.is_file():
-        where = "" if Path(path).expanduser().is_absolute() else f" (looked in {Path.cwd()} and {paths.home()})"
-        raise ApplianceError(f"--config {path}: file not found{where}; check the path")
+        raise ApplianceError(f"--config {path}: file not found{paths.looked_in(path)}; check the path")
     try:
         text = p.read_text(encoding="utf-8-sig")
         data = yaml.safe_load(text)
