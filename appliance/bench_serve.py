@@ -85,11 +85,10 @@ class ServeBenchConfig:
 
 def _refuse_own_flags(vllm_args: list[str]) -> None:
     """A --vllm-arg that `appliance up` sets itself, named as the user gave it (up's own refusal names `--`)."""
-    from appliance.serve import _OWN_FLAGS
+    from appliance.serve import own_flag
 
     for a in vllm_args:
-        flag = a.split("=", 1)[0].replace("_", "-")
-        if flag in _OWN_FLAGS:
+        if flag := own_flag(a):
             fix = (f"use `appliance bench serve {flag}` instead" if flag in ("--port", "--model") else
                    "leave it out of --vllm-arg")
             raise ApplianceError(f"--vllm-arg {a}: the benchmark's server sets {flag} itself; {fix}")

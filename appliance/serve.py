@@ -269,14 +269,19 @@ _OWN_FLAGS = {"--port": "--port", "--host": "--host", "--model": "--model", "--s
               "--gpu-memory-utilization": "--gpu-memory-utilization", "--max-model-len": "--max-model-len"}
 
 
+def own_flag(arg: str) -> str | None:
+    """The vLLM flag ``arg`` sets, when `up` sets it itself (``--port=9000`` -> ``--port``), else None."""
+    if not arg.startswith("--"):
+        return None
+    flag = arg.split("=", 1)[0].replace("_", "-")  # vLLM reads --served_model_name as --served-model-name
+    return flag if flag in _OWN_FLAGS else None
+
+
 def _refuse_own_flags(extra_args: list[str]) -> None:
     """A flag after `--` that `up` also sets: vLLM takes the last one, so `up` would wait on another port
     (or model, or key) than the server has, until its ready timeout."""
     for a in extra_args:
-        if not a.startswith("--"):
-            continue
-        flag = a.split("=", 1)[0].replace("_", "-")  # vLLM reads --served_model_name as --served-model-name
-        if flag in _OWN_FLAGS:
+        if flag := own_flag(a):
             use = _OWN_FLAGS[flag]
             fix = f"use `appliance up {use} ...` instead" if use else "`appliance up` needs its own"
             raise ApplianceError(f"-- {a}: `appliance up` sets {flag} itself; {fix}, and leave it out after `--`")

@@ -416,10 +416,11 @@ def report(api_key: str | None = None) -> list[dict]:
             row["note"] = (f"its API server (pid {r.pid}) exited but part of it still runs; `appliance down --port {r.port}` "
                            f"stops it; last log lines in {r.log}")
         elif row["alive"]:
+            starting = f"starting (vLLM is loading the model; log: {r.log})"
             try:
                 resp = httpx.get(f"{r.url}/v1/models", headers=headers, timeout=5)
                 if not r.ready and resp.status_code != 200:
-                    row["note"] = f"starting (vLLM is loading the model; log: {r.log})"
+                    row["note"] = starting
                 elif resp.status_code == 200:
                     if not r.ready:  # the `up` that started it was killed before it could record that it answers
                         r.ready = True
@@ -432,8 +433,7 @@ def report(api_key: str | None = None) -> list[dict]:
                 else:
                     row["note"] = f"/v1/models answered {resp.status_code}"
             except httpx.HTTPError as e:
-                row["note"] = (f"starting (vLLM is loading the model; log: {r.log})" if not r.ready else
-                               f"not answering ({type(e).__name__})")
+                row["note"] = starting if not r.ready else f"not answering ({type(e).__name__})"
         else:
             row["note"] = f"not running; last log lines in {r.log}"
         rows.append(row)
