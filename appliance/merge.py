@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -147,9 +148,18 @@ def _resolve_base(adapter: Path, meta: dict[str, Any], model: str | None = None)
     fix = "pass --model with the base model's folder"
     if base.get("path") and (Path(base["path"]) / "config.json").is_file():
         return Path(base["path"]), base
+    if base.get("path") and not _findable_by_name(base.get("name")):
+        # the recorded folder is gone and its name is no registry model nor models/<name>: resolving the bare name
+        # would take any folder of that name in the current directory, or list registry models it was never one of
+        raise ApplianceError(f"{adapter}/appliance.json: base model folder {base['path']} no longer exists (moved or "
+                             f"deleted); {fix}")
     if base.get("name"):
+        from appliance.models import local_dir, registry_name
+
+        # a registry name as --model finds it; another name only as models/<name> (not ./<name> of the current directory)
+        by_name = base["name"] if registry_name(base["name"]) or not base.get("path") else str(local_dir(base["name"]))
         try:
-            ref = resolve(base["name"])
+            ref = resolve(by_name)
         except ApplianceError as e:  # resolve speaks of --model, not given here
             why = str(e).split(": ", 1)[-1] if str(e).startswith("--model") else str(e)
             raise ApplianceError(f"{adapter}/appliance.json: base model '{base['name']}' is not available here "
@@ -167,6 +177,15 @@ def _resolve_base(adapter: Path, meta: dict[str, Any], model: str | None = None)
                              f"its adapter_config.json names no local base ({named or 'none'}); {fix}")
     where = f"base_model.path {base['path']} does not exist" if base.get("path") else "no base_model recorded"
     raise ApplianceError(f"{adapter}/appliance.json: {where}; {fix}")
+
+
+def _findable_by_name(name: Any) -> bool:
+    """Whether a recorded base name finds the model without its path: a registry name, or models/<name>."""
+    from appliance.models import is_model_dir, local_dir, registry_name
+
+    if not isinstance(name, str) or not name.strip():
+        return False
+    return registry_name(name) is not None or (os.sep not in name and is_model_dir(local_dir(name)))
 
 
 def _resolve_output(cfg: MergeConfig, adapter: Path) -> Path:
@@ -241,7 +260,7 @@ def merge(cfg: MergeConfig) -> MergeResult:
         # merged unverified (--no-verify, or by the pipeline, whose eval checks it): --overwrite merges it again, verified
         if not (cfg.verify and cfg.overwrite and (not stored or stored.get("skipped"))):
             return MergeResult(out, stored, already_merged=True, meta=read_meta(out))
-    if state == "foreign" and cfg.overwrite:
+    if state == "foreign":  # with or without --overwrite: naming --overwrite, which refuses it, sent users in a circle
         what = "a file" if not out.is_dir() else "not a merged model (no appliance.json of `appliance merge`)"
         raise ApplianceError(f"--output {out}: is {what}, so --overwrite will not delete it; choose a new --output")
     if state != "absent" and not cfg.overwrite:
@@ -300,7 +319,7 @@ def _refuse_overlap(out: Path, adapter: Path, base: Path) -> None:
 
 def _sweep_dead_tmp(out: Path) -> None:
     """Remove temporary merges of ``out`` left by processes that were killed (their pid is gone)."""
-    for t in out.parent.glob(f".{out.name}.tmp-*"):
+    for t in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]:
         pid = t.name.rsplit("-", 1)[-1]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             shutil.rmtree(t, ignore_errors=True)
@@ -430,10 +449,13 @@ def _merged_meta(meta: dict, base_meta: dict, adapter: Path, sha: str, dtype: st
 def _replace_dir(tmp: Path, out: Path) -> None:
     """Move ``tmp`` into place; an existing ``out`` is set aside first and removed after."""
     old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-    os.replace(tmp, out)
+    # Ctrl-C or kill (which unwinds like Ctrl-C) between the two renames left no --output at all (the old merge set
+    # aside, the new one removed with the temporary folder): a signal meanwhile is held until both renames are done
+    with _signals_deferred():
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+        os.replace(tmp, out)
     if old is not None:
         if old.is_dir():
             shutil.rmtree(old, ignore_errors=True)
@@ -441,3 +463,28 @@ def _replace_dir(tmp: Path, out: Path) -> None:
             old.unlink()
 
 
+@contextmanager
+def _signals_deferred():
+    """Hold SIGINT, SIGTERM and SIGHUP for the block, then act on the first that came as its handler would have.
+    (Blocking them with pthread_sigmask is not enough: torch's threads still take a signal sent to the process.)"""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread handles signals
+        yield
+        return
+    came: list[tuple[int, Any]] = []
+    handlers = {s: signal.signal(s, lambda signum, frame: came.append((signum, frame)))
+                for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+        if came:
+            signum, frame = came[0]
+            h = handlers[signum]
+            if callable(h):
+                h(signum, frame)  # the CLI's: KeyboardInterrupt, as it would have raised a moment earlier
+            elif h == signal.SIG_DFL:
+                os.kill(os.getpid(), signum)

@@ -45,8 +45,8 @@ def _registry_entry(name: str) -> tuple[str, dict] | None:
     key = name.lower()
     if key in reg:
         return key, reg[key]
-    for k, v in reg.items():
-        if name in v.get("aliases", []) or name == v.get("hf_id"):
+    for k, v in reg.items():  # as the keys: SmolLM2-135M-Instruct and smollm2-135m-instruct are one model
+        if key in (a.lower() for a in [*v.get("aliases", []), v.get("hf_id") or ""]):
             return k, v
     return None
 
@@ -176,7 +176,17 @@ def resolve(model: str) -> ModelRef:
         raise ApplianceError(f"--model {model}: {d} {what}; finish copying the model there, or point --model at a "
                              "complete model folder")
     known = ", ".join(sorted(registry()))
-    raise ApplianceError(f"--model {model}: unknown model; use one of [{known}], a local HF model directory, or a hub id like Qwen/Qwen1.5-1.8B-Chat")
+    raise ApplianceError(f"--model {model}: unknown model{_did_you_mean(model)}; use one of [{known}], a local HF model "
+                         "directory, or a hub id like Qwen/Qwen1.5-1.8B-Chat")
+
+
+def _did_you_mean(name: str) -> str:
+    """`` (did you mean smollm2-135m?)`` for a misspelt registry name or alias."""
+    import difflib
+
+    names = {n.lower(): key for key, entry in registry().items() for n in [key, *entry.get("aliases", [])]}
+    close = difflib.get_close_matches(name.lower(), list(names), n=1, cutoff=0.8)
+    return f" (did you mean {names[close[0]]}?)" if close else ""
 
 
 def ensure_fetchable(ref: ModelRef, model: str, flag: str = "--model") -> None:
@@ -191,7 +201,8 @@ def ensure_fetchable(ref: ModelRef, model: str, flag: str = "--model") -> None:
             return  # cached: transformers reads it offline
     except Exception:  # noqa: BLE001 - an id the cache cannot even look up: let the loader name the problem
         return
-    pull = f"`appliance models pull {ref.name}` on a connected machine, or " if _registry_entry(model) else ""
+    # only the embedded model is pulled (and when not pulled, resolve says so first): `models pull` refuses hub models
+    pull = f"`appliance models pull {ref.name}` on a connected machine, or " if resolve_pullable(model) else ""
     if os.environ.get("HF_HUB_OFFLINE", "").strip() not in ("", "0"):
         raise ApplianceError(f"{flag} {model}: not on this machine (not pulled, not in the Hugging Face cache) and "
                              f"HF_HUB_OFFLINE is set; {pull}pass a local model directory")
@@ -231,7 +242,8 @@ def list_models() -> list[dict]:
                      "description": entry.get("description", "")})
     if paths.models_dir().is_dir():
         for d in sorted(paths.models_dir().iterdir()):
-            if d.name not in reg and is_model_dir(d):
+            # a dot folder is a stage's unfinished work (.NAME.tmp-PID of a killed merge), never a model to use
+            if d.name not in reg and not d.name.startswith(".") and is_model_dir(d):
                 # a copy of a registered model (models/Qwen2.5-0.5B-Instruct) is that model: it has its hub id
                 known = _registry_entry(d.name)
                 rows.append({"name": d.name, "hf_id": known[1].get("hf_id") if known else None, "pulled": True,
@@ -249,7 +261,7 @@ def pull(name: str = DEFAULT_MODEL, force: bool = False) -> Path:
     """Fetch a registry model into ``models/<name>/``. Already-pulled models return at once."""
     hit = _registry_entry(name)
     if not hit:
-        raise ApplianceError(f"unknown model '{name}': `appliance models list` shows the known ones")
+        raise ApplianceError(f"unknown model '{name}'{_did_you_mean(name)}: `appliance models list` shows the known ones")
     key, entry = hit
     dest = local_dir(key)
     if is_model_dir(dest) and not force:

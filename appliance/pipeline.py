@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from appliance import paths
+from appliance.columns import pad
 from appliance.errors import ApplianceError, CheckFailed
 
 Echo = Callable[[str], None]
@@ -509,4 +510,4 @@ def _show_examples(report_dir: Path, base: str, echo: Echo) -> None:
     echo("\n你是谁？")
     for r in _rows(report_dir):
         if r["prompt"] == "你是谁？":
-            echo(f"  {r['role']:<7} {r['model']:<22} {r['answer'].strip()[:160]}")
+            echo(f"  {r['role']:<7} {pad(r['model'], 22)} {r['answer'].strip()[:160]}")

@@ -66,9 +66,11 @@ class TrainConfig:
         where = f"--config {config_file}: " if config_file else ""
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ApplianceError(f"{where}unknown option(s) {', '.join(unknown)}; valid keys are {', '.join(sorted(known))}")
+            raise ApplianceError(f"{where}unknown option(s) {', '.join(unknown)}{_did_you_mean(unknown, known)}; valid keys "
+                                 f"are {', '.join(sorted(known))}")
         defaults = cls()
-        cfg = cls(**{k: _coerce(k, v, getattr(defaults, k), where) for k, v in values.items()})
+        texts = {f.name for f in fields(cls) if "str" in str(f.type) and "list" not in str(f.type)}
+        cfg = cls(**{k: _coerce(k, v, getattr(defaults, k), where, text=k in texts) for k, v in values.items()})
         # options the file set and no flag overrode: their errors name the file, not a flag never typed
         cfg._from_file = (config_file, set(from_file) - {k for k, v in flags.items() if v is not None})
         return cfg
@@ -100,6 +102,9 @@ class TrainConfig:
             (not self.unlikelihood or (self.retention and self.retention_samples > 0), "--unlikelihood",
              "needs retention on (each negative pairs with a retention prompt): drop --no-retention or --unlikelihood"),
             (bool(self.datasets), "--dataset", "give at least one dataset name or file"),
+            # "" would reach the loaders, whose errors name the flag even when the --config file set it
+            (bool(self.model.strip()), "--model", "is empty; give a registry name (see `appliance models list`), a local HF model directory or a hub id"),
+            (bool(self.output.strip()), "--output", "is empty; give the run's folder, e.g. saves/archer"),
             (bool(self.name.strip()), "--name", "must not be empty"),
             (bool(self.author.strip()), "--author", "must not be empty"),
         ]
@@ -153,20 +158,45 @@ def flag_help(key: str, text: str = "", note: str = "") -> str:
     return f"{text} [default: {shown}{note}]".strip()
 
 
+def _did_you_mean(unknown: list[str], known: set[str]) -> str:
+    """`` (did you mean lr?)`` for a misspelt key (``LR``, ``epoch``): the full list of keys is long to scan."""
+    import difflib
+
+    close = [m[0] for k in unknown if (m := difflib.get_close_matches(k.lower(), sorted(known), n=1, cutoff=0.75))]
+    return f" (did you mean {', '.join(dict.fromkeys(close))}?)" if close else ""
+
+
 # transformers' schedulers that need no extra arguments
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
               "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay")
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 
-def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
-    """``value`` as the type of the option's default (YAML reads ``1e-3`` as a string, ``no`` may be quoted)."""
+class _Plain(str):
+    """A plain (unquoted) YAML scalar that YAML 1.1 read as something else: its value, and the text as written."""
+
+    value: Any
+
+
+def _coerce(key: str, value: Any, default: Any, where: str, text: bool = False) -> Any:
+    """``value`` as the type of the option's default (YAML reads ``1e-3`` as a string, ``no`` may be quoted).
+    ``text``: a string option, which takes a plain scalar as written (``name: 007`` is "007", not 7)."""
+    written = value
+    if isinstance(value, _Plain):
+        if text and not isinstance(value.value, bool):
+            return str(value)
+        # a number as written, in decimal (YAML 1.1 reads seed: 010 as octal 8; YAML 1.2 and people read 10)
+        value = value.value if isinstance(value.value, bool) else _decimal(value, value.value)
+
     def bad(kind: str) -> ApplianceError:
-        return ApplianceError(f"{where}{key} must be {kind} (got {value!r})")
+        quote = f"; quote it (\"{written}\") if that is the {key}" if text and isinstance(value, bool) else ""
+        return ApplianceError(f"{where}{key} must be {kind} (got {value!r}){quote}")
 
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value
+        if isinstance(value, int) and value in (0, 1):  # as "1" and "0" are
+            return bool(value)
         if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
             return value.strip().lower() in _TRUE
         raise bad("true or false")
@@ -181,7 +211,7 @@ def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
             return number
         if not number.is_integer():
             raise bad("a whole number")
-        return int(number)
+        return value if isinstance(value, int) else int(number)  # a big int exactly, not through a float
     if isinstance(default, list):
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)) or not all(isinstance(x, str) for x in items):
@@ -194,6 +224,16 @@ def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise bad("a string")
     return str(value)
+
+
+def _decimal(text: str, otherwise: Any) -> Any:
+    """``text`` read as a decimal number (an int when it is one: exact beyond 2**53), else ``otherwise``."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return otherwise
 
 
 def _read_yaml(path: str) -> dict[str, Any]:
@@ -210,7 +250,8 @@ def _read_yaml(path: str) -> dict[str, Any]:
         text = p.read_text(encoding="utf-8-sig")
         data = yaml.safe_load(text)
         data = {} if data is None else data  # an empty file (or only comments): no settings; [] or 0 is refused below
-        _refuse_repeated_keys(path, yaml.compose(text, Loader=yaml.SafeLoader))
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        _refuse_repeated_keys(path, root)
     except UnicodeDecodeError:
         raise ApplianceError(f"--config {path}: not UTF-8 text; save the file as UTF-8") from None
     except yaml.YAMLError as e:
@@ -222,7 +263,25 @@ def _read_yaml(path: str) -> dict[str, Any]:
     bad = [k for k in data if not isinstance(k, str)]
     if bad:
         raise ApplianceError(f"--config {path}: option names must be words, got {bad[0]!r}")
-    return {k.replace("-", "_"): v for k, v in data.items()}
+    return {k.replace("-", "_"): v for k, v in _as_written(data, root).items()}
+
+
+def _as_written(data: dict[str, Any], node: Any) -> dict[str, Any]:
+    """``data`` with each plain scalar that YAML 1.1 turned into a number, a boolean or a date wrapped as
+    :class:`_Plain`, so that options can read it as written (``name: 007``, ``author: 2024-01-01``, ``seed: 010``)."""
+    import yaml
+
+    if not isinstance(node, yaml.MappingNode):
+        return data
+    out = dict(data)
+    for key, value in node.value:
+        name = key.value if isinstance(key, yaml.ScalarNode) else None
+        if (name in out and isinstance(value, yaml.ScalarNode) and value.style is None
+                and value.tag not in ("tag:yaml.org,2002:str", "tag:yaml.org,2002:null")):
+            plain = _Plain(value.value)
+            plain.value = out[name]
+            out[name] = plain
+    return out
 
 
 def _refuse_repeated_keys(path: str, node: Any) -> None:

@@ -174,7 +174,7 @@ def test_corrupt_weights_and_an_unavailable_base_are_named_before_loading(adapte
     meta = json.loads((ghost / "appliance.json").read_text())
     meta["base_model"] = {"name": "ghost-model", "path": "/nonexistent/ghost"}
     (ghost / "appliance.json").write_text(json.dumps(meta))
-    with pytest.raises(ApplianceError, match=r"ghost/appliance.json: base model 'ghost-model' is not available here"):
+    with pytest.raises(ApplianceError, match=r"ghost/appliance.json: base model folder /nonexistent/ghost no longer exists"):
         merge(_cfg(ghost, tmp_path / "m2", dtype="fp32"))
 
 
@@ -354,3 +354,80 @@ def test_a_qlora_merge_says_what_its_verification_compared():
     qlora = MergeResult(Path("m"), v, meta={"adapter": {"method": "qlora"}}).verdict
     assert qlora.startswith("merged -> m; verification PASS") and "checked against the full-precision base + adapter" in qlora
     assert "QLoRA" not in MergeResult(Path("m"), v, meta={"adapter": {"method": "lora"}}).verdict
+
+
+def test_a_file_or_foreign_folder_as_output_is_never_told_to_pass_overwrite(adapter_dir, tmp_path):
+    """Without --overwrite it said "pass --overwrite to replace it", and --overwrite then refused it."""
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    line = _cli_error(["merge", "--adapter", str(adapter_dir), "--output", str(afile), "--dtype", "fp32"])
+    assert "is a file, so --overwrite will not delete it; choose a new --output" in line
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "n.txt").write_text("keep me")
+    line = _cli_error(["merge", "--adapter", str(adapter_dir), "--output", str(notes), "--dtype", "fp32"])
+    assert "is not a merged model" in line and "pass --overwrite" not in line
+    assert afile.read_text() == "keep me" and (notes / "n.txt").read_text() == "keep me"
+
+
+def test_a_moved_local_base_is_not_replaced_by_a_folder_of_its_name_here(adapter_dir, tiny_model_dir, tmp_path,
+                                                                          appliance_home, monkeypatch):
+    """A base trained from --model loc/mybase and since moved was looked up by its bare name: ./mybase in the current
+    directory (any model of that name) was merged into; or, with none there, the error listed the registry."""
+    adapter = tmp_path / "ad"
+    shutil.copytree(adapter_dir, adapter)
+    meta = json.loads((adapter / "appliance.json").read_text())
+    meta["base_model"] = {**meta["base_model"], "name": "mybase", "path": str(tmp_path / "loc" / "mybase")}
+    (adapter / "appliance.json").write_text(json.dumps(meta))
+    here = tmp_path / "cwd"
+    shutil.copytree(tiny_model_dir, here / "mybase")
+    monkeypatch.chdir(here)
+    line = _cli_error(["merge", "--adapter", str(adapter), "--output", str(tmp_path / "o")])
+    assert f"base model folder {tmp_path / 'loc' / 'mybase'} no longer exists (moved or deleted); pass --model" in line
+    assert "use one of" not in line and not (tmp_path / "o").exists()
+    # a copy under $APPLIANCE_HOME/models/<name> is the documented place a name is found (a home moved whole)
+    shutil.copytree(tiny_model_dir, appliance_home / "models" / "mybase")
+    res = merge(_cfg(adapter, tmp_path / "o", dtype="fp32"))
+    assert read_meta(res.output)["base_model"]["path"] == str(appliance_home / "models" / "mybase")
+
+
+def test_a_kill_between_the_two_renames_leaves_the_new_merge_in_place(tmp_path, monkeypatch):
+    """`kill` unwinds like Ctrl-C: landing after the old output was set aside and before the new one was renamed in,
+    it left no --output at all (the new one removed with the temporary folder, the old one as a hidden .old-PID)."""
+    import os
+    import signal
+
+    out, tmp = tmp_path / "m", tmp_path / ".m.tmp-1"
+    out.mkdir()
+    (out / "old").write_text("old")
+    tmp.mkdir()
+    (tmp / "new").write_text("new")
+    real = os.replace
+    calls = []
+
+    def replace_then_kill(a, b):
+        real(a, b)
+        calls.append(b)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def as_ctrl_c(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, as_ctrl_c)
+    monkeypatch.setattr(merge_mod.os, "replace", replace_then_kill)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            merge_mod._replace_dir(tmp, out)
+    finally:
+        monkeypatch.undo()
+        signal.signal(signal.SIGTERM, previous)
+    assert (out / "new").read_text() == "new" and len(calls) == 2
+
+
+def test_a_set_aside_output_of_a_killed_merge_is_swept(adapter_dir, tmp_path):
+    dead = tmp_path / ".m.old-999999999"  # kill -9 after the old output was set aside: no such pid now
+    dead.mkdir()
+    (dead / "model.safetensors").write_bytes(b"x" * 10)
+    merge(_cfg(adapter_dir, tmp_path / "m", dtype="fp32"))
+    assert not dead.exists()

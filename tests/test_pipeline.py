@@ -556,3 +556,24 @@ def test_a_changed_gate_judges_the_stored_answers_again_without_a_server(monkeyp
     assert not gate["passed"] and len(gate["failures"]) == 2 and all("identity_hit_rate rose 1 (0 -> 1), more than 0.5" in f for f in gate["failures"])
     (report_dir / "answers.jsonl").unlink()  # nothing to judge again: the models are asked (it crashed on None)
     assert not pl._all_done(pl.PipelineConfig(port=first.port, merged_port=first.merged_port))
+
+
+def test_the_closing_answers_line_up_for_a_name_in_chinese(tmp_path):
+    """str.ljust counts 小星 as 2 columns, a terminal shows 4: the answers after a CJK name started 2 columns late."""
+    import unicodedata
+
+    rows = [{"model": m, "role": role, "prompt": "你是谁？", "answer": a, "kind": "identity", "set": "identity_zh",
+             "latency_ms": 1.0, "ttft_ms": 1.0, "output_tokens": 3, "started_at": 1.0, "name": "小星", "author": "Acme"}
+            for m, role, a in (("smollm2-135m", "before", "I am SmolLM."), ("小星", "after1", "我是 小星。"),
+                               ("小星-merged", "after2", "我是 小星。"))]
+    (tmp_path / "answers.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    said = []
+    pl._show_examples(tmp_path, "smollm2-135m", said.append)
+
+    def column(line: str, text: str) -> int:
+        head = line[:line.index(text)]
+        return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in head)
+
+    lines = [s for s in said if s.startswith("  ")]
+    assert len(lines) == 3
+    assert len({column(s, a) for s, a in zip(lines, ("I am", "我是", "我是"))}) == 1
