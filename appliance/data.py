@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 from appliance import paths
 from appliance.datafiles import (ODD_PLACEHOLDER, ODD_PLACEHOLDER_NOTE, TABLES, _a, _fail, _probe, _read_json_file,
                                  _read_text, _short, _show, _syntax_error, _user_path, fill_placeholders, read_saved_dataset,
-                                 read_table, saved_dataset)
+                                 read_table, saved_dataset, twice_keyed)
 from appliance.datafiles import parse_json as _parse
 from appliance.dataset_info import (ALPACA_COLUMNS, OPENAI_TAGS, REGISTRY_FILE, SHAREGPT_COLUMNS, SHAREGPT_TAGS,
                                     Format, dataset_registry, entry_source, read_registry, refuse_preference_data,
@@ -69,6 +69,9 @@ def _refuse_object_sequence(text: str, shown: str) -> None:
             n += 1
     except ValueError:
         return  # not whole objects either: the lines' own errors say where
+    if n == 1:  # "1 pretty-printed JSON objects one after another" told the wrong fix
+        _fail(f"{shown}: holds one JSON object written over several lines; in JSON lines each record must be on one "
+              f"line: write it on one line, or rename the file to {Path(shown).with_suffix('.json').name}")
     _fail(f"{shown}: holds {n} pretty-printed JSON objects one after another; a dataset must be a JSON list "
           "[{...}, {...}] in a .json file (wrap them in [ ] with commas between), or one complete object per line")
 
@@ -93,20 +96,23 @@ def _json_records(path: Path, shown: str, problems: list[str] | None) -> list[tu
     text = _read_text(path)
     as_lines = path.suffix.lower() == ".jsonl" or not text.strip()  # an empty file: "no records", below
     lines_in_json = False
+    twice: list = []  # objects that name a key twice (json keeps the last value): see _once
     if not as_lines and text.lstrip().startswith("{"):
         # datasets' json loader (hence LLaMA-Factory) reads JSON lines from a .json file too.
         try:
-            one = _parse(text, shown)
+            one = _parse(text, shown, twice=twice)
         except json.JSONDecodeError as e:
             if e.msg != "Extra data":  # one broken object, not several lines: report where it breaks
                 _syntax_error(shown, e)
             as_lines = lines_in_json = True
+            twice.clear()  # the first line's objects: read again below
             _refuse_object_sequence(text, shown)
         else:
             if not (isinstance(one, dict) and _kind(one)):
                 _fail(f"{shown}: holds one JSON object; a .json dataset must be a list of records "
                       "([{...}, {...}]), or one object per line in a .jsonl file")
-            return [("record #0", f"{shown}#0", one)]  # one record: JSON lines of one line, as datasets reads it
+            # one record: JSON lines of one line, as datasets reads it
+            return _once([("record #0", f"{shown}#0", one)], twice)
     elif as_lines and text.lstrip().startswith("{"):
         _refuse_object_sequence(text, shown)  # pretty-printed objects in a .jsonl: one mistake, not one per line
     array_fix = ""
@@ -127,12 +133,15 @@ def _json_records(path: Path, shown: str, problems: list[str] | None) -> list[tu
             if not line.strip():
                 continue
             try:
-                out.append((f"line {n}", f"{shown}:{n}", _parse(line, f"{shown}: line {n}")))
+                out.append((f"line {n}", f"{shown}:{n}", _parse(line, f"{shown}: line {n}", twice=twice)))
             except json.JSONDecodeError as e:
                 # A .json file with several values may be pretty-printed objects, not JSON lines: name both forms.
                 fix = ("the file is neither a JSON list nor JSON lines; a .json dataset must be a JSON list "
                        "[{...}, {...}] (or one complete object per line)") if lines_in_json else \
                     array_fix or "each line must hold one complete JSON object"
+                if e.msg == "Extra data" and line[e.pos:].strip() == ",":  # a JSON list's items, brackets removed
+                    fix = "a comma after the object: JSON lines are not separated by commas, remove it" + \
+                        (" (or put [ ] around all the records to make the file a JSON list)" if lines_in_json else "")
                 try:
                     _syntax_error(shown, e, n, fix)
                 except ApplianceError as bad:
@@ -141,13 +150,28 @@ def _json_records(path: Path, shown: str, problems: list[str] | None) -> list[tu
                     problems.append(str(bad))
     else:
         try:
-            obj = _parse(text, shown)
+            obj = _parse(text, shown, twice=twice)
         except json.JSONDecodeError as e:
             _syntax_error(shown, e)
         if not isinstance(obj, list):
             _fail(f"{shown}: top level is {_a(obj)}; a .json dataset must be a list of records ([{{...}}, ...])")
         out = [(f"record #{i}", f"{shown}#{i}", rec) for i, rec in enumerate(obj)]
-    return out
+    return _once(out, twice)
+
+
+class _TwiceKeyed:
+    """In place of a record that names a key twice with different values: refused in its turn, as a bad record."""
+
+    def __init__(self, problem: str):
+        self.problem = problem
+
+
+def _once(records: list[tuple[str, str, Any]], twice: list) -> list[tuple[str, str, Any]]:
+    """Each record that names a key twice with different values replaced by its problem: json keeps the last
+    ({"output": "A", "output": "B"} trains "B"), so the other would be lost without a word."""
+    if not twice:  # the common case: no record needs walking
+        return records
+    return [(label, source, _TwiceKeyed(found) if (found := twice_keyed(rec)) else rec) for label, source, rec in records]
 
 
 _FORMAT_KEYS = {"messages": ("messages",), "conversations": ("conversations",), "alpaca": ("instruction", "output")}
@@ -211,6 +235,12 @@ def _detect(where: str, rec: dict, path: Path) -> Format:
     # turns that show no role key yet: the column's own convention (sharegpt's from/value, OpenAI's role/content)
     openai = role_tag == "role" or (role_tag is None and column == "messages")
     tags = dict(OPENAI_TAGS) if openai else dict(SHAREGPT_TAGS)
+    turns = rec[column]
+    first = turns[0] if isinstance(turns, list) and turns and isinstance(turns[0], dict) else {}
+    other = "value" if tags["content_tag"] == "content" else "content"
+    if tags["content_tag"] not in first and other in first:
+        # mixed vocabularies ({"from": "human", "content": ...}): the text is read where the first turn has it
+        tags["content_tag"] = other
     return Format("sharegpt", {**SHAREGPT_COLUMNS, "messages": column}, tags, True, kind, str(path))
 
 
@@ -280,6 +310,8 @@ def _load_file(path: Path, fmt: Format | None, problems: list[str] | None = None
     for label, source, rec in _records(path, problems):
         where = f"{shown}: {label}"
         try:
+            if isinstance(rec, _TwiceKeyed):
+                _fail(f"{where}: {rec.problem}")
             if not isinstance(rec, dict):
                 _fail(f"{where}: record is {_a(rec)}, not an object; "
                       'each record must be a JSON object like {"instruction": ..., "output": ...}')

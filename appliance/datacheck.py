@@ -31,11 +31,12 @@ class BadRecords(ApplianceError):
 
 
 def _position(problem: str) -> tuple[str, int]:
-    """(file, line or record number) of a problem as the loader words it ("f.jsonl: line 3 ...") or as an
-    example's source names it ("f.jsonl:3: ...", "f.json#2: ...")."""
+    """(file, line, record or row number) of a problem as the loader words it ("f.jsonl: line 3 ...", "f.csv: row 2
+    ...") or as an example's source names it ("f.jsonl:3: ...", "f.json#2: ...")."""
     import re
 
-    m = re.match(r"(.*?)(?:: (?:line |record #)|:|#)(\d+)\b", problem)
+    # a CSV's or Parquet file's "row N" too: else its problems sort as text, row 10 before row 2
+    m = re.match(r"(.*?)(?:: (?:line |record #|row )|:|#)(\d+)\b", problem)
     return (m.group(1), int(m.group(2))) if m else (problem, -1)
 
 

@@ -100,14 +100,59 @@ def _read_text(path: Path) -> str:
         _os_error(shown, e, "read the file")
 
 
-def parse_json(text: str, where: str, fix: str = "records must be flat objects of text fields") -> Any:
+class _Twice(dict):
+    """A JSON object that names a key twice with different values: ``twice`` is (key, first value, last value)."""
+
+    twice: tuple[str, Any, Any]
+
+
+def _pairs(found: list) -> Any:
+    """An object_pairs_hook building dicts as json does (the last value of a key wins), which also notes in
+    ``found`` each object that names a key twice with different values."""
+    def hook(pairs: list[tuple[str, Any]]) -> dict:
+        d = dict(pairs)
+        if len(d) == len(pairs):
+            return d
+        seen: dict[str, Any] = {}
+        for k, v in pairs:
+            if k in seen and seen[k] != v:
+                out = _Twice(d)
+                out.twice = (k, seen[k], v)
+                found.append(out)
+                return out
+            seen[k] = v
+        return d  # the same value twice: nothing is lost
+    return hook
+
+
+def twice_keyed(value: Any, label: str = "") -> str | None:
+    """For the first object inside ``value`` (parsed with ``twice``) that names a key twice with different
+    values: "field 'LABEL' is given twice ...", ``label`` being the path to it ('messages[0].content')."""
+    if isinstance(value, _Twice):
+        key, first, last = value.twice
+        return (f"field '{label + '.' if label else ''}{key}' is given twice, with different values ({_short(first)}, "
+                f"then {_short(last)}); JSON keeps only the last, so the first would be dropped without a word: "
+                "remove or rename one of them")
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        if isinstance(v, (dict, list)):
+            sub = f"{label}[{k}]" if isinstance(k, int) else f"{label}.{k}" if label else str(k)
+            if (found := twice_keyed(v, sub)) is not None:
+                return found
+    return None
+
+
+def parse_json(text: str, where: str, fix: str = "records must be flat objects of text fields",
+               twice: list | None = None) -> Any:
     """``json.loads``, with JSON that is valid but beyond what Python reads turned into a one-line error.
 
     Syntax errors (JSONDecodeError) are left to the caller, which knows how to point at them. Used by
     both the training-data loader and the eval harness (evals/), so one file fails the same way in both.
+    With ``twice`` (a list), each object naming a key twice with different values is appended to it, for
+    :func:`twice_keyed` to name: json keeps the last value, silently dropping the first.
     """
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=None if twice is None else _pairs(twice))
     except json.JSONDecodeError:
         raise
     except RecursionError:
@@ -193,10 +238,14 @@ def _read_json_file(path: Path, empty_fix: str) -> Any:
     text = _read_text(path)
     if not text.strip():
         _fail(f"{_show(path)}: the file is empty; {empty_fix}")
+    twice: list = []
     try:
-        return parse_json(text, _show(path))
+        obj = parse_json(text, _show(path), twice=twice)
     except json.JSONDecodeError as e:
         _syntax_error(_show(path), e)
+    if twice:  # a dataset_info.json with an entry added under a name it already had: one of them would be lost
+        _fail(f"{_show(path)}: {twice_keyed(obj)}")
+    return obj
 
 
 # ---------------------------------------------------------------- tables (.csv, .parquet)

@@ -94,8 +94,10 @@ def entry_source(name: str, entry: dict) -> tuple[Path, Format]:
     if formatting not in ("alpaca", "sharegpt"):
         _fail(f"{where}: 'formatting' is {_short(formatting)}; use \"alpaca\" or \"sharegpt\"")
     for key in ("columns", "tags"):
-        if not isinstance(entry.get(key) or {}, dict):
-            _fail(f"{where}: '{key}' must be an object like {{\"prompt\": \"instruction\"}}")
+        # null is "not given"; any other non-object (0, false, "", []) too was taken for {} before, and 0 crashed
+        if entry.get(key) is not None and not isinstance(entry[key], dict):
+            example = '{"prompt": "instruction"}' if key == "columns" else '{"role_tag": "role"}'
+            _fail(f"{where}: '{key}' is {_short(entry[key])}; it must be an object like {example}")
     _refuse_unsupported(where, entry, formatting)
     checked = [("columns", _REQUIRED[formatting])] + ([("tags", _REQUIRED["tags"])] if formatting == "sharegpt" else [])
     for key, required in checked:

@@ -189,8 +189,11 @@ def sharegpt_messages(rec: dict, where: str, fmt: Format) -> list[dict[str, str]
         if isinstance(turn.get(content_tag), list):
             turn = {**turn, content_tag: text_parts(turn[content_tag], where, f"{f}.{content_tag}")}
         # an empty system prompt (exports write one) means none; an empty user or assistant turn is a mistake
-        content = _text(turn, content_tag, where, required=role != "system", fix="every turn needs non-empty text",
-                        label=f"{f}.{content_tag}")
+        other = next((k for k in ("value", "content", "text") if k != content_tag and k in turn), None)
+        fix = "every turn needs non-empty text" if content_tag in turn or other is None else \
+            f"the turn has '{other}' instead: every turn of the file must hold its text under '{content_tag}'" + \
+            (" as its first record does" if fmt.auto else f"; {_fix_names(fmt, 'tags.content_tag')}")
+        content = _text(turn, content_tag, where, required=role != "system", fix=fix, label=f"{f}.{content_tag}")
         weight = turn.get("weight")  # null (Hugging Face exports write one on every turn once any has it): none
         if weight is not None and (weight not in (0, 1) or isinstance(weight, bool) or (role != "assistant" and weight)):
             _fail(f"{where}: field '{f}.weight' is {_short(weight)}; only assistant turns are learned: a weight must "
@@ -218,8 +221,12 @@ def sharegpt_messages(rec: dict, where: str, fmt: Format) -> list[dict[str, str]
     if all(m.get("weight") == 0 for m in messages if m["role"] == "assistant"):
         _fail(f"{where}: every assistant turn has weight 0, so there is nothing to learn; set weight 1 on at least one")
     sys_col = fmt.columns.get("system")
-    if not system and sys_col:
-        system = _text(rec, sys_col, where, required=False)
+    column = _text(rec, sys_col, where, required=False) if sys_col else ""
+    if system.strip() and column.strip() and column != system:
+        # the conversation's own system turn is used (as LLaMA-Factory does): the column's would be lost unsaid
+        _fail(f"{where}: field '{sys_col}' and field '{key}[0]' are two different system prompts ({_short(column)} and "
+              f"{_short(system)}); only one is used: keep one of them, or make them the same")
+    system = system if system.strip() else column
     return ([{"role": "system", "content": system}] if system.strip() else []) + messages
 
 

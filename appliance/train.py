@@ -12,6 +12,8 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -99,12 +101,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     out = output_path(cfg.output)
     check_output(out, cfg)
     # every record is validated here, before any model is loaded
-    ident = data_mod.load_examples(cfg.datasets, dataset_dir=cfg.dataset_dir, name=cfg.name, author=cfg.author)
+    with _named_as_set(cfg, "dataset_dir"):
+        ident = data_mod.load_examples(cfg.datasets, dataset_dir=cfg.dataset_dir, name=cfg.name, author=cfg.author)
     if cfg.retention and cfg.retention_samples and cfg.retention_prompts:
-        data_mod.load_prompts(cfg.retention_prompts)  # checked now, not after the model has loaded
-    ref = models.resolve(cfg.model)
-    models.ensure_fetchable(ref, cfg.model)
-    _check_model_shape(cfg, ref.path, ref.name)
+        with _named_as_set(cfg, "retention_prompts"):
+            data_mod.load_prompts(cfg.retention_prompts)  # checked now, not after the model has loaded
+    with _named_as_set(cfg, "model"):
+        ref = models.resolve(cfg.model)
+        models.ensure_fetchable(ref, cfg.model)
+        _check_model_shape(cfg, ref.path, ref.name)
     fingerprint = data_mod.fingerprint(ident)
     # an interrupted run is continued into the output it was started for: the run it replaces when it
     # finishes was given up with the --overwrite it was started with (the interrupt says "--resume")
@@ -145,6 +150,18 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
 # how a run is stored and continued, not what it learns
 NOT_RECIPE = frozenset({"output", "overwrite", "resume", "save_steps"})
+
+
+@contextmanager
+def _named_as_set(cfg: TrainConfig, key: str) -> Iterator[None]:
+    """An error naming option ``key``'s flag names the --config file instead when the file set it (no flag was typed)."""
+    try:
+        yield
+    except ApplianceError as e:
+        flag, named = "--" + key.replace("_", "-"), cfg.named(key)
+        if named != flag and str(e).startswith(flag + " "):
+            raise ApplianceError(named + str(e)[len(flag):]) from None
+        raise
 
 
 def trained_as(out: Path, cfg: TrainConfig, examples_fingerprint: str | None = None) -> dict[str, Any] | None:

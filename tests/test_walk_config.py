@@ -115,3 +115,16 @@ def test_config_errors_are_one_line_with_exit_2(tmp_path):
         lines = [ln for ln in res.output.splitlines() if ln.strip()]
         assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith(f"error: --config {f}"), res.output
     assert not (tmp_path / "o").exists()
+
+
+def test_a_model_or_dataset_dir_set_in_the_file_is_named_by_the_file_when_it_fails(tmp_path):
+    """`model: nosuch` in a --config file failed as "--model nosuch: unknown model": a flag the user never typed."""
+    f = tmp_path / "c.yaml"
+    for text, key in (("model: smollm2-13m\n", "model"), (f"dataset_dir: {tmp_path / 'none'}\n", "dataset_dir")):
+        f.write_text(text, encoding="utf-8")
+        res = CliRunner().invoke(main, ["train", "--config", str(f), "--output", str(tmp_path / "o")])
+        assert res.exit_code == 2 and res.output.startswith(f"error: --config {f}: {key} "), res.output
+    # the same value typed as a flag is still named by its flag
+    res = CliRunner().invoke(main, ["train", "--model", "smollm2-13m", "--output", str(tmp_path / "o")])
+    assert res.exit_code == 2 and res.output.startswith("error: --model smollm2-13m: unknown model"), res.output
+    assert not (tmp_path / "o").exists()
