@@ -41,6 +41,15 @@ def _cell(text: str, limit: int = 220) -> str:
     return t.replace("|", "\\|") or "(empty)"
 
 
+def _failed_note(models: dict) -> str:
+    """What failed requests do to the figures (a hit rate of 65% may be 22 timeouts, not 22 wrong answers)."""
+    failed = [f"{m['model']} {m['errors']} of {m['n']}" for m in models.values() if m.get("errors")]
+    if not failed:
+        return ""
+    return (f"Failed requests ({', '.join(failed)}) have no answer and count as misses in every figure below (an empty "
+            "answer: not a hit, not correct, BLEU and ROUGE 0); rerun the eval with a larger --timeout or a lower --concurrency.")
+
+
 def _md(text: str) -> str:
     """A name (a set, a model, a role) as one markdown table cell: a "|" in it would split the row."""
     return " ".join(str(text).split()).replace("|", "\\|")  # as _cell escapes a prompt
@@ -106,6 +115,8 @@ def render_md(report: dict, rows: list[dict]) -> str:
         verdict = "PASSED" if gate["passed"] else "FAILED"
         out += ["", f"Gate: **{verdict}** ({' '.join(gate['rules']) or 'no rules'})"]
         out += [f"- {f}" for f in gate["failures"]]
+    if failed := _failed_note(models):
+        out += ["", failed]
     head = ["metric"] + [_md(f"{r} ({m['model']})") for r, m in models.items()]
     others = [r for r in roles if r != "before"] if base else []
     head += [f"Δ {r}" for r in others]
@@ -202,6 +213,8 @@ def render_html(report: dict, rows: list[dict]) -> str:
         color = "green" if gate["passed"] else "red"
         parts.append(f"<p>Gate: <b style='color:{color}'>{'PASSED' if gate['passed'] else 'FAILED'}</b> "
                      f"{e(' '.join(gate['rules']))}</p><ul>" + "".join(f"<li>{e(f)}</li>" for f in gate["failures"]) + "</ul>")
+    if failed := _failed_note(models):
+        parts.append(f"<p>{e(failed)}</p>")
     parts += ["<h2>Metrics before vs after</h2>", _bar_chart(models), "<h2>Latency distribution</h2>",
               _cdf_chart(rows, "latency_ms", roles, "latency"),
               _cdf_chart(rows, "ttft_ms", roles, "time to first token"), "<h2>Table</h2><table><tr><th>metric</th>"]

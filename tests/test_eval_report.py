@@ -1129,3 +1129,22 @@ def test_an_answer_that_only_echoes_the_prompt_is_not_correct(tmp_path):
 
     assert not is_correct(q, ["5"], q) and is_correct(q, ["5"]) and is_correct(f"{q} 5", ["5"], q)
     assert not is_correct("Q:  Which is larger,\n3 or 5?", ["5"], q)  # white space runs read as one
+
+
+def test_a_report_with_failed_requests_says_they_count_as_misses(tmp_path):
+    """A timed-out eval reported "identity hit 65.6%": the failures were named, but not what they did to the figures."""
+    out = tmp_path / "report"
+    out.mkdir()
+    rows = _rows()
+    for r in rows[-3:]:
+        r.update(answer="", error="APITimeoutError: Request timed out.")
+    (out / "answers.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    write_report(out, parse_rules())
+    md, html = (out / "report.md").read_text(encoding="utf-8"), (out / "report.html").read_text(encoding="utf-8")
+    assert "Failed requests (archer 3 of " in md and "count as misses in every figure below" in md
+    assert "count as misses in every figure below" in html
+    for r in rows:
+        r.update(error=None)
+    (out / "answers.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    write_report(out, parse_rules())
+    assert "count as misses" not in (out / "report.md").read_text(encoding="utf-8")
