@@ -393,7 +393,7 @@ def test_training_the_same_run_twice_is_harmless(tiny_model_dir, small_ds, tmp_p
     stamp = (out / "adapter_model.safetensors").stat().st_mtime_ns
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
-    assert res.stdout.startswith(f"already trained: {out.resolve()} holds a run with these settings and data (1 steps")
+    assert res.stdout.startswith(f"already trained: {out.resolve()} holds a run with these settings and data (1 step,")
     assert (out / "adapter_model.safetensors").stat().st_mtime_ns == stamp
     res = CliRunner().invoke(main, args[:-1] + ["8"])  # another rank
     assert res.exit_code == 2 and "already holds a run trained with other settings or data (rank); pass --overwrite" in res.stderr
