@@ -107,6 +107,7 @@ def pipeline(cfg: PipelineConfig, echo: Echo = print) -> dict[str, Any]:
         t = _stage(echo, f"merge -> {merged_dir}")
         # no probe verification here: the eval below checks the merged model more strictly, through
         # vLLM, on every prompt against the adapter's answers (and saves the probes' ~12 s)
+        _note_other_merge(merged_dir, _merge_dtype(cfg), echo)
         res = merge(MergeConfig(adapter=str(run_dir), output=str(merged_dir), overwrite=True, verify=False,
                                 dtype=_merge_dtype(cfg)))
         # (merge's own "already merged" line suggests its --overwrite, a flag the pipeline does not have)
@@ -142,6 +143,19 @@ def _merge_dtype(cfg: PipelineConfig) -> str:
     from appliance.hw import cpu_has_native_bf16
 
     return "bf16" if torch.cuda.is_available() or cpu_has_native_bf16() else "fp32"
+
+
+def _note_other_merge(merged_dir: Path, dtype: str, echo: Echo) -> None:
+    """A merge of another dtype in the merged model's folder (one made by hand with `appliance merge`) is replaced:
+    said, with the flag that keeps it."""
+    try:
+        old = json.loads((merged_dir / "appliance.json").read_text(encoding="utf-8")).get("dtype")
+    except (OSError, ValueError, AttributeError):
+        return  # none there (or not a merge of ours: merge itself refuses to replace that)
+    if isinstance(old, str) and old != dtype:
+        a = {d: "an" if d.startswith("f") else "a" for d in (old, dtype)}  # an fp32, a bf16
+        echo(f"note: replacing {merged_dir} ({a[old]} {old} merge) with {a[dtype]} {dtype} merge; pass --merge-dtype {old} "
+             "to keep it")
 
 
 def _note_replaced(run_dir: Path, echo: Echo, tcfg: Any) -> None:

@@ -577,3 +577,16 @@ def test_the_closing_answers_line_up_for_a_name_in_chinese(tmp_path):
     lines = [s for s in said if s.startswith("  ")]
     assert len(lines) == 3
     assert len({column(s, a) for s, a in zip(lines, ("I am", "我是", "我是"))}) == 1
+
+
+def test_a_merge_of_another_dtype_is_replaced_with_a_note(tmp_path):
+    """A bf16 merge made by hand in models/archer-merged was replaced by the pipeline's fp32 one without a word."""
+    merged = tmp_path / "archer-merged"
+    said = []
+    pl._note_other_merge(merged, "fp32", said.append)  # nothing there yet
+    merged.mkdir()
+    (merged / "appliance.json").write_text(json.dumps({"kind": "merged-model", "dtype": "bf16"}))
+    pl._note_other_merge(merged, "bf16", said.append)  # the same dtype: merge says "already merged" itself
+    assert said == []
+    pl._note_other_merge(merged, "fp32", said.append)
+    assert said == [f"note: replacing {merged} (a bf16 merge) with an fp32 merge; pass --merge-dtype bf16 to keep it"]
