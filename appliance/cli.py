@@ -342,7 +342,7 @@ def chat_cmd(model, url, api_key, prompt, system, max_tokens, temperature) -> No
 @click.option("--name", default=None, help="New assistant name (fills {{name}}) [default: the one the --after model was trained for, else Archer].")
 @click.option("--author", default=None, help="New author (fills {{author}}) [default: the --after model's, else 意琦行].")
 @click.option("--output", default=None, help="Report directory (default: reports/NAME; reports/BEFORE without --after).")
-@click.option("--concurrency", default=4, show_default=True, type=int)
+@click.option("--concurrency", default=64, show_default=True, type=int, help="Requests in flight per model.")
 @click.option("--max-tokens", default=128, show_default=True, type=int)
 @click.option("--api-key", envvar=["APPLIANCE_API_KEY", "OPENAI_API_KEY"], default=None,
               help="Server API key (default: $APPLIANCE_API_KEY, as `up` reads it, else $OPENAI_API_KEY, else EMPTY).")

@@ -42,7 +42,7 @@ class EvalConfig:
     name: str | None = None  # None: the identity the --after models were trained for, else DEFAULT_NAME
     author: str | None = None
     output: str | None = None  # default: reports/<name>
-    concurrency: int = 4
+    concurrency: int = 64  # as the pipeline: throughput on a CPU server; --concurrency 1 times requests alone
     max_tokens: int = 128
     api_key: str | None = None  # default: $APPLIANCE_API_KEY, else $OPENAI_API_KEY, else "EMPTY" (vLLM without --api-key)
     old_identity: list[str] = field(default_factory=list)  # default: the before model's registry markers
