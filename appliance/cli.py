@@ -190,8 +190,8 @@ def train(config_file: str | None, datasets: tuple[str, ...], **flags) -> None:
 @click.option("--output", default=None, help="Merged model directory; a relative path is under $APPLIANCE_HOME "
               "[default: models/<adapter>-merged].")
 @click.option("--model", default=None, help="Base model folder, when the one the adapter records is not found (moved, or a plain PEFT adapter).")
-@click.option("--dtype", default="bf16", show_default=True, help="Storage dtype: bf16, fp16 or fp32 (exact; a short "
-              "run's small update may round away in bf16 and fail verification).")
+@click.option("--dtype", default="bf16", show_default=True, help="Storage dtype: bf16, fp16 or fp32 (or torch's bfloat16, float16, "
+              "float32; fp32 is exact; a short run's small update may round away in bf16 and fail verification).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier merge at --output (never a file or a folder of "
               "other things).")
 @click.option("--no-verify", is_flag=True, help="Skip the base+adapter vs merged comparison.")

@@ -239,6 +239,8 @@ def _shards_complete(out: Path) -> bool:
 def merge(cfg: MergeConfig) -> MergeResult:
     """Merge ``cfg.adapter`` into its base, write ``cfg.output`` atomically, verify it."""
     dtype = (cfg.dtype or "").lower()
+    # torch's names (bfloat16, float32, half...) name the same three: recorded by their short form
+    dtype = {**{v: k for k, v in DTYPES.items()}, "half": "fp16", "float": "fp32"}.get(dtype, dtype)
     if dtype not in DTYPES:
         raise ApplianceError(f"--dtype {cfg.dtype}: unknown dtype; use one of {', '.join(DTYPES)}")
     _check_shard_size(cfg.max_shard_size)

@@ -431,3 +431,13 @@ def test_a_set_aside_output_of_a_killed_merge_is_swept(adapter_dir, tmp_path):
     (dead / "model.safetensors").write_bytes(b"x" * 10)
     merge(_cfg(adapter_dir, tmp_path / "m", dtype="fp32"))
     assert not dead.exists()
+
+
+def test_torch_dtype_names_are_the_short_ones(adapter_dir, tmp_path):
+    """`--dtype float32` (torch's name, as transformers' torch_dtype) was refused as an unknown dtype."""
+    out = tmp_path / "m"
+    merge(_cfg(adapter_dir, out, dtype="fp32"))
+    res = CliRunner().invoke(main, ["merge", "--adapter", str(adapter_dir), "--output", str(out), "--dtype", "float32"])
+    assert res.exit_code == 0 and "already merged" in res.output, res.output  # the same merge, not another dtype
+    res = CliRunner().invoke(main, ["merge", "--adapter", str(adapter_dir), "--output", str(out), "--dtype", "int8"])
+    assert res.exit_code == 2 and "--dtype int8: unknown dtype; use one of bf16, fp16, fp32" in res.output
