@@ -33,6 +33,7 @@ class AdapterInfo:
     base_name: str | None = None
     base_hf_id: str | None = None
     target_modules: list[str] = field(default_factory=list)
+    method: str | None = None  # "lora" / "qlora", as its appliance.json records (None: trained elsewhere)
 
 
 def parse_spec(spec: str) -> tuple[str | None, str]:
@@ -162,7 +163,9 @@ def _read_base(d: Path, cfg: dict, info: AdapterInfo) -> None:
 
     base = {}
     if (d / rundir.META_FILE).is_file():
-        base = rundir.read_meta(d).get("base_model") or {}
+        meta = rundir.read_meta(d)
+        base, method = meta.get("base_model") or {}, meta.get("method")
+        info.method = method if isinstance(method, str) else None
     if base:
         info.base_path, info.base_name, info.base_hf_id = base.get("path"), base.get("name"), base.get("hf_id")
         return

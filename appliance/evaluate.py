@@ -88,17 +88,6 @@ def _served_roots(cfg: EvalConfig) -> dict[str, str]:
         return {}
 
 
-def recorded_identity(cfg: EvalConfig, roots: dict[str, str]) -> tuple[str, str] | None:
-    """The (name, author) the ``--after`` models were trained for, from the appliance.json of the
-    run or merged-model folder each was served from; None when none records one."""
-    found = _recorded(cfg, roots)
-    if len(set(found.values())) > 1:
-        raise ApplianceError(f"--name/--author: the --after models were trained for different identities "
-                             f"({_identities(found)}); pass --name and --author to score them all for one, or "
-                             "evaluate them separately")
-    return next(iter(found.values()), None)
-
-
 def _identities(found: dict[str, tuple[str, str]]) -> str:
     return ", ".join(f"{m}: {n} / {a}" for m, (n, a) in found.items())
 
@@ -126,13 +115,19 @@ def resolve_identity(cfg: EvalConfig, progress: Callable[[str], None]) -> EvalCo
     if not cfg.after:  # a lone --before is scored for the defaults without comment (its hit rate is the baseline)
         return replace(cfg, name=cfg.name or DEFAULT_NAME, author=cfg.author or DEFAULT_AUTHOR)
     roots = _served_roots(cfg)
-    if cfg.name is not None and cfg.author is not None:  # given: each model is scored for it, whatever it records
-        mixed = _recorded(cfg, roots)
-        if len(set(mixed.values())) > 1:
-            progress(f"note: the --after models were trained for different identities ({_identities(mixed)}); "
-                     f"scoring all for {cfg.name} / {cfg.author} as --name/--author say")
-            return cfg
-    found = recorded_identity(cfg, roots)
+    recorded = _recorded(cfg, roots)
+    if len(set(recorded.values())) > 1:
+        if cfg.name is None or cfg.author is None:
+            raise ApplianceError(f"--name/--author: the --after models were trained for different identities "
+                                 f"({_identities(recorded)}); pass --name and --author to score them all for one, or "
+                                 "evaluate them separately")
+        # given: each model is scored for it, whatever it records
+        progress(f"note: the --after models were trained for different identities ({_identities(recorded)}); "
+                 f"scoring all for {cfg.name} / {cfg.author} as --name/--author say")
+        return cfg
+    # the (name, author) the --after models were trained for, from the appliance.json of the run or merged-model
+    # folder each was served from; None when none records one
+    found = next(iter(recorded.values()), None)
     name, author = found or (DEFAULT_NAME, DEFAULT_AUTHOR)
     name, author = cfg.name if cfg.name is not None else name, cfg.author if cfg.author is not None else author
     if found and (name, author) != found:

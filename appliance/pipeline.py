@@ -107,9 +107,9 @@ def pipeline(cfg: PipelineConfig, echo: Echo = print) -> dict[str, Any]:
         t = _stage(echo, f"merge -> {merged_dir}")
         # no probe verification here: the eval below checks the merged model more strictly, through
         # vLLM, on every prompt against the adapter's answers (and saves the probes' ~12 s)
-        _note_other_merge(merged_dir, _merge_dtype(cfg), echo)
-        res = merge(MergeConfig(adapter=str(run_dir), output=str(merged_dir), overwrite=True, verify=False,
-                                dtype=_merge_dtype(cfg)))
+        dtype = _merge_dtype(cfg)
+        _note_other_merge(merged_dir, dtype, echo)
+        res = merge(MergeConfig(adapter=str(run_dir), output=str(merged_dir), overwrite=True, verify=False, dtype=dtype))
         # (merge's own "already merged" line suggests its --overwrite, a flag the pipeline does not have)
         echo(f"skipped: {merged_dir} is already merged from this adapter" if res.already_merged
              else f"merged -> {merged_dir} (checked against the adapter in the eval)")

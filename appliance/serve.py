@@ -462,7 +462,7 @@ def up(cfg: UpConfig, echo: Callable[[str], None] | None = None, cancel: threadi
     echo = echo or (lambda s: print(s, file=sys.stderr, flush=True))
     plan = preflight(cfg)
     for a in plan.adapters:
-        if _trained_with(a.path) == "qlora":
+        if a.method == "qlora":
             echo(f"note: {a.name} was trained with QLoRA over a 4-bit base; vLLM serves it over the full-precision "
                  "base, where its answers differ from training time (docs/recipe.md: the default recipe's identity hits fell from "
                  "95% to 66% served this way on the embedded model; LoRA keeps them)")
@@ -474,16 +474,6 @@ def up(cfg: UpConfig, echo: Callable[[str], None] | None = None, cancel: threadi
         echo("serving in the foreground; Ctrl-C stops it")
         servers.serve_foreground(info, echo)
     return info
-
-
-def _trained_with(path: str) -> str | None:
-    """The --method a run directory records (None for an adapter trained elsewhere)."""
-    from appliance import rundir
-
-    try:
-        return rundir.read_meta(path).get("method")
-    except ApplianceError:
-        return None
 
 
 def down(port: int | None = None, all_servers: bool = False) -> dict[int | str, str]:

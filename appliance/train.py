@@ -527,12 +527,13 @@ def summary(cfg: TrainConfig, meta: dict[str, Any]) -> str:
     def loss(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.4g}"
 
+    steps = f"{r['steps']} step{'s' if r['steps'] != 1 else ''}"
     if meta.get("already_trained"):
         return (f"already trained: {output_path(cfg.output)} holds a run with these settings and data "
-                f"({r['steps']} step{'s' if r['steps'] != 1 else ''}, loss {loss(r['first_loss'])} -> {loss(r['last_loss'])}); "
+                f"({steps}, loss {loss(r['first_loss'])} -> {loss(r['last_loss'])}); "
                 "pass --overwrite to train it again")
 
-    return (f"adapter written to {output_path(cfg.output)}: {r['steps']} step{'s' if r['steps'] != 1 else ''}, loss {loss(r['first_loss'])} -> "
+    return (f"adapter written to {output_path(cfg.output)}: {steps}, loss {loss(r['first_loss'])} -> "
             f"{loss(r['last_loss'])}, {_speed(r)}; "
             f"template check {check['checked'] - check['mismatched']}/{check['checked']} prompts match serving")
 

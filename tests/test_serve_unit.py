@@ -1398,7 +1398,12 @@ def test_up_says_a_qlora_adapter_is_served_over_the_full_precision_base(monkeypa
     run = tmp_path / "q"
     run.mkdir()
     (run / "appliance.json").write_text(json.dumps({"kind": "lora-adapter", "base_model": {}, "method": method}))
-    plan = _plan("cpu", adapters=[AdapterInfo(name="q", path=str(run), rank=16)])
+    read = AdapterInfo(name="q", path=str(run), rank=16)
+    from appliance.adapters import _read_base
+
+    _read_base(run, {}, read)  # what preflight's inspect_adapter records of the run
+    assert read.method == method
+    plan = _plan("cpu", adapters=[read])
     info = servers.ServerInfo(port=8000, host="127.0.0.1", url="http://127.0.0.1:8000", pid=1, log="x", model="m",
                               models=["m", "q"])
     monkeypatch.setattr(serve, "preflight", lambda cfg: plan)
