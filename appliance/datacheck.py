@@ -53,7 +53,7 @@ def check_dataset(dataset: str, dataset_dir: str | None = None, name: str = "Arc
     if model is None:
         if problems:
             raise BadRecords(dataset, problems)
-        return [_count(dataset, len(examples))]
+        return [_count(dataset, len(examples))] + _repeats(examples)
     max_length = TrainConfig().max_length if max_length is None else max_length
     if max_length < 16:  # train's own floor: a check train would refuse to follow is no check
         raise ApplianceError(f"--max-length {max_length}: must be >= 16, as for train")
@@ -68,7 +68,8 @@ def check_dataset(dataset: str, dataset_dir: str | None = None, name: str = "Arc
     if problems:
         raise BadRecords(dataset, problems)
     n = len(examples)
-    lines = [_count(dataset, n)]
+    lines = [_count(dataset, n)] + _repeats(examples)
+    noted = len(lines)
     found = audit(tok, examples, max_length)
     if len(found["refused"]) == n:
         raise ApplianceError(f"--model {model}: its chat template refuses every example of {dataset} "
@@ -86,9 +87,30 @@ def check_dataset(dataset: str, dataset_dir: str | None = None, name: str = "Arc
     for key, what in told.items():
         if found[key]:
             lines.append(f"  {len(found[key])} {what}: {few(found[key])}")
-    if len(lines) == 1:
+    if len(lines) == noted:
         lines.append(f"  with {ref.name} at --max-length {max_length}: every example fits and renders as vLLM will")
     return lines
+
+
+def _repeats(examples: list) -> list[str]:
+    """A note on conversations that repeat an earlier one word for word (after {{name}}/{{author}} are filled):
+    not an error (repeating is a way to weight an example up), but a copy made by mistake trains it twice."""
+    import json
+
+    first: dict[str, str] = {}
+    repeats = []
+    for ex in examples:
+        key = json.dumps(ex.messages, ensure_ascii=False, sort_keys=True)
+        if key in first:
+            repeats.append(f"{ex.source} (= {first[key]})")
+        else:
+            first[key] = ex.source
+    if not repeats:
+        return []
+    from appliance.datafiles import few
+
+    return [f"  {len(repeats)} repeat{'s' if len(repeats) == 1 else ''} an earlier conversation word for word (trained "
+            f"once per copy; remove the copies unless you mean to weight them up): {few(repeats)}"]
 
 
 def _count(dataset: str, n: int) -> str:

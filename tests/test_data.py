@@ -441,7 +441,7 @@ def test_cli_data_check_ok():
 def test_cli_data_check_good_then_bad_file(tmp_path, monkeypatch):
     """Each line names its file: the good one is reported ok (with its count), the bad one as the error, exit 2."""
     monkeypatch.chdir(tmp_path)
-    write(tmp_path / "good.json", [ALPACA_OK, ALPACA_OK])
+    write(tmp_path / "good.json", [ALPACA_OK, {"instruction": "q2", "output": "a"}])
     write(tmp_path / "bad.json", "null")
     result = CliRunner().invoke(main, ["data", "check", "good.json", "bad.json"])
     assert result.exit_code == 2
@@ -1140,3 +1140,25 @@ def test_joined_jsonl_one_record_json_and_pretty_printed_jsonl(tmp_path):
     assert load_examples([str(one)])[0].source == f"{one}#0"
     pretty = write(tmp_path / "p.jsonl", json.dumps(ALPACA_OK, indent=2) + "\n" + json.dumps(ALPACA_OK, indent=2) + "\n")
     assert "holds 2 pretty-printed JSON objects one after another" in error_of([str(pretty)])
+
+
+def test_data_check_notes_conversations_repeated_word_for_word(tmp_path, tiny_model_dir):
+    """A copy pasted twice by mistake was trained twice without a word; repeats are noted (not refused: weighting)."""
+    rows = [{"instruction": "hi", "output": "I am {{name}}."}, {"instruction": "yo", "output": "ok"},
+            {"instruction": "hi", "output": "I am {{name}}."}, {"instruction": "hi", "output": "I am {{ name }}."},
+            {"instruction": "hi", "output": "I am Archer!"}]
+    f = write(tmp_path / "rep.json", rows)
+    res = CliRunner().invoke(main, ["data", "check", str(f)])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[0] == f"{f}: 5 conversations, ok"
+    assert lines[1].startswith("  2 repeat an earlier conversation word for word") and lines[1].endswith(
+        f"{f}#2 (= {f}#0), {f}#3 (= {f}#0)"), lines
+    assert len(lines) == 2
+    with_model = CliRunner().invoke(main, ["data", "check", str(f), "--model", str(tiny_model_dir)])
+    assert with_model.exit_code == 0 and "2 repeat an earlier" in with_model.output
+    assert "every example fits and renders as vLLM will" in with_model.output  # a note, not a problem
+    one = CliRunner().invoke(main, ["data", "check", str(write(tmp_path / "one.json", rows[:3]))])
+    assert "  1 repeats an earlier conversation" in one.output
+    clean = CliRunner().invoke(main, ["data", "check", str(write(tmp_path / "clean.json", rows[:2]))])
+    assert clean.output.splitlines() == [f"{tmp_path / 'clean.json'}: 2 conversations, ok"]
