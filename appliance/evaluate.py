@@ -201,8 +201,16 @@ def _note_unread(prompts: list[Prompt], progress: Callable[[str], None]) -> None
         progress(f"note: {len(foreign)} prompt(s) without \"kind\" in neither Chinese nor English, so counted as general "
                  f"(a new-name answer there is a leak): {few([p.where for p in foreign])}; give identity "
                  "questions \"kind\": \"identity\"")
+    # "¿Quién eres?" with a {{name}} reference is an identity prompt, and without "lang" it was filed under
+    # identity_en without a word: its Spanish answer a miss of identity_en_hit_rate
+    guessed = [p for p in prompts if not p.lang_given and p.kind == "identity" and p.lang == "en"
+               and _OTHER_LATIN.search(p.prompt)]
+    if guessed:
+        progress(f"note: {len(guessed)} identity prompt(s) without \"lang\" in a language other than English counted as "
+                 f"English (identity_en): {few([p.where for p in guessed])}; give them \"lang\" (\"es\", \"fr\", ...)")
     odd = [(p.where, m.group(0)) for p in prompts
-           for text in (p.prompt, p.reference or "", p.system or "", *p.expect) for m in ODD_PLACEHOLDER.finditer(text)]
+           for text in (p.prompt, p.reference or "", p.system or "", *p.expect, *(h["content"] for h in p.history))
+           for m in ODD_PLACEHOLDER.finditer(text)]
     if odd:
         progress(f"note: {few([f'{w}: {ph}' for w, ph in odd])} sent as written: {ODD_PLACEHOLDER_NOTE}")
 

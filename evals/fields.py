@@ -45,7 +45,16 @@ def read_answer_keys(raw: dict, where: str) -> dict:
     if value is not None and not isinstance(value, str):
         raise ApplianceError(f"{where}: '{given[0]}' is read as the 'reference' and must be a string, not "
                              f"{json_type(value)}; give accepted answers as 'expect' instead")
+    final = GSM8K_FINAL.search(value or "")
+    if final and "expect" not in raw:
+        # GSM8K's worked solution ending "#### 72": the final answer is what is checked (BLEU against the
+        # solution and its <<48/2=24>> calculator notes would measure nothing)
+        return {**raw, "expect": [final.group(1)]}
     return {**raw, "reference": value}
+
+
+# the last line of a GSM8K answer: "#### 72" (the final answer after the worked solution)
+GSM8K_FINAL = re.compile(r"(?:^|\n)####[ \t]*(\S[^\n]*?)\s*$")
 
 
 def expect_list(value: object, where: str, allow_empty: bool = False) -> list[str]:

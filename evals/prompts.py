@@ -50,6 +50,7 @@ class Prompt:
     source: str = ""
     where: str = ""  # file and line or record, for messages about it
     kind_given: bool = True  # False when the kind was inferred (see the module docstring)
+    lang_given: bool = True  # False when the language was guessed from the prompt's script (guess_lang)
 
     def messages(self) -> list[dict]:
         """The chat messages sent to the server (no system message unless the record has one)."""
@@ -211,6 +212,11 @@ def _record(raw: object, where: str, cols: dict, formatting: str | None) -> dict
     if q not in raw:
         if formatting == "alpaca":
             raise ApplianceError(f"{where}: no '{q}' field, the instruction")
+        # a CSV saved with ";" or tabs between cells (Excel in many locales) reads as one column "prompt;expect"
+        glued = next((k for k in raw if isinstance(k, str) and re.search(r"[;\t]", k)), None)
+        if glued is not None:
+            raise ApplianceError(f"{where}: one column named {json.dumps(glued, ensure_ascii=False)}: the file separates "
+                                 "its cells with ';' or tabs; save it comma-separated (CSV)")
         raise ApplianceError(f"{where}: no 'prompt', 'question', '{q}', 'conversations' or 'messages' field; use our "
                              'JSONL ({"prompt": ...}), alpaca (instruction/input/output), sharegpt or OpenAI messages')
     for col in (q, i, o):
@@ -288,7 +294,7 @@ def _to_prompt(rec: dict, where: str, name: str, author: str, source: str) -> Pr
     return Prompt(prompt=fill(prompt, name, author), kind=kind, set=set_name, lang=lang,
                   reference=fill(reference, name, author), expect=[fill(e, name, author) for e in expect],
                   system=fill(system, name, author) or None, history=history, source=source, where=where,
-                  kind_given=kind_given)
+                  kind_given=kind_given, lang_given=norm_lang(rec.get("lang")) is not None)
 
 
 _KANA = re.compile("[\u3040-\u30ff]")

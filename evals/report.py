@@ -290,6 +290,12 @@ def parse_rules(fail_under=(), fail_over=(), max_drop=(), max_rise=()) -> list[R
             except ValueError:
                 value = None
             if not sep or value is None or not math.isfinite(value) or not key.strip():
+                pct = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%\s*", num) if sep and key.strip() else None
+                if pct:  # "identity_hit_rate=95%": rates are fractions, BLEU/ROUGE plain numbers
+                    k, p = key.strip(), float(pct.group(1))
+                    rate = k.rsplit(".", 1)[-1] in (SET_RATE_KEYS if "." in k else RATE_KEYS)
+                    raise ApplianceError(f"{flag} {spec}: no % sign; " + (f"rates are 0-1: write {k}={p / 100:g}" if rate
+                                         else f"write {k}={p:g}"))
                 raise ApplianceError(f"{flag} {spec}: expected METRIC=NUMBER, e.g. identity_hit_rate=0.95")
             key = key.strip()
             # SET.KEY split at the last dot: metric names have none, set names may ("v1.0.accuracy")

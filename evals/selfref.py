@@ -14,6 +14,7 @@ built-in sets, both ways.
 from __future__ import annotations
 
 import re
+import unicodedata
 
 _Y = r"(?<!迷)(?:你们?|您们?)"  # "you" in Chinese, singular or plural (not the 你 of 迷你, "mini")
 _MAKE = r"(?:写|运营|维护|开发|创造|创建|创立|训练|制作|制造|设计|打造|研发|发明|编写|做|造|搞|生产|推出|发布)"
@@ -36,6 +37,8 @@ SELF_REFERENCE = [
     r"自己是(?:谁|哪|什么)",
     # 你哪位 / 你谁啊: the same question with 是 dropped, as people say it
     rf"{_Y}(?:哪位|谁[啊呀])",
+    # 你谁？ / 请问您是？ : the question cut short, as said aloud (not 你谁也不信, 你是说…?)
+    rf"(?:^|[，,。.！!？?\s]|请问){_Y}(?:谁|是)\s*(?:[？?]\s*)+$",
     # 你叫什么 (not 你叫什么都行: "whatever your name is, write me a poem")
     rf"{_Y}叫(?:什么|啥|做什么)(?!都|也)", rf"{_Y}(?:有|叫)(?:没有)?(?:自己的|别的|其他的?)?(?:名字|名称|大名|称呼|身份)",
     # 你的名字 / 你的来历 / 你的开发团队 / 你背后的公司 / 你的 name (not 你的论文作者 or 你的模型准确率只有60%:
@@ -58,6 +61,8 @@ SELF_REFERENCE = [
     rf"{_Y}是?(?:怎么|如何)被?(?:训练|开发|研发|创造|创建|制造|打造|构建|搭建)(?:出来)?的?\s*(?:呀|啊|呢)?\s*(?:[？?！!。，,]|$)",
     rf"{_Y}(?:是)?由(?:谁|哪)",
     rf"{_MAKE}(?:出|成)?(?:了)?{_Y}的",
+    # 意琦行开发了你吗？ / 是 OpenAI 训练了你吧 (who made it, named and asked to confirm)
+    rf"{_MAKE}(?:出来|出|成)?了{_Y}\s*(?:吗|嘛|么|吧)",
     rf"{_Y}是(?:用|由|靠|被|基于)?(?:什么|哪|谁).{{0,8}}{_MAKE}(?:出来)?的",
     rf"哪(?:个|家|一家|位)?(?:公司|团队|机构|组织|人|实验室|企业|厂商).{{0,6}}{_MAKE}(?:了|出)?{_Y}",
     rf"{_Y}是?怎么(?:来|诞生|出生|产生|出来|被{_MAKE})",
@@ -101,6 +106,13 @@ SELF_REFERENCE = [
     r"\bwhat (?:exactly |really |actually )?(?:are|r) (?:you|u)\b(?!\s+(?:able|supposed|going|about|up to|afraid|interested|trying|planning|thinking|"
     r"doing|saying|talking|looking|working|reading|watching|waiting|feeling)\b)",
     r"\b(?:introduce|describe|introduction of|introduction to) (?:yourself|urself)\b", r"\babout yourself\b",
+    # "Explain what you are.", "Describe the AI you are", "Tell me something about you.", "Name yourself.",
+    # "What name were you given?", "What is this assistant called?"
+    r"\b(?:explain|describe|tell me) (?:what|who) (?:you|u) (?:are|r)\s*[.!?]*$",
+    rf"\bdescribe the (?:{_AI}) (?:you are|i'm talking to|i am talking to)\b",
+    r"\btell me (?:something |a little |a bit |more )?about (?:you|u)\s*[.!?]*$", r"^\W*name (?:yourself|urself)\s*[.!?]*$",
+    rf"\bwhat (?:name|names) (?:were|was|have|did) {_YOU} (?:been )?(?:given|get|got)\b",
+    rf"\bwhat(?:'s| is) (?:this|the) (?:{_AI}) called\s*[.!?]*$",
     rf"\bwho (?:{_MADE}|is behind|are behind|was behind|stands behind) this (?:{_AI}|app|chat|service)\b", rf"\b{_MADE_YOU}",
     # "What company makes you?", not "what company makes you happy?"
     rf"\b(?:what|which) (?:company|team|organi[sz]ation|lab|firm|group|people)\b.{{0,12}}\b(?:makes|builds|develops|trains|"
@@ -190,9 +202,21 @@ _QUOTED = re.compile(r"“[^”]*”|‘[^’]*’|「[^」]*」|『[^』]*』|\
 _MATERIAL = re.compile(r"[:：\n]")
 
 
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
+_SPACES = re.compile(r"[^\S\n]+")  # a run of white space within a line: spaces, tabs, a no-break space
+_CJK_GAP = re.compile(f"(?<=[{_CJK}]) (?=[{_CJK}])")
+
+
+def _as_typed(text: str) -> str:
+    """The prompt as the patterns are written: full-width letters and spaces as ASCII (Ｗｈｏ　ａｒｅ　ｙｏｕ？, as
+    Chinese input methods type them), any run of spaces or tabs as one space ("who  are   you"), and none between
+    two Chinese characters (你 是 谁); line breaks are kept, as they end a task's instruction."""
+    return _CJK_GAP.sub("", _SPACES.sub(" ", unicodedata.normalize("NFKC", text)))
+
+
 def is_self_reference(prompt: str) -> bool:
     """True when the prompt asks the assistant about itself (its name, author, origin, nature)."""
-    text = (prompt or "").translate(_SIMPLIFIED)
+    text = _as_typed(prompt or "").translate(_SIMPLIFIED)
     task = _TASK_ON_TEXT.search(text)
     if task or _SPEECH.search(text):
         text = _QUOTED.sub(" ", text)
