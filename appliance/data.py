@@ -14,12 +14,12 @@ import json
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
 from appliance import paths
-from appliance.datafiles import (ODD_PLACEHOLDER, ODD_PLACEHOLDER_NOTE, TABLES, _a, _fail, _probe, _read_json_file,
+from appliance.datafiles import (ODD_PLACEHOLDER, ODD_PLACEHOLDER_NOTE, PLACEHOLDER, TABLES, _a, _fail, _probe, _read_json_file,
                                  _read_text, _short, _show, _syntax_error, _user_path, fill_placeholders, read_saved_dataset,
                                  read_table, saved_dataset, twice_keyed)
 from appliance.datafiles import parse_json as _parse
@@ -38,6 +38,8 @@ class Example:
 
     messages: list[dict[str, str]]
     source: str
+    # whether a {{name}}/{{author}} placeholder was filled in: the run then teaches an identity (appliance.json)
+    filled: bool = field(default=False, compare=False)
 
 
 def fingerprint(examples: list[Example]) -> str:
@@ -406,6 +408,7 @@ def load_examples(datasets: list[str], dataset_dir: str | None = None, name: str
         examples = sample_records(examples, n_samples) if examples else examples  # none: all listed in problems
         out += examples[:max_samples] if max_samples else examples
     for ex in out:
+        ex.filled = any(PLACEHOLDER.search(m["content"]) for m in ex.messages)
         ex.messages = [{**m, "content": fill_placeholders(m["content"], name, author)} for m in ex.messages]
     _note_odd_placeholders(out)
     _note_bare_placeholders(out)

@@ -165,7 +165,8 @@ def _check_text_flags(cfg: EvalConfig) -> None:
 def once_each(prompts: list[Prompt], progress: Callable[[str], None]) -> list[Prompt]:
     """The prompts with repeats (the same question, system prompt and earlier turns) sent once: a repeat
     would count its answer twice in every rate. A repeat scored another way (another kind, language,
-    reference or expected answer) is refused: keeping either would silently drop the other's scoring."""
+    reference or expected answer) is refused: keeping either would silently drop the other's scoring; one
+    with neither a reference nor expected answers gives way to the other, which scores what it does and more."""
     seen: dict[str, Prompt] = {}
     repeats = []
     for p in prompts:
@@ -174,14 +175,20 @@ def once_each(prompts: list[Prompt], progress: Callable[[str], None]) -> list[Pr
         if first is None:
             seen[key] = p
             continue
-        differs = [k for k in ("kind", "lang", "reference", "expect") if getattr(first, k) != getattr(p, k)]
+        # a repeat with neither a reference nor expected answers scores nothing the other does not: the other is kept
+        bare = [q for q in (first, p) if not q.reference and not q.expect]
+        differs = [k for k in ("kind", "lang", "reference", "expect") if getattr(first, k) != getattr(p, k)
+                   and (k in ("kind", "lang") or not bare)]
         if differs:
             raise ApplianceError(f"{p.where}: repeats the prompt of {first.where} ({_short(p.prompt)}) with another "
                                  f"{' / '.join(differs)}; keep one of the two (leave out the set or the record that "
                                  "should not count)")
+        if bare == [first]:
+            seen[key] = p  # in the first one's place
         repeats.append(p.where or p.source or p.prompt)
     if repeats:
-        progress(f"note: {len(repeats)} repeated prompt(s) sent once (the first is kept): {few(repeats)}")
+        progress(f"note: {len(repeats)} repeated prompt(s) sent once (the first is kept, or the one with a reference or "
+                 f"expected answers): {few(repeats)}")
     _note_unread(list(seen.values()), progress)
     return list(seen.values())
 
@@ -528,22 +535,38 @@ SUMMARY = [("identity_hit_rate", 100), ("identity_zh_hit_rate", 100), ("identity
            ("truncated", 1),  # answers cut at --max-tokens: scored as cut
            ("identity.bleu4", 1),
            ("identity.rouge1", 1), ("identity.rouge2", 1), ("identity.rougeL", 1), ("open.bleu4", 1), ("open.rougeL", 1),
+           # references beside `expect` (a domain eval's questions): the built-in general set has none, so no row
+           ("general.bleu4", 1), ("general.rougeL", 1),
            ("requests_per_s", 1), ("output_tokens_per_s", 1), ("ttft_p50_ms", 1), ("ttft_p95_ms", 1), ("tpot_ms", 1)]
 
 
 def summary_table(report: dict) -> str:
     """A plain-text table of the headline metrics, one column per model (rates in %; SET.KEY rows per set)."""
-    from evals.report import metric_value
+    from evals.report import RATE_KEYS, SET_RATE_KEYS, metric_value
 
     models = report["models"]
     lines = []
     if len(models) > 2:  # after1, after2 ...: which model each column is, as report.md says
         lines.append("models: " + ", ".join(f"{role} = {m['model']}" for role, m in models.items()))
     lines.append(f"{'metric':<22}" + "".join(f"{r:>12}" for r in models))
-    for key, scale in SUMMARY:
+    # general_accuracy counts every checkable non-identity prompt: held-out domain questions beside the built-in
+    # general ones showed one figure that rose while general knowledge fell; each set's own is shown too
+    sets = sorted({s for m in models.values() for s, sm in m.get("sets", {}).items() if sm.get("accuracy") is not None})
+    per_set = [(f"{s}.accuracy", 100) for s in sets] if len(sets) > 1 else []
+    # a set of one's own (a domain eval's "zephyr") with references: its BLEU/ROUGE as identity's and open's are shown
+    own = sorted({s for m in models.values() for s, sm in m.get("sets", {}).items()
+                  if sm.get("references") and s not in ("identity", "identity_zh", "identity_en", "open", "general")})
+    per_set += [(f"{s}.{k}", 1) for s in own for k in ("bleu4", "rougeL")]
+    # and every metric the gate judged, so a failure's figure is on screen
+    gated = [r.split(" ", 1)[1].rsplit("=", 1)[0] for r in (report.get("gate") or {}).get("rules", []) if " " in r]
+    rows = SUMMARY[:5] + per_set + SUMMARY[5:]
+    rows += [(k, 100 if k.rsplit(".", 1)[-1] in (SET_RATE_KEYS if "." in k else RATE_KEYS) else 1)
+             for k in dict.fromkeys(gated) if k not in {key for key, _ in rows}]
+    for key, scale in rows:
         values = [metric_value(m, key) for m in models.values()]
         if all(v is None for v in values):
             continue
         cells = ["-" if v is None else f"{v * scale:.1f}" if isinstance(v, float) or scale != 1 else str(v) for v in values]
-        lines.append(f"{key + (' %' if scale == 100 else ''):<22}" + "".join(f"{c:>12}" for c in cells))
+        label = key + (" %" if scale == 100 else "")
+        lines.append(f"{label:<22}" + (" " if len(label) >= 22 else "") + "".join(f"{c:>12}" for c in cells))
     return "\n".join(lines)

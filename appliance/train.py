@@ -492,7 +492,9 @@ def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any, exam
                          if cfg.method == "qlora" else None),
         "lora": {"r": cfg.rank, "alpha": cfg.alpha, "dropout": cfg.dropout, "layers": layers or "all",
                  "target_modules": sorted({m.split(".")[-1] for m in model.peft_config["default"].target_modules})},
-        "identity": {"name": cfg.name, "author": cfg.author},
+        # null for a run that teaches no identity (a domain dataset without {{name}}/{{author}}, the defaults left
+        # alone): `eval` then says it scores the defaults, not "as the model was trained"
+        "identity": {"name": cfg.name, "author": cfg.author} if _teaches_identity(cfg, ident) else None,
         "dataset": {"names": cfg.datasets, "fingerprint": data_mod.fingerprint(ident + keep),
                     "examples_fingerprint": examples_fp, "examples": n_ident,
                     "examples_skipped": len(ident) - n_ident,
@@ -508,6 +510,12 @@ def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any, exam
     publish(final, out)
     shutil.rmtree(stage, ignore_errors=True)
     return meta
+
+
+def _teaches_identity(cfg: TrainConfig, examples: list) -> bool:
+    """Whether --name/--author were put into the data (its placeholders) or chosen (not the defaults)."""
+    default = TrainConfig()
+    return any(ex.filled for ex in examples) or (cfg.name, cfg.author) != (default.name, default.author)
 
 
 def _finished_state(checkpoint: str | None) -> Any:

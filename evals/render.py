@@ -60,7 +60,10 @@ def _canon(text: str) -> str:
 
 
 def example_rows(rows: list[dict], n_identity: int = 8, n_general: int = 4) -> list[str]:
-    """Prompts shown side by side: "你是谁？" first, then identity prompts, then general ones, in file order."""
+    """Prompts shown side by side: "你是谁？" first, then identity prompts, then general ones, in file order.
+
+    Places the identity prompts leave empty go to general ones: a domain eval without identity prompts
+    shows 12 of its questions, not 4."""
     seen: list[str] = []
     for r in rows:
         if r["prompt"] not in seen:
@@ -70,7 +73,8 @@ def example_rows(rows: list[dict], n_identity: int = 8, n_general: int = 4) -> l
     head = [p for p in seen if _canon(p) == _canon(FIRST_EXAMPLE)][:1]
     ident = [p for p in seen if kinds[p] == "identity" and p not in head]
     general = [p for p in seen if kinds[p] != "identity"]
-    return head + ident[: n_identity - len(head)] + general[:n_general]
+    ident = head + ident[: n_identity - len(head)]
+    return ident + general[: n_general + n_identity - len(ident)]
 
 
 def _shown_of(rows: list[dict]) -> tuple[list[str], int]:
@@ -99,13 +103,34 @@ def training_line(report: dict) -> str:
             f"{how}.")
 
 
+def title(report: dict, rows: list[dict]) -> str:
+    """The identity scored for ("Archer by 意琦行"), or, when no prompt is an identity prompt (a domain eval),
+    the models compared: the identity is then measured by nothing and would misname the job."""
+    if not rows or any(r["kind"] == "identity" for r in rows):
+        return f"{report['name']} by {report['author']}"
+    models = [m["model"] for m in report["models"].values()]
+    return " -> ".join(dict.fromkeys(models))
+
+
+def _measured(models: dict, key: str) -> bool:
+    """Whether some model has a value for ``key``: a metric no prompt measures (identity hits without identity
+    prompts) is left out of the tables rather than shown as a row of dashes."""
+    return any(m.get(key) is not None for m in models.values())
+
+
+def _set_cols(models: dict) -> list[tuple[str, str, int]]:
+    """The per-set columns some set measures (no "hit %" column of dashes without identity prompts)."""
+    sets = [sm for m in models.values() for sm in m["sets"].values()]
+    return [c for c in SET_COLS if any(sm.get(c[0]) is not None for sm in sets)] if sets else SET_COLS
+
+
 def render_md(report: dict, rows: list[dict]) -> str:
     """Markdown report: before/after metrics with deltas, per-set table, examples side by side."""
     models = report["models"]
     roles = list(models)
     base = models.get("before")
     gate = report.get("gate", {})
-    out = [f"# Eval: {report['name']} by {report['author']}", ""]
+    out = [f"# Eval: {title(report, rows)}", ""]
     out.append("Models: " + ", ".join(f"{r} = `{m['model']}`" for r, m in models.items())
                + f"; {models[roles[0]]['n']} prompts each; old identity markers: "
                + (", ".join(report["old_identity"]) or "none (leak not measured)") + ".")
@@ -122,22 +147,27 @@ def render_md(report: dict, rows: list[dict]) -> str:
     head += [f"Δ {r}" for r in others]
     out += ["", "## Metrics", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, label, scale in TABLE:
+        if rows and not _measured(models, key):
+            continue
         cells = [label] + [_fmt(models[r].get(key), scale) for r in roles]
         cells += [_delta(base.get(key), models[r].get(key), scale) for r in others]
         out.append("| " + " | ".join(cells) + " |")
-    out += ["", "## Per set", "", "| set | model | n | " + " | ".join(c[1] for c in SET_COLS) + " |",
-            "|" + "---|" * (len(SET_COLS) + 3)]
+    cols = _set_cols(models)
+    out += ["", "## Per set", "", "| set | model | n | " + " | ".join(c[1] for c in cols) + " |",
+            "|" + "---|" * (len(cols) + 3)]
     for s in sorted({s for m in models.values() for s in m["sets"]}):
         for r in roles:
             sm = models[r]["sets"].get(s)
             if sm:
-                out.append(f"| {_md(s)} | {r} | {sm['n']} | " + " | ".join(_fmt(sm.get(k), sc) for k, _, sc in SET_COLS) + " |")
+                out.append(f"| {_md(s)} | {r} | {sm['n']} | " + " | ".join(_fmt(sm.get(k), sc) for k, _, sc in cols) + " |")
     ans, sets = _answers(rows), _sets(rows)
     # the set says how each prompt was scored (identity_*, general, open): a prompt without `kind` is classified
     shown, total = _shown_of(rows)
     out += ["", "## Examples", ""]
     if len(shown) < total:
-        out += [f"{len(shown)} of the {total} prompts (\"你是谁？\" first, then identity, then the others); "
+        order = ("\"你是谁？\" first, then identity, then the others" if any(r["kind"] == "identity" for r in rows)
+                 else "in file order")
+        out += [f"{len(shown)} of the {total} prompts ({order}); "
                 "every answer is in answers.jsonl.", ""]
     out += ["| prompt | set | " + " | ".join(roles) + " |", "|" + "---|" * (len(roles) + 2)]
     for p in shown:
@@ -148,14 +178,15 @@ def render_md(report: dict, rows: list[dict]) -> str:
 def _bar_chart(models: dict) -> str:
     roles = list(models)
     w, h, left, top, bottom = 860, 300, 40, 20, 70
-    gw = (w - left) / len(QUALITY)
+    quality = [q for q in QUALITY if _measured(models, q[0])] or QUALITY  # no empty groups (identity, domain evals)
+    gw = (w - left) / len(quality)
     bw = min(22.0, (gw - 10) / max(len(roles), 1))
     s = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img" aria-label="metrics before vs after">']
     for t in range(0, 101, 25):
         y = top + (h - top - bottom) * (1 - t / 100)
         s.append(f'<line x1="{left}" y1="{y:.1f}" x2="{w}" y2="{y:.1f}" stroke="#ddd"/>'
                  f'<text x="{left - 4}" y="{y + 4:.1f}" font-size="10" text-anchor="end">{t}</text>')
-    for i, (key, label, scale) in enumerate(QUALITY):
+    for i, (key, label, scale) in enumerate(quality):
         x0 = left + i * gw + 5
         for j, r in enumerate(roles):
             v = models[r].get(key)
@@ -204,9 +235,9 @@ def render_html(report: dict, rows: list[dict]) -> str:
                       for j, r in enumerate(roles))
     gate = report.get("gate", {})
     parts = ["<!doctype html><html><head><meta charset='utf-8'>",
-             f"<title>Eval: {e(report['name'])}</title><style>body{{font-family:sans-serif;max-width:1000px;margin:auto}}"
+             f"<title>Eval: {e(title(report, rows))}</title><style>body{{font-family:sans-serif;max-width:1000px;margin:auto}}"
              "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top;font-size:13px}"
-             "</style></head><body>", f"<h1>Eval: {e(report['name'])} by {e(report['author'])}</h1>", f"<p>{legend}</p>"]
+             "</style></head><body>", f"<h1>Eval: {e(title(report, rows))}</h1>", f"<p>{legend}</p>"]
     if trained := training_line(report):
         parts.append(f"<p>{e(trained.replace('`', ''))}</p>")
     if gate:
@@ -220,15 +251,17 @@ def render_html(report: dict, rows: list[dict]) -> str:
               _cdf_chart(rows, "ttft_ms", roles, "time to first token"), "<h2>Table</h2><table><tr><th>metric</th>"]
     parts.append("".join(f"<th>{e(r)}</th>" for r in roles) + "</tr>")
     for key, label, scale in TABLE:
+        if rows and not _measured(models, key):
+            continue
         parts.append(f"<tr><td>{label}</td>" + "".join(f"<td>{_fmt(models[r].get(key), scale)}</td>" for r in roles) + "</tr>")
     parts.append("</table><h2>Per set</h2><table><tr><th>set</th><th>model</th><th>n</th>"
-                 + "".join(f"<th>{c[1]}</th>" for c in SET_COLS) + "</tr>")
+                 + "".join(f"<th>{c[1]}</th>" for c in _set_cols(models)) + "</tr>")
     for s in sorted({s for m in models.values() for s in m["sets"]}):
         for r in roles:
             sm = models[r]["sets"].get(s)
             if sm:
                 parts.append(f"<tr><td>{e(s)}</td><td>{e(r)}</td><td>{sm['n']}</td>"
-                             + "".join(f"<td>{_fmt(sm.get(k), sc)}</td>" for k, _, sc in SET_COLS) + "</tr>")
+                             + "".join(f"<td>{_fmt(sm.get(k), sc)}</td>" for k, _, sc in _set_cols(models)) + "</tr>")
     ans, sets = _answers(rows), _sets(rows)
     shown, total = _shown_of(rows)
     parts.append("</table><h2>Examples</h2>")

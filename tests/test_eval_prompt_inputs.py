@@ -84,6 +84,27 @@ def test_a_repeat_scored_another_way_is_refused_naming_both_records(tmp_path):
         once_each(load_prompt_file(f, NAME, AUTHOR), lambda s: None)
 
 
+def test_a_repeat_without_reference_or_expect_gives_way_to_the_scored_one(tmp_path):
+    """My identity file's bare "你是谁？" beside the built-in one (which has a reference) was refused as "another
+    reference": it scores nothing the other does not, so the built-in one is kept, in either order."""
+    mine = _jsonl(tmp_path / "mine.jsonl", {"prompt": "你是谁？", "kind": "identity"}, {"prompt": "What is 2+2?"})
+    for order in (["identity", str(mine)], [str(mine), "identity"]):
+        notes: list[str] = []
+        kept = once_each(load_prompts(order, NAME, AUTHOR), notes.append)
+        who = [p for p in kept if p.prompt == "你是谁？"]
+        assert len(who) == 1 and who[0].reference and "identity.jsonl" in who[0].where, who
+        assert any("repeated prompt(s) sent once" in n for n in notes)
+    if order[0] == str(mine):
+        assert kept[0].prompt == "你是谁？"  # in the first one's place
+    f = _jsonl(tmp_path / "q.jsonl", {"prompt": "Capital of France?", "expect": ["Paris"]},
+               {"prompt": "Capital of France?", "reference": "Paris is the capital."})
+    with pytest.raises(ApplianceError, match="another reference / expect"):  # both score: still refused
+        once_each(load_prompt_file(f, NAME, AUTHOR), lambda s: None)
+    g = _jsonl(tmp_path / "k.jsonl", {"prompt": "Who are you?", "kind": "general"}, {"prompt": "Who are you?", "kind": "identity"})
+    with pytest.raises(ApplianceError, match="another kind"):  # bare, but scored as another kind
+        once_each(load_prompt_file(g, NAME, AUTHOR), lambda s: None)
+
+
 def test_a_plain_repeat_is_sent_once_and_named_by_its_line(tmp_path):
     f = _jsonl(tmp_path / "r.jsonl", {"prompt": "What is 2+2?", "expect": ["4"]}, {"prompt": "What is 2+2?", "expect": ["4"]})
     notes: list[str] = []

@@ -949,7 +949,7 @@ def test_the_same_model_twice_is_said_and_repeated_prompts_are_sent_once(fake_se
     f.write_text('{"prompt": "What is the capital of France?", "expect": ["Paris"]}\n' * 3, encoding="utf-8")
     code, out = _cli("--url", url, "--before", "smollm2-135m", "--prompts", str(f), "--prompts", str(f),
                      "--output", str(tmp_path / "r"))
-    assert code == 0 and "note: 5 repeated prompt(s) sent once (the first is kept)" in out, out
+    assert code == 0 and "note: 5 repeated prompt(s) sent once (the first is kept, or the one with a reference or expected answers)" in out, out
     assert len((tmp_path / "r" / "answers.jsonl").read_text(encoding="utf-8").splitlines()) == 1
 
 
