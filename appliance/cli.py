@@ -152,7 +152,8 @@ def data_check(datasets: tuple[str, ...], dataset_dir: str | None, name: str, au
 @click.option("--dataset-dir", default=None, help="Folder with a LLaMA-Factory dataset_info.json.")
 @click.option("--name", default=None, help=_dflt("name", "Fills {{name}} in the data."))
 @click.option("--author", default=None, help=_dflt("author", "Fills {{author}} in the data."))
-@click.option("--output", default=None, help=_dflt("output", "Adapter directory to write; a relative path is under $APPLIANCE_HOME."))
+@click.option("--output", default=None, help="Adapter directory to write; a relative path is under $APPLIANCE_HOME "
+              "[default: saves/<name>, lower case: saves/archer].")
 @click.option("--method", type=click.Choice(["lora", "qlora"]), default=None, help=_dflt("method", "lora (full-precision base) or qlora (4-bit NF4)."))
 @click.option("--epochs", type=float, default=None, help=_dflt("epochs"))
 @click.option("--lr", type=float, default=None, help=_dflt("lr", "Learning rate."))

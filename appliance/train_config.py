@@ -71,6 +71,10 @@ class TrainConfig:
         defaults = cls()
         texts = {f.name for f in fields(cls) if "str" in str(f.type) and "list" not in str(f.type)}
         cfg = cls(**{k: _coerce(k, v, getattr(defaults, k), where, text=k in texts) for k, v in values.items()})
+        if "output" not in values:
+            # saves/<name>, as `pipeline` and `eval` (reports/<name>) name their folders: --name Nova trained
+            # into saves/archer, and `up --adapter saves/nova` then found nothing
+            cfg.output = default_output(cfg.name)
         # options the file set and no flag overrode: their errors name the file, not a flag never typed
         cfg._from_file = (config_file, set(from_file) - {k for k, v in flags.items() if v is not None})
         return cfg
@@ -143,6 +147,17 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def default_output(name: str) -> str:
+    """``saves/<name>`` (lower case, spaces as dashes); a name that cannot be a folder's is refused, naming --output."""
+    slug = name.strip().lower().replace(" ", "-")
+    if not slug:
+        return TrainConfig.output  # an empty --name: validate() names it
+    if "/" in slug or "\\" in slug or slug.startswith(".") or len(slug.encode()) > 200:
+        raise ApplianceError(f"--name {name}: cannot name the default --output folder (saves/<name>: no / or \\, no "
+                             "leading dot, at most ~60 Chinese or ~200 Latin characters); give --output")
+    return f"saves/{slug}"
 
 
 def flag_help(key: str, text: str = "", note: str = "") -> str:

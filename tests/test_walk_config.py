@@ -128,3 +128,18 @@ def test_a_model_or_dataset_dir_set_in_the_file_is_named_by_the_file_when_it_fai
     res = CliRunner().invoke(main, ["train", "--model", "smollm2-13m", "--output", str(tmp_path / "o")])
     assert res.exit_code == 2 and res.output.startswith("error: --model smollm2-13m: unknown model"), res.output
     assert not (tmp_path / "o").exists()
+
+
+def test_the_default_output_follows_the_name(tmp_path):
+    """`train --name Nova` wrote saves/archer (while `pipeline` and `eval` use saves/nova, reports/nova), so
+    `up --adapter saves/nova` found nothing."""
+    assert TrainConfig.from_sources(None).output == "saves/archer"
+    assert TrainConfig.from_sources(None, name="Nova Lite").output == "saves/nova-lite"
+    assert TrainConfig.from_sources(None, name="小星").output == "saves/小星"
+    assert TrainConfig.from_sources(None, name="Nova", output="runs/x").output == "runs/x"  # a given --output wins
+    assert _cfg(tmp_path, "name: Vega\n").output == "saves/vega"
+    assert _cfg(tmp_path, "name: Vega\noutput: runs/v\n").output == "runs/v"
+    res = CliRunner().invoke(main, ["train", "--name", "a/b"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "--name a/b: cannot name the default --output folder" in res.output and "give --output" in res.output
+    assert "[default: saves/<name>" in CliRunner().invoke(main, ["train", "--help"]).output
