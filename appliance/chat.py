@@ -129,7 +129,7 @@ def reply(cfg: ChatConfig, messages: list[dict], write: Callable[[str], None]) -
         raise _refused(cfg, e) from None
     except openai.APIError as e:  # vLLM's `data: {"error": ...}` event: the engine failed on this request
         where = "mid-answer" if got.parts else "instead of answering"
-        raise Unanswered(f"--url {cfg.url}: the server reported an error {where}: {_msg(e)}") from None
+        raise Unanswered(f"--url {cfg.url}: the server reported an error {where}: {_msg(e)}{_log_cause(cfg.url)}") from None
     except _transport_errors() as e:
         raise _cut_off(cfg, got, type(e).__name__) from None
     _check_ending(cfg, got)
@@ -147,6 +147,9 @@ def _refused(cfg: ChatConfig, e) -> ApplianceError:
     # vLLM: "max_tokens=5000 cannot be greater than max_model_len=2048", "... maximum context length ..."
     hint = ("; lower --max-tokens, or send a shorter message (the server's context is `appliance up "
             "--max-model-len`)") if "max_tokens" in said or "context length" in said else ""
+    if cfg.system and 400 <= e.status_code < 500 and "system" in said.lower():
+        # Gemma's and Mistral's templates raise on a system turn ("System role not supported")
+        hint = "; this model's chat template takes no system prompt: leave out --system"
     return error(f"{cfg.url}: server answered {e.status_code}: {said}{hint}")
 
 
@@ -167,7 +170,8 @@ def _check_ending(cfg: ChatConfig, got: _Stream) -> None:
         raise Unanswered(f"--url {cfg.url}: the answer stream ended without a finish_reason, so the answer "
                          f"{'above ' if got.parts else ''}is cut off; check `appliance status`")
     if got.finish == "length":  # on stderr: stdout holds the answer alone
-        print(f"\n[cut at --max-tokens {cfg.max_tokens}]", file=sys.stderr, end="")
+        # flushed: stderr holds a line until its newline, which a note after the answer would share
+        print(f"\n[cut at --max-tokens {cfg.max_tokens}]", file=sys.stderr, end="", flush=True)
 
 
 def _transport_errors() -> tuple[type[Exception], ...]:
@@ -179,6 +183,23 @@ def _transport_errors() -> tuple[type[Exception], ...]:
     except ImportError:
         return (httpx.HTTPError,)
     return (httpx.HTTPError, httpx2.HTTPError)
+
+
+def _log_cause(url: str) -> str:
+    """For a server `appliance up` started: what its log names as the cause. vLLM's own message for a dead
+    engine ("EngineCore encountered an issue. See stack trace (above) ...") points at a log the client never sees."""
+    from pathlib import Path
+
+    from appliance import servers
+
+    try:
+        rec = servers.find_record(url)
+        if rec is None or not Path(rec.log).is_file():
+            return ""
+        cause = servers.root_cause(rec.log)
+    except (OSError, ValueError):
+        return ""
+    return f" (its log {rec.log} names the cause: {cause})" if cause else f" (see its log {rec.log})"
 
 
 def _msg(e) -> str:
@@ -234,8 +255,8 @@ class _Out:
     def answered(self, answer: str) -> None:
         """An answer's line ends; a blank line alone would not tell an empty answer from a lost one."""
         self.write("\n")
-        if not answer.strip():
-            self.warn("note: the model's answer was empty")
+        if not answer.strip():  # line breaks alone look empty too, but are tokens the model produced
+            self.warn("note: the model's answer was " + ("empty" if not answer else "white space only (line breaks or spaces)"))
 
 
 def _check_text(value: str | None, flag: str) -> None:

@@ -81,7 +81,7 @@ def check_dataset(dataset: str, dataset_dir: str | None = None, name: str = "Arc
             "dropped": f"dropped by train (its first answer starts after --max-length {max_length})",
             "cut": f"trained with an answer cut at --max-length {max_length}",
             "last_only": ("learned from their last answer only (the template does not render the conversation so far as the start of "
-                          "the whole: it rewrites earlier turns, or adds text after the last one)"),
+                          "the whole: it rewrites earlier turns, as Qwen3's drops their reasoning)"),
             "mismatched": "prompt tokens differ from what vLLM will see (a token spans the end of the prompt and "
                           "the start of the answer)"}
     for key, what in told.items():

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance import paths
-from appliance.adapters import adapter_dir, read_adapter_config, shapes_differ
+from appliance.adapters import adapter_dir, fits, read_adapter_config, shapes_differ
 from appliance.errors import ApplianceError, CheckFailed
 from appliance.rundir import library_versions, read_meta, write_meta
 
@@ -360,7 +360,10 @@ def _merge_into(tmp: Path, base_path: Path, adapter: Path, dtype: str, cfg: Merg
     try:
         model = PeftModel.from_pretrained(base, str(adapter), is_trainable=False)
     except Exception as e:  # peft raises many kinds here; the user needs only the one line
-        raise ApplianceError(f"{adapter}: the adapter does not fit base {base_path} ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+        ok, why = fits(adapter, base_path)  # torch's first line says only "Error(s) in loading state_dict": name the layer
+        why = why if ok is False and why else f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        raise ApplianceError(f"{adapter}: the adapter does not fit base {base_path} ({why}); merge it into the model "
+                             "it was trained on (--model)") from None
     model.eval()
     prompts = cfg.probe_prompts or DEFAULT_PROBES
     probes = _probe_inputs(tok, prompts) if cfg.verify else None

@@ -219,7 +219,27 @@ def ensure_fetchable(ref: ModelRef, model: str, flag: str = "--model") -> None:
 
 def _local_ref(folder: Path) -> ModelRef:
     p = folder.resolve()
+    _refuse_custom_code(p)
     return ModelRef(local_name(p), str(p), None, markers_for(str(p)))
+
+
+def _refuse_custom_code(p: Path) -> None:
+    """A folder whose architecture exists only as its own Python code (config.json's ``auto_map``, a model_type
+    transformers lacks): transformers asks "Do you wish to run the custom code? [y/N]", then fails, and vLLM
+    is not given --trust-remote-code. (Phi-3's auto_map beside its native model_type "phi3" loads natively.)"""
+    try:
+        mcfg = json.loads((p / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if not isinstance(mcfg, dict) or not mcfg.get("auto_map"):
+        return
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    kind = mcfg.get("model_type")
+    if kind not in CONFIG_MAPPING_NAMES:
+        raise ApplianceError(f"--model {p}: its architecture is custom code in the folder (config.json's auto_map; "
+                             f"model_type {kind!r} is not one transformers knows), which appliance does not run; "
+                             "use a model of an architecture transformers supports (Llama, Qwen2, Mistral, Gemma, Phi-3, ...)")
 
 
 def _looks_like_hub_id(s: str) -> bool:

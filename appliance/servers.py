@@ -195,6 +195,9 @@ def _start_hint(cause: str | None) -> str:
         return ""
     if "does not support LoRA" in cause:
         return "; serve it merged instead: `appliance merge --adapter ...` then `appliance up --model <merged> --no-lora`"
+    if "architectures" in cause and "are not supported" in cause:  # a merge changes no architecture
+        return ("; vLLM does not serve this architecture (config.json's architectures), merged or not: train on a "
+                "model vLLM supports (Llama, Qwen2, Mistral, Gemma, Phi-3, ...)")
     if any(s in cause for s in _NO_HUB):
         return ("; the model is not on this machine and the hub cannot be reached: pass --model with a local copy "
                 "(a folder with config.json and the weights), or `appliance models pull NAME` where the hub is reachable")
@@ -219,7 +222,8 @@ def root_cause(log: str | Path) -> str | None:
             if "validation error" in cause:  # pydantic's first line counts errors; the next says which
                 detail = _PREFIX.sub("", lines[n + 1]).strip() if n + 1 < len(lines) else ""
                 cause = re.sub(r"\s*\[type=.*$", "", detail).removeprefix("Value error, ") or cause
-            return cause[:400]
+            # vLLM lists every architecture it supports after naming the one it lacks: hundreds of names
+            return re.sub(r"\.?\s*Supported architectures: .*$", "", cause)[:400]
     return None
 
 

@@ -84,14 +84,17 @@ def encode(tok: Any, messages: list[dict[str, str]], max_length: int, source: st
     for i in learned:
         prompt = _render(tok, messages[:i], generation_prompt=True, source=source)
         upto = _render(tok, messages[: i + 1], generation_prompt=False, source=source)
-        if not full.startswith(upto) or not upto.startswith(prompt):
+        end = _answer_end(tok, upto, messages[i]["content"], len(prompt)) if upto.startswith(prompt) else len(upto)
+        # up to the answer's end-of-turn token only: text a template adds after the final turn (Phi-3's EOS)
+        # is not there when more turns follow, and is not learned either
+        if not full.startswith(upto[:end]) or not upto.startswith(prompt):
             if i != learned[-1]:
                 # templates that rewrite earlier turns (Qwen3 drops their reasoning) still render the last
                 # answer after exactly the prompt vLLM would send: that one is learned
                 last_only = True
                 continue
             raise ApplianceError(f"{source}: the model's chat template does not render conversations incrementally, so answers cannot be masked; use a model with a standard chat template")
-        spans.append((len(prompt), _answer_end(tok, upto, messages[i]["content"], len(prompt))))
+        spans.append((len(prompt), end))
         if first_prompt is None:
             first_prompt = prompt
     enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)

@@ -344,7 +344,7 @@ def _train(cfg: TrainConfig, out: Path, stage: Path, ident: list, ref: Any, exam
     if last_only:
         print(f"warning: {len(last_only)} conversation(s) learned from their last answer only: the chat template "
               f"does not render the conversation so far as the start of the whole (it rewrites earlier turns, as Qwen3's "
-              f"drops their reasoning, or adds text after the last turn, as Phi-3's second <|end|>): {few(last_only)}", file=sys.stderr)
+              f"drops their reasoning): {few(last_only)}", file=sys.stderr)
     if not rows:
         raise ApplianceError(f"--max-length {cfg.max_length}: every example was truncated before its answer; raise --max-length")
     for what, srcs in (("dropped (no answer token left)", dropped), ("trained with the answer cut short", cut)):
