@@ -337,8 +337,9 @@ def chat_cmd(model, url, api_key, prompt, system, max_tokens, temperature) -> No
 # ---------------------------------------------------------------- eval   (owner: eval)
 @main.command("eval")
 @click.option("--url", default=None, help="OpenAI-compatible server (vLLM) [the only server `appliance up` recorded, else http://127.0.0.1:8000/v1].")
-@click.option("--before", default=None, help="Served model name of the base (required unless --from-answers).")
-@click.option("--after", multiple=True, help="Served model/adapter name to compare with --before (repeatable).")
+@click.option("--before", default=None, help="Served model name of the base [default: the server's base model].")
+@click.option("--after", multiple=True, help="Served model/adapter name to compare with --before (repeatable) "
+              "[default, without --before: every adapter the server serves].")
 @click.option("--prompts", multiple=True, help="JSONL/alpaca/sharegpt/LLaMA-Factory file, or identity|general|open|unrelated (repeatable; default: identity, general and open).")
 @click.option("--name", default=None, help="New assistant name (fills {{name}}) [default: the one the --after model was trained for, else Archer].")
 @click.option("--author", default=None, help="New author (fills {{author}}) [default: the --after model's, else 意琦行].")
@@ -371,12 +372,10 @@ def eval_cmd(url, before, after, prompts, name, author, output, concurrency, max
                                  "answers as they were taken (models, prompts, name and author recorded in them); "
                                  "leave it out, or run the eval again against the server")
         report = report_from_answers(from_answers, output, rules, progress=lambda m: click.echo(m, err=True))
-    elif not before:
-        raise ApplianceError("--before is required (the served base model), unless you pass --from-answers")
     else:
         from appliance.chat import default_url
 
-        cfg = EvalConfig(before=before, after=list(after), url=url or default_url(), prompts=list(prompts), name=name, author=author,
+        cfg = EvalConfig(before=before or "", after=list(after), url=url or default_url(), prompts=list(prompts), name=name, author=author,
                          output=output, concurrency=concurrency, max_tokens=max_tokens, api_key=api_key,
                          old_identity=list(old_identity), timeout_s=timeout, rules=rules)
         report = run_eval(cfg, progress=lambda m: click.echo(m, err=True))

@@ -35,7 +35,7 @@ DEFAULT_NAME, DEFAULT_AUTHOR = "Archer", "意琦行"
 class EvalConfig:
     """Options of one eval run (the flags of ``appliance eval``)."""
 
-    before: str
+    before: str = ""  # empty: the server's only base model (and, with no --after, every adapter it serves)
     after: list[str] = field(default_factory=list)
     url: str = DEFAULT_URL
     prompts: list[str] = field(default_factory=list)  # files or built-in set names; empty = all built-in sets
@@ -86,6 +86,25 @@ def _served_roots(cfg: EvalConfig) -> dict[str, str]:
         return {m["id"]: m.get("root") or m["id"] for m in resp.json()["data"]}
     except Exception:  # noqa: BLE001 - any failure here is reported by the eval's own first request
         return {}
+
+
+def served_defaults(cfg: EvalConfig, progress: Callable[[str], None]) -> EvalConfig:
+    """Without --before: the server's base model, and without --after too, every adapter it serves (what
+    `appliance up --adapter saves/archer` started). A server of several base models needs --before."""
+    if cfg.before:
+        return cfg
+    from appliance.adapters import list_served
+
+    key = cfg.api_key or os.environ.get("APPLIANCE_API_KEY") or os.environ.get("OPENAI_API_KEY")
+    entries = list_served(cfg.url, key)
+    bases = [m["id"] for m in entries if not m.get("parent")]
+    if len(bases) != 1:
+        raise ApplianceError(f"--before: the server at {cfg.url} serves {len(bases)} base models"
+                             + (f" ({', '.join(bases)})" if bases else "") + "; pass --before NAME (the base to compare with)")
+    after = cfg.after or [m["id"] for m in entries if m.get("parent") == bases[0]]
+    progress(f"note: --before {bases[0]}" + (f" --after {' --after '.join(after)}" if after and not cfg.after else "")
+             + f": what the server at {cfg.url} serves" + ("" if after else " (no adapter: the base alone is measured)"))
+    return replace(cfg, before=bases[0], after=list(after))
 
 
 def _identities(found: dict[str, tuple[str, str]]) -> str:
@@ -435,6 +454,7 @@ def run_eval(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
         raise ApplianceError("--name and --author must not be empty: the identity hit rate looks for both")
     # every input is checked here, before the first request: a mistake found later costs the whole eval
     _check_text_flags(cfg)
+    cfg = served_defaults(cfg, progress)
     _note_repeated_models(cfg, progress)
     given_markers(cfg)
     url = base_url(cfg.url)

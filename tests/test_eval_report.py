@@ -189,8 +189,8 @@ def test_bad_inputs_exit_2(tmp_path, answers):
     bad.write_text('{"model": "x"}\n', encoding="utf-8")
     code, out = _cli("--from-answers", str(bad))
     assert code == 2 and "line 1: missing role" in out
-    code, out = _cli("--after", "x")
-    assert code == 2 and "--before is required" in out
+    code, out = _cli("--after", "x", "--url", "http://127.0.0.1:18298")  # --before from the server: none there
+    assert code == 2 and "no server answers" in out and "Traceback" not in out, out
 
 
 def test_unreachable_server_is_a_one_line_error(tmp_path):
@@ -1148,3 +1148,24 @@ def test_a_report_with_failed_requests_says_they_count_as_misses(tmp_path):
     (out / "answers.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     write_report(out, parse_rules())
     assert "count as misses" not in (out / "report.md").read_text(encoding="utf-8")
+
+
+def test_without_before_the_servers_base_and_adapters_are_compared(fake_server, tmp_path):
+    """`appliance up --adapter saves/archer --detach` then `appliance eval`: --before was required although the
+    server says which model is its base and which are its adapters."""
+    handler, url = fake_server
+    handler.chat = CHUNK
+    handler.models = (b'{"object": "list", "data": [{"id": "smollm2-135m", "parent": null}, '
+                      b'{"id": "archer", "parent": "smollm2-135m"}, {"id": "nova", "parent": "smollm2-135m"}]}')
+    code, out = _cli("--url", url, "--prompts", "general", "--name", NAME, "--author", AUTHOR, "--output", str(tmp_path / "r"))
+    assert code == 0, out
+    assert "note: --before smollm2-135m --after archer --after nova: what the server at" in out
+    report = json.loads((tmp_path / "r" / "report.json").read_text(encoding="utf-8"))
+    assert [m["model"] for m in report["models"].values()] == ["smollm2-135m", "archer", "nova"]
+    code, out = _cli("--url", url, "--after", "nova", "--prompts", "general", "--output", str(tmp_path / "r2"))
+    assert code == 0 and "note: --before smollm2-135m: what the server" in out, out  # --after as given
+    report = json.loads((tmp_path / "r2" / "report.json").read_text(encoding="utf-8"))
+    assert [m["model"] for m in report["models"].values()] == ["smollm2-135m", "nova"]
+    handler.models = b'{"object": "list", "data": [{"id": "a", "parent": null}, {"id": "b", "parent": null}]}'
+    code, out = _cli("--url", url, "--prompts", "general", "--output", str(tmp_path / "r3"))
+    assert code == 2 and "serves 2 base models (a, b); pass --before NAME" in out and not (tmp_path / "r3").exists()
