@@ -403,8 +403,9 @@ def answer_notes(rows: list[dict]) -> list[str]:
     notes = []
     empty = sum(not r["answer"].strip() for r in ok)
     if empty:
-        notes.append(f"{empty} of {len(ok)} answers are empty (scored as misses); check the model's chat template "
-                     "and the server's log")
+        blank = sum(bool(r["answer"]) and not r["answer"].strip() for r in ok)  # line breaks the model did produce
+        notes.append(f"{empty} of {len(ok)} answers are empty" + (f" ({blank} of them white space only)" if blank else "")
+                     + " (scored as misses); check the model's chat template and the server's log")
     counted = sum(r.get("tokens_counted") == "chunks" for r in ok)
     if counted:
         notes.append(f"the server sent no token usage for {counted} answers: their output_tokens (and tokens/s, "

@@ -125,3 +125,12 @@ def test_identity_prompt_in_another_latin_language_without_lang_is_noted(tmp_pat
     once_each(prompts, said.append)
     notes = [s for s in said if "counted as English" in s]
     assert len(notes) == 1 and "p.jsonl line 1" in notes[0] and "line 2" not in notes[0] and "line 3" not in notes[0]
+
+
+def test_white_space_only_answers_are_said_to_be_so():
+    """Line breaks alone were noted as "empty": the model did produce tokens (a template or stop problem)."""
+    from appliance.evaluate import answer_notes
+
+    rows = [{"answer": "", "error": None}, {"answer": "\n\n", "error": None}, {"answer": "Paris", "error": None}]
+    assert answer_notes(rows)[0].startswith("2 of 3 answers are empty (1 of them white space only) (scored as misses)")
+    assert answer_notes(rows[:1])[0].startswith("1 of 1 answers are empty (scored as misses)")
