@@ -254,6 +254,8 @@ def _to_prompt(rec: dict, where: str, name: str, author: str, source: str) -> Pr
                                for e in expect)
         kind = "identity" if (_has_placeholder(reference) or named or expects_identity
                               or (not expect and is_self_reference(prompt))) else "general"
+    if isinstance(kind, str) and kind.strip().lower() in ("identity", "general"):
+        kind = kind.strip().lower()  # "Identity", "GENERAL ": as a spreadsheet capitalizes a column's values
     if kind not in ("identity", "general"):
         raise ApplianceError(f"{where}: kind {json.dumps(kind, ensure_ascii=False)} is not \"identity\" or \"general\"; "
                              "use \"general\" for any question that is not about the assistant itself, and \"set\" "

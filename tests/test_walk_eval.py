@@ -134,3 +134,14 @@ def test_white_space_only_answers_are_said_to_be_so():
     rows = [{"answer": "", "error": None}, {"answer": "\n\n", "error": None}, {"answer": "Paris", "error": None}]
     assert answer_notes(rows)[0].startswith("2 of 3 answers are empty (1 of them white space only) (scored as misses)")
     assert answer_notes(rows[:1])[0].startswith("1 of 1 answers are empty (scored as misses)")
+
+
+def test_kind_in_any_case_is_read(tmp_path):
+    """`"kind": "Identity"` (a spreadsheet's capitalized column) was refused as not "identity" or "general"."""
+    f = tmp_path / "k.jsonl"
+    f.write_text('{"prompt": "Hi there", "kind": "Identity"}\n{"prompt": "Who are you?", "kind": " GENERAL "}\n',
+                 encoding="utf-8")
+    assert [p.kind for p in load_prompt_file(f, "Archer", "意琦行")] == ["identity", "general"]
+    f.write_text('{"prompt": "Hi", "kind": "domain"}\n', encoding="utf-8")
+    with pytest.raises(ApplianceError, match='kind "domain" is not "identity" or "general"'):
+        load_prompt_file(f, "Archer", "意琦行")
