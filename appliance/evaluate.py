@@ -75,12 +75,17 @@ def given_markers(cfg: EvalConfig) -> list[str]:
     return markers
 
 
+def _api_key(cfg: EvalConfig) -> str | None:
+    """--api-key, else $APPLIANCE_API_KEY (as `up` reads it), else $OPENAI_API_KEY; None: none at all."""
+    return cfg.api_key or os.environ.get("APPLIANCE_API_KEY") or os.environ.get("OPENAI_API_KEY")
+
+
 def _served_roots(cfg: EvalConfig) -> dict[str, str]:
     """``{served name: the folder vLLM loaded it from}`` by a plain GET /models; {} when that fails
     (the eval itself then reports why the server cannot be used)."""
     import httpx
 
-    key = cfg.api_key or os.environ.get("APPLIANCE_API_KEY") or os.environ.get("OPENAI_API_KEY")
+    key = _api_key(cfg)
     try:
         resp = httpx.get(base_url(cfg.url) + "/models", headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=10)
         return {m["id"]: m.get("root") or m["id"] for m in resp.json()["data"]}
@@ -95,7 +100,7 @@ def served_defaults(cfg: EvalConfig, progress: Callable[[str], None]) -> EvalCon
         return cfg
     from appliance.adapters import list_served
 
-    key = cfg.api_key or os.environ.get("APPLIANCE_API_KEY") or os.environ.get("OPENAI_API_KEY")
+    key = _api_key(cfg)
     entries = list_served(cfg.url, key)
     bases = [m["id"] for m in entries if not m.get("parent")]
     if len(bases) != 1:
@@ -322,7 +327,7 @@ async def _run(cfg: EvalConfig, prompts: list[Prompt], progress: Callable[[str],
     from openai import AsyncOpenAI
 
     url = base_url(cfg.url)
-    api_key = cfg.api_key or os.environ.get("APPLIANCE_API_KEY") or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+    api_key = _api_key(cfg) or "EMPTY"
     try:
         # retried by ask(), which counts the retries and keeps --timeout for the whole request
         client = AsyncOpenAI(base_url=url, api_key=api_key, timeout=cfg.timeout_s, max_retries=0)
@@ -563,7 +568,7 @@ SUMMARY = [("identity_hit_rate", 100), ("identity_zh_hit_rate", 100), ("identity
 
 def summary_table(report: dict) -> str:
     """A plain-text table of the headline metrics, one column per model (rates in %; SET.KEY rows per set)."""
-    from evals.report import RATE_KEYS, SET_RATE_KEYS, metric_value
+    from evals.report import is_rate, metric_value
 
     models = report["models"]
     lines = []
@@ -581,8 +586,7 @@ def summary_table(report: dict) -> str:
     # and every metric the gate judged, so a failure's figure is on screen
     gated = [r.split(" ", 1)[1].rsplit("=", 1)[0] for r in (report.get("gate") or {}).get("rules", []) if " " in r]
     rows = SUMMARY[:5] + per_set + SUMMARY[5:]
-    rows += [(k, 100 if k.rsplit(".", 1)[-1] in (SET_RATE_KEYS if "." in k else RATE_KEYS) else 1)
-             for k in dict.fromkeys(gated) if k not in {key for key, _ in rows}]
+    rows += [(k, 100 if is_rate(k) else 1) for k in dict.fromkeys(gated) if k not in {key for key, _ in rows}]
     for key, scale in rows:
         values = [metric_value(m, key) for m in models.values()]
         if all(v is None for v in values):

@@ -254,14 +254,15 @@ def render_html(report: dict, rows: list[dict]) -> str:
         if rows and not _measured(models, key):
             continue
         parts.append(f"<tr><td>{label}</td>" + "".join(f"<td>{_fmt(models[r].get(key), scale)}</td>" for r in roles) + "</tr>")
+    cols = _set_cols(models)
     parts.append("</table><h2>Per set</h2><table><tr><th>set</th><th>model</th><th>n</th>"
-                 + "".join(f"<th>{c[1]}</th>" for c in _set_cols(models)) + "</tr>")
+                 + "".join(f"<th>{c[1]}</th>" for c in cols) + "</tr>")
     for s in sorted({s for m in models.values() for s in m["sets"]}):
         for r in roles:
             sm = models[r]["sets"].get(s)
             if sm:
                 parts.append(f"<tr><td>{e(s)}</td><td>{e(r)}</td><td>{sm['n']}</td>"
-                             + "".join(f"<td>{_fmt(sm.get(k), sc)}</td>" for k, _, sc in _set_cols(models)) + "</tr>")
+                             + "".join(f"<td>{_fmt(sm.get(k), sc)}</td>" for k, _, sc in cols) + "</tr>")
     ans, sets = _answers(rows), _sets(rows)
     shown, total = _shown_of(rows)
     parts.append("</table><h2>Examples</h2>")

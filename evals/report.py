@@ -277,6 +277,11 @@ class Rule:
         return f"--{self.op.replace('_', '-')} {self.key}={self.value:g}"
 
 
+def is_rate(key: str) -> bool:
+    """Whether a model key or SET.KEY is a rate (0-1, shown in %) rather than a score or a count."""
+    return key.rsplit(".", 1)[-1] in (SET_RATE_KEYS if "." in key else RATE_KEYS)
+
+
 def parse_rules(fail_under=(), fail_over=(), max_drop=(), max_rise=()) -> list[Rule]:
     """Parse ``METRIC=NUMBER`` flag values (METRIC is a model key or SET.KEY), failing on unknown metrics."""
     rules = []
@@ -293,8 +298,7 @@ def parse_rules(fail_under=(), fail_over=(), max_drop=(), max_rise=()) -> list[R
                 pct = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%\s*", num) if sep and key.strip() else None
                 if pct:  # "identity_hit_rate=95%": rates are fractions, BLEU/ROUGE plain numbers
                     k, p = key.strip(), float(pct.group(1))
-                    rate = k.rsplit(".", 1)[-1] in (SET_RATE_KEYS if "." in k else RATE_KEYS)
-                    raise ApplianceError(f"{flag} {spec}: no % sign; " + (f"rates are 0-1: write {k}={p / 100:g}" if rate
+                    raise ApplianceError(f"{flag} {spec}: no % sign; " + (f"rates are 0-1: write {k}={p / 100:g}" if is_rate(k)
                                          else f"write {k}={p:g}"))
                 raise ApplianceError(f"{flag} {spec}: expected METRIC=NUMBER, e.g. identity_hit_rate=0.95")
             key = key.strip()
@@ -303,7 +307,7 @@ def parse_rules(fail_under=(), fail_over=(), max_drop=(), max_rise=()) -> list[R
             if metric not in (SET_KEYS if "." in key else MODEL_KEYS):
                 known = ", ".join(SET_KEYS if "." in key else MODEL_KEYS)
                 raise ApplianceError(f"{flag} {spec}: unknown metric '{metric}'; use one of {known} (or SET.KEY)")
-            _check_reachable(flag, spec, op, metric in (SET_RATE_KEYS if "." in key else RATE_KEYS), value)
+            _check_reachable(flag, spec, op, is_rate(key), value)
             rules.append(Rule(op, key, value))
     return rules
 
